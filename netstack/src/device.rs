@@ -1,0 +1,257 @@
+//! The `smoltcp::phy::Device` over AF_XDP sockets.
+//!
+//! Received frames are handed to smoltcp in place (no copy out of the UMEM);
+//! transmitted frames are built in place in a free UMEM frame. Frames move
+//! between the kernel and us in batches: [`XdpDevice::service`] before the
+//! stack runs, [`XdpDevice::flush`] after it, one TX kick per batch.
+
+use crate::umem::FrameRegion;
+use crate::xsk::{XskQueue, XskSet, XskStatistics};
+use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
+use smoltcp::time::Instant;
+use std::collections::VecDeque;
+use std::os::fd::BorrowedFd;
+use xdpilone::xdp::XdpDesc;
+
+/// A device whose frames move to and from the kernel in batches around a
+/// pass of the stack.
+pub trait BatchDevice: Device {
+    /// Before the stack runs: take in what arrived. Returns frames received.
+    fn service(&mut self) -> usize;
+    /// After the stack ran: hand out what it queued. Returns frames sent.
+    fn flush(&mut self) -> usize;
+}
+
+/// Per-queue traffic counters kept by the device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueTraffic {
+    /// Frames received from the queue.
+    pub frames_in: u64,
+    /// Frames transmitted on the queue.
+    pub frames_out: u64,
+    /// TX kicks (`sendto`).
+    pub tx_wakeups: u64,
+}
+
+/// A smoltcp device over one or more AF_XDP sockets of one interface.
+///
+/// Received frames from every queue feed the one stack; replies leave
+/// through the queue the last frame arrived on.
+pub struct XdpDevice {
+    xsks: XskSet,
+    region: FrameRegion,
+    frame_size: u32,
+    mtu: usize,
+    /// Received descriptors not yet given to the stack, per queue.
+    rx_batches: Vec<VecDeque<XdpDesc>>,
+    /// The frame of the last RxToken handed out: the stack is done with it
+    /// by the time it calls the device again.
+    rx_lent: Option<(usize, u64)>,
+    next_rx_queue: usize,
+    tx_queue: usize,
+    traffic: Vec<QueueTraffic>,
+}
+
+impl XdpDevice {
+    /// A device over `xsks`, for frames of up to `mtu` bytes of IP payload.
+    pub fn new(xsks: XskSet, mtu: usize) -> Self {
+        let queues = xsks.queues().len();
+        let region = xsks.area().region();
+        let frame_size = xsks.area().frame_size();
+        Self {
+            xsks,
+            region,
+            frame_size,
+            mtu,
+            rx_batches: vec![VecDeque::new(); queues],
+            rx_lent: None,
+            next_rx_queue: 0,
+            tx_queue: 0,
+            traffic: vec![QueueTraffic::default(); queues],
+        }
+    }
+
+    /// The sockets.
+    pub fn queues(&self) -> &[XskQueue] {
+        self.xsks.queues()
+    }
+
+    /// The sockets' fds, for `poll(2)`.
+    pub fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        self.xsks.queues().iter().map(XskQueue::fd).collect()
+    }
+
+    /// Traffic counters per queue (in the order of [`Self::queues`]).
+    pub fn traffic(&self) -> Vec<QueueTraffic> {
+        let mut traffic = self.traffic.clone();
+        for (t, q) in traffic.iter_mut().zip(self.xsks.queues()) {
+            t.tx_wakeups = q.wakeups();
+        }
+        traffic
+    }
+
+    /// The kernel's drop counters per queue.
+    pub fn statistics(&self) -> Vec<std::io::Result<XskStatistics>> {
+        self.xsks
+            .queues()
+            .iter()
+            .map(XskQueue::statistics)
+            .collect()
+    }
+
+    fn return_lent_frame(&mut self) {
+        if let Some((queue, addr)) = self.rx_lent.take() {
+            self.xsks.queues_mut()[queue].recycle(addr);
+        }
+    }
+
+    /// Exchange frames with the kernel before the stack runs: reap TX
+    /// completions, refill the fill rings, read RX in batches. Returns the
+    /// number of frames received.
+    fn service_queues(&mut self) -> usize {
+        self.return_lent_frame();
+        let mut received = 0;
+        for (i, queue) in self.xsks.queues_mut().iter_mut().enumerate() {
+            queue.service();
+            if self.rx_batches[i].is_empty() {
+                let n = queue.receive_batch(&mut self.rx_batches[i]);
+                self.traffic[i].frames_in += u64::from(n);
+                received += n as usize;
+            }
+        }
+        received
+    }
+
+    /// Send what the stack queued, one kick per queue at most. Returns the
+    /// number of frames handed to the kernel.
+    fn flush_queues(&mut self) -> usize {
+        self.return_lent_frame();
+        let mut sent = 0;
+        for (i, queue) in self.xsks.queues_mut().iter_mut().enumerate() {
+            let n = queue.flush();
+            self.traffic[i].frames_out += n as u64;
+            sent += n;
+        }
+        sent
+    }
+
+    /// Whether received frames are waiting for the stack.
+    pub fn rx_waiting(&self) -> bool {
+        self.rx_batches.iter().any(|b| !b.is_empty())
+            || self.xsks.queues().iter().any(|q| q.rx_ready() > 0)
+    }
+
+    /// Whether TX work is queued or in flight.
+    pub fn tx_pending(&self) -> bool {
+        self.xsks.queues().iter().any(XskQueue::tx_pending)
+    }
+
+    fn next_rx(&mut self) -> Option<(usize, XdpDesc)> {
+        let queues = self.rx_batches.len();
+        for step in 0..queues {
+            let i = (self.next_rx_queue + step) % queues;
+            if let Some(desc) = self.rx_batches[i].pop_front() {
+                self.next_rx_queue = (i + 1) % queues;
+                return Some((i, desc));
+            }
+        }
+        None
+    }
+}
+
+impl BatchDevice for XdpDevice {
+    fn service(&mut self) -> usize {
+        self.service_queues()
+    }
+
+    fn flush(&mut self) -> usize {
+        self.flush_queues()
+    }
+}
+
+/// A received frame, lent to the stack until its next call into the device.
+pub struct XdpRxToken<'a> {
+    frame: &'a [u8],
+}
+
+impl phy::RxToken for XdpRxToken<'_> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(self.frame)
+    }
+}
+
+/// Room to build one outgoing frame in.
+pub struct XdpTxToken<'a> {
+    queue: &'a mut XskQueue,
+    region: FrameRegion,
+    frame_size: u32,
+}
+
+impl phy::TxToken for XdpTxToken<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        // The device only hands out a token when a frame is free, and the
+        // token's exclusive borrow keeps anyone else from taking it; should
+        // that ever fail, the packet is built and dropped, never a panic.
+        let Some(addr) = self.queue.take_tx_frame() else {
+            return f(&mut vec![0; len]);
+        };
+        let len = len.min(self.frame_size as usize);
+        // SAFETY: `addr` was just taken from the pool, so no ring and no other
+        // reference holds this frame until `queue_tx` hands it to the kernel.
+        let buffer = unsafe { self.region.slice_mut(addr, len) };
+        let result = f(buffer);
+        self.queue.queue_tx(addr, len as u32);
+        result
+    }
+}
+
+impl Device for XdpDevice {
+    type RxToken<'a> = XdpRxToken<'a>;
+    type TxToken<'a> = XdpTxToken<'a>;
+
+    fn receive(&mut self, _timestamp: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        self.return_lent_frame();
+        // A reply may be sent while the frame is handled: make sure it can be.
+        let queues = self.xsks.queues().len();
+        let peek = (0..queues)
+            .map(|s| (self.next_rx_queue + s) % queues)
+            .find(|&i| !self.rx_batches[i].is_empty())?;
+        if !self.xsks.queues()[peek].can_transmit() {
+            return None;
+        }
+        let (queue, desc) = self.next_rx()?;
+        self.rx_lent = Some((queue, desc.addr));
+        self.tx_queue = queue;
+        // SAFETY: the kernel released this frame to us through the RX ring;
+        // it stays out of every ring until `return_lent_frame`, which runs
+        // only on the next call into the device, after the token is gone.
+        let frame = unsafe { self.region.slice(desc.addr, desc.len as usize) };
+        let tx = XdpTxToken {
+            queue: &mut self.xsks.queues_mut()[queue],
+            region: self.region,
+            frame_size: self.frame_size,
+        };
+        Some((XdpRxToken { frame }, tx))
+    }
+
+    fn transmit(&mut self, _timestamp: Instant) -> Option<Self::TxToken<'_>> {
+        self.return_lent_frame();
+        let queue = &mut self.xsks.queues_mut()[self.tx_queue];
+        if !queue.can_transmit() {
+            return None;
+        }
+        Some(XdpTxToken {
+            queue,
+            region: self.region,
+            frame_size: self.frame_size,
+        })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        caps.max_transmission_unit = self.mtu + 14;
+        caps.max_burst_size = None;
+        caps
+    }
+}

@@ -1,0 +1,29 @@
+//! Rauta's packet layer: AF_XDP sockets and their UMEM, and the smoltcp
+//! devices the userspace TCP/IP stack runs on.
+//!
+//! - [`umem`]: the shared frame memory (hugepages when available);
+//! - [`rings`]: frame pool and ring bookkeeping, independent of the kernel;
+//! - [`xsk`]: one AF_XDP socket per NIC queue, batched ring handling;
+//! - [`device`]: `smoltcp::phy::Device` over those sockets;
+//! - [`memory`]: an in-memory link, so two stacks talk in unit tests;
+//! - [`idle`]: adaptive polling (spin under load, `poll(2)` when idle);
+//! - [`link`]: interface facts (MAC, MTU, queues).
+//!
+//! `unsafe` in this workspace lives here and in `xdp-loader`, each block
+//! with its `SAFETY` note.
+
+pub mod device;
+pub mod idle;
+pub mod link;
+pub mod memory;
+pub mod rings;
+pub mod umem;
+pub mod xsk;
+
+pub use device::{BatchDevice, QueueTraffic, XdpDevice};
+pub use idle::{IdlePolicy, IdleWaiter};
+pub use memory::MemoryDevice;
+pub use xsk::{BindMode, XskConfig, XskError, XskQueue, XskSet, XskStatistics};
+
+/// smoltcp, re-exported so every crate builds on the same version.
+pub use smoltcp;

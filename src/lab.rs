@@ -1,0 +1,290 @@
+//! The veth lab of DESIGN.md: a kind-like L2 segment in network namespaces.
+//!
+//! ```text
+//!   {p}-client: {p}-cl ──┐                     ┌── {p}-gw : {p}-gw  (N queues, gateway node)
+//!                        └─ {p}-br: bridge {p}-br0 ─┤
+//!   {p}-backend: {p}-be ─┘                     (every veth's other end is a bridge port)
+//! ```
+//!
+//! Addresses come from 198.18.0.0/15. The gateway node's kernel holds
+//! [`GATEWAY_NODE`]; [`GATEWAY`] is left for the userspace stack alone.
+//! TX checksum offload is off on every interface that sends toward the
+//! gateway (AF_XDP would otherwise see partial checksums).
+
+use anyhow::{bail, Context, Result};
+use std::process::{Command, Stdio};
+
+/// The address the userspace stack owns.
+pub const GATEWAY: &str = "198.18.0.1";
+/// The gateway node's kernel address (host traffic).
+pub const GATEWAY_NODE: &str = "198.18.0.2";
+/// The client host.
+pub const CLIENT: &str = "198.18.0.10";
+/// The backend host.
+pub const BACKEND: &str = "198.18.0.20";
+/// Prefix length of the lab segment.
+pub const PREFIX_LEN: u8 = 24;
+
+/// Names of one lab's namespaces and interfaces.
+#[derive(Clone, Debug)]
+pub struct Lab {
+    prefix: String,
+}
+
+impl Lab {
+    /// The lab whose names start with `prefix` (`rauta` by default).
+    pub fn new(prefix: &str) -> Result<Self> {
+        // Interface names are at most 15 bytes; the longest is "{p}-gw-p".
+        if prefix.is_empty()
+            || prefix.len() > 10
+            || !prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            bail!("lab prefix {prefix:?} must be 1-10 letters, digits or '-'");
+        }
+        Ok(Self {
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    /// A namespace's name for `role` (gw, client, backend, br).
+    pub fn netns(&self, role: &str) -> String {
+        format!("{}-{role}", self.prefix)
+    }
+
+    /// The gateway's interface (inside the gw namespace).
+    pub fn gateway_iface(&self) -> String {
+        format!("{}-gw", self.prefix)
+    }
+
+    fn hosts(&self) -> [(String, String, &'static str); 3] {
+        [
+            ("gw".into(), format!("{}-gw", self.prefix), GATEWAY_NODE),
+            ("client".into(), format!("{}-cl", self.prefix), CLIENT),
+            ("backend".into(), format!("{}-be", self.prefix), BACKEND),
+        ]
+    }
+
+    fn namespaces(&self) -> Vec<String> {
+        ["br", "gw", "client", "backend"]
+            .iter()
+            .map(|r| self.netns(r))
+            .collect()
+    }
+
+    /// Whether any of the lab's namespaces exists.
+    pub fn exists(&self) -> Result<bool> {
+        let out = Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .context("running `ip netns list` (is iproute2 installed?)")?;
+        let list = String::from_utf8_lossy(&out.stdout);
+        let names: Vec<&str> = list
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        Ok(self
+            .namespaces()
+            .iter()
+            .any(|n| names.contains(&n.as_str())))
+    }
+
+    /// Build the lab (after removing a previous one of the same names), with
+    /// `queues` queues on the gateway's interface. On failure everything
+    /// made so far is removed.
+    pub fn up(&self, queues: u32) -> Result<Vec<String>> {
+        require_root("rauta lab up")?;
+        if !(1..=64).contains(&queues) {
+            bail!("--queues must be 1..=64, got {queues}");
+        }
+        self.down()?;
+        let mut made = Vec::new();
+        match self.build(queues, &mut made) {
+            Ok(()) => Ok(made),
+            Err(e) => {
+                let _ = self.down();
+                Err(e.context("building the lab failed; everything it made was removed"))
+            }
+        }
+    }
+
+    fn build(&self, queues: u32, made: &mut Vec<String>) -> Result<()> {
+        for ns in self.namespaces() {
+            run("ip", &["netns", "add", &ns])?;
+            self.ip(&ns, &["link", "set", "lo", "up"])?;
+            made.push(format!("namespace {ns}"));
+        }
+        let br_ns = self.netns("br");
+        let bridge = format!("{}-br0", self.prefix);
+        self.ip(&br_ns, &["link", "add", &bridge, "type", "bridge"])?;
+        self.ip(&br_ns, &["link", "set", &bridge, "up"])?;
+        made.push(format!("bridge {bridge} in {br_ns}"));
+
+        let q = queues.to_string();
+        for (role, iface, address) in self.hosts() {
+            let ns = self.netns(&role);
+            let port = format!("{iface}-p");
+            run(
+                "ip",
+                &[
+                    "link",
+                    "add",
+                    &iface,
+                    "netns",
+                    &ns,
+                    "numtxqueues",
+                    &q,
+                    "numrxqueues",
+                    &q,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    &port,
+                    "netns",
+                    &br_ns,
+                    "numtxqueues",
+                    &q,
+                    "numrxqueues",
+                    &q,
+                ],
+            )?;
+            self.ip(&br_ns, &["link", "set", &port, "master", &bridge])?;
+            self.ip(&br_ns, &["link", "set", &port, "up"])?;
+            let cidr = format!("{address}/{PREFIX_LEN}");
+            self.ip(&ns, &["addr", "add", &cidr, "dev", &iface])?;
+            self.ip(&ns, &["link", "set", &iface, "up"])?;
+            // Whatever sends toward the gateway must send full checksums.
+            self.ethtool(&br_ns, &port)?;
+            if role != "gw" {
+                self.ethtool(&ns, &iface)?;
+            } else {
+                self.spread_over_queues(&br_ns, &port, queues)?;
+            }
+            made.push(format!(
+                "{iface} ({cidr}, {queues} queues) in {ns}, bridge port {port}"
+            ));
+        }
+        made.push(format!(
+            "gateway address {GATEWAY}/{PREFIX_LEN} is free for the userspace stack on {} in {}",
+            self.gateway_iface(),
+            self.netns("gw")
+        ));
+        Ok(())
+    }
+
+    /// Remove everything the lab made (deleting a namespace deletes its
+    /// veths, and their peers with them). Quiet when there is nothing.
+    pub fn down(&self) -> Result<Vec<String>> {
+        require_root("rauta lab down")?;
+        let mut removed = Vec::new();
+        let mut failures = Vec::new();
+        for ns in self.namespaces() {
+            let status = Command::new("ip")
+                .args(["netns", "del", &ns])
+                .stderr(Stdio::null())
+                .status()
+                .context("running ip (is iproute2 installed?)")?;
+            if status.success() {
+                removed.push(format!("namespace {ns}"));
+            }
+        }
+        if self.exists()? {
+            failures.push("some lab namespaces could not be deleted".to_owned());
+        }
+        if !failures.is_empty() {
+            bail!(failures.join("; "));
+        }
+        Ok(removed)
+    }
+
+    /// A bridge forwarding into a multi-queue veth puts every frame on
+    /// queue 0 unless told otherwise. XPS on the bridge port picks the
+    /// gateway's RX queue by the CPU that sends the frame (queue i for CPU
+    /// i mod CPUs), so flows spread over queues as RSS would spread them, and
+    /// a test can steer a client's flows by pinning it to a CPU.
+    fn spread_over_queues(&self, br_ns: &str, port: &str, queues: u32) -> Result<()> {
+        if queues < 2 {
+            return Ok(());
+        }
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+        let mut script = String::new();
+        for q in 0..queues {
+            let mask = 1u64 << (q % cpus.min(64));
+            script.push_str(&format!(
+                "echo {mask:x} > /sys/class/net/{port}/queues/tx-{q}/xps_cpus; "
+            ));
+        }
+        run("ip", &["netns", "exec", br_ns, "sh", "-c", &script])
+            .context("setting XPS on the gateway's bridge port")
+    }
+
+    fn ip(&self, ns: &str, args: &[&str]) -> Result<()> {
+        let mut full = vec!["-n", ns];
+        full.extend_from_slice(args);
+        run("ip", &full)
+    }
+
+    fn ethtool(&self, ns: &str, iface: &str) -> Result<()> {
+        run(
+            "ip",
+            &[
+                "netns", "exec", ns, "ethtool", "-K", iface, "tx", "off", "tso", "off", "gso",
+                "off",
+            ],
+        )
+        .context("ethtool is needed to turn TX checksum offload off (apt-get install ethtool)")
+    }
+}
+
+fn run(program: &str, args: &[&str]) -> Result<()> {
+    let out = Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .output()
+        .with_context(|| format!("running {program} (is it installed?)"))?;
+    if !out.status.success() {
+        bail!(
+            "`{program} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Fail with one clear line when not root.
+pub fn require_root(what: &str) -> Result<()> {
+    if !nix_is_root() {
+        bail!("{what} needs root (network namespaces, XDP and AF_XDP); run it with sudo");
+    }
+    Ok(())
+}
+
+fn nix_is_root() -> bool {
+    // /proc/self/status carries the effective uid without a libc call.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fit_interface_limits() {
+        let lab = Lab::new("rauta-t12").unwrap();
+        for (_, iface, _) in lab.hosts() {
+            assert!(format!("{iface}-p").len() <= 15, "{iface}");
+        }
+        assert!(Lab::new("much-too-long-prefix").is_err());
+        assert!(Lab::new("bad/name").is_err());
+    }
+}

@@ -1,0 +1,137 @@
+// SPDX-License-Identifier: GPL-2.0 OR Apache-2.0
+//
+// Rauta's XDP program: steer the gateway's own traffic into AF_XDP sockets,
+// pass everything else to the kernel untouched.
+//
+// Steered (XDP_REDIRECT into RAUTA_XSKS[rx_queue_index]):
+//   - ARP whose target protocol address is the gateway address (requests for
+//     it and replies to it);
+//   - IPv4 TCP, UDP and ICMP whose destination is the gateway address.
+// Everything else returns XDP_PASS. When no socket is bound at the queue's
+// slot, bpf_redirect_map falls back to XDP_PASS (the flags argument), so a
+// program left behind by a dead process never blackholes traffic.
+//
+// Built by xdp-loader/build.rs with `clang -target bpf`; loaded by aya.
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#define RAUTA_MAX_QUEUES 64
+
+#define ARPHRD_ETHER_BE bpf_htons(1)
+#define ARP_PLEN_IPV4 4
+#define ARP_HLEN_ETHER 6
+
+// Keep in sync with `Config` in xdp-loader/src/maps.rs.
+struct rauta_config {
+	__u32 gateway_addr; // IPv4, network byte order; 0 = steer nothing
+	__u32 flags;        // reserved for listener ports / ephemeral range
+};
+
+// Keep in sync with `QueueCounters` in xdp-loader/src/maps.rs.
+struct rauta_counters {
+	__u64 redirected;
+	__u64 passed;
+};
+
+struct arp_ipv4 {
+	__be16 htype;
+	__be16 ptype;
+	__u8 hlen;
+	__u8 plen;
+	__be16 oper;
+	__u8 sha[ARP_HLEN_ETHER];
+	__u8 spa[ARP_PLEN_IPV4];
+	__u8 tha[ARP_HLEN_ETHER];
+	__u8 tpa[ARP_PLEN_IPV4];
+} __attribute__((packed));
+
+struct {
+	__uint(type, BPF_MAP_TYPE_XSKMAP);
+	__uint(max_entries, RAUTA_MAX_QUEUES);
+	__type(key, __u32);
+	__type(value, __u32);
+} RAUTA_XSKS SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct rauta_config);
+} RAUTA_CONFIG SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, RAUTA_MAX_QUEUES);
+	__type(key, __u32);
+	__type(value, struct rauta_counters);
+} RAUTA_COUNTERS SEC(".maps");
+
+static __always_inline int pass(struct rauta_counters *c)
+{
+	if (c)
+		c->passed++;
+	return XDP_PASS;
+}
+
+static __always_inline int is_gateway_traffic(void *data, void *data_end, __u32 gateway_addr)
+{
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return 0;
+
+	if (eth->h_proto == bpf_htons(ETH_P_ARP)) {
+		struct arp_ipv4 *arp = (void *)(eth + 1);
+		if ((void *)(arp + 1) > data_end)
+			return 0;
+		if (arp->htype != ARPHRD_ETHER_BE || arp->ptype != bpf_htons(ETH_P_IP) ||
+		    arp->hlen != ARP_HLEN_ETHER || arp->plen != ARP_PLEN_IPV4)
+			return 0;
+		__u32 tpa;
+		__builtin_memcpy(&tpa, arp->tpa, sizeof(tpa));
+		return tpa == gateway_addr;
+	}
+
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+		if ((void *)(ip + 1) > data_end)
+			return 0;
+		if (ip->daddr != gateway_addr)
+			return 0;
+		return ip->protocol == IPPROTO_TCP || ip->protocol == IPPROTO_UDP ||
+		       ip->protocol == IPPROTO_ICMP;
+	}
+
+	return 0;
+}
+
+SEC("xdp")
+int rauta_xdp(struct xdp_md *ctx)
+{
+	__u32 zero = 0;
+	__u32 queue = ctx->rx_queue_index;
+	struct rauta_counters *counters = bpf_map_lookup_elem(&RAUTA_COUNTERS, &queue);
+	struct rauta_config *config = bpf_map_lookup_elem(&RAUTA_CONFIG, &zero);
+
+	if (!config || config->gateway_addr == 0)
+		return pass(counters);
+
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	if (!is_gateway_traffic(data, data_end, config->gateway_addr))
+		return pass(counters);
+
+	int action = bpf_redirect_map(&RAUTA_XSKS, queue, XDP_PASS);
+	if (action == XDP_REDIRECT) {
+		if (counters)
+			counters->redirected++;
+		return action;
+	}
+	return pass(counters);
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
