@@ -111,6 +111,12 @@ impl Probe {
     /// everything due out. Returns whether anything happened.
     pub fn poll<D: Device + ?Sized>(&mut self, now: Instant, device: &mut D) -> bool {
         let mut work = false;
+        // Each packet can take at most one listener; refill the pool before
+        // a burst of SYNs could empty it (smoltcp resets a SYN it has no
+        // listener for). Checking every half pool keeps the cost per packet
+        // flat.
+        let refill_every = (self.config.listen_backlog / 2).max(1);
+        let mut since_refill = 0;
         loop {
             match self
                 .iface
@@ -118,7 +124,14 @@ impl Probe {
             {
                 PollIngressSingleResult::None => break,
                 PollIngressSingleResult::PacketProcessed => work = true,
-                PollIngressSingleResult::SocketStateChanged => work = true,
+                PollIngressSingleResult::SocketStateChanged => {
+                    work = true;
+                    since_refill += 1;
+                    if since_refill >= refill_every {
+                        self.accept();
+                        since_refill = 0;
+                    }
+                }
             }
         }
         if work {

@@ -159,6 +159,7 @@ impl XskSet {
             return Err(XskError::RingSize(config.ring_size));
         }
         let name = CString::new(iface).map_err(|_| XskError::NoSuchInterface(iface.into()))?;
+        check_access()?;
         let per_queue = config.frames_per_queue();
         let total = per_queue * queues.len() as u32;
         let area =
@@ -289,6 +290,28 @@ impl XskSet {
     pub fn area(&self) -> &UmemArea {
         &self.area
     }
+}
+
+/// Fail early, before any memory is mapped, when this process may not open
+/// AF_XDP sockets.
+fn check_access() -> Result<(), XskError> {
+    // SAFETY: plain socket(2) call; the fd is closed right below.
+    let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(match e.raw_os_error() {
+            Some(libc::EPERM) | Some(libc::EACCES) => XskError::Permission(e.to_string()),
+            _ => XskError::Socket {
+                step: "socket",
+                iface: String::new(),
+                queue: 0,
+                errno: format!("{e} (is CONFIG_XDP_SOCKETS on?)"),
+            },
+        });
+    }
+    // SAFETY: `fd` was just returned by socket(2) and is owned here.
+    unsafe { libc::close(fd) };
+    Ok(())
 }
 
 /// Bind, retrying briefly: right after a previous owner of the queue exits

@@ -1,0 +1,314 @@
+//! Lab tests of `rauta probe` (root): real veths, a real XDP program, real
+//! AF_XDP sockets, the kernel's own ping and TCP stack as the peer.
+
+mod common;
+
+use common::{field, serial, Lab, GATEWAY, GATEWAY_NODE, RAUTA};
+use std::time::Duration;
+
+fn echo(lab: &Lab, bytes: usize, count: usize, extra: &[&str]) -> String {
+    let target = format!("{GATEWAY}:7");
+    let (bytes, count) = (bytes.to_string(), count.to_string());
+    let mut args = vec![
+        RAUTA,
+        "echo-client",
+        "--target",
+        &target,
+        "--bytes",
+        &bytes,
+        "--count",
+        &count,
+        "--timeout",
+        "60",
+    ];
+    args.extend_from_slice(extra);
+    lab.exec_ok("client", &args)
+}
+
+#[test]
+fn probe_answers_arp_ping_udp_and_tcp_echo_on_two_queues() {
+    let _serial = serial();
+    let lab = Lab::up("rtp-a", 2);
+    let mut probe = lab.start_probe(2, &[]);
+
+    // The gateway's kernel does not hold the address: the userspace stack
+    // answers ARP and ping alone.
+    let addrs = lab.exec_ok("gw", &["ip", "-4", "addr", "show"]);
+    assert!(!addrs.contains(GATEWAY), "kernel holds {GATEWAY}: {addrs}");
+    let ping = lab.exec_ok(
+        "client",
+        &["ping", "-c", "3", "-i", "0.2", "-W", "2", GATEWAY],
+    );
+    assert!(ping.contains("3 received"), "{ping}");
+    let neigh = lab.exec_ok("client", &["ip", "neigh", "show", GATEWAY]);
+    let mac = lab.exec_ok(
+        "gw",
+        &["cat", &format!("/sys/class/net/{}/address", lab.gw_iface())],
+    );
+    assert!(
+        neigh.contains(mac.trim()),
+        "ARP did not resolve {GATEWAY} to the gateway's MAC {}: {neigh}",
+        mac.trim()
+    );
+
+    // TCP echo, byte-exact, for 1 B, 64 KiB and 1 MiB.
+    for bytes in [1, 64 * 1024, 1024 * 1024] {
+        let out = echo(&lab, bytes, 1, &[]);
+        assert!(out.contains("all byte-exact"), "{out}");
+    }
+    let out = echo(&lab, 1400, 20, &["--udp"]);
+    assert!(out.contains("all byte-exact"), "{out}");
+
+    // Flows from senders on each CPU land on both queues; all are served.
+    for cpu in ["0", "1"] {
+        let target = format!("{GATEWAY}:7");
+        let out = lab.exec_ok(
+            "client",
+            &[
+                "taskset",
+                "-c",
+                cpu,
+                RAUTA,
+                "echo-client",
+                "--target",
+                &target,
+                "--bytes",
+                "65536",
+                "--count",
+                "16",
+                "--timeout",
+                "60",
+            ],
+        );
+        assert!(out.contains("all byte-exact"), "{out}");
+    }
+
+    assert!(probe.terminate().success(), "{:?}", probe.output());
+    let output = probe.output();
+    let exit_queue = |q: u32| {
+        output
+            .iter()
+            .find(|l| l.starts_with(&format!("exit queue={q} ")))
+            .unwrap_or_else(|| panic!("no exit report for queue {q}: {output:?}"))
+            .clone()
+    };
+    for q in [0, 1] {
+        let line = exit_queue(q);
+        assert!(
+            field(&line, "frames_in") > 0,
+            "queue {q} saw no flows: {line}"
+        );
+        assert!(
+            field(&line, "frames_out") > 0,
+            "queue {q} sent nothing: {line}"
+        );
+        assert_eq!(
+            field(&line, "xdp_redirected"),
+            field(&line, "frames_in"),
+            "{line}"
+        );
+    }
+    let total = output
+        .iter()
+        .find(|l| l.starts_with("exit total"))
+        .expect("exit total line");
+    assert_eq!(field(total, "tcp_accepted"), 3 + 32, "{total}");
+    assert_eq!(field(total, "connections"), 0, "{total}");
+    assert_eq!(lab.xdp_program(), None, "XDP program left after SIGTERM");
+}
+
+#[test]
+fn host_traffic_passes_while_the_probe_runs() {
+    let _serial = serial();
+    let lab = Lab::up("rtp-b", 2);
+    // A kernel TCP echo server on the gateway node's own address.
+    let server = format!(
+        "import socket,threading\n\
+         s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind(('{GATEWAY_NODE}', 8080)); s.listen(16); print('listening', flush=True)\n\
+         def serve(c):\n  while True:\n    d=c.recv(65536)\n    if not d: break\n    c.sendall(d)\n  c.close()\n\
+         while True:\n  c,_=s.accept(); threading.Thread(target=serve,args=(c,),daemon=True).start()\n"
+    );
+    let _kernel_server = {
+        let p = lab.spawn("gw", &["python3", "-c", &server]);
+        p.wait_for_line(|l| l == "listening", Duration::from_secs(10));
+        p
+    };
+    let mut probe = lab.start_probe(2, &[]);
+    let target = format!("{GATEWAY_NODE}:8080");
+    let out = lab.exec_ok(
+        "client",
+        &[
+            RAUTA,
+            "echo-client",
+            "--target",
+            &target,
+            "--bytes",
+            "65536",
+            "--count",
+            "4",
+        ],
+    );
+    assert!(out.contains("all byte-exact"), "host traffic broken: {out}");
+    let ping = lab.exec_ok(
+        "client",
+        &["ping", "-c", "2", "-i", "0.2", "-W", "2", GATEWAY_NODE],
+    );
+    assert!(ping.contains("2 received"), "{ping}");
+    // And the gateway's own address is still served meanwhile.
+    let out = echo(&lab, 4096, 2, &[]);
+    assert!(out.contains("all byte-exact"), "{out}");
+    assert!(probe.terminate().success());
+    let passed: u64 = probe
+        .output()
+        .iter()
+        .filter(|l| l.starts_with("exit queue="))
+        .map(|l| field(l, "xdp_passed"))
+        .sum();
+    assert!(passed > 0, "the XDP program passed no host traffic");
+}
+
+#[test]
+fn sigkill_leaves_nothing_stale_that_the_next_start_or_detach_cannot_remove() {
+    let _serial = serial();
+    let lab = Lab::up("rtp-c", 1);
+
+    // Default BPF link: the kernel detaches when the process dies, however.
+    let mut probe = lab.start_probe(1, &[]);
+    assert!(lab.xdp_program().is_some());
+    probe.kill();
+    assert_eq!(
+        lab.xdp_program(),
+        None,
+        "link-attached program survived SIGKILL"
+    );
+
+    // Legacy netlink attach survives SIGKILL: a stale program.
+    let mut probe = lab.start_probe(1, &["--xdp-attach", "netlink"]);
+    probe.kill();
+    let (stale_id, name) = lab
+        .xdp_program()
+        .expect("netlink program should stay after SIGKILL");
+    assert_eq!(name, "rauta_xdp");
+    // The stale program passes traffic to the kernel: host network intact.
+    let ping = lab.exec_ok("client", &["ping", "-c", "1", "-W", "2", GATEWAY_NODE]);
+    assert!(ping.contains("1 received"), "{ping}");
+
+    // The next start replaces it and serves.
+    let mut probe = lab.start_probe(1, &[]);
+    let (id, _) = lab.xdp_program().expect("probe attached");
+    assert_ne!(id, stale_id, "stale program not replaced");
+    let out = echo(&lab, 1000, 1, &[]);
+    assert!(out.contains("all byte-exact"), "{out}");
+    assert!(probe.terminate().success());
+    assert_eq!(lab.xdp_program(), None);
+
+    // `rauta xdp detach` removes a stale one.
+    let mut probe = lab.start_probe(1, &["--xdp-attach", "netlink"]);
+    probe.kill();
+    assert!(lab.xdp_program().is_some());
+    let out = lab.exec_ok("gw", &[RAUTA, "xdp", "detach", &lab.gw_iface()]);
+    assert!(out.contains("detached"), "{out}");
+    assert_eq!(lab.xdp_program(), None);
+    let out = lab.exec_ok("gw", &[RAUTA, "xdp", "detach", &lab.gw_iface()]);
+    assert!(out.contains("no XDP program"), "{out}");
+}
+
+#[test]
+fn without_root_or_interface_it_fails_with_one_line_and_leaves_nothing() {
+    let _serial = serial();
+    let lab = Lab::up("rtp-d", 1);
+    let iface = lab.gw_iface();
+    let address = format!("{GATEWAY}/24");
+    let probe_args = [RAUTA, "probe", "--iface", &iface, "--address", &address];
+
+    let mut unprivileged = vec![
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+    ];
+    unprivileged.extend_from_slice(&probe_args);
+    let out = lab.exec("gw", &unprivileged);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(stderr.trim().lines().count(), 1, "not one line: {stderr}");
+    assert!(stderr.contains("root"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(lab.xdp_program(), None);
+
+    let out = lab.exec(
+        "gw",
+        &[
+            RAUTA,
+            "probe",
+            "--iface",
+            "rauta-nope0",
+            "--address",
+            &address,
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(stderr.trim().lines().count(), 1, "not one line: {stderr}");
+    assert!(
+        stderr.contains("rauta-nope0") && stderr.contains("does not exist"),
+        "{stderr}"
+    );
+
+    let out = lab.exec(
+        "gw",
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            RAUTA,
+            "lab",
+            "up",
+            "--prefix",
+            "rtp-x",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(stderr.trim().lines().count(), 1, "not one line: {stderr}");
+    assert!(stderr.contains("root"), "{stderr}");
+}
+
+#[test]
+fn an_idle_probe_uses_under_five_percent_of_a_core() {
+    let _serial = serial();
+    let lab = Lab::up("rtp-e", 2);
+    let mut probe = lab.start_probe(2, &[]);
+    let ticks = || -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", probe.pid())).unwrap();
+        // Fields after the command name (which is in parentheses).
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    };
+    let hz: f64 = String::from_utf8(
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let before = ticks();
+    let start = std::time::Instant::now();
+    std::thread::sleep(Duration::from_secs(10));
+    let used = (ticks() - before) as f64 / hz;
+    let share = used / start.elapsed().as_secs_f64();
+    assert!(
+        share < 0.05,
+        "idle probe used {:.1}% of a core",
+        share * 100.0
+    );
+    assert!(probe.terminate().success());
+}
