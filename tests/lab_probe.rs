@@ -312,3 +312,58 @@ fn an_idle_probe_uses_under_five_percent_of_a_core() {
     );
     assert!(probe.terminate().success());
 }
+
+/// Reserves 2 MiB hugepages for the test and gives them back on drop.
+struct HugePages {
+    before: String,
+}
+
+impl HugePages {
+    const PATH: &'static str = "/proc/sys/vm/nr_hugepages";
+
+    fn reserve_extra(pages: u64) -> Self {
+        let before = std::fs::read_to_string(Self::PATH)
+            .unwrap()
+            .trim()
+            .to_owned();
+        let want = before.parse::<u64>().unwrap() + pages;
+        std::fs::write(Self::PATH, want.to_string()).unwrap();
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+        let free: u64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("HugePages_Free:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap();
+        let guard = Self { before };
+        assert!(free >= pages, "could reserve only {free} hugepages");
+        guard
+    }
+}
+
+impl Drop for HugePages {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, &self.before);
+    }
+}
+
+#[test]
+fn umem_sits_on_hugepages_when_the_host_has_them_and_plain_pages_otherwise() {
+    let _serial = serial();
+    let lab = Lab::up("rtp-f", 2);
+    {
+        // 2 queues x 4096 frames x 4 KiB = 32 MiB = 16 hugepages.
+        let _pages = HugePages::reserve_extra(16);
+        let mut probe = lab.start_probe(2, &[]);
+        let banner = probe.wait_for_line(|l| l.starts_with("rauta probe:"), Duration::from_secs(1));
+        assert!(banner.contains("UMEM on HugePages"), "{banner}");
+        let out = echo(&lab, 256 * 1024, 4, &[]);
+        assert!(out.contains("all byte-exact"), "{out}");
+        assert!(probe.terminate().success());
+    }
+    let mut probe = lab.start_probe(2, &["--no-hugepages"]);
+    let banner = probe.wait_for_line(|l| l.starts_with("rauta probe:"), Duration::from_secs(1));
+    assert!(banner.contains("UMEM on Pages"), "{banner}");
+    let out = echo(&lab, 256 * 1024, 4, &[]);
+    assert!(out.contains("all byte-exact"), "{out}");
+    assert!(probe.terminate().success());
+}

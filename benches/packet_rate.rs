@@ -1,0 +1,381 @@
+//! Packet-rate lab benchmark (root; run by hand, not by CI):
+//!
+//! frames per second that `rauta probe` answers on one core, beside the
+//! kernel answering the same traffic on the same veth, beside the veth's
+//! XDP_DROP rate (the lab's physical limit).
+//!
+//! Traffic: 60-byte ICMP echo requests from trafgen (netsniff-ng; this
+//! kernel has no pktgen, see benches/pktgen.sh for kernels that do) in the
+//! client namespace, through the lab's bridge, to the gateway's veth.
+//! Answered frames are counted on the client's veth (echo replies); dropped
+//! frames on the gateway's veth (`ethtool -S` xdp drops). Rounds alternate
+//! probe / kernel / xdp-drop; medians of the rounds and ratios go to
+//! `benches/results/packet_rate.json`.
+//!
+//! Pinning: trafgen on CPU 0, the probe on CPU 1. The kernel's answers run
+//! in softirq on whichever CPU the veth delivers on (CPU 0 here, beside
+//! trafgen): that is the kernel path's real cost, and the report says so.
+//!
+//! Environment: RAUTA_BENCH_ROUNDS (3), RAUTA_BENCH_PACKETS (2,000,000 per
+//! run), RAUTA_BENCH_RATE (trafgen -b, e.g. 400000pps; unset = flat out).
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const RAUTA: &str = env!("CARGO_BIN_EXE_rauta");
+const PREFIX: &str = "rauta-pr";
+const GATEWAY: &str = "198.18.0.1";
+
+fn ns(role: &str) -> String {
+    format!("{PREFIX}-{role}")
+}
+
+fn run(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn in_ns(role: &str, args: &[&str]) -> String {
+    let ns = ns(role);
+    let mut full = vec!["ip", "netns", "exec", ns.as_str()];
+    full.extend_from_slice(args);
+    run(&full)
+}
+
+fn read_counter(role: &str, iface: &str, counter: &str) -> u64 {
+    in_ns(
+        role,
+        &[
+            "cat",
+            &format!("/sys/class/net/{iface}/statistics/{counter}"),
+        ],
+    )
+    .trim()
+    .parse()
+    .unwrap()
+}
+
+fn xdp_drops(iface: &str) -> u64 {
+    in_ns("gw", &["ethtool", "-S", iface])
+        .lines()
+        .filter(|l| l.contains("xdp_drops"))
+        .filter_map(|l| l.split(':').nth(1)?.trim().parse::<u64>().ok())
+        .sum()
+}
+
+fn mac(role: &str, iface: &str) -> [u8; 6] {
+    let text = in_ns(role, &["cat", &format!("/sys/class/net/{iface}/address")]);
+    let mut mac = [0u8; 6];
+    for (b, part) in mac.iter_mut().zip(text.trim().split(':')) {
+        *b = u8::from_str_radix(part, 16).unwrap();
+    }
+    mac
+}
+
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// A 60-byte Ethernet frame carrying an ICMP echo request, as a trafgen
+/// configuration.
+fn trafgen_config(dst: [u8; 6], src: [u8; 6]) -> String {
+    let mut icmp = vec![8, 0, 0, 0, 0x12, 0x34, 0, 1];
+    icmp.extend_from_slice(&[0x5a; 18]);
+    let c = checksum(&icmp).to_be_bytes();
+    icmp[2..4].copy_from_slice(&c);
+    let total = (20 + icmp.len()) as u16;
+    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 1, 0, 0];
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&[198, 18, 0, 10, 198, 18, 0, 1]);
+    let c = checksum(&ip).to_be_bytes();
+    ip[10..12].copy_from_slice(&c);
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&dst);
+    frame.extend_from_slice(&src);
+    frame.extend_from_slice(&[0x08, 0x00]);
+    frame.extend_from_slice(&ip);
+    frame.extend_from_slice(&icmp);
+    assert_eq!(frame.len(), 60);
+    let bytes: Vec<String> = frame.iter().map(|b| format!("{b:#04x}")).collect();
+    format!("{{ {} }}\n", bytes.join(", "))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Probe,
+    Kernel,
+    XdpDrop,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Probe => "rauta-probe",
+            Mode::Kernel => "kernel",
+            Mode::XdpDrop => "xdp-drop",
+        }
+    }
+}
+
+struct Guard(Option<Child>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = Command::new("kill")
+                .args(["-KILL", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
+struct Lab;
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = Command::new(RAUTA)
+            .args(["lab", "down", "--prefix", PREFIX])
+            .output();
+    }
+}
+
+/// One measured run: frames handled per second.
+fn measure(mode: Mode, config: &str, drop_obj: &str, packets: u64, rate: Option<&str>) -> f64 {
+    let gw = format!("{PREFIX}-gw");
+    let cl = format!("{PREFIX}-cl");
+    let cidr = format!("{GATEWAY}/24");
+    let mut server = Guard(None);
+    match mode {
+        Mode::Probe => {
+            let child = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &ns("gw"),
+                    "taskset",
+                    "-c",
+                    "1",
+                    RAUTA,
+                    "probe",
+                ])
+                .args([
+                    "--iface",
+                    &gw,
+                    "--address",
+                    &cidr,
+                    "--queues",
+                    "1",
+                    "--report-every",
+                    "60",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            server.0 = Some(child);
+        }
+        Mode::Kernel => {
+            in_ns("gw", &["ip", "addr", "add", &cidr, "dev", &gw]);
+        }
+        Mode::XdpDrop => {
+            in_ns(
+                "gw",
+                &[
+                    "ip", "link", "set", "dev", &gw, "xdpdrv", "obj", drop_obj, "sec", "xdp",
+                ],
+            );
+        }
+    }
+    // Let ARP settle both ways and the server come up.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    if mode != Mode::XdpDrop {
+        while Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns("client"),
+                "ping",
+                "-c",
+                "1",
+                "-W",
+                "1",
+                GATEWAY,
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .map(|s| !s.success())
+            .unwrap_or(true)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{} never answered ping",
+                mode.name()
+            );
+        }
+    }
+
+    let replies_before = read_counter("client", &cl, "rx_packets");
+    let drops_before = xdp_drops(&gw);
+    let packets_arg = packets.to_string();
+    let mut args = vec![
+        "timeout",
+        "60",
+        "taskset",
+        "-c",
+        "0",
+        "trafgen",
+        "--dev",
+        &cl,
+        "--conf",
+        config,
+        "--cpus",
+        "1",
+        "-n",
+        &packets_arg,
+        "-q",
+    ];
+    if let Some(rate) = rate {
+        args.extend_from_slice(&["-b", rate]);
+    }
+    let start = Instant::now();
+    in_ns("client", &args);
+    // Replies still in flight when trafgen returns.
+    std::thread::sleep(Duration::from_millis(200));
+    let elapsed = start.elapsed().as_secs_f64() - 0.2;
+    let handled = match mode {
+        Mode::XdpDrop => xdp_drops(&gw) - drops_before,
+        _ => read_counter("client", &cl, "rx_packets") - replies_before,
+    };
+
+    drop(server);
+    match mode {
+        Mode::Probe => {}
+        Mode::Kernel => {
+            in_ns("gw", &["ip", "addr", "del", &cidr, "dev", &gw]);
+        }
+        Mode::XdpDrop => {
+            in_ns("gw", &["ip", "link", "set", "dev", &gw, "xdpdrv", "off"]);
+        }
+    }
+    handled as f64 / elapsed
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    // `cargo bench` passes --bench; a plain `cargo test` build must not run it.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let root = std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false);
+    assert!(
+        root,
+        "the packet-rate benchmark needs root (veth lab, XDP, AF_XDP)"
+    );
+    let env = |k: &str| std::env::var(k).ok();
+    let rounds: usize = env("RAUTA_BENCH_ROUNDS")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let packets: u64 = env("RAUTA_BENCH_PACKETS")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000_000);
+    let rate = env("RAUTA_BENCH_RATE");
+
+    let tmp = std::env::temp_dir().join(format!("rauta-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let drop_obj = tmp.join("xdp_drop.o");
+    let bench_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/benches");
+    run(&[
+        "clang",
+        "-O2",
+        "-g",
+        "-target",
+        "bpf",
+        "-I/usr/include/x86_64-linux-gnu",
+        "-c",
+        &format!("{bench_dir}/xdp_drop.c"),
+        "-o",
+        drop_obj.to_str().unwrap(),
+    ]);
+
+    run(&[RAUTA, "lab", "up", "--prefix", PREFIX, "--queues", "1"]);
+    let _lab = Lab;
+    let gw = format!("{PREFIX}-gw");
+    let cl = format!("{PREFIX}-cl");
+    let config = tmp.join("icmp.cfg");
+    std::fs::write(&config, trafgen_config(mac("gw", &gw), mac("client", &cl))).unwrap();
+
+    let modes = [Mode::Probe, Mode::Kernel, Mode::XdpDrop];
+    let mut results: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    for round in 1..=rounds {
+        for (i, &mode) in modes.iter().enumerate() {
+            let fps = measure(
+                mode,
+                config.to_str().unwrap(),
+                drop_obj.to_str().unwrap(),
+                packets,
+                rate.as_deref(),
+            );
+            eprintln!(
+                "round {round}/{rounds} {:<12} {:>10.0} frames/s",
+                mode.name(),
+                fps
+            );
+            results[i].push(fps);
+        }
+    }
+    let medians: Vec<f64> = results.iter().map(|r| median(r.clone())).collect();
+    let report = format!(
+        "{{\n  \"benchmark\": \"packet_rate\",\n  \"date\": \"{}\",\n  \"frame_bytes\": 60,\n  \
+         \"packets_per_run\": {packets},\n  \"offered_rate\": \"{}\",\n  \"rounds\": {rounds},\n  \
+         \"pinning\": \"trafgen CPU 0, probe CPU 1, kernel softirq where the veth delivers\",\n  \
+         \"runs_frames_per_s\": {{ \"rauta_probe\": {:?}, \"kernel\": {:?}, \"xdp_drop\": {:?} }},\n  \
+         \"median_frames_per_s\": {{ \"rauta_probe\": {:.0}, \"kernel\": {:.0}, \"xdp_drop\": {:.0} }},\n  \
+         \"ratio_probe_to_kernel\": {:.3},\n  \"ratio_probe_to_xdp_drop\": {:.3}\n}}\n",
+        run(&["date", "-u", "+%Y-%m-%dT%H:%M:%SZ"]).trim(),
+        rate.as_deref().unwrap_or("unlimited"),
+        results[0], results[1], results[2],
+        medians[0], medians[1], medians[2],
+        medians[0] / medians[1],
+        medians[0] / medians[2],
+    );
+    let out_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/results");
+    std::fs::create_dir_all(out_dir).unwrap();
+    std::fs::write(format!("{out_dir}/packet_rate.json"), &report).unwrap();
+    print!("{report}");
+    let _ = std::fs::remove_dir_all(&tmp);
+}
