@@ -367,3 +367,18 @@ fn umem_sits_on_hugepages_when_the_host_has_them_and_plain_pages_otherwise() {
     assert!(out.contains("all byte-exact"), "{out}");
     assert!(probe.terminate().success());
 }
+
+#[test]
+fn generic_xdp_mode_serves_too() {
+    let _serial = serial();
+    let lab = Lab::up("rtp-g", 1);
+    let mut probe = lab.start_probe(1, &["--xdp-mode", "generic"]);
+    let banner = probe.wait_for_line(|l| l.starts_with("rauta probe:"), Duration::from_secs(1));
+    assert!(banner.contains("(generic XDP"), "{banner}");
+    let ping = lab.exec_ok("client", &["ping", "-c", "2", "-i", "0.2", "-W", "2", GATEWAY]);
+    assert!(ping.contains("2 received"), "{ping}");
+    let out = echo(&lab, 64 * 1024, 2, &[]);
+    assert!(out.contains("all byte-exact"), "{out}");
+    assert!(probe.terminate().success());
+    assert_eq!(lab.xdp_program(), None);
+}
