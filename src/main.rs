@@ -96,6 +96,15 @@ struct ProbeArgs {
     /// Queues (0..N) to open AF_XDP sockets on.
     #[arg(long, default_value_t = 1)]
     queues: u32,
+    /// Worker threads, each owning queues i, i+W, ... (default: one per queue).
+    #[arg(long)]
+    workers: Option<u32>,
+    /// TCP receive buffer per connection, bytes.
+    #[arg(long, default_value_t = 64 * 1024)]
+    tcp_rx_buffer: usize,
+    /// TCP send buffer per connection, bytes.
+    #[arg(long, default_value_t = 64 * 1024)]
+    tcp_tx_buffer: usize,
     /// Where the XDP program runs.
     #[arg(long, value_enum, default_value = "auto")]
     xdp_mode: XdpModeArg,
@@ -192,6 +201,12 @@ fn run(cli: Cli) -> Result<()> {
                 address: probe_cmd::parse_cidr(&args.address)?,
                 iface: args.iface,
                 queues: args.queues,
+                workers: args.workers.unwrap_or(args.queues),
+                tcp: rauta_netstack::TcpConfig {
+                    rx_buffer: args.tcp_rx_buffer.clamp(1024, 64 << 20),
+                    tx_buffer: args.tcp_tx_buffer.clamp(1024, 64 << 20),
+                    ..Default::default()
+                },
                 xdp_mode: match args.xdp_mode {
                     XdpModeArg::Auto => AttachMode::Auto,
                     XdpModeArg::Native => AttachMode::Native,

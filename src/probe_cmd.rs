@@ -2,14 +2,16 @@
 //! sockets, with per-queue counters every second and on exit.
 
 use anyhow::{bail, Context, Result};
-use rauta_dataplane::{run_probe, Probe, ProbeConfig};
+use rauta_dataplane::{run_probe, Probe, ProbeConfig, SharedReport, WorkerReport};
+use rauta_netstack::flow::FlowOwnership;
+use rauta_netstack::handoff;
 use rauta_netstack::smoltcp::time::Instant;
 use rauta_netstack::smoltcp::wire::Ipv4Cidr;
 use rauta_netstack::umem::HugePagePolicy;
-use rauta_netstack::{link, IdlePolicy, XdpDevice, XskConfig, XskSet};
+use rauta_netstack::{link, IdlePolicy, StackConfig, TcpConfig, XdpDevice, XskConfig, XskSet};
 use rauta_xdp::{AttachMethod, AttachMode, XdpProgram};
 use std::io::Write;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,9 +20,11 @@ pub struct ProbeOptions {
     pub iface: String,
     pub address: Ipv4Cidr,
     pub queues: u32,
+    pub workers: u32,
     pub xdp_mode: AttachMode,
     pub xdp_attach: AttachMethod,
     pub xsk: XskConfig,
+    pub tcp: TcpConfig,
     pub idle: IdlePolicy,
     pub report_every: Duration,
 }
@@ -46,9 +50,11 @@ pub fn run(options: ProbeOptions, hugepages: bool) -> Result<()> {
         iface,
         address,
         queues,
+        workers,
         xdp_mode,
         xdp_attach,
         mut xsk,
+        tcp,
         idle,
         report_every,
     } = options;
@@ -61,6 +67,9 @@ pub fn run(options: ProbeOptions, hugepages: bool) -> Result<()> {
     if queues == 0 || queues > available {
         bail!("--queues {queues}: {iface} has {available} RX queue(s)");
     }
+    if workers == 0 || workers > queues {
+        bail!("--workers {workers}: must be 1..={queues} (one or more queues per worker)");
+    }
     let queue_ids: Vec<u32> = (0..queues).collect();
 
     // Sockets first: without privileges this fails before anything is
@@ -71,51 +80,86 @@ pub fn run(options: ProbeOptions, hugepages: bool) -> Result<()> {
         program.register_socket(queue.queue_id(), queue.fd())?;
     }
     let backing = xsks.area().backing();
-    let mut device = XdpDevice::new(xsks, mtu);
+    let (registration, groups) = xsks.split(workers as usize);
 
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
     }
 
-    let mut probe = Probe::new(ProbeConfig::new(address, mac), &mut device, Instant::now());
+    let ownership = (workers > 1).then(|| FlowOwnership::new(workers as usize));
+    let mailboxes = handoff::mailboxes(workers as usize, 4096).context("creating hand-off rings")?;
+    let mut handles = Vec::new();
+    let mut reports = Vec::new();
+    for (worker, (group, mut mailbox)) in groups.into_iter().zip(mailboxes).enumerate() {
+        let mut stack = StackConfig::new(address, mac);
+        stack.tcp = tcp.clone();
+        stack.worker = worker;
+        stack.ownership = ownership.clone();
+        let report = SharedReport::default();
+        reports.push(report.clone());
+        let stop = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("rauta-worker-{worker}"))
+            .spawn(move || {
+                let mut device = XdpDevice::new(group, mtu);
+                let mut probe = Probe::new(ProbeConfig::new(stack), &mut device, Instant::now());
+                run_probe(&mut device, &mut probe, &mut mailbox, &stop, idle, &report);
+            })
+            .context("starting a worker thread")?;
+        handles.push(handle);
+    }
+
     println!(
-        "rauta probe: {address} on {iface} ({} XDP, {queues} queue(s), UMEM on {backing:?}); \
-         ARP, ICMP echo, UDP and TCP echo on port 7. Ctrl-C or SIGTERM stops.",
+        "rauta probe: {address} on {iface} ({} XDP, {queues} queue(s), {workers} worker(s), \
+         UMEM on {backing:?}); ARP, ICMP echo, UDP and TCP echo on port 7. Ctrl-C or SIGTERM stops.",
         program.running_mode()
     );
     let _ = std::io::stdout().flush();
 
-    run_probe(
-        &mut device,
-        &mut probe,
-        &stop,
-        idle,
-        |d: &XdpDevice| d.fds(),
-        report_every,
-        |d, p| report(d, p, &program, "tick"),
-    );
-    report(&device, &probe, &program, "exit");
-    // Detach before the sockets close, so no frame is redirected into a
-    // closing socket.
+    let mut next = std::time::Instant::now() + report_every;
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(20));
+        if std::time::Instant::now() >= next {
+            print_report(&reports, &program, "tick");
+            next += report_every;
+        }
+        if handles.iter().any(|h| h.is_finished()) {
+            stop.store(true, Ordering::Relaxed);
+        }
+    }
+    let mut panicked = false;
+    for handle in handles {
+        panicked |= handle.join().is_err();
+    }
+    print_report(&reports, &program, "exit");
+    // Detach before the sockets close (they closed with the workers; the
+    // program falls back to XDP_PASS for queues without a socket meanwhile).
     drop(program);
-    drop(device);
+    drop(registration);
     println!("rauta probe: stopped; XDP program detached from {iface}");
+    if panicked {
+        bail!("a worker thread panicked; see the log above");
+    }
     Ok(())
 }
 
-fn report(device: &XdpDevice, probe: &Probe, program: &XdpProgram, when: &str) {
-    let traffic = device.traffic();
-    let stats = device.statistics();
+fn print_report(reports: &[SharedReport], program: &XdpProgram, when: &str) {
+    let snapshots: Vec<WorkerReport> = reports
+        .iter()
+        .map(|r| r.lock().map(|r| r.clone()).unwrap_or_default())
+        .collect();
     let mut out = std::io::stdout().lock();
-    for ((queue, t), s) in device.queues().iter().zip(&traffic).zip(&stats) {
-        let q = queue.queue_id();
-        let xdp = program.counters(q).unwrap_or_default();
-        let s = s.as_ref().copied().unwrap_or_default();
+    let mut queues: Vec<_> = snapshots.iter().flat_map(|w| w.queues.clone()).collect();
+    queues.sort_by_key(|q| q.queue_id);
+    for q in &queues {
+        let xdp = program.counters(q.queue_id).unwrap_or_default();
+        let (t, s) = (q.traffic, q.xsk);
         let _ = writeln!(
             out,
-            "{when} queue={q} frames_in={} frames_out={} tx_kicks={} xdp_redirected={} xdp_passed={} \
+            "{when} queue={} frames_in={} frames_out={} tx_kicks={} xdp_redirected={} xdp_passed={} \
              ring_full={} fill_empty={} rx_dropped={} rx_invalid={} tx_invalid={}",
+            q.queue_id,
             t.frames_in,
             t.frames_out,
             t.tx_wakeups,
@@ -128,15 +172,29 @@ fn report(device: &XdpDevice, probe: &Probe, program: &XdpProgram, when: &str) {
             s.tx_invalid,
         );
     }
-    let c = probe.counters();
+    for (i, w) in snapshots.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "{when} worker={i} connections={} tcp_accepted={} tcp_closed={} syn_dropped={} \
+             handed_off={} handed_in={} sleeps={}",
+            w.connections,
+            w.stack.accepted,
+            w.stack.closed,
+            w.stack.syn_dropped,
+            w.stack.handed_off,
+            w.stack.handed_in,
+            w.sleeps,
+        );
+    }
+    let sum = |f: fn(&WorkerReport) -> u64| snapshots.iter().map(f).sum::<u64>();
     let _ = writeln!(
         out,
         "{when} total connections={} tcp_accepted={} tcp_closed={} tcp_bytes={} udp_datagrams={}",
-        probe.connections(),
-        c.tcp_accepted,
-        c.tcp_closed,
-        c.tcp_bytes,
-        c.udp_datagrams
+        sum(|w| w.connections as u64),
+        sum(|w| w.stack.accepted),
+        sum(|w| w.stack.closed),
+        sum(|w| w.tcp_bytes),
+        sum(|w| w.udp_datagrams),
     );
     let _ = out.flush();
 }

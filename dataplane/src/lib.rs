@@ -2,10 +2,11 @@
 //! userspace stack.
 //!
 //! So far: the probe (ARP, ICMP, UDP and TCP echo) and the loop that drives
-//! it. HTTP, routing and proxying come with the gateway issues.
+//! it, one worker per queue. HTTP, routing and proxying come with the
+//! gateway issues.
 
 pub mod probe;
 pub mod worker;
 
 pub use probe::{Probe, ProbeConfig, ProbeCounters};
-pub use worker::run_probe;
+pub use worker::{run_probe, QueueReport, SharedReport, WorkerReport};

@@ -1,51 +1,109 @@
 //! The polling loop: one thread drives one device and the stack on it.
 //!
-//! Each pass: take in a batch of frames, run the stack and its service,
-//! hand out what it queued (one kick), then spin or sleep as
-//! [`IdleWaiter`] decides.
+//! Each pass: take in handed-over frames and a batch from the rings, run the
+//! stack and its service, hand out what it queued (one kick), then spin or
+//! sleep as [`IdleWaiter`] decides. Counters are published for the reporter
+//! a few times a second, off the per-packet path.
 
 use crate::probe::Probe;
+use rauta_netstack::handoff::Mailbox;
 use rauta_netstack::smoltcp::time::Instant;
-use rauta_netstack::{BatchDevice, IdlePolicy, IdleWaiter};
-use std::os::fd::BorrowedFd;
+use rauta_netstack::{
+    BatchDevice, IdlePolicy, IdleWaiter, QueueTraffic, StackCounters, XdpDevice, XskStatistics,
+};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Run `probe` on `device` until `stop` is set, calling `report` about every
-/// `report_every`. `fds` gives the sockets to sleep on when idle.
-pub fn run_probe<D, F, R>(
-    device: &mut D,
+/// One queue's counters as a worker last published them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct QueueReport {
+    pub queue_id: u32,
+    pub traffic: QueueTraffic,
+    pub xsk: XskStatistics,
+}
+
+/// A worker's counters as it last published them.
+#[derive(Clone, Debug, Default)]
+pub struct WorkerReport {
+    pub queues: Vec<QueueReport>,
+    pub connections: usize,
+    pub stack: StackCounters,
+    pub tcp_bytes: u64,
+    pub udp_datagrams: u64,
+    pub sleeps: u64,
+}
+
+/// Where a worker publishes its report.
+pub type SharedReport = Arc<Mutex<WorkerReport>>;
+
+const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+
+fn publish(report: &SharedReport, device: &XdpDevice, probe: &Probe, sleeps: u64) {
+    let queues = device
+        .queues()
+        .iter()
+        .zip(device.traffic())
+        .zip(device.statistics())
+        .map(|((q, traffic), xsk)| QueueReport {
+            queue_id: q.queue_id(),
+            traffic,
+            xsk: xsk.unwrap_or_default(),
+        })
+        .collect();
+    let counters = probe.counters();
+    let next = WorkerReport {
+        queues,
+        connections: probe.connections(),
+        stack: probe.stack_counters(),
+        tcp_bytes: counters.tcp_bytes,
+        udp_datagrams: counters.udp_datagrams,
+        sleeps,
+    };
+    if let Ok(mut shared) = report.lock() {
+        *shared = next;
+    }
+}
+
+/// Run `probe` on `device` until `stop` is set, exchanging frames with the
+/// other workers through `mailbox`.
+pub fn run_probe(
+    device: &mut XdpDevice,
     probe: &mut Probe,
+    mailbox: &mut Mailbox,
     stop: &AtomicBool,
     idle: IdlePolicy,
-    fds: F,
-    report_every: Duration,
-    mut report: R,
-) where
-    D: BatchDevice,
-    F: Fn(&D) -> Vec<BorrowedFd<'_>>,
-    R: FnMut(&D, &Probe),
-{
+    report: &SharedReport,
+) {
     let mut waiter = IdleWaiter::new(idle);
-    let mut next_report = std::time::Instant::now() + report_every;
+    let mut next_publish = std::time::Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        let now = Instant::now();
+        let handed_in = mailbox.receive_into(device);
         let received = device.service();
-        let served = probe.poll(now, device);
+        let now = Instant::now();
+        let served = probe.poll(now, device, |to, frame| mailbox.send(to, frame));
         let sent = device.flush();
-        let did_work = received > 0 || served || sent > 0;
+        let backlog = mailbox.flush();
+        let did_work = handed_in > 0 || received > 0 || served || sent > 0 || backlog;
 
         let wall = std::time::Instant::now();
-        if wall >= next_report {
-            report(device, probe);
-            next_report = wall + report_every;
+        if wall >= next_publish {
+            publish(report, device, probe, waiter.sleeps());
+            next_publish = wall + PUBLISH_EVERY;
         }
         if waiter.idle_pass(did_work) {
-            let until_report = next_report.saturating_duration_since(wall);
-            let deadline = probe
-                .poll_delay(now)
-                .map_or(until_report, |d| d.min(until_report));
-            waiter.sleep(&fds(device), Some(deadline));
+            probe.maintain();
+            if mailbox.going_to_sleep() {
+                let until_publish = next_publish.saturating_duration_since(wall);
+                let deadline = probe
+                    .poll_delay(now)
+                    .map_or(until_publish, |d| d.min(until_publish));
+                let mut fds = device.fds();
+                fds.push(mailbox.wake_fd());
+                waiter.sleep(&fds, Some(deadline));
+                mailbox.awake();
+            }
         }
     }
+    publish(report, device, probe, waiter.sleeps());
 }

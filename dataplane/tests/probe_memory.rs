@@ -2,6 +2,7 @@
 //! probe. No privileges, no kernel.
 
 use rauta_dataplane::{Probe, ProbeConfig};
+use rauta_netstack::{BatchDevice, StackConfig};
 use rauta_netstack::memory::{link, MemoryDevice};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::{icmp, tcp, udp};
@@ -28,10 +29,10 @@ impl Lab {
         let (mut probe_dev, mut client_dev) = link(1500);
         let now = Instant::from_millis(1);
         let probe = Probe::new(
-            ProbeConfig::new(
+            ProbeConfig::new(StackConfig::new(
                 Ipv4Cidr::new(PROBE_ADDR, 24),
                 EthernetAddress([0x02, 0, 0, 0, 0, 1]),
-            ),
+            )),
             &mut probe_dev,
             now,
         );
@@ -58,7 +59,8 @@ impl Lab {
         self.now += Duration::from_millis(1);
         self.client
             .poll(self.now, &mut self.client_dev, &mut self.sockets);
-        self.probe.poll(self.now, &mut self.probe_dev);
+        self.probe_dev.service();
+        self.probe.poll(self.now, &mut self.probe_dev, |_, _| {});
         self.client
             .poll(self.now, &mut self.client_dev, &mut self.sockets);
     }
@@ -142,10 +144,10 @@ fn tcp_echo_is_byte_exact_for_1_byte_64k_and_1m() {
     for (i, len) in [1, 64 * 1024, 1024 * 1024].into_iter().enumerate() {
         echo_over_tcp(&mut lab, 40_000 + i as u16, &pattern(len));
     }
-    let counters = lab.probe.counters();
-    assert_eq!(counters.tcp_accepted, 3);
-    assert_eq!(counters.tcp_closed, 3);
-    assert_eq!(counters.tcp_bytes, 1 + 64 * 1024 + 1024 * 1024);
+    let stack = lab.probe.stack_counters();
+    assert_eq!(stack.accepted, 3);
+    assert_eq!(stack.closed, 3);
+    assert_eq!(lab.probe.counters().tcp_bytes, 1 + 64 * 1024 + 1024 * 1024);
     assert_eq!(lab.probe.connections(), 0);
 }
 

@@ -6,20 +6,36 @@
 //! stack runs, [`XdpDevice::flush`] after it, one TX kick per batch.
 
 use crate::umem::FrameRegion;
-use crate::xsk::{XskQueue, XskSet, XskStatistics};
+use crate::xsk::{XskGroup, XskQueue, XskStatistics};
 use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 use std::collections::VecDeque;
 use std::os::fd::BorrowedFd;
 use xdpilone::xdp::XdpDesc;
 
+/// Where a received frame came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// This worker's own queue.
+    Local,
+    /// Handed over by another worker that received it on its queue.
+    HandedOver,
+}
+
 /// A device whose frames move to and from the kernel in batches around a
-/// pass of the stack.
+/// pass of the stack, and that lets the stack look at a frame before
+/// smoltcp takes it (to pick the connection it belongs to).
 pub trait BatchDevice: Device {
     /// Before the stack runs: take in what arrived. Returns frames received.
     fn service(&mut self) -> usize;
     /// After the stack ran: hand out what it queued. Returns frames sent.
     fn flush(&mut self) -> usize;
+    /// The frame the next `receive` hands out.
+    fn peek(&self) -> Option<(&[u8], Origin)>;
+    /// Drop the frame `peek` shows.
+    fn discard(&mut self);
+    /// Queue a frame handed over by another worker.
+    fn inject(&mut self, frame: Vec<u8>);
 }
 
 /// Per-queue traffic counters kept by the device.
@@ -33,28 +49,43 @@ pub struct QueueTraffic {
     pub tx_wakeups: u64,
 }
 
-/// A smoltcp device over one or more AF_XDP sockets of one interface.
+/// A smoltcp device over one or more AF_XDP sockets of one interface, plus
+/// frames handed over by other workers.
 ///
 /// Received frames from every queue feed the one stack; replies leave
 /// through the queue the last frame arrived on.
 pub struct XdpDevice {
-    xsks: XskSet,
+    xsks: XskGroup,
     region: FrameRegion,
     frame_size: u32,
     mtu: usize,
     /// Received descriptors not yet given to the stack, per queue.
     rx_batches: Vec<VecDeque<XdpDesc>>,
-    /// The frame of the last RxToken handed out: the stack is done with it
-    /// by the time it calls the device again.
-    rx_lent: Option<(usize, u64)>,
+    /// Frames handed over by other workers, received before the rings.
+    injected: VecDeque<Vec<u8>>,
+    /// What the last RxToken lent: the stack is done with it by the time it
+    /// calls the device again, and it goes back then.
+    lent: Lent,
     next_rx_queue: usize,
     tx_queue: usize,
     traffic: Vec<QueueTraffic>,
 }
 
+enum Lent {
+    Nothing,
+    Frame { queue: usize, addr: u64 },
+    Injected(Vec<u8>),
+}
+
+/// The next frame `receive` hands out.
+enum Next {
+    Injected,
+    Ring(usize),
+}
+
 impl XdpDevice {
     /// A device over `xsks`, for frames of up to `mtu` bytes of IP payload.
-    pub fn new(xsks: XskSet, mtu: usize) -> Self {
+    pub fn new(xsks: XskGroup, mtu: usize) -> Self {
         let queues = xsks.queues().len();
         let region = xsks.area().region();
         let frame_size = xsks.area().frame_size();
@@ -64,7 +95,8 @@ impl XdpDevice {
             frame_size,
             mtu,
             rx_batches: vec![VecDeque::new(); queues],
-            rx_lent: None,
+            injected: VecDeque::new(),
+            lent: Lent::Nothing,
             next_rx_queue: 0,
             tx_queue: 0,
             traffic: vec![QueueTraffic::default(); queues],
@@ -99,17 +131,40 @@ impl XdpDevice {
             .collect()
     }
 
-    fn return_lent_frame(&mut self) {
-        if let Some((queue, addr)) = self.rx_lent.take() {
+    fn return_lent(&mut self) {
+        if let Lent::Frame { queue, addr } = std::mem::replace(&mut self.lent, Lent::Nothing) {
             self.xsks.queues_mut()[queue].recycle(addr);
         }
     }
 
-    /// Exchange frames with the kernel before the stack runs: reap TX
-    /// completions, refill the fill rings, read RX in batches. Returns the
-    /// number of frames received.
-    fn service_queues(&mut self) -> usize {
-        self.return_lent_frame();
+    /// Whether received frames are waiting for the stack.
+    pub fn rx_waiting(&self) -> bool {
+        !self.injected.is_empty()
+            || self.rx_batches.iter().any(|b| !b.is_empty())
+            || self.xsks.queues().iter().any(|q| q.rx_ready() > 0)
+    }
+
+    /// Whether TX work is queued or in flight.
+    pub fn tx_pending(&self) -> bool {
+        self.xsks.queues().iter().any(XskQueue::tx_pending)
+    }
+
+    fn next(&self) -> Option<Next> {
+        if !self.injected.is_empty() {
+            return Some(Next::Injected);
+        }
+        let queues = self.rx_batches.len();
+        (0..queues)
+            .map(|s| (self.next_rx_queue + s) % queues)
+            .find(|&i| !self.rx_batches[i].is_empty())
+            .map(Next::Ring)
+    }
+}
+
+impl BatchDevice for XdpDevice {
+    /// Reap TX completions, refill the fill rings, read RX in batches.
+    fn service(&mut self) -> usize {
+        self.return_lent();
         let mut received = 0;
         for (i, queue) in self.xsks.queues_mut().iter_mut().enumerate() {
             queue.service();
@@ -119,13 +174,12 @@ impl XdpDevice {
                 received += n as usize;
             }
         }
-        received
+        received + self.injected.len()
     }
 
-    /// Send what the stack queued, one kick per queue at most. Returns the
-    /// number of frames handed to the kernel.
-    fn flush_queues(&mut self) -> usize {
-        self.return_lent_frame();
+    /// Send what the stack queued, one kick per queue at most.
+    fn flush(&mut self) -> usize {
+        self.return_lent();
         let mut sent = 0;
         for (i, queue) in self.xsks.queues_mut().iter_mut().enumerate() {
             let n = queue.flush();
@@ -135,37 +189,37 @@ impl XdpDevice {
         sent
     }
 
-    /// Whether received frames are waiting for the stack.
-    pub fn rx_waiting(&self) -> bool {
-        self.rx_batches.iter().any(|b| !b.is_empty())
-            || self.xsks.queues().iter().any(|q| q.rx_ready() > 0)
-    }
-
-    /// Whether TX work is queued or in flight.
-    pub fn tx_pending(&self) -> bool {
-        self.xsks.queues().iter().any(XskQueue::tx_pending)
-    }
-
-    fn next_rx(&mut self) -> Option<(usize, XdpDesc)> {
-        let queues = self.rx_batches.len();
-        for step in 0..queues {
-            let i = (self.next_rx_queue + step) % queues;
-            if let Some(desc) = self.rx_batches[i].pop_front() {
-                self.next_rx_queue = (i + 1) % queues;
-                return Some((i, desc));
+    fn peek(&self) -> Option<(&[u8], Origin)> {
+        match self.next()? {
+            Next::Injected => self.injected.front().map(|f| (&f[..], Origin::HandedOver)),
+            Next::Ring(queue) => {
+                let desc = self.rx_batches[queue].front()?;
+                // SAFETY: the frame came to us through the RX ring and stays
+                // out of every ring until it is recycled, which needs `&mut
+                // self` and so cannot happen while this borrow lives.
+                let frame = unsafe { self.region.slice(desc.addr, desc.len as usize) };
+                Some((frame, Origin::Local))
             }
         }
-        None
-    }
-}
-
-impl BatchDevice for XdpDevice {
-    fn service(&mut self) -> usize {
-        self.service_queues()
     }
 
-    fn flush(&mut self) -> usize {
-        self.flush_queues()
+    fn discard(&mut self) {
+        self.return_lent();
+        match self.next() {
+            Some(Next::Injected) => {
+                self.injected.pop_front();
+            }
+            Some(Next::Ring(queue)) => {
+                if let Some(desc) = self.rx_batches[queue].pop_front() {
+                    self.xsks.queues_mut()[queue].recycle(desc.addr);
+                }
+            }
+            None => {}
+        }
+    }
+
+    fn inject(&mut self, frame: Vec<u8>) {
+        self.injected.push_back(frame);
     }
 }
 
@@ -210,24 +264,42 @@ impl Device for XdpDevice {
     type TxToken<'a> = XdpTxToken<'a>;
 
     fn receive(&mut self, _timestamp: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
-        self.return_lent_frame();
+        self.return_lent();
+        let next = self.next()?;
         // A reply may be sent while the frame is handled: make sure it can be.
-        let queues = self.xsks.queues().len();
-        let peek = (0..queues)
-            .map(|s| (self.next_rx_queue + s) % queues)
-            .find(|&i| !self.rx_batches[i].is_empty())?;
-        if !self.xsks.queues()[peek].can_transmit() {
+        let tx_queue = match next {
+            Next::Injected => self.tx_queue,
+            Next::Ring(queue) => queue,
+        };
+        if !self.xsks.queues()[tx_queue].can_transmit() {
             return None;
         }
-        let (queue, desc) = self.next_rx()?;
-        self.rx_lent = Some((queue, desc.addr));
-        self.tx_queue = queue;
-        // SAFETY: the kernel released this frame to us through the RX ring;
-        // it stays out of every ring until `return_lent_frame`, which runs
-        // only on the next call into the device, after the token is gone.
-        let frame = unsafe { self.region.slice(desc.addr, desc.len as usize) };
+        self.tx_queue = tx_queue;
+        let frame: &[u8] = match next {
+            Next::Injected => {
+                let frame = self.injected.pop_front()?;
+                self.lent = Lent::Injected(frame);
+                match &self.lent {
+                    Lent::Injected(frame) => frame,
+                    _ => return None,
+                }
+            }
+            Next::Ring(queue) => {
+                let desc = self.rx_batches[queue].pop_front()?;
+                self.next_rx_queue = (queue + 1) % self.rx_batches.len();
+                self.lent = Lent::Frame {
+                    queue,
+                    addr: desc.addr,
+                };
+                // SAFETY: the kernel released this frame to us through the RX
+                // ring; it stays out of every ring until `return_lent`, which
+                // runs only on the next call into the device, after the token
+                // is gone.
+                unsafe { self.region.slice(desc.addr, desc.len as usize) }
+            }
+        };
         let tx = XdpTxToken {
-            queue: &mut self.xsks.queues_mut()[queue],
+            queue: &mut self.xsks.queues_mut()[tx_queue],
             region: self.region,
             frame_size: self.frame_size,
         };
@@ -235,7 +307,7 @@ impl Device for XdpDevice {
     }
 
     fn transmit(&mut self, _timestamp: Instant) -> Option<Self::TxToken<'_>> {
-        self.return_lent_frame();
+        self.return_lent();
         let queue = &mut self.xsks.queues_mut()[self.tx_queue];
         if !queue.can_transmit() {
             return None;

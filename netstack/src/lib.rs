@@ -5,6 +5,10 @@
 //! - [`rings`]: frame pool and ring bookkeeping, independent of the kernel;
 //! - [`xsk`]: one AF_XDP socket per NIC queue, batched ring handling;
 //! - [`device`]: `smoltcp::phy::Device` over those sockets;
+//! - [`handoff`]: frames handed between workers (lock-free inboxes);
+//! - [`flow`]: frame classification and flow ownership (RSS hash);
+//! - [`stack`]: the TCP/IP stack: connection index, listeners, ephemeral
+//!   ports, timers, hand-off between workers;
 //! - [`memory`]: an in-memory link, so two stacks talk in unit tests;
 //! - [`idle`]: adaptive polling (spin under load, `poll(2)` when idle);
 //! - [`link`]: interface facts (MAC, MTU, queues).
@@ -13,17 +17,23 @@
 //! with its `SAFETY` note.
 
 pub mod device;
+pub mod flow;
+pub mod handoff;
 pub mod idle;
 pub mod link;
 pub mod memory;
 pub mod rings;
+pub mod stack;
 pub mod umem;
 pub mod xsk;
 
-pub use device::{BatchDevice, QueueTraffic, XdpDevice};
+pub use device::{BatchDevice, Origin, QueueTraffic, XdpDevice};
 pub use idle::{IdlePolicy, IdleWaiter};
 pub use memory::MemoryDevice;
-pub use xsk::{BindMode, XskConfig, XskError, XskQueue, XskSet, XskStatistics};
+pub use stack::{ConnId, Stack, StackConfig, StackCounters, StackError, TcpConfig};
+pub use xsk::{
+    BindMode, UmemRegistration, XskConfig, XskError, XskGroup, XskQueue, XskSet, XskStatistics,
+};
 
 /// smoltcp, re-exported so every crate builds on the same version.
 pub use smoltcp;

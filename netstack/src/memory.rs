@@ -2,6 +2,7 @@
 //! frames arrive at each other. Two stacks talk over it in unit tests and
 //! benchmarks, without privileges or a kernel in between.
 
+use crate::device::{BatchDevice, Origin};
 use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 use std::cell::RefCell;
@@ -15,6 +16,9 @@ type Wire = Rc<RefCell<VecDeque<Vec<u8>>>>;
 pub struct MemoryDevice {
     inbound: Wire,
     outbound: Wire,
+    /// Frames taken off the wire by `service`, and frames handed over.
+    received: VecDeque<Vec<u8>>,
+    injected: VecDeque<Vec<u8>>,
     mtu: usize,
     /// Frames this end received and sent.
     pub frames_in: u64,
@@ -29,6 +33,8 @@ pub fn link(mtu: usize) -> (MemoryDevice, MemoryDevice) {
     let end = |inbound: &Wire, outbound: &Wire| MemoryDevice {
         inbound: inbound.clone(),
         outbound: outbound.clone(),
+        received: VecDeque::new(),
+        injected: VecDeque::new(),
         mtu,
         frames_in: 0,
         frames_out: 0,
@@ -39,17 +45,45 @@ pub fn link(mtu: usize) -> (MemoryDevice, MemoryDevice) {
 impl MemoryDevice {
     /// Frames waiting to be received by this end.
     pub fn pending(&self) -> usize {
-        self.inbound.borrow().len()
+        self.inbound.borrow().len() + self.received.len() + self.injected.len()
+    }
+
+    fn pop(&mut self) -> Option<Vec<u8>> {
+        if let Some(frame) = self.injected.pop_front() {
+            return Some(frame);
+        }
+        if self.received.is_empty() {
+            self.received.extend(self.inbound.borrow_mut().drain(..));
+        }
+        self.received.pop_front()
     }
 }
 
-impl crate::device::BatchDevice for MemoryDevice {
+impl BatchDevice for MemoryDevice {
     fn service(&mut self) -> usize {
-        self.pending()
+        self.received.extend(self.inbound.borrow_mut().drain(..));
+        self.received.len() + self.injected.len()
     }
 
     fn flush(&mut self) -> usize {
         0
+    }
+
+    fn peek(&self) -> Option<(&[u8], Origin)> {
+        if let Some(frame) = self.injected.front() {
+            return Some((frame, Origin::HandedOver));
+        }
+        self.received.front().map(|f| (&f[..], Origin::Local))
+    }
+
+    fn discard(&mut self) {
+        if self.injected.pop_front().is_none() {
+            self.received.pop_front();
+        }
+    }
+
+    fn inject(&mut self, frame: Vec<u8>) {
+        self.injected.push_back(frame);
     }
 }
 
@@ -85,7 +119,7 @@ impl Device for MemoryDevice {
     type TxToken<'a> = MemoryTxToken<'a>;
 
     fn receive(&mut self, _timestamp: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
-        let frame = self.inbound.borrow_mut().pop_front()?;
+        let frame = self.pop()?;
         self.frames_in += 1;
         Some((
             MemoryRxToken { frame },

@@ -11,6 +11,7 @@ use std::collections::VecDeque;
 use std::ffi::CString;
 use std::num::NonZeroU32;
 use std::os::fd::BorrowedFd;
+use std::sync::Arc;
 use std::time::Duration;
 use tracing::{debug, info};
 use xdpilone::xdp::XdpDesc;
@@ -143,13 +144,42 @@ impl Producer<XdpDesc> for TxRing<'_> {
 }
 
 /// The UMEM and the sockets of one interface's queues.
-///
-/// Fields drop in order: sockets, then the UMEM registration, then the
-/// memory itself.
 pub struct XskSet {
     queues: Vec<XskQueue>,
-    _umem_handle: Umem,
-    area: UmemArea,
+    registration: UmemRegistration,
+    area: Arc<UmemArea>,
+}
+
+/// The UMEM's registration with the kernel. It stays on the thread that
+/// opened the sockets (xdpilone's handle is not `Send`); the sockets and the
+/// memory keep themselves alive on their own, so dropping it early is safe.
+pub struct UmemRegistration {
+    _umem: Umem,
+}
+
+/// Some of the sockets, for one worker, with a share of the UMEM.
+///
+/// Fields drop in order: the sockets before the memory they point into.
+pub struct XskGroup {
+    queues: Vec<XskQueue>,
+    area: Arc<UmemArea>,
+}
+
+impl XskGroup {
+    /// The sockets.
+    pub fn queues(&self) -> &[XskQueue] {
+        &self.queues
+    }
+
+    /// The sockets, mutably.
+    pub fn queues_mut(&mut self) -> &mut [XskQueue] {
+        &mut self.queues
+    }
+
+    /// The shared UMEM.
+    pub fn area(&self) -> &UmemArea {
+        &self.area
+    }
 }
 
 impl XskSet {
@@ -162,8 +192,9 @@ impl XskSet {
         check_access()?;
         let per_queue = config.frames_per_queue();
         let total = per_queue * queues.len() as u32;
-        let area =
-            UmemArea::new(total, config.frame_size, config.hugepages).map_err(XskError::Umem)?;
+        let area = Arc::new(
+            UmemArea::new(total, config.frame_size, config.hugepages).map_err(XskError::Umem)?,
+        );
         let socket_error = |step: &'static str, queue: u32, e: xdpilone::Errno| {
             let errno = e.get_raw();
             let text = std::io::Error::from_raw_os_error(errno).to_string();
@@ -188,8 +219,8 @@ impl XskSet {
             flags: 0,
         };
         // SAFETY: the area is page-aligned, a whole number of frames long,
-        // and outlives the Umem: both live in the returned XskSet, which
-        // drops the registration before the memory.
+        // and outlives every use: the memory is unmapped only when the last
+        // Arc goes, after the registration and every socket's group.
         let umem = unsafe { Umem::new(umem_config, area.as_raw_slice()) }
             .map_err(|e| socket_error("UMEM registration", queues[0], e))?;
 
@@ -271,7 +302,7 @@ impl XskSet {
         }
         Ok(Self {
             queues: opened,
-            _umem_handle: umem,
+            registration: UmemRegistration { _umem: umem },
             area,
         })
     }
@@ -281,14 +312,25 @@ impl XskSet {
         &self.queues
     }
 
-    /// The sockets, mutably.
-    pub fn queues_mut(&mut self) -> &mut [XskQueue] {
-        &mut self.queues
-    }
-
     /// The shared UMEM.
     pub fn area(&self) -> &UmemArea {
         &self.area
+    }
+
+    /// Deal the sockets out to `workers` groups, socket i to group
+    /// i mod workers. The registration stays with the caller.
+    pub fn split(self, workers: usize) -> (UmemRegistration, Vec<XskGroup>) {
+        let workers = workers.max(1);
+        let mut groups: Vec<XskGroup> = (0..workers)
+            .map(|_| XskGroup {
+                queues: Vec::new(),
+                area: self.area.clone(),
+            })
+            .collect();
+        for (i, queue) in self.queues.into_iter().enumerate() {
+            groups[i % workers].queues.push(queue);
+        }
+        (self.registration, groups)
     }
 }
 

@@ -1,0 +1,198 @@
+//! Frames handed between workers: one lock-free inbox per worker
+//! (crossbeam `ArrayQueue`), and an eventfd to wake a worker that sleeps in
+//! `poll(2)`.
+//!
+//! A frame is never dropped on the way: when the owner's inbox is full the
+//! sender keeps it and retries on its next pass.
+
+use crossbeam_queue::ArrayQueue;
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::device::BatchDevice;
+
+struct Inbox {
+    frames: ArrayQueue<Vec<u8>>,
+    sleeping: AtomicBool,
+    wake: OwnedFd,
+}
+
+/// One worker's end: its own inbox and the others' to send to.
+pub struct Mailbox {
+    me: usize,
+    inboxes: Vec<Arc<Inbox>>,
+    overflow: Vec<VecDeque<Vec<u8>>>,
+}
+
+/// Mailboxes for `workers` workers, each inbox holding `capacity` frames.
+pub fn mailboxes(workers: usize, capacity: usize) -> std::io::Result<Vec<Mailbox>> {
+    let inboxes = (0..workers)
+        .map(|_| {
+            Ok(Arc::new(Inbox {
+                frames: ArrayQueue::new(capacity.max(1)),
+                sleeping: AtomicBool::new(false),
+                wake: eventfd()?,
+            }))
+        })
+        .collect::<std::io::Result<Vec<_>>>()?;
+    Ok((0..workers)
+        .map(|me| Mailbox {
+            me,
+            inboxes: inboxes.clone(),
+            overflow: vec![VecDeque::new(); workers],
+        })
+        .collect())
+}
+
+fn eventfd() -> std::io::Result<OwnedFd> {
+    // SAFETY: plain eventfd(2); the result is checked and owned below.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+impl Mailbox {
+    /// This worker's index.
+    pub fn worker(&self) -> usize {
+        self.me
+    }
+
+    /// Hand a copy of `frame` to worker `to`.
+    pub fn send(&mut self, to: usize, frame: &[u8]) {
+        let frame = frame.to_vec();
+        if !self.overflow[to].is_empty() {
+            self.overflow[to].push_back(frame);
+            return;
+        }
+        if let Err(frame) = self.inboxes[to].frames.push(frame) {
+            self.overflow[to].push_back(frame);
+        }
+        self.wake(to);
+    }
+
+    /// Retry frames an inbox had no room for. Returns whether any remain.
+    pub fn flush(&mut self) -> bool {
+        let mut left = false;
+        for to in 0..self.overflow.len() {
+            let mut pushed = false;
+            while let Some(frame) = self.overflow[to].pop_front() {
+                if let Err(frame) = self.inboxes[to].frames.push(frame) {
+                    self.overflow[to].push_front(frame);
+                    break;
+                }
+                pushed = true;
+            }
+            if pushed {
+                self.wake(to);
+            }
+            left |= !self.overflow[to].is_empty();
+        }
+        left
+    }
+
+    fn wake(&self, to: usize) {
+        let inbox = &self.inboxes[to];
+        if inbox.sleeping.load(Ordering::SeqCst) {
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a live u64 to an eventfd we own.
+            unsafe {
+                libc::write(
+                    inbox.wake.as_raw_fd(),
+                    (&one as *const u64).cast(),
+                    std::mem::size_of::<u64>(),
+                );
+            }
+        }
+    }
+
+    /// Move frames handed to this worker into `device`. Returns how many.
+    pub fn receive_into<D: BatchDevice + ?Sized>(&self, device: &mut D) -> usize {
+        let inbox = &self.inboxes[self.me];
+        let mut n = 0;
+        while let Some(frame) = inbox.frames.pop() {
+            device.inject(frame);
+            n += 1;
+        }
+        n
+    }
+
+    /// The fd that becomes readable when a frame is handed to this worker
+    /// while it sleeps.
+    pub fn wake_fd(&self) -> BorrowedFd<'_> {
+        self.inboxes[self.me].wake.as_fd()
+    }
+
+    /// Call before sleeping: returns false (do not sleep) when frames
+    /// arrived meanwhile. Pair with [`Self::awake`].
+    pub fn going_to_sleep(&self) -> bool {
+        let inbox = &self.inboxes[self.me];
+        inbox.sleeping.store(true, Ordering::SeqCst);
+        if !inbox.frames.is_empty() {
+            inbox.sleeping.store(false, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    /// Call after sleeping: clears the wake-up.
+    pub fn awake(&self) {
+        let inbox = &self.inboxes[self.me];
+        inbox.sleeping.store(false, Ordering::SeqCst);
+        let mut value = 0u64;
+        // SAFETY: reads 8 bytes into a live u64 from a non-blocking eventfd
+        // we own; EAGAIN (nothing to clear) is fine.
+        unsafe {
+            libc::read(
+                inbox.wake.as_raw_fd(),
+                (&mut value as *mut u64).cast(),
+                std::mem::size_of::<u64>(),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::link;
+
+    #[test]
+    fn frames_reach_their_worker_in_order_even_past_a_full_inbox() {
+        let mut boxes = mailboxes(2, 2).unwrap();
+        let (mut device, _peer) = link(1500);
+        for i in 0..5u8 {
+            boxes[0].send(1, &[i]);
+        }
+        // Two fit; three wait with the sender.
+        assert!(boxes[0].flush());
+        let mut seen = Vec::new();
+        while seen.len() < 5 {
+            boxes[1].receive_into(&mut device);
+            while let Some((frame, origin)) = device.peek() {
+                assert_eq!(origin, crate::device::Origin::HandedOver);
+                seen.push(frame[0]);
+                device.discard();
+            }
+            boxes[0].flush();
+        }
+        assert_eq!(seen, vec![0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_sleeping_worker_is_woken() {
+        let mut boxes = mailboxes(2, 4).unwrap();
+        assert!(boxes[1].going_to_sleep());
+        boxes[0].send(1, b"x");
+        let start = std::time::Instant::now();
+        crate::idle::wait_readable(&[boxes[1].wake_fd()], std::time::Duration::from_secs(5));
+        assert!(start.elapsed() < std::time::Duration::from_secs(1));
+        boxes[1].awake();
+        // Frames already waiting: do not sleep.
+        assert!(!boxes[1].going_to_sleep());
+    }
+}

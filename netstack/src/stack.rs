@@ -1,0 +1,755 @@
+//! A server-grade TCP/IP endpoint over smoltcp, without forking it.
+//!
+//! smoltcp's `Interface` walks every socket of the `SocketSet` it is given,
+//! for every packet in and every pass out. So the stack gives it tiny sets:
+//! one per connection, one per listening port (holding a single listening
+//! socket), one for UDP, and an empty one for ARP/ICMP/strays. An index
+//! (4-tuple → connection) picks the set for each frame before smoltcp sees
+//! it, and only connections with something to do are polled for egress:
+//! those touched by a packet or the application, and those whose timer is
+//! due (a heap of smoltcp's own `poll_at`). Per-packet cost is then flat in
+//! the number of connections.
+//!
+//! Beside that: a listen path that accepts a burst of SYNs (the listener is
+//! replaced after every SYN it takes) while bounding half-open connections;
+//! outbound connections on ephemeral ports chosen so that their replies
+//! belong to this worker; and flow ownership, so a frame that reached the
+//! wrong worker is handed to its owner instead of being reset.
+
+use crate::device::{BatchDevice, Origin};
+use crate::flow::{classify, FlowKey, FlowOwnership, FrameKind};
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::socket::{tcp, udp, Socket};
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{
+    EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint, IpListenEndpoint,
+    Ipv4Address, Ipv4Cidr,
+};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::ops::RangeInclusive;
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// TCP congestion control.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Congestion {
+    None,
+    Reno,
+    #[default]
+    Cubic,
+}
+
+/// Settings of every TCP connection.
+#[derive(Clone, Debug)]
+pub struct TcpConfig {
+    /// Receive buffer per connection (window scaling above 64 KiB).
+    pub rx_buffer: usize,
+    /// Send buffer per connection.
+    pub tx_buffer: usize,
+    /// Nagle's algorithm (off: latency over segment count).
+    pub nagle: bool,
+    /// Delayed ACK (`None`: ACK at once; the ACK then rides on replies).
+    pub ack_delay: Option<Duration>,
+    /// Abort a connection that stays silent this long.
+    pub idle_timeout: Option<Duration>,
+    /// Keep-alive probes after this much silence.
+    pub keep_alive: Option<Duration>,
+    /// RFC 7323 timestamps.
+    pub timestamps: bool,
+    pub congestion: Congestion,
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        Self {
+            rx_buffer: 64 * 1024,
+            tx_buffer: 64 * 1024,
+            nagle: false,
+            ack_delay: None,
+            idle_timeout: Some(Duration::from_secs(300)),
+            keep_alive: None,
+            timestamps: true,
+            congestion: Congestion::Cubic,
+        }
+    }
+}
+
+/// Settings of one worker's stack.
+#[derive(Clone, Debug)]
+pub struct StackConfig {
+    /// The one address the stack owns.
+    pub address: Ipv4Cidr,
+    pub mac: EthernetAddress,
+    pub tcp: TcpConfig,
+    /// Connections at most (established, half-open and closing).
+    pub max_connections: usize,
+    /// Half-open (SYN received) connections at most; SYNs beyond are dropped
+    /// so a SYN flood cannot starve established connections.
+    pub max_half_open: usize,
+    /// Local ports for outbound connections.
+    pub ephemeral_ports: RangeInclusive<u16>,
+    /// Closed sockets kept, buffers and all, for the next connections.
+    pub spare_sockets: usize,
+    /// This worker's index, and who owns which flow (None: one worker).
+    pub worker: usize,
+    pub ownership: Option<FlowOwnership>,
+}
+
+impl StackConfig {
+    /// Defaults for one worker owning `address`.
+    pub fn new(address: Ipv4Cidr, mac: EthernetAddress) -> Self {
+        Self {
+            address,
+            mac,
+            tcp: TcpConfig::default(),
+            max_connections: 65_536,
+            max_half_open: 4_096,
+            ephemeral_ports: 32_768..=60_999,
+            spare_sockets: 64,
+            worker: 0,
+            ownership: None,
+        }
+    }
+}
+
+/// A connection of this stack. Stale ids (the connection is gone) are
+/// detected by the generation and yield `None`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnId {
+    index: u32,
+    generation: u32,
+}
+
+/// Errors opening connections or listeners.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StackError {
+    #[error("connection limit ({0}) reached")]
+    TooManyConnections(usize),
+    #[error("no free ephemeral port for {0}")]
+    NoFreePort(IpEndpoint),
+    #[error("cannot connect to {0}")]
+    Unreachable(IpEndpoint),
+    #[error("port {0} is already bound")]
+    PortInUse(u16),
+}
+
+/// What the stack did, for counters and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackCounters {
+    pub accepted: u64,
+    pub connected: u64,
+    pub closed: u64,
+    /// SYNs dropped at the half-open or connection limit.
+    pub syn_dropped: u64,
+    /// Frames handed to the worker that owns their flow.
+    pub handed_off: u64,
+    /// Frames received from other workers.
+    pub handed_in: u64,
+}
+
+struct Conn {
+    set: SocketSet<'static>,
+    handle: SocketHandle,
+    flow: FlowKey,
+    /// When this connection's entry in the timer heap is due.
+    scheduled: Option<Instant>,
+    dirty: bool,
+    half_open: bool,
+    outbound: bool,
+}
+
+struct Slot {
+    generation: u32,
+    conn: Option<Conn>,
+}
+
+struct Listener {
+    set: SocketSet<'static>,
+    handle: SocketHandle,
+}
+
+/// Ephemeral port allocation: round-robin over the range, skipping ports in
+/// use, so a port just freed (its peer may still hold TIME-WAIT) is the last
+/// to be reused.
+struct EphemeralPorts {
+    range: RangeInclusive<u16>,
+    next: u16,
+    in_use: Vec<bool>,
+}
+
+impl EphemeralPorts {
+    fn new(range: RangeInclusive<u16>) -> Self {
+        let len = usize::from(*range.end() - *range.start()) + 1;
+        Self {
+            next: *range.start(),
+            in_use: vec![false; len],
+            range,
+        }
+    }
+
+    fn allocate(&mut self, mut fits: impl FnMut(u16) -> bool) -> Option<u16> {
+        let len = self.in_use.len();
+        let start = *self.range.start();
+        for _ in 0..len {
+            let port = self.next;
+            self.next = if port == *self.range.end() {
+                start
+            } else {
+                port + 1
+            };
+            let slot = usize::from(port - start);
+            if !self.in_use[slot] && fits(port) {
+                self.in_use[slot] = true;
+                return Some(port);
+            }
+        }
+        None
+    }
+
+    fn release(&mut self, port: u16) {
+        if self.range.contains(&port) {
+            self.in_use[usize::from(port - *self.range.start())] = false;
+        }
+    }
+}
+
+/// One worker's TCP/IP stack.
+pub struct Stack {
+    iface: Interface,
+    config: StackConfig,
+    address: Ipv4Address,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    live: usize,
+    half_open: usize,
+    index: FastMap<FlowKey, u32>,
+    listeners: FastMap<u16, Listener>,
+    udp: SocketSet<'static>,
+    udp_dirty: bool,
+    control: SocketSet<'static>,
+    dirty: Vec<u32>,
+    events: Vec<ConnId>,
+    timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    ports: EphemeralPorts,
+    spare: Vec<tcp::Socket<'static>>,
+    counters: StackCounters,
+}
+
+fn tsval() -> u32 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u32
+}
+
+impl Stack {
+    /// Bring a stack up on `device`.
+    pub fn new<D: BatchDevice + ?Sized>(config: StackConfig, device: &mut D, now: Instant) -> Self {
+        let mut iface_config = Config::new(HardwareAddress::Ethernet(config.mac));
+        iface_config.random_seed = seed(config.worker);
+        let mut iface = Interface::new(iface_config, device, now);
+        iface.update_ip_addrs(|addrs| {
+            // A fresh interface has room for its first address.
+            let _ = addrs.push(IpCidr::Ipv4(config.address));
+        });
+        Self {
+            iface,
+            address: config.address.address(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            half_open: 0,
+            index: FastMap::default(),
+            listeners: FastMap::default(),
+            udp: SocketSet::new(Vec::new()),
+            udp_dirty: false,
+            control: SocketSet::new(Vec::new()),
+            dirty: Vec::new(),
+            events: Vec::new(),
+            timers: BinaryHeap::new(),
+            ports: EphemeralPorts::new(config.ephemeral_ports.clone()),
+            spare: Vec::new(),
+            counters: StackCounters::default(),
+            config,
+        }
+    }
+
+    /// The address the stack owns.
+    pub fn address(&self) -> Ipv4Address {
+        self.address
+    }
+
+    /// Connections open (any state but closed).
+    pub fn connections(&self) -> usize {
+        self.live
+    }
+
+    /// Half-open connections.
+    pub fn half_open(&self) -> usize {
+        self.half_open
+    }
+
+    pub fn counters(&self) -> StackCounters {
+        self.counters
+    }
+
+    fn new_socket(&mut self) -> tcp::Socket<'static> {
+        self.spare
+            .pop()
+            .unwrap_or_else(|| build_socket(&self.config.tcp))
+    }
+
+    /// Keep spare sockets ready so a burst of SYNs does not allocate and
+    /// zero buffers on the packet path. Call when idle.
+    pub fn maintain(&mut self) {
+        while self.spare.len() < self.config.spare_sockets {
+            self.spare.push(build_socket(&self.config.tcp));
+        }
+    }
+
+    /// Accept TCP connections on `port`.
+    pub fn listen_tcp(&mut self, port: u16) -> Result<(), StackError> {
+        if self.listeners.contains_key(&port) || port == 0 {
+            return Err(StackError::PortInUse(port));
+        }
+        let mut socket = self.new_socket();
+        socket
+            .listen(port)
+            .map_err(|_| StackError::PortInUse(port))?;
+        let mut set = SocketSet::new(Vec::with_capacity(1));
+        let handle = set.add(socket);
+        self.listeners.insert(port, Listener { set, handle });
+        Ok(())
+    }
+
+    /// A UDP socket on `port`, with `packets` slots and `bytes` of payload
+    /// each way.
+    pub fn bind_udp(
+        &mut self,
+        port: u16,
+        packets: usize,
+        bytes: usize,
+    ) -> Result<SocketHandle, StackError> {
+        let buffer = || {
+            udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; packets], vec![0; bytes])
+        };
+        let mut socket = udp::Socket::new(buffer(), buffer());
+        socket
+            .bind(IpListenEndpoint {
+                addr: None,
+                port,
+            })
+            .map_err(|_| StackError::PortInUse(port))?;
+        Ok(self.udp.add(socket))
+    }
+
+    /// A UDP socket, for the application (its output goes out this pass).
+    pub fn udp(&mut self, handle: SocketHandle) -> &mut udp::Socket<'static> {
+        self.udp_dirty = true;
+        self.udp.get_mut::<udp::Socket>(handle)
+    }
+
+    /// Open a connection to `remote` from an ephemeral port whose replies
+    /// this worker owns.
+    pub fn connect(&mut self, remote: (Ipv4Address, u16)) -> Result<ConnId, StackError> {
+        let endpoint = IpEndpoint::new(IpAddress::Ipv4(remote.0), remote.1);
+        if self.live >= self.config.max_connections {
+            return Err(StackError::TooManyConnections(self.config.max_connections));
+        }
+        let address = self.address;
+        let worker = self.config.worker;
+        let ownership = self.config.ownership.as_ref();
+        let index = &self.index;
+        let port = self
+            .ports
+            .allocate(|port| {
+                let flow = FlowKey {
+                    remote_addr: remote.0,
+                    remote_port: remote.1,
+                    local_port: port,
+                };
+                !index.contains_key(&flow)
+                    && ownership.is_none_or(|o| o.owner(address, &flow) == worker)
+            })
+            .ok_or(StackError::NoFreePort(endpoint))?;
+        let mut socket = self.new_socket();
+        if socket
+            .connect(self.iface.context(), endpoint, (IpAddress::Ipv4(address), port))
+            .is_err()
+        {
+            self.ports.release(port);
+            self.recycle(socket);
+            return Err(StackError::Unreachable(endpoint));
+        }
+        let flow = FlowKey {
+            remote_addr: remote.0,
+            remote_port: remote.1,
+            local_port: port,
+        };
+        let id = self.insert(flow, socket, true);
+        self.counters.connected += 1;
+        Ok(id)
+    }
+
+    fn insert(&mut self, flow: FlowKey, socket: tcp::Socket<'static>, outbound: bool) -> ConnId {
+        let mut set = SocketSet::new(Vec::with_capacity(1));
+        let handle = set.add(socket);
+        let conn = Conn {
+            set,
+            handle,
+            flow,
+            scheduled: None,
+            dirty: false,
+            half_open: false,
+            outbound,
+        };
+        let index = match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize].conn = Some(conn);
+                i
+            }
+            None => {
+                self.slots.push(Slot {
+                    generation: 0,
+                    conn: Some(conn),
+                });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.index.insert(flow, index);
+        self.live += 1;
+        self.touch(index);
+        ConnId {
+            index,
+            generation: self.slots[index as usize].generation,
+        }
+    }
+
+    fn remove(&mut self, index: u32) {
+        let slot = &mut self.slots[index as usize];
+        let Some(mut conn) = slot.conn.take() else {
+            return;
+        };
+        slot.generation = slot.generation.wrapping_add(1);
+        self.free.push(index);
+        self.index.remove(&conn.flow);
+        self.live -= 1;
+        if conn.half_open {
+            self.half_open -= 1;
+        }
+        if conn.outbound {
+            self.ports.release(conn.flow.local_port);
+        }
+        self.counters.closed += 1;
+        if let Socket::Tcp(socket) = conn.set.remove(conn.handle) {
+            self.recycle(socket);
+        }
+    }
+
+    fn recycle(&mut self, mut socket: tcp::Socket<'static>) {
+        if self.spare.len() < self.config.spare_sockets {
+            socket.abort();
+            // A fresh controller: no congestion state carries over.
+            let congestion = socket.congestion_control();
+            socket.set_congestion_control(congestion);
+            self.spare.push(socket);
+        }
+    }
+
+    fn touch(&mut self, index: u32) {
+        if let Some(conn) = self.slots[index as usize].conn.as_mut() {
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(index);
+                self.events.push(ConnId {
+                    index,
+                    generation: self.slots[index as usize].generation,
+                });
+            }
+        }
+    }
+
+    fn slot(&self, id: ConnId) -> Option<&Conn> {
+        let slot = self.slots.get(id.index as usize)?;
+        if slot.generation != id.generation {
+            return None;
+        }
+        slot.conn.as_ref()
+    }
+
+    /// A connection's socket, to read; `None` once it is gone.
+    pub fn tcp(&self, id: ConnId) -> Option<&tcp::Socket<'static>> {
+        let conn = self.slot(id)?;
+        Some(conn.set.get::<tcp::Socket>(conn.handle))
+    }
+
+    /// A connection's socket, to read and write; marks it for egress.
+    pub fn tcp_mut(&mut self, id: ConnId) -> Option<&mut tcp::Socket<'static>> {
+        self.slot(id)?;
+        self.touch(id.index);
+        let conn = self.slots[id.index as usize].conn.as_mut()?;
+        Some(conn.set.get_mut::<tcp::Socket>(conn.handle))
+    }
+
+    /// The peer of a connection.
+    pub fn remote(&self, id: ConnId) -> Option<(Ipv4Address, u16)> {
+        self.slot(id)
+            .map(|c| (c.flow.remote_addr, c.flow.remote_port))
+    }
+
+    /// Connections touched since the last call (by a packet, a timer, or
+    /// the application), for the application to look at.
+    pub fn take_events(&mut self, into: &mut Vec<ConnId>) {
+        into.clear();
+        std::mem::swap(into, &mut self.events);
+    }
+
+    /// Take in every frame the device holds. Frames whose flow another
+    /// worker owns go to `handoff(owner, frame)`; ARP goes to every other
+    /// worker as well as here. Returns whether anything was received.
+    pub fn ingress<D, H>(&mut self, now: Instant, device: &mut D, mut handoff: H) -> bool
+    where
+        D: BatchDevice + ?Sized,
+        H: FnMut(usize, &[u8]),
+    {
+        let mut work = false;
+        let mut arp_seen = false;
+        while let Some((frame, origin)) = device.peek() {
+            work = true;
+            let kind = classify(frame);
+            if origin == Origin::HandedOver {
+                self.counters.handed_in += 1;
+            } else if let Some(ownership) = &self.config.ownership {
+                let me = self.config.worker;
+                match kind {
+                    FrameKind::Arp => {
+                        for worker in (0..ownership.workers()).filter(|&w| w != me) {
+                            handoff(worker, frame);
+                        }
+                    }
+                    FrameKind::Tcp {
+                        local_addr, flow, ..
+                    }
+                    | FrameKind::Udp { local_addr, flow } => {
+                        let owner = ownership.owner(local_addr, &flow);
+                        if owner != me {
+                            handoff(owner, frame);
+                            device.discard();
+                            self.counters.handed_off += 1;
+                            continue;
+                        }
+                    }
+                    FrameKind::Other => {}
+                }
+            }
+            match kind {
+                FrameKind::Tcp {
+                    local_addr,
+                    flow,
+                    syn_only,
+                    ..
+                } if local_addr == self.address => self.ingress_tcp(now, device, flow, syn_only),
+                FrameKind::Udp { local_addr, .. } if local_addr == self.address => {
+                    self.iface.poll_ingress_single(now, device, &mut self.udp);
+                    self.udp_dirty = true;
+                }
+                kind => {
+                    arp_seen |= kind == FrameKind::Arp;
+                    self.iface
+                        .poll_ingress_single(now, device, &mut self.control);
+                }
+            }
+        }
+        if arp_seen {
+            self.wake_neighbor_waiters();
+        }
+        work
+    }
+
+    fn ingress_tcp<D: BatchDevice + ?Sized>(
+        &mut self,
+        now: Instant,
+        device: &mut D,
+        flow: FlowKey,
+        syn_only: bool,
+    ) {
+        if let Some(&index) = self.index.get(&flow) {
+            if let Some(conn) = self.slots[index as usize].conn.as_mut() {
+                self.iface.poll_ingress_single(now, device, &mut conn.set);
+                self.touch(index);
+                return;
+            }
+        }
+        if syn_only && self.listeners.contains_key(&flow.local_port) {
+            if self.half_open >= self.config.max_half_open
+                || self.live >= self.config.max_connections
+            {
+                // Silently: the peer retries, established connections are
+                // untouched, and a flood gets no reflected RSTs.
+                device.discard();
+                self.counters.syn_dropped += 1;
+                return;
+            }
+            let Some(listener) = self.listeners.get_mut(&flow.local_port) else {
+                return;
+            };
+            self.iface
+                .poll_ingress_single(now, device, &mut listener.set);
+            if listener.set.get::<tcp::Socket>(listener.handle).is_listening() {
+                return;
+            }
+            // The listener took the SYN: it becomes the connection, and a
+            // fresh listener takes its place before the next packet.
+            let taken = listener.set.remove(listener.handle);
+            let mut fresh = self.new_socket();
+            if let Some(listener) = self.listeners.get_mut(&flow.local_port) {
+                if fresh.listen(flow.local_port).is_ok() {
+                    listener.handle = listener.set.add(fresh);
+                }
+            }
+            if let Socket::Tcp(socket) = taken {
+                if socket.state() == tcp::State::SynReceived {
+                    let id = self.insert(flow, socket, false);
+                    if let Some(conn) = self.slots[id.index as usize].conn.as_mut() {
+                        conn.half_open = true;
+                    }
+                    self.half_open += 1;
+                    self.counters.accepted += 1;
+                }
+            }
+            return;
+        }
+        // No connection, no listener: smoltcp answers with RST (or drops a
+        // RST).
+        self.iface
+            .poll_ingress_single(now, device, &mut self.control);
+    }
+
+    /// After ARP, connections waiting for a neighbour may go at once rather
+    /// than at smoltcp's next retry. ARP is rare, so a scan is fine.
+    fn wake_neighbor_waiters(&mut self) {
+        let waiting: Vec<u32> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, slot)| {
+                let conn = slot.conn.as_ref()?;
+                let socket = conn.set.get::<tcp::Socket>(conn.handle);
+                let waits = socket.state() == tcp::State::SynSent || socket.send_queue() > 0;
+                (waits && !conn.dirty).then_some(i as u32)
+            })
+            .collect();
+        for index in waiting {
+            self.touch(index);
+        }
+    }
+
+    /// Send what is due: connections touched since the last pass and those
+    /// whose timers expired. Connections that finished closing are freed.
+    pub fn egress<D: BatchDevice + ?Sized>(&mut self, now: Instant, device: &mut D) {
+        while let Some(&Reverse((at, index, generation))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let slot = &self.slots[index as usize];
+            if slot.generation == generation
+                && slot.conn.as_ref().is_some_and(|c| c.scheduled == Some(at))
+            {
+                if let Some(conn) = self.slots[index as usize].conn.as_mut() {
+                    conn.scheduled = None;
+                }
+                self.touch(index);
+            }
+        }
+
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for &index in &dirty {
+            let slot = &mut self.slots[index as usize];
+            let generation = slot.generation;
+            let Some(conn) = slot.conn.as_mut() else {
+                continue;
+            };
+            conn.dirty = false;
+            self.iface.poll_egress(now, device, &mut conn.set);
+            let state = conn.set.get::<tcp::Socket>(conn.handle).state();
+            if conn.half_open && state != tcp::State::SynReceived {
+                conn.half_open = false;
+                self.half_open -= 1;
+            }
+            if state == tcp::State::Closed {
+                self.remove(index);
+                continue;
+            }
+            let next = self.iface.poll_at(now, &conn.set);
+            if next != conn.scheduled {
+                conn.scheduled = next;
+                if let Some(at) = next {
+                    self.timers.push(Reverse((at, index, generation)));
+                }
+            }
+        }
+        dirty.clear();
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+        }
+        if self.udp_dirty {
+            self.udp_dirty = false;
+            self.iface.poll_egress(now, device, &mut self.udp);
+        }
+    }
+
+    /// How long until a timer is due (`None`: no timer).
+    pub fn poll_delay(&self, now: Instant) -> Option<std::time::Duration> {
+        let Reverse((at, _, _)) = self.timers.peek()?;
+        let micros = (*at - now.min(*at)).total_micros();
+        Some(std::time::Duration::from_micros(micros))
+    }
+}
+
+fn build_socket(tcp: &TcpConfig) -> tcp::Socket<'static> {
+    let mut socket = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; tcp.rx_buffer]),
+        tcp::SocketBuffer::new(vec![0; tcp.tx_buffer]),
+    );
+    socket.set_nagle_enabled(tcp.nagle);
+    socket.set_ack_delay(tcp.ack_delay);
+    socket.set_timeout(tcp.idle_timeout);
+    socket.set_keep_alive(tcp.keep_alive);
+    if tcp.timestamps {
+        socket.set_tsval_generator(Some(tsval));
+    }
+    socket.set_congestion_control(match tcp.congestion {
+        Congestion::None => tcp::CongestionControl::None,
+        Congestion::Reno => tcp::CongestionControl::Reno,
+        Congestion::Cubic => tcp::CongestionControl::Cubic,
+    });
+    socket
+}
+
+fn seed(worker: usize) -> u64 {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = RandomState::new().build_hasher();
+    hasher.write_usize(worker);
+    hasher.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ephemeral_ports_rotate_skip_used_and_honour_the_filter() {
+        let mut ports = EphemeralPorts::new(100..=104);
+        assert_eq!(ports.allocate(|_| true), Some(100));
+        assert_eq!(ports.allocate(|p| p % 2 == 0), Some(102));
+        assert_eq!(ports.allocate(|_| true), Some(103));
+        ports.release(100);
+        // 100 was freed, but the rotation reaches 104 first.
+        assert_eq!(ports.allocate(|_| true), Some(104));
+        assert_eq!(ports.allocate(|_| true), Some(100));
+        assert_eq!(ports.allocate(|_| true), Some(101));
+        assert_eq!(ports.allocate(|_| true), None);
+        ports.release(999); // outside the range: ignored
+    }
+}
