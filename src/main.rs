@@ -1,6 +1,7 @@
 //! `rauta`: the command line. Wiring only; the work is in the crates.
 
 mod echo_client;
+mod echo_load;
 mod lab;
 mod probe_cmd;
 
@@ -37,6 +38,9 @@ enum Command {
     Probe(ProbeArgs),
     /// Check an echo service: send a known byte stream, verify the echo.
     EchoClient(EchoClientArgs),
+    /// Load an echo service: many connections at once, round trips for a
+    /// while; reports rps and latency percentiles.
+    EchoLoad(EchoLoadArgs),
 }
 
 #[derive(Subcommand)]
@@ -152,6 +156,34 @@ struct EchoClientArgs {
     timeout: u64,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum CloseArg {
+    Fin,
+    Rst,
+}
+
+#[derive(clap::Args)]
+struct EchoLoadArgs {
+    /// ADDR:PORT of the echo service.
+    #[arg(long)]
+    target: std::net::SocketAddr,
+    /// Connections held open at once.
+    #[arg(long, default_value_t = 100)]
+    connections: usize,
+    /// Bytes per message.
+    #[arg(long, default_value_t = 64)]
+    message: usize,
+    /// Seconds of round trips once all connections are open.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Connects in flight at once while opening.
+    #[arg(long, default_value_t = 256)]
+    connect_burst: usize,
+    /// How each connection ends.
+    #[arg(long, value_enum, default_value = "fin")]
+    close: CloseArg,
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -234,6 +266,21 @@ fn run(cli: Cli) -> Result<()> {
                 report_every: Duration::from_secs_f64(args.report_every.clamp(0.05, 3600.0)),
             };
             probe_cmd::run(options, !args.no_hugepages)?;
+        }
+        Command::EchoLoad(args) => {
+            let line = echo_load::run(&echo_load::EchoLoad {
+                target: args.target,
+                connections: args.connections.max(1),
+                message: args.message.max(1),
+                duration: Duration::from_secs_f64(args.duration.clamp(0.0, 3600.0)),
+                connect_burst: args.connect_burst,
+                close: match args.close {
+                    CloseArg::Fin => echo_load::Close::Fin,
+                    CloseArg::Rst => echo_load::Close::Rst,
+                },
+                connect_timeout: Duration::from_secs(30),
+            })?;
+            println!("{line}");
         }
         Command::EchoClient(args) => {
             let summary = echo_client::run(&echo_client::EchoCheck {

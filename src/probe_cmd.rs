@@ -88,7 +88,8 @@ pub fn run(options: ProbeOptions, hugepages: bool) -> Result<()> {
     }
 
     let ownership = (workers > 1).then(|| FlowOwnership::new(workers as usize));
-    let mailboxes = handoff::mailboxes(workers as usize, 4096).context("creating hand-off rings")?;
+    let mailboxes =
+        handoff::mailboxes(workers as usize, 4096).context("creating hand-off rings")?;
     let mut handles = Vec::new();
     let mut reports = Vec::new();
     for (worker, (group, mut mailbox)) in groups.into_iter().zip(mailboxes).enumerate() {
@@ -182,7 +183,7 @@ fn print_report(reports: &[SharedReport], program: &XdpProgram, when: &str) {
             w.stack.closed,
             w.stack.syn_dropped,
             w.stack.handed_off,
-            w.stack.handed_in,
+            w.handed_in,
             w.sleeps,
         );
     }

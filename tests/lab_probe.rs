@@ -375,7 +375,10 @@ fn generic_xdp_mode_serves_too() {
     let mut probe = lab.start_probe(1, &["--xdp-mode", "generic"]);
     let banner = probe.wait_for_line(|l| l.starts_with("rauta probe:"), Duration::from_secs(1));
     assert!(banner.contains("(generic XDP"), "{banner}");
-    let ping = lab.exec_ok("client", &["ping", "-c", "2", "-i", "0.2", "-W", "2", GATEWAY]);
+    let ping = lab.exec_ok(
+        "client",
+        &["ping", "-c", "2", "-i", "0.2", "-W", "2", GATEWAY],
+    );
     assert!(ping.contains("2 received"), "{ping}");
     let out = echo(&lab, 64 * 1024, 2, &[]);
     assert!(out.contains("all byte-exact"), "{out}");

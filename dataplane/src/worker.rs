@@ -32,6 +32,8 @@ pub struct WorkerReport {
     pub tcp_bytes: u64,
     pub udp_datagrams: u64,
     pub sleeps: u64,
+    /// Frames received from other workers.
+    pub handed_in: u64,
 }
 
 /// Where a worker publishes its report.
@@ -39,7 +41,10 @@ pub type SharedReport = Arc<Mutex<WorkerReport>>;
 
 const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 
-fn publish(report: &SharedReport, device: &XdpDevice, probe: &Probe, sleeps: u64) {
+/// Frames taken from the hand-off inbox per pass.
+const HANDOFF_BATCH: usize = 256;
+
+fn publish(report: &SharedReport, device: &XdpDevice, probe: &Probe, sleeps: u64, handed_in: u64) {
     let queues = device
         .queues()
         .iter()
@@ -59,6 +64,7 @@ fn publish(report: &SharedReport, device: &XdpDevice, probe: &Probe, sleeps: u64
         tcp_bytes: counters.tcp_bytes,
         udp_datagrams: counters.udp_datagrams,
         sleeps,
+        handed_in,
     };
     if let Ok(mut shared) = report.lock() {
         *shared = next;
@@ -76,9 +82,11 @@ pub fn run_probe(
     report: &SharedReport,
 ) {
     let mut waiter = IdleWaiter::new(idle);
+    let mut handed_in_total = 0u64;
     let mut next_publish = std::time::Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        let handed_in = mailbox.receive_into(device);
+        let handed_in = mailbox.receive_into(device, HANDOFF_BATCH);
+        handed_in_total += handed_in as u64;
         let received = device.service();
         let now = Instant::now();
         let served = probe.poll(now, device, |to, frame| mailbox.send(to, frame));
@@ -88,7 +96,7 @@ pub fn run_probe(
 
         let wall = std::time::Instant::now();
         if wall >= next_publish {
-            publish(report, device, probe, waiter.sleeps());
+            publish(report, device, probe, waiter.sleeps(), handed_in_total);
             next_publish = wall + PUBLISH_EVERY;
         }
         if waiter.idle_pass(did_work) {
@@ -105,5 +113,5 @@ pub fn run_probe(
             }
         }
     }
-    publish(report, device, probe, waiter.sleeps());
+    publish(report, device, probe, waiter.sleeps(), handed_in_total);
 }

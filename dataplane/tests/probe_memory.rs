@@ -2,8 +2,8 @@
 //! probe. No privileges, no kernel.
 
 use rauta_dataplane::{Probe, ProbeConfig};
-use rauta_netstack::{BatchDevice, StackConfig};
 use rauta_netstack::memory::{link, MemoryDevice};
+use rauta_netstack::{BatchDevice, StackConfig};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::{icmp, tcp, udp};
 use smoltcp::time::{Duration, Instant};

@@ -189,11 +189,41 @@ mod tests {
     fn toeplitz_matches_the_rss_specification() {
         let cases = [
             // (destination, dst port, source, src port, hash)
-            ([161, 142, 100, 80], 1766, [66, 9, 149, 187], 2794, 0x51cc_c178u32),
-            ([65, 69, 140, 83], 4739, [199, 92, 111, 2], 14230, 0xc626_b0ea),
-            ([12, 22, 207, 184], 38024, [24, 19, 198, 95], 12898, 0x5c2b_394a),
-            ([209, 142, 163, 6], 2217, [38, 27, 205, 30], 48228, 0xafc7_327f),
-            ([202, 188, 127, 2], 1303, [153, 39, 163, 191], 44251, 0x10e8_28a2),
+            (
+                [161, 142, 100, 80],
+                1766,
+                [66, 9, 149, 187],
+                2794,
+                0x51cc_c178u32,
+            ),
+            (
+                [65, 69, 140, 83],
+                4739,
+                [199, 92, 111, 2],
+                14230,
+                0xc626_b0ea,
+            ),
+            (
+                [12, 22, 207, 184],
+                38024,
+                [24, 19, 198, 95],
+                12898,
+                0x5c2b_394a,
+            ),
+            (
+                [209, 142, 163, 6],
+                2217,
+                [38, 27, 205, 30],
+                48228,
+                0xafc7_327f,
+            ),
+            (
+                [202, 188, 127, 2],
+                1303,
+                [153, 39, 163, 191],
+                44251,
+                0x10e8_28a2,
+            ),
         ];
         let ownership = FlowOwnership::new(1);
         for (dst, dport, src, sport, want) in cases {
@@ -202,7 +232,11 @@ mod tests {
                 remote_port: sport,
                 local_port: dport,
             };
-            assert_eq!(ownership.hash(Ipv4Address::from(dst), &flow), want, "{src:?}:{sport}");
+            assert_eq!(
+                ownership.hash(Ipv4Address::from(dst), &flow),
+                want,
+                "{src:?}:{sport}"
+            );
         }
     }
 
@@ -272,7 +306,13 @@ mod tests {
     #[test]
     fn classifies_syn_data_and_garbage() {
         let syn = classify(&tcp_frame(TcpControl::Syn, false));
-        let FrameKind::Tcp { flow, syn_only, rst, local_addr } = syn else {
+        let FrameKind::Tcp {
+            flow,
+            syn_only,
+            rst,
+            local_addr,
+        } = syn
+        else {
             panic!("{syn:?}");
         };
         assert!(syn_only && !rst);
@@ -281,7 +321,10 @@ mod tests {
         assert_eq!(flow.local_port, 7);
         assert!(matches!(
             classify(&tcp_frame(TcpControl::Syn, true)),
-            FrameKind::Tcp { syn_only: false, .. }
+            FrameKind::Tcp {
+                syn_only: false,
+                ..
+            }
         ));
         assert!(matches!(
             classify(&tcp_frame(TcpControl::Rst, false)),

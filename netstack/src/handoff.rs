@@ -110,11 +110,16 @@ impl Mailbox {
         }
     }
 
-    /// Move frames handed to this worker into `device`. Returns how many.
-    pub fn receive_into<D: BatchDevice + ?Sized>(&self, device: &mut D) -> usize {
+    /// Move up to `max` frames handed to this worker into `device` (a
+    /// bound, so one pass stays short and the fill ring never runs dry).
+    /// Returns how many.
+    pub fn receive_into<D: BatchDevice + ?Sized>(&self, device: &mut D, max: usize) -> usize {
         let inbox = &self.inboxes[self.me];
         let mut n = 0;
-        while let Some(frame) = inbox.frames.pop() {
+        while n < max {
+            let Some(frame) = inbox.frames.pop() else {
+                break;
+            };
             device.inject(frame);
             n += 1;
         }
@@ -172,7 +177,7 @@ mod tests {
         assert!(boxes[0].flush());
         let mut seen = Vec::new();
         while seen.len() < 5 {
-            boxes[1].receive_into(&mut device);
+            boxes[1].receive_into(&mut device, 64);
             while let Some((frame, origin)) = device.peek() {
                 assert_eq!(origin, crate::device::Origin::HandedOver);
                 seen.push(frame[0]);

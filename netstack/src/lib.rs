@@ -24,6 +24,7 @@ pub mod link;
 pub mod memory;
 pub mod rings;
 pub mod stack;
+pub mod timer;
 pub mod umem;
 pub mod xsk;
 

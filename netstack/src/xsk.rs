@@ -17,6 +17,9 @@ use tracing::{debug, info};
 use xdpilone::xdp::XdpDesc;
 use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig, User};
 
+/// Most `sendto` kicks per flush (each moves up to 32 frames in copy mode).
+const MAX_KICKS: u32 = 128;
+
 /// Errors opening AF_XDP sockets.
 #[derive(Debug, thiserror::Error)]
 pub enum XskError {
@@ -411,7 +414,7 @@ impl XskQueue {
             return;
         }
         let mut frames: VecDeque<u64> = VecDeque::with_capacity(want as usize);
-        while frames.len() < want as usize && self.pool.len() > self.tx_reserve() {
+        while frames.len() < want as usize {
             match self.pool.take() {
                 Some(frame) => frames.push_back(frame),
                 None => break,
@@ -425,12 +428,6 @@ impl XskQueue {
         if given > 0 && self.fill_comp.needs_wakeup() {
             self.fill_comp.wake();
         }
-    }
-
-    /// Frames kept back from the fill ring so TX always has some.
-    fn tx_reserve(&self) -> usize {
-        (self.ring_size as usize / 4)
-            .saturating_sub(self.tx_in_flight as usize + self.tx_backlog.len())
     }
 
     /// Move up to one batch of received descriptors into `out`. The frames
@@ -453,8 +450,12 @@ impl XskQueue {
     }
 
     /// Whether a frame can be had for transmitting.
+    ///
+    /// RX and TX each get at most a ring's worth of the queue's frames, so
+    /// neither starves the other: a burst of replies never leaves the fill
+    /// ring empty, and a burst of arrivals never leaves TX without frames.
     pub fn can_transmit(&self) -> bool {
-        !self.pool.is_empty() && (self.tx_backlog.len() as u32) < self.ring_size
+        !self.pool.is_empty() && self.tx_in_flight + (self.tx_backlog.len() as u32) < self.ring_size
     }
 
     /// Take a frame to build an outgoing packet in.
@@ -474,14 +475,21 @@ impl XskQueue {
     /// Push queued frames into the TX ring and kick the kernel once if it
     /// wants a kick. Frames the ring had no room for stay queued.
     pub fn flush(&mut self) -> usize {
-        if self.tx_backlog.is_empty() {
-            return 0;
-        }
-        let sent = drain_into(&mut self.tx_backlog, &mut TxRing(&mut self.tx));
+        let sent = if self.tx_backlog.is_empty() {
+            0
+        } else {
+            drain_into(&mut self.tx_backlog, &mut TxRing(&mut self.tx))
+        };
         self.tx_in_flight += sent as u32;
-        if sent > 0 && self.tx.needs_wakeup() {
+        // In copy mode one kick transmits at most 32 frames (the kernel's
+        // TX_BATCH_SIZE): kick until the kernel has taken the whole ring,
+        // or frames left behind would wait for the next packet, forever if
+        // none comes.
+        let mut kicks = 0;
+        while self.tx.pending() > 0 && self.tx.needs_wakeup() && kicks < MAX_KICKS {
             self.tx.wake();
             self.wakeups += 1;
+            kicks += 1;
         }
         sent
     }
