@@ -1,0 +1,274 @@
+//! Two `Stack`s over the in-memory link: connect and accept, echo, close
+//! with FIN and RST from either side, ephemeral port reuse, ownership of
+//! outbound ports, and the half-open bound. No privileges.
+
+use rauta_netstack::flow::{FlowKey, FlowOwnership};
+use rauta_netstack::memory::{link, MemoryDevice};
+use rauta_netstack::smoltcp::socket::tcp::State;
+use rauta_netstack::smoltcp::time::{Duration, Instant};
+use rauta_netstack::smoltcp::wire::{EthernetAddress, Ipv4Address, Ipv4Cidr};
+use rauta_netstack::{BatchDevice, ConnId, Stack, StackConfig};
+
+const SERVER: Ipv4Address = Ipv4Address::new(198, 18, 0, 1);
+const CLIENT: Ipv4Address = Ipv4Address::new(198, 18, 0, 10);
+
+struct Pair {
+    server: Stack,
+    server_dev: MemoryDevice,
+    client: Stack,
+    client_dev: MemoryDevice,
+    now: Instant,
+    events: Vec<ConnId>,
+}
+
+impl Pair {
+    fn new(
+        tune_server: impl FnOnce(&mut StackConfig),
+        tune_client: impl FnOnce(&mut StackConfig),
+    ) -> Self {
+        let (mut server_dev, mut client_dev) = link(1500);
+        let now = Instant::from_millis(1);
+        let mut server_config = StackConfig::new(
+            Ipv4Cidr::new(SERVER, 24),
+            EthernetAddress([2, 0, 0, 0, 0, 1]),
+        );
+        tune_server(&mut server_config);
+        let mut client_config = StackConfig::new(
+            Ipv4Cidr::new(CLIENT, 24),
+            EthernetAddress([2, 0, 0, 0, 0, 2]),
+        );
+        tune_client(&mut client_config);
+        let mut server = Stack::new(server_config, &mut server_dev, now);
+        server.listen_tcp(7).unwrap();
+        let client = Stack::new(client_config, &mut client_dev, now);
+        Self {
+            server,
+            server_dev,
+            client,
+            client_dev,
+            now,
+            events: Vec::new(),
+        }
+    }
+
+    /// One millisecond: both stacks in and out; the server echoes and
+    /// closes when its peer has.
+    fn step(&mut self) {
+        self.now += Duration::from_millis(1);
+        for _ in 0..2 {
+            self.server_dev.service();
+            self.server
+                .ingress(self.now, &mut self.server_dev, |_, _| {});
+            self.server.take_events(&mut self.events);
+            for &id in &self.events {
+                let Some(socket) = self.server.tcp_mut(id) else {
+                    continue;
+                };
+                let mut buf = [0u8; 4096];
+                while socket.can_recv() && socket.can_send() {
+                    let room = socket.send_capacity() - socket.send_queue();
+                    let n = socket.recv_slice(&mut buf[..room.min(4096)]).unwrap();
+                    socket.send_slice(&buf[..n]).unwrap();
+                }
+                if socket.state() == State::CloseWait && socket.send_queue() == 0 {
+                    socket.close();
+                }
+            }
+            self.server.egress(self.now, &mut self.server_dev);
+            self.client_dev.service();
+            self.client
+                .ingress(self.now, &mut self.client_dev, |_, _| {});
+            self.client.take_events(&mut self.events);
+            self.client.egress(self.now, &mut self.client_dev);
+        }
+    }
+
+    fn run_until(&mut self, limit: usize, mut done: impl FnMut(&mut Self) -> bool) {
+        for _ in 0..limit {
+            if done(self) {
+                return;
+            }
+            self.step();
+        }
+        panic!(
+            "not done after {limit} ms (server {} conns, client {} conns)",
+            self.server.connections(),
+            self.client.connections()
+        );
+    }
+
+    fn established(&mut self, ids: &[ConnId]) {
+        self.run_until(5_000, |p| {
+            ids.iter().all(|&id| {
+                p.client
+                    .tcp(id)
+                    .is_some_and(|s| s.state() == State::Established)
+            })
+        });
+    }
+}
+
+#[test]
+fn outbound_connections_echo_and_close_with_fin_back_to_zero() {
+    let mut pair = Pair::new(|_| {}, |_| {});
+    let ids: Vec<ConnId> = (0..50)
+        .map(|_| pair.client.connect((SERVER, 7)).unwrap())
+        .collect();
+    pair.established(&ids);
+    assert_eq!(pair.server.connections(), 50);
+    for (i, &id) in ids.iter().enumerate() {
+        let msg = format!("hello {i}");
+        pair.client
+            .tcp_mut(id)
+            .unwrap()
+            .send_slice(msg.as_bytes())
+            .unwrap();
+    }
+    let mut got = vec![Vec::new(); ids.len()];
+    pair.run_until(2_000, |p| {
+        for (i, &id) in ids.iter().enumerate() {
+            let socket = p.client.tcp_mut(id).unwrap();
+            while socket.can_recv() {
+                socket
+                    .recv(|b| {
+                        got[i].extend_from_slice(b);
+                        (b.len(), ())
+                    })
+                    .unwrap();
+            }
+        }
+        got.iter()
+            .enumerate()
+            .all(|(i, g)| *g == format!("hello {i}").into_bytes())
+    });
+    for &id in &ids {
+        pair.client.tcp_mut(id).unwrap().close();
+    }
+    // The server closes at once; the client holds TIME-WAIT, then frees.
+    pair.run_until(2_000, |p| p.server.connections() == 0);
+    pair.run_until(20_000, |p| p.client.connections() == 0);
+    assert_eq!(pair.server.counters().accepted, 50);
+    assert_eq!(pair.server.counters().closed, 50);
+    assert_eq!(pair.client.counters().connected, 50);
+}
+
+#[test]
+fn rst_from_either_side_frees_both_ends() {
+    let mut pair = Pair::new(|_| {}, |_| {});
+    let a = pair.client.connect((SERVER, 7)).unwrap();
+    let b = pair.client.connect((SERVER, 7)).unwrap();
+    pair.established(&[a, b]);
+    // Client aborts a: the server frees its end.
+    pair.client.tcp_mut(a).unwrap().abort();
+    pair.run_until(1_000, |p| {
+        p.server.connections() == 1 && p.client.tcp(a).is_none()
+    });
+    // The server aborts its end of b: the client sees the reset.
+    pair.server.take_events(&mut pair.events);
+    let mut server_b = None;
+    for _ in 0..1 {
+        // Find the server's remaining connection by touching every id we saw.
+        pair.client.tcp_mut(b).unwrap().send_slice(b"x").unwrap();
+        pair.now += Duration::from_millis(1);
+        pair.client.egress(pair.now, &mut pair.client_dev);
+        pair.server_dev.service();
+        pair.server
+            .ingress(pair.now, &mut pair.server_dev, |_, _| {});
+        pair.server.take_events(&mut pair.events);
+        server_b = pair.events.first().copied();
+    }
+    pair.server
+        .tcp_mut(server_b.expect("server saw b's data"))
+        .unwrap()
+        .abort();
+    pair.run_until(1_000, |p| {
+        p.server.connections() == 0 && p.client.connections() == 0
+    });
+}
+
+#[test]
+fn ephemeral_ports_are_reused_after_time_wait() {
+    let mut pair = Pair::new(|_| {}, |c| c.ephemeral_ports = 50_000..=50_003);
+    for round in 0..12 {
+        let id = pair
+            .client
+            .connect((SERVER, 7))
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        pair.established(&[id]);
+        pair.client.tcp_mut(id).unwrap().close();
+        pair.run_until(20_000, |p| {
+            p.client.connections() == 0 && p.server.connections() == 0
+        });
+    }
+    // With every port held, the next connect says so instead of failing later.
+    let held: Vec<_> = (0..4)
+        .map(|_| pair.client.connect((SERVER, 7)).unwrap())
+        .collect();
+    assert!(pair.client.connect((SERVER, 7)).is_err());
+    pair.established(&held);
+}
+
+#[test]
+fn outbound_ports_are_chosen_so_replies_reach_the_opening_worker() {
+    let ownership = FlowOwnership::new(2);
+    let owner = ownership.clone();
+    let mut pair = Pair::new(
+        |_| {},
+        move |c| {
+            c.worker = 1;
+            c.ownership = Some(owner);
+        },
+    );
+    let ids: Vec<ConnId> = (0..20)
+        .map(|_| pair.client.connect((SERVER, 7)).unwrap())
+        .collect();
+    pair.established(&ids);
+    // The client stack handed nothing off: every reply hashed to worker 1.
+    assert_eq!(pair.client.counters().handed_off, 0);
+    for &id in &ids {
+        let (addr, port) = pair.client.remote(id).unwrap();
+        assert_eq!((addr, port), (SERVER, 7));
+    }
+    // And the ports satisfy the hash as the server's replies present it.
+    let mut ports = 0;
+    for local_port in 32_768..=60_999u16 {
+        let flow = FlowKey {
+            remote_addr: SERVER,
+            remote_port: 7,
+            local_port,
+        };
+        if ownership.owner(CLIENT, &flow) == 1 {
+            ports += 1;
+        }
+    }
+    assert!(ports > 10_000, "too few ports for worker 1: {ports}");
+}
+
+#[test]
+fn half_open_connections_are_bounded_and_established_ones_unharmed() {
+    let mut pair = Pair::new(|s| s.max_half_open = 8, |_| {});
+    let first: Vec<_> = (0..4)
+        .map(|_| pair.client.connect((SERVER, 7)).unwrap())
+        .collect();
+    pair.established(&first);
+    // 40 SYNs at once: at most 8 half-open at any time; the rest are
+    // dropped silently and retried by the client, none reset.
+    let burst: Vec<_> = (0..40)
+        .map(|_| pair.client.connect((SERVER, 7)).unwrap())
+        .collect();
+    let mut max_half_open = 0;
+    pair.run_until(30_000, |p| {
+        max_half_open = max_half_open.max(p.server.half_open());
+        burst.iter().all(|&id| {
+            p.client
+                .tcp(id)
+                .is_some_and(|s| s.state() == State::Established)
+        })
+    });
+    assert!(max_half_open <= 8, "{max_half_open}");
+    assert!(pair.server.counters().syn_dropped > 0);
+    assert_eq!(pair.server.connections(), 44);
+    for &id in &first {
+        assert_eq!(pair.client.tcp(id).unwrap().state(), State::Established);
+    }
+}
