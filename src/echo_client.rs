@@ -30,10 +30,14 @@ fn pattern(stream: usize, offset: usize) -> u8 {
 /// Run the check; Ok with a one-line summary when every byte came back.
 pub fn run(check: &EchoCheck) -> Result<String> {
     let start = Instant::now();
-    let total = if check.udp { udp(check)? } else { tcp(check)? };
+    let (total, checksums) = if check.udp {
+        (udp(check)?, String::new())
+    } else {
+        tcp(check)?
+    };
     let secs = start.elapsed().as_secs_f64();
     Ok(format!(
-        "echo-client: {} {} of {} bytes to {}: all byte-exact, {:.1} MB echoed in {:.3} s",
+        "echo-client: {} {} of {} bytes to {}: all byte-exact{checksums}, {:.1} MB echoed in {:.3} s",
         check.count,
         if check.udp {
             "datagrams"
@@ -47,7 +51,7 @@ pub fn run(check: &EchoCheck) -> Result<String> {
     ))
 }
 
-fn tcp(check: &EchoCheck) -> Result<usize> {
+fn tcp(check: &EchoCheck) -> Result<(usize, String)> {
     let deadline = Instant::now() + check.timeout;
     let handles: Vec<_> = (0..check.count)
         .map(|stream| {
@@ -56,10 +60,14 @@ fn tcp(check: &EchoCheck) -> Result<usize> {
         })
         .collect();
     let mut total = 0;
+    let mut sums = Vec::new();
     let mut errors = Vec::new();
     for (i, h) in handles.into_iter().enumerate() {
         match h.join() {
-            Ok(Ok(n)) => total += n,
+            Ok(Ok((n, sent, received))) => {
+                total += n;
+                sums.push((sent, received));
+            }
             Ok(Err(e)) => errors.push(format!("connection {i}: {e:#}")),
             Err(_) => errors.push(format!("connection {i}: thread panicked")),
         }
@@ -72,10 +80,25 @@ fn tcp(check: &EchoCheck) -> Result<usize> {
             errors[0]
         );
     }
-    Ok(total)
+    if let [(sent, received)] = sums[..] {
+        return Ok((
+            total,
+            format!(", FNV-1a checksum sent {sent:016x} received {received:016x}"),
+        ));
+    }
+    Ok((total, String::new()))
 }
 
-fn tcp_stream(check: &EchoCheck, stream: usize, deadline: Instant) -> Result<usize> {
+/// FNV-1a, 64-bit: a checksum of a stream, folded byte by byte.
+fn fnv1a(hash: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(hash, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn tcp_stream(check: &EchoCheck, stream: usize, deadline: Instant) -> Result<(usize, u64, u64)> {
     let left = deadline.saturating_duration_since(Instant::now());
     let mut socket = TcpStream::connect_timeout(&check.target, left.max(Duration::from_millis(1)))
         .with_context(|| format!("connecting to {}", check.target))?;
@@ -83,21 +106,25 @@ fn tcp_stream(check: &EchoCheck, stream: usize, deadline: Instant) -> Result<usi
     socket.set_nodelay(true)?;
     let mut writer = socket.try_clone()?;
     let bytes = check.bytes;
-    let sender = std::thread::spawn(move || -> std::io::Result<()> {
+    let sender = std::thread::spawn(move || -> std::io::Result<u64> {
         let mut chunk = vec![0u8; 64 * 1024];
         let mut offset = 0;
+        let mut sum = FNV_OFFSET;
         while offset < bytes {
             let n = chunk.len().min(bytes - offset);
             for (i, b) in chunk[..n].iter_mut().enumerate() {
                 *b = pattern(stream, offset + i);
             }
             writer.write_all(&chunk[..n])?;
+            sum = fnv1a(sum, &chunk[..n]);
             offset += n;
         }
-        writer.shutdown(Shutdown::Write)
+        writer.shutdown(Shutdown::Write)?;
+        Ok(sum)
     });
     let mut buf = vec![0u8; 64 * 1024];
     let mut received = 0;
+    let mut received_sum = FNV_OFFSET;
     loop {
         if Instant::now() > deadline {
             bail!("timed out after {received} of {bytes} bytes");
@@ -113,16 +140,20 @@ fn tcp_stream(check: &EchoCheck, stream: usize, deadline: Instant) -> Result<usi
                 bail!("byte {} differs", received + i);
             }
         }
+        received_sum = fnv1a(received_sum, &buf[..n]);
         received += n;
     }
-    sender
+    let sent_sum = sender
         .join()
         .map_err(|_| anyhow::anyhow!("sender panicked"))?
         .context("sending")?;
     if received != bytes {
         bail!("got {received} bytes back, sent {bytes}");
     }
-    Ok(received)
+    if received_sum != sent_sum {
+        bail!("checksums differ: sent {sent_sum:016x}, received {received_sum:016x}");
+    }
+    Ok((received, sent_sum, received_sum))
 }
 
 fn udp(check: &EchoCheck) -> Result<usize> {

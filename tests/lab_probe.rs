@@ -385,3 +385,158 @@ fn generic_xdp_mode_serves_too() {
     assert!(probe.terminate().success());
     assert_eq!(lab.xdp_program(), None);
 }
+
+/// `rauta echo-load` in the client namespace, with the fd limit raised for
+/// many connections; its report line.
+fn echo_load(lab: &Lab, connections: usize, extra: &str) -> String {
+    let script = format!(
+        "ulimit -n 20000 2>/dev/null || ulimit -n $(ulimit -Hn); \
+         [ $(ulimit -n) -gt {connections} ] || {{ echo 'fd limit too low for {connections} connections' >&2; exit 1; }}; \
+         exec timeout 120 {RAUTA} echo-load --target {GATEWAY}:7 --connections {connections} {extra}"
+    );
+    lab.exec_ok("client", &["sh", "-c", &script])
+}
+
+fn report_field(line: &str, key: &str) -> f64 {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+}
+
+#[test]
+fn ten_thousand_concurrent_connections_all_echo_and_then_close() {
+    let _serial = serial();
+    let lab = Lab::up("rtp-h", 2);
+    let mut probe = lab.start_probe(2, &["--workers", "2"]);
+    let small = echo_load(&lab, 100, "--duration 2");
+    let large = echo_load(&lab, 10_000, "--duration 3 --connect-burst 1000");
+    for line in [&small, &large] {
+        assert!(line.contains("errors=0"), "{line}");
+        assert!(report_field(line, "round_trips") > 0.0, "{line}");
+    }
+    // Every connection closed with FIN: the count returns to zero.
+    let mark = probe.mark();
+    probe.wait_for_line_after(
+        mark,
+        |l| l.starts_with("tick total connections=0 "),
+        Duration::from_secs(30),
+    );
+    // Reset by the client (SO_LINGER 0): freed as well.
+    let rst = echo_load(&lab, 2_000, "--duration 1 --close rst");
+    assert!(rst.contains("errors=0"), "{rst}");
+    let mark = probe.mark();
+    probe.wait_for_line_after(
+        mark,
+        |l| l.starts_with("tick total connections=0 "),
+        Duration::from_secs(30),
+    );
+    assert!(probe.terminate().success());
+    let total = probe
+        .output()
+        .into_iter()
+        .find(|l| l.starts_with("exit total"))
+        .unwrap();
+    assert_eq!(
+        field(&total, "tcp_accepted"),
+        100 + 10_000 + 2_000,
+        "{total}"
+    );
+    eprintln!("100 connections: {small}\n10,000 connections: {large}");
+}
+
+#[test]
+fn a_burst_of_a_thousand_connects_gets_no_reset() {
+    let _serial = serial();
+    let lab = Lab::up("rtp-i", 2);
+    let mut probe = lab.start_probe(2, &[]);
+    // All 1,000 connects in flight at once; a reset would fail the connect.
+    let line = echo_load(&lab, 1_000, "--duration 1 --connect-burst 1000");
+    assert!(line.contains("errors=0"), "{line}");
+    assert!(probe.terminate().success());
+}
+
+#[test]
+fn a_gibibyte_echoes_byte_exact() {
+    let _serial = serial();
+    let lab = Lab::up("rtp-j", 2);
+    let mut probe = lab.start_probe(2, &[]);
+    let target = format!("{GATEWAY}:7");
+    let out = lab.exec_ok(
+        "client",
+        &[
+            RAUTA,
+            "echo-client",
+            "--target",
+            &target,
+            "--bytes",
+            "1073741824",
+            "--timeout",
+            "300",
+        ],
+    );
+    eprintln!("{out}");
+    assert!(out.contains("all byte-exact"), "{out}");
+    assert!(out.contains("checksum"), "{out}");
+    assert!(probe.terminate().success());
+}
+
+#[test]
+fn flows_on_the_wrong_queue_are_handed_to_their_owner_both_ways() {
+    let _serial = serial();
+    let lab = Lab::up("rtp-k", 2);
+    let mut probe = lab.start_probe(2, &["--workers", "2"]);
+    // XPS picks the gateway's queue by the sending CPU: pinning the client
+    // to each CPU in turn sends every flow to one queue, then the other.
+    // Flow ownership is by hash, so about half of each run lands on the
+    // wrong worker.
+    for cpu in ["0", "1"] {
+        let target = format!("{GATEWAY}:7");
+        let out = lab.exec_ok(
+            "client",
+            &[
+                "taskset",
+                "-c",
+                cpu,
+                RAUTA,
+                "echo-client",
+                "--target",
+                &target,
+                "--bytes",
+                "20000",
+                "--count",
+                "64",
+                "--timeout",
+                "60",
+            ],
+        );
+        assert!(out.contains("all byte-exact"), "{out}");
+    }
+    assert!(probe.terminate().success());
+    let output = probe.output();
+    for worker in 0..2 {
+        let line = output
+            .iter()
+            .find(|l| l.starts_with(&format!("exit worker={worker} ")))
+            .unwrap();
+        assert!(
+            field(line, "handed_off") > 0,
+            "worker {worker} handed nothing off: {line}"
+        );
+        assert!(
+            field(line, "handed_in") > 0,
+            "worker {worker} got nothing handed in: {line}"
+        );
+        assert!(field(line, "tcp_accepted") > 0, "{line}");
+    }
+    for q in 0..2 {
+        let line = output
+            .iter()
+            .find(|l| l.starts_with(&format!("exit queue={q} ")))
+            .unwrap();
+        assert!(
+            field(line, "frames_in") > 0,
+            "queue {q} got no frames: {line}"
+        );
+    }
+}

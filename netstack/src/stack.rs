@@ -144,6 +144,9 @@ pub struct StackCounters {
     pub syn_dropped: u64,
     /// Frames handed to the worker that owns their flow.
     pub handed_off: u64,
+    /// Connections polled for egress (touched by a packet, a timer or the
+    /// application): the stack's work per pass is proportional to this.
+    pub egress_polls: u64,
 }
 
 struct Conn {
@@ -152,7 +155,10 @@ struct Conn {
     flow: FlowKey,
     /// When this connection's entry in the timer heap is due.
     scheduled: Option<Instant>,
+    /// Queued for egress this pass.
     dirty: bool,
+    /// Listed in the events the application takes next.
+    notified: bool,
     half_open: bool,
     outbound: bool,
 }
@@ -409,6 +415,7 @@ impl Stack {
             flow,
             scheduled: None,
             dirty: false,
+            notified: false,
             half_open: false,
             outbound,
         };
@@ -465,15 +472,27 @@ impl Stack {
         }
     }
 
+    /// Something happened to the connection (a packet, a timer): the
+    /// application hears of it, and it is polled for egress.
     fn touch(&mut self, index: u32) {
+        let generation = self.slots[index as usize].generation;
+        if let Some(conn) = self.slots[index as usize].conn.as_mut() {
+            if !conn.notified {
+                conn.notified = true;
+                self.events.push(ConnId { index, generation });
+            }
+        }
+        self.mark_dirty(index);
+    }
+
+    /// Poll the connection for egress this pass. The application's own
+    /// writes come here, and do not come back to it as events: a loop of
+    /// event → write → event would keep an idle connection busy forever.
+    fn mark_dirty(&mut self, index: u32) {
         if let Some(conn) = self.slots[index as usize].conn.as_mut() {
             if !conn.dirty {
                 conn.dirty = true;
                 self.dirty.push(index);
-                self.events.push(ConnId {
-                    index,
-                    generation: self.slots[index as usize].generation,
-                });
             }
         }
     }
@@ -495,7 +514,7 @@ impl Stack {
     /// A connection's socket, to read and write; marks it for egress.
     pub fn tcp_mut(&mut self, id: ConnId) -> Option<&mut tcp::Socket<'static>> {
         self.slot(id)?;
-        self.touch(id.index);
+        self.mark_dirty(id.index);
         let conn = self.slots[id.index as usize].conn.as_mut()?;
         Some(conn.set.get_mut::<tcp::Socket>(conn.handle))
     }
@@ -506,11 +525,17 @@ impl Stack {
             .map(|c| (c.flow.remote_addr, c.flow.remote_port))
     }
 
-    /// Connections touched since the last call (by a packet, a timer, or
-    /// the application), for the application to look at.
+    /// Connections something happened to since the last call (a packet, a
+    /// timer, a neighbour resolved), for the application to look at. Its
+    /// own writes are not events.
     pub fn take_events(&mut self, into: &mut Vec<ConnId>) {
         into.clear();
         std::mem::swap(into, &mut self.events);
+        for id in into.iter() {
+            if let Some(conn) = self.slots[id.index as usize].conn.as_mut() {
+                conn.notified = false;
+            }
+        }
     }
 
     /// Take in every frame the device holds. Frames whose flow another
@@ -699,6 +724,7 @@ impl Stack {
                 continue;
             };
             conn.dirty = false;
+            self.counters.egress_polls += 1;
             self.iface.poll_egress(now, device, &mut conn.set);
             let state = conn.set.get::<tcp::Socket>(conn.handle).state();
             if conn.half_open && state != tcp::State::SynReceived {

@@ -200,9 +200,24 @@ impl Process {
     }
 
     pub fn wait_for_line(&self, pred: impl Fn(&str) -> bool, timeout: Duration) -> String {
+        self.wait_for_line_after(0, pred, timeout)
+    }
+
+    /// Lines printed so far (a mark for [`Self::wait_for_line_after`]).
+    pub fn mark(&self) -> usize {
+        self.lines.lock().unwrap().len()
+    }
+
+    /// Wait for a matching line printed after `mark`.
+    pub fn wait_for_line_after(
+        &self,
+        mark: usize,
+        pred: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> String {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(line) = self.output().into_iter().find(|l| pred(l)) {
+            if let Some(line) = self.output().into_iter().skip(mark).find(|l| pred(l)) {
                 return line;
             }
             assert!(
