@@ -29,6 +29,9 @@ pub struct EchoLoad {
     /// Connection attempts in flight at once while opening.
     pub connect_burst: usize,
     pub close: Close,
+    /// Hold every connection open and idle this long before the round
+    /// trips (to measure what idle connections cost the server).
+    pub hold: Duration,
     /// Give up opening the connections after this long in all.
     pub connect_timeout: Duration,
 }
@@ -147,6 +150,14 @@ async fn run_async(load: EchoLoad) -> Result<String> {
         );
     }
 
+    if !load.hold.is_zero() {
+        println!(
+            "echo-load: {} connections open, holding {:?}",
+            streams.len(),
+            load.hold
+        );
+        tokio::time::sleep(load.hold).await;
+    }
     let start = Instant::now();
     let until = start + load.duration;
     let mut running = tokio::task::JoinSet::new();
@@ -216,6 +227,7 @@ mod tests {
             duration: Duration::from_millis(300),
             connect_burst: 20,
             close: Close::Fin,
+            hold: Duration::ZERO,
             connect_timeout: Duration::from_secs(5),
         })
         .unwrap();

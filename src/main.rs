@@ -122,7 +122,7 @@ struct ProbeArgs {
     #[arg(long, default_value_t = 4096)]
     frame_size: u32,
     /// Entries per AF_XDP ring (power of two).
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = 4096)]
     ring_size: u32,
     /// Descriptors per ring operation.
     #[arg(long, default_value_t = 64)]
@@ -182,6 +182,9 @@ struct EchoLoadArgs {
     /// How each connection ends.
     #[arg(long, value_enum, default_value = "fin")]
     close: CloseArg,
+    /// Seconds to hold every connection open and idle before the round trips.
+    #[arg(long, default_value_t = 0.0)]
+    hold: f64,
 }
 
 fn main() {
@@ -279,6 +282,7 @@ fn run(cli: Cli) -> Result<()> {
                     CloseArg::Rst => echo_load::Close::Rst,
                 },
                 connect_timeout: Duration::from_secs(30),
+                hold: Duration::from_secs_f64(args.hold.clamp(0.0, 3600.0)),
             })?;
             println!("{line}");
         }

@@ -351,8 +351,8 @@ fn umem_sits_on_hugepages_when_the_host_has_them_and_plain_pages_otherwise() {
     let _serial = serial();
     let lab = Lab::up("rtp-f", 2);
     {
-        // 2 queues x 4096 frames x 4 KiB = 32 MiB = 16 hugepages.
-        let _pages = HugePages::reserve_extra(16);
+        // 2 queues x 8192 frames x 4 KiB = 64 MiB = 32 hugepages.
+        let _pages = HugePages::reserve_extra(32);
         let mut probe = lab.start_probe(2, &[]);
         let banner = probe.wait_for_line(|l| l.starts_with("rauta probe:"), Duration::from_secs(1));
         assert!(banner.contains("UMEM on HugePages"), "{banner}");

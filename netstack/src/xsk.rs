@@ -73,7 +73,7 @@ impl Default for XskConfig {
     fn default() -> Self {
         Self {
             frame_size: 4096,
-            ring_size: 2048,
+            ring_size: 4096,
             batch: 64,
             need_wakeup: true,
             bind_mode: BindMode::Auto,
