@@ -166,6 +166,23 @@ impl Lab {
                 "{iface} ({cidr}, {queues} queues) in {ns}, bridge port {port}"
             ));
         }
+        // The client is a load generator: tens of thousands of connections
+        // a minute would exhaust the default port range while TIME-WAIT
+        // holds the ports.
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.netns("client"),
+                "sysctl",
+                "-q",
+                "-w",
+                "net.ipv4.ip_local_port_range=1024 65000",
+                "net.ipv4.tcp_tw_reuse=1",
+            ],
+        )
+        .context("widening the client's port range")?;
         made.push(format!(
             "gateway address {GATEWAY}/{PREFIX_LEN} is free for the userspace stack on {} in {}",
             self.gateway_iface(),

@@ -109,6 +109,15 @@ struct ProbeArgs {
     /// TCP send buffer per connection, bytes.
     #[arg(long, default_value_t = 64 * 1024)]
     tcp_tx_buffer: usize,
+    /// Connections per worker at most; SYNs beyond are dropped.
+    #[arg(long, default_value_t = 65_536)]
+    max_connections: usize,
+    /// Half-open (SYN received) connections per worker at most.
+    #[arg(long, default_value_t = 4_096)]
+    max_half_open: usize,
+    /// Sockets kept ready per worker for bursts of new connections.
+    #[arg(long, default_value_t = 64)]
+    spare_sockets: usize,
     /// Where the XDP program runs.
     #[arg(long, value_enum, default_value = "auto")]
     xdp_mode: XdpModeArg,
@@ -237,6 +246,11 @@ fn run(cli: Cli) -> Result<()> {
                 iface: args.iface,
                 queues: args.queues,
                 workers: args.workers.unwrap_or(args.queues),
+                limits: probe_cmd::Limits {
+                    max_connections: args.max_connections.max(1),
+                    max_half_open: args.max_half_open.max(1),
+                    spare_sockets: args.spare_sockets,
+                },
                 tcp: rauta_netstack::TcpConfig {
                     rx_buffer: args.tcp_rx_buffer.clamp(1024, 64 << 20),
                     tx_buffer: args.tcp_tx_buffer.clamp(1024, 64 << 20),

@@ -15,12 +15,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Per-worker connection limits.
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_half_open: usize,
+    pub spare_sockets: usize,
+}
+
 /// Everything `rauta probe` needs, validated.
 pub struct ProbeOptions {
     pub iface: String,
     pub address: Ipv4Cidr,
     pub queues: u32,
     pub workers: u32,
+    pub limits: Limits,
     pub xdp_mode: AttachMode,
     pub xdp_attach: AttachMethod,
     pub xsk: XskConfig,
@@ -51,6 +59,7 @@ pub fn run(options: ProbeOptions, hugepages: bool) -> Result<()> {
         address,
         queues,
         workers,
+        limits,
         xdp_mode,
         xdp_attach,
         mut xsk,
@@ -95,6 +104,9 @@ pub fn run(options: ProbeOptions, hugepages: bool) -> Result<()> {
     for (worker, (group, mut mailbox)) in groups.into_iter().zip(mailboxes).enumerate() {
         let mut stack = StackConfig::new(address, mac);
         stack.tcp = tcp.clone();
+        stack.max_connections = limits.max_connections;
+        stack.max_half_open = limits.max_half_open;
+        stack.spare_sockets = limits.spare_sockets;
         stack.worker = worker;
         stack.ownership = ownership.clone();
         let report = SharedReport::default();
