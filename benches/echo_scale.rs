@@ -10,25 +10,14 @@
 //!
 //! Environment: RAUTA_BENCH_ROUNDS (3), RAUTA_BENCH_SECONDS (5).
 
+mod support;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::{invoked_as_bench, median, require_root, run};
 
 const RAUTA: &str = env!("CARGO_BIN_EXE_rauta");
 const PREFIX: &str = "rauta-es";
-
-fn run(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn field(line: &str, key: &str) -> f64 {
     line.split_whitespace()
@@ -68,11 +57,6 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 struct Cleanup(Option<Child>);
 
 impl Drop for Cleanup {
@@ -90,9 +74,10 @@ impl Drop for Cleanup {
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
+    if !invoked_as_bench() {
         return;
     }
+    require_root("the echo-scale benchmark");
     let env = |k: &str| std::env::var(k).ok();
     let rounds: usize = env("RAUTA_BENCH_ROUNDS")
         .and_then(|v| v.parse().ok())

@@ -19,8 +19,11 @@
 //! Environment: RAUTA_BENCH_ROUNDS (3), RAUTA_BENCH_PACKETS (2,000,000 per
 //! run), RAUTA_BENCH_RATE (trafgen -b, e.g. 400000pps; unset = flat out).
 
+mod support;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::{invoked_as_bench, median, require_root, run};
 
 const RAUTA: &str = env!("CARGO_BIN_EXE_rauta");
 const PREFIX: &str = "rauta-pr";
@@ -28,19 +31,6 @@ const GATEWAY: &str = "198.18.0.1";
 
 fn ns(role: &str) -> String {
     format!("{PREFIX}-{role}")
-}
-
-fn run(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn in_ns(role: &str, args: &[&str]) -> String {
@@ -292,26 +282,11 @@ fn measure(
     (handled as f64 / elapsed, packets as f64 / elapsed)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn main() {
-    // `cargo bench` passes --bench; a plain `cargo test` build must not run it.
-    if !std::env::args().any(|a| a == "--bench") {
+    if !invoked_as_bench() {
         return;
     }
-    let root = std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false);
-    assert!(
-        root,
-        "the packet-rate benchmark needs root (veth lab, XDP, AF_XDP)"
-    );
+    require_root("the packet-rate benchmark");
     let env = |k: &str| std::env::var(k).ok();
     let rounds: usize = env("RAUTA_BENCH_ROUNDS")
         .and_then(|v| v.parse().ok())

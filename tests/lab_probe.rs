@@ -6,23 +6,66 @@ mod common;
 use common::{field, serial, Lab, GATEWAY, GATEWAY_NODE, RAUTA};
 use std::time::Duration;
 
-fn echo(lab: &Lab, bytes: usize, count: usize, extra: &[&str]) -> String {
-    let target = format!("{GATEWAY}:7");
-    let (bytes, count) = (bytes.to_string(), count.to_string());
-    let mut args = vec![
-        RAUTA,
-        "echo-client",
-        "--target",
-        &target,
-        "--bytes",
-        &bytes,
-        "--count",
-        &count,
-        "--timeout",
-        "60",
-    ];
-    args.extend_from_slice(extra);
+/// What `rauta echo-client` sends, from the client namespace.
+struct EchoRun<'a> {
+    target: String,
+    /// Before the command, e.g. `taskset -c 1`.
+    prefix: &'a [&'a str],
+    bytes: usize,
+    count: usize,
+    timeout_s: u32,
+    /// After the command, e.g. `--udp`.
+    extra: &'a [&'a str],
+}
+
+impl Default for EchoRun<'_> {
+    fn default() -> Self {
+        Self {
+            target: format!("{GATEWAY}:7"),
+            prefix: &[],
+            bytes: 1,
+            count: 1,
+            timeout_s: 60,
+            extra: &[],
+        }
+    }
+}
+
+/// Run `rauta echo-client` as `run` says; its output.
+fn echo_client(lab: &Lab, run: EchoRun<'_>) -> String {
+    let (bytes, count) = (run.bytes.to_string(), run.count.to_string());
+    let timeout = run.timeout_s.to_string();
+    let mut args = run.prefix.to_vec();
+    args.extend_from_slice(&[RAUTA, "echo-client", "--target", &run.target]);
+    args.extend_from_slice(&["--bytes", &bytes, "--count", &count, "--timeout", &timeout]);
+    args.extend_from_slice(run.extra);
     lab.exec_ok("client", &args)
+}
+
+fn echo(lab: &Lab, bytes: usize, count: usize, extra: &[&str]) -> String {
+    echo_client(
+        lab,
+        EchoRun {
+            bytes,
+            count,
+            extra,
+            ..Default::default()
+        },
+    )
+}
+
+/// Pinned to `cpu`, so XPS puts the flows on that CPU's queue.
+fn echo_from_cpu(lab: &Lab, cpu: &str, bytes: usize, count: usize) -> String {
+    let prefix = ["taskset", "-c", cpu];
+    echo_client(
+        lab,
+        EchoRun {
+            prefix: &prefix,
+            bytes,
+            count,
+            ..Default::default()
+        },
+    )
 }
 
 #[test]
@@ -61,25 +104,7 @@ fn probe_answers_arp_ping_udp_and_tcp_echo_on_two_queues() {
 
     // Flows from senders on each CPU land on both queues; all are served.
     for cpu in ["0", "1"] {
-        let target = format!("{GATEWAY}:7");
-        let out = lab.exec_ok(
-            "client",
-            &[
-                "taskset",
-                "-c",
-                cpu,
-                RAUTA,
-                "echo-client",
-                "--target",
-                &target,
-                "--bytes",
-                "65536",
-                "--count",
-                "16",
-                "--timeout",
-                "60",
-            ],
-        );
+        let out = echo_from_cpu(&lab, cpu, 65536, 16);
         assert!(out.contains("all byte-exact"), "{out}");
     }
 
@@ -135,19 +160,14 @@ fn host_traffic_passes_while_the_probe_runs() {
         p
     };
     let mut probe = lab.start_probe(2, &[]);
-    let target = format!("{GATEWAY_NODE}:8080");
-    let out = lab.exec_ok(
-        "client",
-        &[
-            RAUTA,
-            "echo-client",
-            "--target",
-            &target,
-            "--bytes",
-            "65536",
-            "--count",
-            "4",
-        ],
+    let out = echo_client(
+        &lab,
+        EchoRun {
+            target: format!("{GATEWAY_NODE}:8080"),
+            bytes: 65536,
+            count: 4,
+            ..Default::default()
+        },
     );
     assert!(out.contains("all byte-exact"), "host traffic broken: {out}");
     let ping = lab.exec_ok(
@@ -461,19 +481,13 @@ fn a_gibibyte_echoes_byte_exact() {
     let _serial = serial();
     let lab = Lab::up("rtp-j", 2);
     let mut probe = lab.start_probe(2, &[]);
-    let target = format!("{GATEWAY}:7");
-    let out = lab.exec_ok(
-        "client",
-        &[
-            RAUTA,
-            "echo-client",
-            "--target",
-            &target,
-            "--bytes",
-            "1073741824",
-            "--timeout",
-            "300",
-        ],
+    let out = echo_client(
+        &lab,
+        EchoRun {
+            bytes: 1 << 30,
+            timeout_s: 300,
+            ..Default::default()
+        },
     );
     eprintln!("{out}");
     assert!(out.contains("all byte-exact"), "{out}");
@@ -491,25 +505,7 @@ fn flows_on_the_wrong_queue_are_handed_to_their_owner_both_ways() {
     // Flow ownership is by hash, so about half of each run lands on the
     // wrong worker.
     for cpu in ["0", "1"] {
-        let target = format!("{GATEWAY}:7");
-        let out = lab.exec_ok(
-            "client",
-            &[
-                "taskset",
-                "-c",
-                cpu,
-                RAUTA,
-                "echo-client",
-                "--target",
-                &target,
-                "--bytes",
-                "20000",
-                "--count",
-                "64",
-                "--timeout",
-                "60",
-            ],
-        );
+        let out = echo_from_cpu(&lab, cpu, 20000, 64);
         assert!(out.contains("all byte-exact"), "{out}");
     }
     assert!(probe.terminate().success());
