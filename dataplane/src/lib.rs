@@ -2,9 +2,11 @@
 //! userspace stack.
 //!
 //! So far: the probe (ARP, ICMP, UDP and TCP echo) and the loop that drives
-//! it, one worker per queue. HTTP, routing and proxying come with the
-//! gateway issues.
+//! it, one worker per queue; and the first piece of the HTTP gateway, the
+//! sans-IO HTTP/1.1 request framing ([`http1`]). Routing and proxying come
+//! with the gateway issue.
 
+pub mod http1;
 pub mod probe;
 pub mod worker;
 

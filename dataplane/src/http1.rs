@@ -1,0 +1,573 @@
+//! HTTP/1.1 request framing, sans-IO (RFC 9112).
+//!
+//! [`parse_request`] reads a request head with httparse and decides, once and
+//! strictly, how long the body is; [`ChunkedDecoder`] walks a chunked body as
+//! bytes arrive. Nothing here owns a socket or a clock: the proxy drives it
+//! under either transport.
+//!
+//! Request smuggling lives in the gaps between lenient parsers, so every
+//! ambiguity is an error that closes the connection: Content-Length with
+//! Transfer-Encoding, repeated or malformed Content-Length, Transfer-Encoding
+//! whose last coding is not `chunked`, bad chunk sizes, bare CR or LF, and
+//! obs-fold (httparse rejects the last two in requests).
+
+use thiserror::Error;
+
+/// Limits on what a client may send.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Bytes of request line plus headers.
+    pub max_head_bytes: usize,
+    /// Header fields.
+    pub max_headers: usize,
+    /// Body bytes (Content-Length, or the sum of chunks).
+    pub max_body: u64,
+    /// Bytes of chunked trailers.
+    pub max_trailer_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_head_bytes: 16 * 1024,
+            max_headers: 100,
+            max_body: 64 << 20,
+            max_trailer_bytes: 8 * 1024,
+        }
+    }
+}
+
+/// Why a request cannot be served; each maps to one response status, and
+/// every one of them ends the connection.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum HttpError {
+    #[error("malformed request: {0}")]
+    Malformed(&'static str),
+    #[error("request head larger than {0} bytes")]
+    HeadTooLarge(usize),
+    #[error("more than {0} header fields")]
+    TooManyHeaders(usize),
+    #[error("body larger than {0} bytes")]
+    BodyTooLarge(u64),
+    #[error("transfer coding not implemented")]
+    UnsupportedTransferCoding,
+    #[error("expectation not supported")]
+    UnsupportedExpectation,
+}
+
+impl HttpError {
+    /// The status the client gets.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::Malformed(_) => 400,
+            Self::HeadTooLarge(_) | Self::TooManyHeaders(_) => 431,
+            Self::BodyTooLarge(_) => 413,
+            Self::UnsupportedTransferCoding => 501,
+            Self::UnsupportedExpectation => 417,
+        }
+    }
+}
+
+/// HTTP/1.0 or HTTP/1.1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    Http10,
+    Http11,
+}
+
+/// How the body is delimited (RFC 9112 §6.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// No body.
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked transfer coding: decode with [`ChunkedDecoder`].
+    Chunked,
+}
+
+/// A parsed request head.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestHead {
+    pub method: String,
+    /// The request target as sent (origin form: path and query).
+    pub target: String,
+    pub version: Version,
+    /// Header fields in order, names as sent.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Bytes the head took in the buffer (the body starts there).
+    pub head_len: usize,
+    pub framing: BodyFraming,
+    /// Whether the connection may carry another request after this one.
+    pub keep_alive: bool,
+    /// `Expect: 100-continue`: send 100 before reading the body.
+    pub expect_continue: bool,
+}
+
+impl RequestHead {
+    /// Values of the header fields named `name` (case-insensitive).
+    pub fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+/// Comma-separated list elements of the named fields, trimmed, lowercase.
+fn list_tokens(head: &RequestHead, name: &str) -> Result<Vec<String>, HttpError> {
+    let mut tokens = Vec::new();
+    for value in head.values(name) {
+        let text =
+            std::str::from_utf8(value).map_err(|_| HttpError::Malformed("non-ASCII list field"))?;
+        for token in text.split(',') {
+            let token = token.trim_matches([' ', '\t']);
+            if !token.is_empty() {
+                tokens.push(token.to_ascii_lowercase());
+            }
+        }
+    }
+    Ok(tokens)
+}
+
+/// Parse a request head from the start of `buf`. `Ok(None)`: incomplete,
+/// read more (the limits are enforced on what is there already).
+pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>, HttpError> {
+    let mut slots = vec![httparse::EMPTY_HEADER; limits.max_headers];
+    let mut request = httparse::Request::new(&mut slots);
+    let head_len = match request.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => {
+            if buf.len() > limits.max_head_bytes {
+                return Err(HttpError::HeadTooLarge(limits.max_head_bytes));
+            }
+            return Ok(None);
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(HttpError::TooManyHeaders(limits.max_headers))
+        }
+        Err(_) => return Err(HttpError::Malformed("invalid request line or header field")),
+    };
+    if head_len > limits.max_head_bytes {
+        return Err(HttpError::HeadTooLarge(limits.max_head_bytes));
+    }
+    let version = match request.version {
+        Some(0) => Version::Http10,
+        Some(1) => Version::Http11,
+        _ => return Err(HttpError::Malformed("unsupported HTTP version")),
+    };
+    let mut head = RequestHead {
+        method: request.method.unwrap_or_default().to_owned(),
+        target: request.path.unwrap_or_default().to_owned(),
+        version,
+        headers: request
+            .headers
+            .iter()
+            .map(|h| (h.name.to_owned(), h.value.to_vec()))
+            .collect(),
+        head_len,
+        framing: BodyFraming::Empty,
+        keep_alive: false,
+        expect_continue: false,
+    };
+
+    // RFC 9112 §3.2: exactly one Host in HTTP/1.1, at most one ever.
+    let hosts = head.values("host").count();
+    if hosts > 1 || (hosts == 0 && version == Version::Http11) {
+        return Err(HttpError::Malformed("exactly one Host field is required"));
+    }
+
+    head.framing = framing(&head, limits)?;
+
+    let connection = list_tokens(&head, "connection")?;
+    head.keep_alive = match version {
+        Version::Http11 => !connection.iter().any(|t| t == "close"),
+        Version::Http10 => connection.iter().any(|t| t == "keep-alive"),
+    };
+
+    let expect = list_tokens(&head, "expect")?;
+    match expect.as_slice() {
+        [] => {}
+        [only] if only == "100-continue" => head.expect_continue = version == Version::Http11,
+        _ => return Err(HttpError::UnsupportedExpectation),
+    }
+    Ok(Some(head))
+}
+
+/// RFC 9112 §6.3, strictly.
+fn framing(head: &RequestHead, limits: &Limits) -> Result<BodyFraming, HttpError> {
+    let has_te = head.values("transfer-encoding").next().is_some();
+    let lengths: Vec<&[u8]> = head.values("content-length").collect();
+    if has_te {
+        if !lengths.is_empty() {
+            return Err(HttpError::Malformed(
+                "both Content-Length and Transfer-Encoding",
+            ));
+        }
+        if head.version == Version::Http10 {
+            return Err(HttpError::Malformed("Transfer-Encoding in HTTP/1.0"));
+        }
+        let codings = list_tokens(head, "transfer-encoding")?;
+        return match codings.as_slice() {
+            [only] if only == "chunked" => Ok(BodyFraming::Chunked),
+            // §6.3: chunked must be the final coding of a request, or its
+            // length cannot be known.
+            [.., last] if last != "chunked" => Err(HttpError::Malformed(
+                "Transfer-Encoding does not end in chunked",
+            )),
+            [] => Err(HttpError::Malformed("empty Transfer-Encoding")),
+            _ if codings.iter().filter(|c| *c == "chunked").count() > 1 => {
+                Err(HttpError::Malformed("chunked applied twice"))
+            }
+            _ => Err(HttpError::UnsupportedTransferCoding),
+        };
+    }
+    if lengths.is_empty() {
+        return Ok(BodyFraming::Empty);
+    }
+    // Every field and every list element must be the same valid number.
+    let mut length: Option<u64> = None;
+    for value in lengths {
+        for part in value.split(|&b| b == b',') {
+            let part = part.trim_ascii();
+            if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+                return Err(HttpError::Malformed("invalid Content-Length"));
+            }
+            let n: u64 = std::str::from_utf8(part)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or(HttpError::Malformed("invalid Content-Length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(HttpError::Malformed("conflicting Content-Length values"));
+            }
+            length = Some(n);
+        }
+    }
+    match length {
+        Some(n) if n > limits.max_body => Err(HttpError::BodyTooLarge(limits.max_body)),
+        Some(0) | None => Ok(BodyFraming::Empty),
+        Some(n) => Ok(BodyFraming::Length(n)),
+    }
+}
+
+/// What a step of the chunked decoder found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Chunk<'a> {
+    /// Body bytes.
+    Data(&'a [u8]),
+    /// The body (and its trailers) ended.
+    End,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ChunkState {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+    Done,
+}
+
+/// Decodes a chunked body (RFC 9112 §7.1) incrementally and strictly.
+#[derive(Debug)]
+pub struct ChunkedDecoder {
+    state: ChunkState,
+    body: u64,
+    trailer_bytes: usize,
+    limits: Limits,
+}
+
+impl ChunkedDecoder {
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            state: ChunkState::Size,
+            body: 0,
+            trailer_bytes: 0,
+            limits,
+        }
+    }
+
+    /// Whether the final chunk and trailers have been read.
+    pub fn is_done(&self) -> bool {
+        self.state == ChunkState::Done
+    }
+
+    /// Decode from `input`: how many bytes were consumed, and what they held
+    /// (`None`: nothing to hand out yet, feed more). Call again with the
+    /// rest while it consumes something.
+    pub fn decode<'a>(&mut self, input: &'a [u8]) -> Result<(usize, Option<Chunk<'a>>), HttpError> {
+        match self.state {
+            ChunkState::Done => Ok((0, Some(Chunk::End))),
+            ChunkState::Size => {
+                let Some(line_end) = find_crlf(input, 4096)? else {
+                    return Ok((0, None));
+                };
+                let size = parse_chunk_size(&input[..line_end])?;
+                self.body = self
+                    .body
+                    .checked_add(size)
+                    .filter(|&b| b <= self.limits.max_body)
+                    .ok_or(HttpError::BodyTooLarge(self.limits.max_body))?;
+                self.state = if size == 0 {
+                    ChunkState::Trailers
+                } else {
+                    ChunkState::Data(size)
+                };
+                Ok((line_end + 2, None))
+            }
+            ChunkState::Data(left) => {
+                if input.is_empty() {
+                    return Ok((0, None));
+                }
+                let n = (input.len() as u64).min(left) as usize;
+                self.state = if n as u64 == left {
+                    ChunkState::DataEnd
+                } else {
+                    ChunkState::Data(left - n as u64)
+                };
+                Ok((n, Some(Chunk::Data(&input[..n]))))
+            }
+            ChunkState::DataEnd => {
+                if input.len() < 2 {
+                    if input.first().is_some_and(|&b| b != b'\r') {
+                        return Err(HttpError::Malformed("chunk data not followed by CRLF"));
+                    }
+                    return Ok((0, None));
+                }
+                if &input[..2] != b"\r\n" {
+                    return Err(HttpError::Malformed("chunk data not followed by CRLF"));
+                }
+                self.state = ChunkState::Size;
+                Ok((2, None))
+            }
+            ChunkState::Trailers => {
+                let room = self.limits.max_trailer_bytes - self.trailer_bytes;
+                let Some(line_end) = find_crlf(input, room)? else {
+                    if input.len() > room {
+                        return Err(HttpError::HeadTooLarge(self.limits.max_trailer_bytes));
+                    }
+                    return Ok((0, None));
+                };
+                self.trailer_bytes += line_end + 2;
+                if line_end == 0 {
+                    self.state = ChunkState::Done;
+                    return Ok((2, Some(Chunk::End)));
+                }
+                let line = &input[..line_end];
+                if line[0] == b' ' || line[0] == b'\t' || !line.contains(&b':') {
+                    return Err(HttpError::Malformed("invalid trailer field"));
+                }
+                Ok((line_end + 2, None))
+            }
+        }
+    }
+}
+
+/// The index of the first CRLF in `input` (within `limit` bytes). A bare CR
+/// or LF is an error: lenient line endings are a smuggling vector.
+fn find_crlf(input: &[u8], limit: usize) -> Result<Option<usize>, HttpError> {
+    for (i, &b) in input.iter().enumerate().take(limit.saturating_add(1)) {
+        match b {
+            b'\r' => {
+                return match input.get(i + 1) {
+                    Some(b'\n') => Ok(Some(i)),
+                    Some(_) => Err(HttpError::Malformed("bare CR")),
+                    None => Ok(None),
+                }
+            }
+            b'\n' => return Err(HttpError::Malformed("bare LF")),
+            _ => {}
+        }
+    }
+    if input.len() > limit {
+        return Err(HttpError::Malformed("line too long"));
+    }
+    Ok(None)
+}
+
+/// `chunk-size [ chunk-ext ]`: 1 to 16 hex digits, then optional
+/// extensions, which are ignored.
+fn parse_chunk_size(line: &[u8]) -> Result<u64, HttpError> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 16 {
+        return Err(HttpError::Malformed("invalid chunk size"));
+    }
+    let rest = &line[digits..];
+    let rest_ok = rest.is_empty()
+        || (rest
+            .iter()
+            .all(|&b| b == b' ' || b == b'\t' || b == b';' || b.is_ascii_graphic())
+            && rest.trim_ascii_start().first() == Some(&b';'));
+    if !rest_ok {
+        return Err(HttpError::Malformed("invalid chunk size"));
+    }
+    let text = std::str::from_utf8(&line[..digits])
+        .map_err(|_| HttpError::Malformed("invalid chunk size"))?;
+    u64::from_str_radix(text, 16).map_err(|_| HttpError::Malformed("invalid chunk size"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Option<RequestHead>, HttpError> {
+        parse_request(text.as_bytes(), &Limits::default())
+    }
+
+    fn status(text: &str) -> u16 {
+        match parse(text) {
+            Err(e) => e.status(),
+            Ok(Some(_)) => 200,
+            Ok(None) => 0,
+        }
+    }
+
+    #[test]
+    fn a_plain_request_keeps_the_connection_alive() {
+        let head = parse("GET /a?b=c HTTP/1.1\r\nHost: x\r\n\r\nrest")
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.method, "GET");
+        assert_eq!(head.target, "/a?b=c");
+        assert_eq!(head.framing, BodyFraming::Empty);
+        assert!(head.keep_alive && !head.expect_continue);
+        assert_eq!(
+            head.head_len,
+            "GET /a?b=c HTTP/1.1\r\nHost: x\r\n\r\n".len()
+        );
+        assert_eq!(parse("GET / HTTP/1.1\r\nHost: x\r\n").unwrap(), None);
+    }
+
+    #[test]
+    fn connection_and_expect_follow_the_version() {
+        let head = parse("GET / HTTP/1.1\r\nHost: x\r\nConnection: Close\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(!head.keep_alive);
+        let head = parse("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        assert!(!head.keep_alive);
+        let head = parse("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(head.keep_alive);
+        let head =
+            parse("PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-Continue\r\n\r\n")
+                .unwrap()
+                .unwrap();
+        assert!(head.expect_continue);
+        assert_eq!(head.framing, BodyFraming::Length(5));
+        assert_eq!(
+            status("GET / HTTP/1.1\r\nHost: x\r\nExpect: teapot\r\n\r\n"),
+            417
+        );
+    }
+
+    #[test]
+    fn smuggling_vectors_are_rejected() {
+        let cases = [
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 6\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0x5\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5 5\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length:\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n",
+            "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n b\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nX: a\rb\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/2.0\r\nHost: x\r\n\r\n",
+        ];
+        for case in cases {
+            assert_eq!(status(case), 400, "{case:?}");
+        }
+        // Repeated identical lengths are one length.
+        let head =
+            parse("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n")
+                .unwrap()
+                .unwrap();
+        assert_eq!(head.framing, BodyFraming::Length(5));
+        assert_eq!(
+            status("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            501
+        );
+    }
+
+    #[test]
+    fn limits_give_431_and_413() {
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n\r\n",
+            "a".repeat(20_000)
+        );
+        assert_eq!(status(&big), 431);
+        assert_eq!(status(&big[..18_000]), 431, "partial heads are bounded too");
+        let many: String = (0..150).map(|i| format!("X{i}: v\r\n")).collect();
+        assert_eq!(
+            status(&format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n")),
+            431
+        );
+        assert_eq!(
+            status("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n"),
+            413
+        );
+    }
+
+    fn decode_all(body: &[u8], step: usize) -> Result<(Vec<u8>, usize), HttpError> {
+        let mut decoder = ChunkedDecoder::new(Limits::default());
+        let mut out = Vec::new();
+        let mut pos = 0;
+        let mut available = step.min(body.len());
+        loop {
+            let (n, chunk) = decoder.decode(&body[pos..available])?;
+            pos += n;
+            match chunk {
+                Some(Chunk::Data(d)) => out.extend_from_slice(d),
+                Some(Chunk::End) => return Ok((out, pos)),
+                None if n == 0 => {
+                    if available == body.len() {
+                        return Err(HttpError::Malformed("truncated"));
+                    }
+                    available = (available + step).min(body.len());
+                }
+                None => {}
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_at_any_split_and_stop_at_the_end() {
+        let body =
+            b"5;ext=1\r\nhello\r\nB\r\n, chunked w\r\n3\r\norl\r\n0\r\nX-T: 1\r\n\r\nGET /next";
+        for step in 1..body.len() {
+            let (data, used) = decode_all(body, step).unwrap();
+            assert_eq!(data, b"hello, chunked worl");
+            assert_eq!(&body[used..], b"GET /next", "step {step}");
+        }
+    }
+
+    #[test]
+    fn bad_chunks_are_rejected() {
+        let cases: [&[u8]; 8] = [
+            b"x\r\n",
+            b"0x5\r\nhello\r\n0\r\n\r\n",
+            b"5\nhello\r\n0\r\n\r\n",
+            b"5\r\nhelloXX0\r\n\r\n",
+            b"11111111111111111\r\n",
+            b"5 junk\r\nhello\r\n0\r\n\r\n",
+            b"5\r\nhello\r\n0\r\n bad\r\n\r\n",
+            b"-1\r\n",
+        ];
+        for case in cases {
+            let err = decode_all(case, case.len()).unwrap_err();
+            assert_eq!(err.status(), 400, "{:?}", String::from_utf8_lossy(case));
+        }
+        let mut limits = Limits::default();
+        limits.max_body = 4;
+        let mut decoder = ChunkedDecoder::new(limits);
+        assert_eq!(decoder.decode(b"5\r\n").unwrap_err().status(), 413);
+    }
+}
