@@ -3,11 +3,13 @@
 //!
 //! So far: the probe (ARP, ICMP, UDP and TCP echo) and the loop that drives
 //! it, one worker per queue; and the first piece of the HTTP gateway, the
-//! sans-IO HTTP/1.1 request framing ([`http1`]). Routing and proxying come
-//! with the gateway issue.
+//! sans-IO HTTP/1.1 request framing ([`http1`]) and the Gateway API route
+//! table with its precedence rules ([`routes`]). The proxy that joins them
+//! comes with the gateway issue.
 
 pub mod http1;
 pub mod probe;
+pub mod routes;
 pub mod worker;
 
 pub use probe::{Probe, ProbeConfig, ProbeCounters};
