@@ -2,6 +2,7 @@
 
 mod echo_client;
 mod echo_load;
+mod echo_server;
 mod lab;
 mod probe_cmd;
 
@@ -41,6 +42,13 @@ enum Command {
     /// Load an echo service: many connections at once, round trips for a
     /// while; reports rps and latency percentiles.
     EchoLoad(EchoLoadArgs),
+    /// An HTTP/1.1 backend answering every request with JSON about it (the
+    /// Gateway API conformance echo server's shape).
+    Echo {
+        /// ADDR:PORT to listen on.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+    },
 }
 
 #[derive(Subcommand)]
@@ -283,6 +291,9 @@ fn run(cli: Cli) -> Result<()> {
                 report_every: Duration::from_secs_f64(args.report_every.clamp(0.05, 3600.0)),
             };
             probe_cmd::run(options, !args.no_hugepages)?;
+        }
+        Command::Echo { listen } => {
+            echo_server::run(listen, echo_server::Identity::from_env())?;
         }
         Command::EchoLoad(args) => {
             let line = echo_load::run(&echo_load::EchoLoad {

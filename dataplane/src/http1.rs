@@ -565,9 +565,10 @@ mod tests {
             let err = decode_all(case, case.len()).unwrap_err();
             assert_eq!(err.status(), 400, "{:?}", String::from_utf8_lossy(case));
         }
-        let mut limits = Limits::default();
-        limits.max_body = 4;
-        let mut decoder = ChunkedDecoder::new(limits);
+        let mut decoder = ChunkedDecoder::new(Limits {
+            max_body: 4,
+            ..Limits::default()
+        });
         assert_eq!(decoder.decode(b"5\r\n").unwrap_err().status(), 413);
     }
 }

@@ -347,10 +347,14 @@ mod tests {
 
     #[test]
     fn method_headers_and_query_break_ties_then_age_then_name() {
-        let mut with_method = RouteMatch::default();
-        with_method.method = Some("POST".into());
-        let mut with_header = RouteMatch::default();
-        with_header.headers = vec![("version".into(), ValueMatch::Exact("2".into()))];
+        let with_method = RouteMatch {
+            method: Some("POST".into()),
+            ..RouteMatch::default()
+        };
+        let with_header = RouteMatch {
+            headers: vec![("version".into(), ValueMatch::Exact("2".into()))],
+            ..RouteMatch::default()
+        };
         let table = RouteTable::new(vec![
             route(
                 "ns/b",
@@ -418,11 +422,13 @@ mod tests {
 
     #[test]
     fn query_and_regex_values() {
-        let mut m = RouteMatch::default();
-        m.query = vec![(
-            "animal".into(),
-            ValueMatch::RegularExpression(Regex::new("^(whale|dolphin)$").unwrap()),
-        )];
+        let m = RouteMatch {
+            query: vec![(
+                "animal".into(),
+                ValueMatch::RegularExpression(Regex::new("^(whale|dolphin)$").unwrap()),
+            )],
+            ..RouteMatch::default()
+        };
         let table = RouteTable::new(vec![route("ns/q", 1, &[], vec![(vec![m], "sea")])]);
         let query = [("animal".to_string(), "whale".to_string())];
         let mut request = view("x", "GET", "/");

@@ -1,0 +1,312 @@
+//! `rauta echo`: an HTTP/1.1 backend that answers every request with JSON
+//! describing what it received, in the shape of the Gateway API conformance
+//! echo server (echo-basic): path, host, method, proto, headers, and its own
+//! pod name and namespace (from `POD_NAME` / `NAMESPACE`). A request header
+//! `X-Echo-Set-Header: Name:value,Name2:value2` becomes response headers.
+//!
+//! Kernel sockets and tokio: it is test equipment, not the data path. It
+//! frames requests with the data plane's strict HTTP/1.1 parser, so
+//! keep-alive, pipelining and chunked bodies work, and bad requests get the
+//! same 4xx the gateway gives.
+
+use anyhow::{Context, Result};
+use rauta_dataplane::http1::{
+    parse_request, BodyFraming, Chunk, ChunkedDecoder, HttpError, Limits, RequestHead, Version,
+};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Who the echo server says it is.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub pod: String,
+    pub namespace: String,
+}
+
+impl Identity {
+    /// From `POD_NAME` and `NAMESPACE`, as in a pod; the hostname otherwise.
+    pub fn from_env() -> Self {
+        let pod = std::env::var("POD_NAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        Self {
+            pod,
+            namespace: std::env::var("NAMESPACE").unwrap_or_default(),
+        }
+    }
+}
+
+/// Serve on `listen` until the process is stopped.
+pub fn run(listen: SocketAddr, identity: Identity) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the echo runtime")?;
+    runtime.block_on(async move {
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
+        println!("rauta echo: listening on {}", listener.local_addr()?);
+        serve(listener, identity).await
+    })
+}
+
+/// Accept and serve connections on `listener` forever.
+pub async fn serve(listener: TcpListener, identity: Identity) -> Result<()> {
+    loop {
+        let (stream, _) = listener.accept().await.context("accepting")?;
+        let identity = identity.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection(stream, identity).await {
+                tracing::debug!(error = %e, "echo connection ended");
+            }
+        });
+    }
+}
+
+async fn connection(mut stream: TcpStream, identity: Identity) -> Result<()> {
+    let limits = Limits::default();
+    let mut buf: Vec<u8> = Vec::with_capacity(8192);
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let head = loop {
+            match parse_request(&buf, &limits) {
+                Ok(Some(head)) => break head,
+                Ok(None) => {
+                    let n = stream.read(&mut chunk).await?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                Err(e) => {
+                    stream.write_all(&error_response(&e)).await?;
+                    return Ok(());
+                }
+            }
+        };
+        buf.drain(..head.head_len);
+        if head.expect_continue {
+            stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+        }
+        if let Err(e) = read_body(&mut stream, &mut buf, &mut chunk, &head, &limits).await {
+            if let Some(e) = e.downcast_ref::<HttpError>() {
+                stream.write_all(&error_response(e)).await?;
+            }
+            return Ok(());
+        }
+        stream.write_all(&echo_response(&head, &identity)).await?;
+        if !head.keep_alive {
+            stream.shutdown().await?;
+            return Ok(());
+        }
+    }
+}
+
+/// Read (and discard) the body, leaving what follows it in `buf`.
+async fn read_body(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    chunk: &mut [u8],
+    head: &RequestHead,
+    limits: &Limits,
+) -> Result<()> {
+    match head.framing {
+        BodyFraming::Empty => Ok(()),
+        BodyFraming::Length(mut left) => loop {
+            let take = (buf.len() as u64).min(left) as usize;
+            buf.drain(..take);
+            left -= take as u64;
+            if left == 0 {
+                return Ok(());
+            }
+            let n = stream.read(chunk).await?;
+            anyhow::ensure!(n > 0, "connection closed inside a body");
+            buf.extend_from_slice(&chunk[..n]);
+        },
+        BodyFraming::Chunked => {
+            let mut decoder = ChunkedDecoder::new(limits.clone());
+            loop {
+                let (used, event) = decoder.decode(buf)?;
+                let done = event == Some(Chunk::End);
+                buf.drain(..used);
+                if done {
+                    return Ok(());
+                }
+                if used == 0 {
+                    let n = stream.read(chunk).await?;
+                    anyhow::ensure!(n > 0, "connection closed inside a body");
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+            }
+        }
+    }
+}
+
+/// Go's canonical header name: `x-forwarded-for` → `X-Forwarded-For`.
+fn canonical(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut upper = true;
+    for c in name.chars() {
+        out.push(if upper {
+            c.to_ascii_uppercase()
+        } else {
+            c.to_ascii_lowercase()
+        });
+        upper = c == '-';
+    }
+    out
+}
+
+fn echo_response(head: &RequestHead, identity: &Identity) -> Vec<u8> {
+    let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut host = String::new();
+    let mut set_headers = Vec::new();
+    for (name, value) in &head.headers {
+        let value = String::from_utf8_lossy(value).into_owned();
+        if name.eq_ignore_ascii_case("host") {
+            host = value;
+            continue;
+        }
+        if name.eq_ignore_ascii_case("x-echo-set-header") {
+            for pair in value.split(',').filter(|p| !p.is_empty()) {
+                if let Some((n, v)) = pair.split_once(':') {
+                    set_headers.push((n.trim().to_owned(), v.trim().to_owned()));
+                }
+            }
+        }
+        headers.entry(canonical(name)).or_default().push(value);
+    }
+    let body = json!({
+        "path": head.target,
+        "host": host,
+        "method": head.method,
+        "proto": match head.version { Version::Http10 => "HTTP/1.0", Version::Http11 => "HTTP/1.1" },
+        "headers": headers,
+        "namespace": identity.namespace,
+        "ingress": "",
+        "service": "",
+        "pod": identity.pod,
+    })
+    .to_string();
+    let mut response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in set_headers {
+        // Names and values came from a parsed header: no CR or LF in them.
+        response.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if !head.keep_alive {
+        response.push_str("Connection: close\r\n");
+    }
+    response.push_str("\r\n");
+    let mut bytes = response.into_bytes();
+    if head.method != "HEAD" {
+        bytes.extend_from_slice(body.as_bytes());
+    }
+    bytes
+}
+
+fn error_response(error: &HttpError) -> Vec<u8> {
+    let status = error.status();
+    let reason = match status {
+        400 => "Bad Request",
+        413 => "Content Too Large",
+        417 => "Expectation Failed",
+        431 => "Request Header Fields Too Large",
+        _ => "Not Implemented",
+    };
+    let body = format!("{status} {reason}\n");
+    format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    fn start() -> SocketAddr {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = std_listener.local_addr().unwrap();
+        std_listener.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = TcpListener::from_std(std_listener).unwrap();
+                let identity = Identity {
+                    pod: "echo-v1-abc".into(),
+                    namespace: "gateway-conformance-infra".into(),
+                };
+                let _ = serve(listener, identity).await;
+            });
+        });
+        addr
+    }
+
+    /// Send `raw`, read until the server closes.
+    fn exchange(addr: SocketAddr, raw: &str) -> String {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        stream.write_all(raw.as_bytes()).unwrap();
+        let mut out = String::new();
+        let _ = stream.read_to_string(&mut out);
+        out
+    }
+
+    fn bodies(response: &str) -> Vec<serde_json::Value> {
+        response
+            .split("HTTP/1.1 ")
+            .filter(|r| !r.is_empty())
+            .map(|r| serde_json::from_str(r.split("\r\n\r\n").nth(1).unwrap()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn echoes_pipelined_requests_with_bodies_and_set_headers() {
+        let addr = start();
+        let raw = "GET /a?x=1 HTTP/1.1\r\nHost: example.com\r\nx-custom: v\r\nX-Echo-Set-Header: X-Out:yes\r\n\r\n\
+                   POST /b HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+                   PUT /c HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbody";
+        let response = exchange(addr, raw);
+        assert!(response.contains("X-Out: yes\r\n"), "{response}");
+        let echoed = bodies(&response);
+        assert_eq!(echoed.len(), 3, "{response}");
+        assert_eq!(echoed[0]["path"], "/a?x=1");
+        assert_eq!(echoed[0]["host"], "example.com");
+        assert_eq!(echoed[0]["headers"]["X-Custom"][0], "v");
+        assert_eq!(echoed[0]["pod"], "echo-v1-abc");
+        assert_eq!(echoed[0]["namespace"], "gateway-conformance-infra");
+        assert_eq!(echoed[1]["method"], "POST");
+        assert_eq!(echoed[2]["path"], "/c");
+    }
+
+    #[test]
+    fn bad_requests_get_400_and_close() {
+        let addr = start();
+        let response = exchange(
+            addr,
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
+        assert!(response.starts_with("HTTP/1.1 400 "), "{response}");
+        assert!(
+            !response.contains("chunked"),
+            "no internal detail in the body: {response}"
+        );
+    }
+}
