@@ -250,6 +250,156 @@ fn framing(head: &RequestHead, limits: &Limits) -> Result<BodyFraming, HttpError
     }
 }
 
+/// How a response body is delimited (RFC 9112 §6.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResponseFraming {
+    /// No body (HEAD, 1xx, 204, 304, or `Content-Length: 0`).
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the backend closes the connection (which then cannot be reused).
+    UntilClose,
+}
+
+/// A parsed response head (from a backend).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub status: u16,
+    pub reason: String,
+    pub version: Version,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub head_len: usize,
+    pub framing: ResponseFraming,
+    /// Whether the backend connection may carry another request.
+    pub keep_alive: bool,
+}
+
+/// Parse a backend's response head to a request with `method`. `Ok(None)`:
+/// incomplete. A malformed response is the backend's fault: the caller
+/// answers its client 502.
+pub fn parse_response(
+    buf: &[u8],
+    method: &str,
+    limits: &Limits,
+) -> Result<Option<ResponseHead>, HttpError> {
+    let mut slots = vec![httparse::EMPTY_HEADER; limits.max_headers];
+    let mut response = httparse::Response::new(&mut slots);
+    let head_len = match response.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => {
+            if buf.len() > limits.max_head_bytes {
+                return Err(HttpError::HeadTooLarge(limits.max_head_bytes));
+            }
+            return Ok(None);
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(HttpError::TooManyHeaders(limits.max_headers))
+        }
+        Err(_) => return Err(HttpError::Malformed("invalid status line or header field")),
+    };
+    let version = match response.version {
+        Some(0) => Version::Http10,
+        Some(1) => Version::Http11,
+        _ => return Err(HttpError::Malformed("unsupported HTTP version")),
+    };
+    let status = response.code.unwrap_or(0);
+    let headers: Vec<(String, Vec<u8>)> = response
+        .headers
+        .iter()
+        .map(|h| (h.name.to_owned(), h.value.to_vec()))
+        .collect();
+    let view = RequestHead {
+        method: String::new(),
+        target: String::new(),
+        version,
+        headers,
+        head_len,
+        framing: BodyFraming::Empty,
+        keep_alive: false,
+        expect_continue: false,
+    };
+    let connection = list_tokens(&view, "connection")?;
+    let mut keep_alive = match version {
+        Version::Http11 => !connection.iter().any(|t| t == "close"),
+        Version::Http10 => connection.iter().any(|t| t == "keep-alive"),
+    };
+    let no_body = method.eq_ignore_ascii_case("HEAD")
+        || (100..200).contains(&status)
+        || status == 204
+        || status == 304;
+    let framing = if no_body {
+        ResponseFraming::Empty
+    } else if view.values("transfer-encoding").next().is_some() {
+        let codings = list_tokens(&view, "transfer-encoding")?;
+        if codings.last().is_some_and(|c| c == "chunked") && codings.len() == 1 {
+            ResponseFraming::Chunked
+        } else {
+            keep_alive = false;
+            ResponseFraming::UntilClose
+        }
+    } else {
+        match framing(
+            &view,
+            &Limits {
+                max_body: u64::MAX,
+                ..limits.clone()
+            },
+        )? {
+            BodyFraming::Length(n) => ResponseFraming::Length(n),
+            BodyFraming::Empty if view.values("content-length").next().is_some() => {
+                ResponseFraming::Empty
+            }
+            _ => {
+                keep_alive = false;
+                ResponseFraming::UntilClose
+            }
+        }
+    };
+    Ok(Some(ResponseHead {
+        status,
+        reason: response.reason.unwrap_or_default().to_owned(),
+        version,
+        headers: view.headers,
+        head_len,
+        framing,
+        keep_alive,
+    }))
+}
+
+/// Hop-by-hop fields (RFC 9110 §7.6.1): a proxy drops them, and the ones
+/// `Connection` names, before forwarding.
+pub fn is_hop_by_hop(name: &str, connection_tokens: &[String]) -> bool {
+    const HOP: [&str; 8] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+    ];
+    HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+        || connection_tokens
+            .iter()
+            .any(|t| name.eq_ignore_ascii_case(t))
+}
+
+/// The `Connection` tokens of a head's fields, lowercase.
+pub fn connection_tokens(headers: &[(String, Vec<u8>)]) -> Vec<String> {
+    headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+        .flat_map(|(_, v)| {
+            String::from_utf8_lossy(v)
+                .split(',')
+                .map(|t| t.trim().to_ascii_lowercase())
+                .filter(|t| !t.is_empty())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// What a step of the chunked decoder found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Chunk<'a> {
@@ -514,6 +664,66 @@ mod tests {
             status("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n"),
             413
         );
+    }
+
+    fn response(text: &str, method: &str) -> ResponseHead {
+        parse_response(text.as_bytes(), method, &Limits::default())
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn response_framing_follows_rfc_9112() {
+        let r = response("HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n", "GET");
+        assert_eq!(
+            (r.status, r.framing, r.keep_alive),
+            (200, ResponseFraming::Length(12), true)
+        );
+        let r = response("HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n", "HEAD");
+        assert_eq!(r.framing, ResponseFraming::Empty);
+        for status in ["204 No Content", "304 Not Modified", "101 Switching"] {
+            let r = response(&format!("HTTP/1.1 {status}\r\n\r\n"), "GET");
+            assert_eq!(r.framing, ResponseFraming::Empty, "{status}");
+        }
+        let r = response(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET",
+        );
+        assert_eq!(r.framing, ResponseFraming::Chunked);
+        let r = response("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", "GET");
+        assert_eq!(
+            (r.framing, r.keep_alive),
+            (ResponseFraming::UntilClose, false)
+        );
+        let r = response("HTTP/1.0 200 OK\r\n\r\n", "GET");
+        assert_eq!(
+            (r.framing, r.keep_alive),
+            (ResponseFraming::UntilClose, false)
+        );
+        let r = response(
+            "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            "GET",
+        );
+        assert_eq!((r.framing, r.keep_alive), (ResponseFraming::Empty, false));
+        assert!(parse_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\n",
+            "GET",
+            &Limits::default()
+        )
+        .is_err());
+        assert_eq!(
+            parse_response(b"HTTP/1.1 200 OK\r\n", "GET", &Limits::default()),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_fields_include_those_connection_names() {
+        let headers = vec![("Connection".to_string(), b"close, X-Secret".to_vec())];
+        let tokens = connection_tokens(&headers);
+        assert!(is_hop_by_hop("x-secret", &tokens));
+        assert!(is_hop_by_hop("Transfer-Encoding", &tokens));
+        assert!(!is_hop_by_hop("X-Forwarded-For", &tokens));
     }
 
     fn decode_all(body: &[u8], step: usize) -> Result<(Vec<u8>, usize), HttpError> {
