@@ -107,17 +107,24 @@ pub struct RequestHead {
 impl RequestHead {
     /// Values of the header fields named `name` (case-insensitive).
     pub fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.headers
-            .iter()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
+        field_values(&self.headers, name)
     }
 }
 
+/// A head's header fields, names as sent.
+type Fields = [(String, Vec<u8>)];
+
+fn field_values<'a>(fields: &'a Fields, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+    fields
+        .iter()
+        .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_slice())
+}
+
 /// Comma-separated list elements of the named fields, trimmed, lowercase.
-fn list_tokens(head: &RequestHead, name: &str) -> Result<Vec<String>, HttpError> {
+fn list_tokens(fields: &Fields, name: &str) -> Result<Vec<String>, HttpError> {
     let mut tokens = Vec::new();
-    for value in head.values(name) {
+    for value in field_values(fields, name) {
         let text =
             std::str::from_utf8(value).map_err(|_| HttpError::Malformed("non-ASCII list field"))?;
         for token in text.split(',') {
@@ -130,41 +137,76 @@ fn list_tokens(head: &RequestHead, name: &str) -> Result<Vec<String>, HttpError>
     Ok(tokens)
 }
 
+/// The end of a head as httparse reports it, under the limits: `Ok(None)`
+/// for an incomplete head that may still fit. `what` names the first line
+/// in the error.
+fn head_end(
+    parsed: httparse::Result<usize>,
+    buffered: usize,
+    limits: &Limits,
+    what: &'static str,
+) -> Result<Option<usize>, HttpError> {
+    let head_len = match parsed {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buffered > limits.max_head_bytes => {
+            return Err(HttpError::HeadTooLarge(limits.max_head_bytes))
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(HttpError::TooManyHeaders(limits.max_headers))
+        }
+        Err(_) => return Err(HttpError::Malformed(what)),
+    };
+    if head_len > limits.max_head_bytes {
+        return Err(HttpError::HeadTooLarge(limits.max_head_bytes));
+    }
+    Ok(Some(head_len))
+}
+
+fn version(minor: Option<u8>) -> Result<Version, HttpError> {
+    match minor {
+        Some(0) => Ok(Version::Http10),
+        Some(1) => Ok(Version::Http11),
+        _ => Err(HttpError::Malformed("unsupported HTTP version")),
+    }
+}
+
+fn copy_fields(headers: &[httparse::Header<'_>]) -> Vec<(String, Vec<u8>)> {
+    headers
+        .iter()
+        .map(|h| (h.name.to_owned(), h.value.to_vec()))
+        .collect()
+}
+
+/// Whether the connection stays open after this message (RFC 9112 §9.3).
+fn keep_alive(version: Version, connection: &[String]) -> bool {
+    match version {
+        Version::Http11 => !connection.iter().any(|t| t == "close"),
+        Version::Http10 => connection.iter().any(|t| t == "keep-alive"),
+    }
+}
+
 /// Parse a request head from the start of `buf`. `Ok(None)`: incomplete,
 /// read more (the limits are enforced on what is there already).
 pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>, HttpError> {
     let mut slots = vec![httparse::EMPTY_HEADER; limits.max_headers];
     let mut request = httparse::Request::new(&mut slots);
-    let head_len = match request.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => {
-            if buf.len() > limits.max_head_bytes {
-                return Err(HttpError::HeadTooLarge(limits.max_head_bytes));
-            }
-            return Ok(None);
-        }
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(HttpError::TooManyHeaders(limits.max_headers))
-        }
-        Err(_) => return Err(HttpError::Malformed("invalid request line or header field")),
+    let parsed = request.parse(buf);
+    let Some(head_len) = head_end(
+        parsed,
+        buf.len(),
+        limits,
+        "invalid request line or header field",
+    )?
+    else {
+        return Ok(None);
     };
-    if head_len > limits.max_head_bytes {
-        return Err(HttpError::HeadTooLarge(limits.max_head_bytes));
-    }
-    let version = match request.version {
-        Some(0) => Version::Http10,
-        Some(1) => Version::Http11,
-        _ => return Err(HttpError::Malformed("unsupported HTTP version")),
-    };
+    let version = version(request.version)?;
     let mut head = RequestHead {
         method: request.method.unwrap_or_default().to_owned(),
         target: request.path.unwrap_or_default().to_owned(),
         version,
-        headers: request
-            .headers
-            .iter()
-            .map(|h| (h.name.to_owned(), h.value.to_vec()))
-            .collect(),
+        headers: copy_fields(request.headers),
         head_len,
         framing: BodyFraming::Empty,
         keep_alive: false,
@@ -178,14 +220,9 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>,
     }
 
     head.framing = framing(&head, limits)?;
+    head.keep_alive = keep_alive(version, &list_tokens(&head.headers, "connection")?);
 
-    let connection = list_tokens(&head, "connection")?;
-    head.keep_alive = match version {
-        Version::Http11 => !connection.iter().any(|t| t == "close"),
-        Version::Http10 => connection.iter().any(|t| t == "keep-alive"),
-    };
-
-    let expect = list_tokens(&head, "expect")?;
+    let expect = list_tokens(&head.headers, "expect")?;
     match expect.as_slice() {
         [] => {}
         [only] if only == "100-continue" => head.expect_continue = version == Version::Http11,
@@ -196,10 +233,8 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>,
 
 /// RFC 9112 §6.3, strictly.
 fn framing(head: &RequestHead, limits: &Limits) -> Result<BodyFraming, HttpError> {
-    let has_te = head.values("transfer-encoding").next().is_some();
-    let lengths: Vec<&[u8]> = head.values("content-length").collect();
-    if has_te {
-        if !lengths.is_empty() {
+    if head.values("transfer-encoding").next().is_some() {
+        if head.values("content-length").next().is_some() {
             return Err(HttpError::Malformed(
                 "both Content-Length and Transfer-Encoding",
             ));
@@ -207,7 +242,7 @@ fn framing(head: &RequestHead, limits: &Limits) -> Result<BodyFraming, HttpError
         if head.version == Version::Http10 {
             return Err(HttpError::Malformed("Transfer-Encoding in HTTP/1.0"));
         }
-        let codings = list_tokens(head, "transfer-encoding")?;
+        let codings = list_tokens(&head.headers, "transfer-encoding")?;
         return match codings.as_slice() {
             [only] if only == "chunked" => Ok(BodyFraming::Chunked),
             // §6.3: chunked must be the final coding of a request, or its
@@ -222,12 +257,18 @@ fn framing(head: &RequestHead, limits: &Limits) -> Result<BodyFraming, HttpError
             _ => Err(HttpError::UnsupportedTransferCoding),
         };
     }
-    if lengths.is_empty() {
-        return Ok(BodyFraming::Empty);
+    match content_length(&head.headers)? {
+        Some(n) if n > limits.max_body => Err(HttpError::BodyTooLarge(limits.max_body)),
+        Some(0) | None => Ok(BodyFraming::Empty),
+        Some(n) => Ok(BodyFraming::Length(n)),
     }
-    // Every field and every list element must be the same valid number.
+}
+
+/// The Content-Length, if any: every field and every list element must be
+/// the same valid number.
+fn content_length(fields: &Fields) -> Result<Option<u64>, HttpError> {
     let mut length: Option<u64> = None;
-    for value in lengths {
+    for value in field_values(fields, "content-length") {
         for part in value.split(|&b| b == b',') {
             let part = part.trim_ascii();
             if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
@@ -243,11 +284,7 @@ fn framing(head: &RequestHead, limits: &Limits) -> Result<BodyFraming, HttpError
             length = Some(n);
         }
     }
-    match length {
-        Some(n) if n > limits.max_body => Err(HttpError::BodyTooLarge(limits.max_body)),
-        Some(0) | None => Ok(BodyFraming::Empty),
-        Some(n) => Ok(BodyFraming::Length(n)),
-    }
+    Ok(length)
 }
 
 /// How a response body is delimited (RFC 9112 §6.3).
@@ -284,53 +321,28 @@ pub fn parse_response(
 ) -> Result<Option<ResponseHead>, HttpError> {
     let mut slots = vec![httparse::EMPTY_HEADER; limits.max_headers];
     let mut response = httparse::Response::new(&mut slots);
-    let head_len = match response.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => {
-            if buf.len() > limits.max_head_bytes {
-                return Err(HttpError::HeadTooLarge(limits.max_head_bytes));
-            }
-            return Ok(None);
-        }
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(HttpError::TooManyHeaders(limits.max_headers))
-        }
-        Err(_) => return Err(HttpError::Malformed("invalid status line or header field")),
+    let parsed = response.parse(buf);
+    let Some(head_len) = head_end(
+        parsed,
+        buf.len(),
+        limits,
+        "invalid status line or header field",
+    )?
+    else {
+        return Ok(None);
     };
-    let version = match response.version {
-        Some(0) => Version::Http10,
-        Some(1) => Version::Http11,
-        _ => return Err(HttpError::Malformed("unsupported HTTP version")),
-    };
+    let version = version(response.version)?;
     let status = response.code.unwrap_or(0);
-    let headers: Vec<(String, Vec<u8>)> = response
-        .headers
-        .iter()
-        .map(|h| (h.name.to_owned(), h.value.to_vec()))
-        .collect();
-    let view = RequestHead {
-        method: String::new(),
-        target: String::new(),
-        version,
-        headers,
-        head_len,
-        framing: BodyFraming::Empty,
-        keep_alive: false,
-        expect_continue: false,
-    };
-    let connection = list_tokens(&view, "connection")?;
-    let mut keep_alive = match version {
-        Version::Http11 => !connection.iter().any(|t| t == "close"),
-        Version::Http10 => connection.iter().any(|t| t == "keep-alive"),
-    };
+    let headers = copy_fields(response.headers);
+    let mut keep_alive = keep_alive(version, &list_tokens(&headers, "connection")?);
     let no_body = method.eq_ignore_ascii_case("HEAD")
         || (100..200).contains(&status)
         || status == 204
         || status == 304;
     let framing = if no_body {
         ResponseFraming::Empty
-    } else if view.values("transfer-encoding").next().is_some() {
-        let codings = list_tokens(&view, "transfer-encoding")?;
+    } else if field_values(&headers, "transfer-encoding").next().is_some() {
+        let codings = list_tokens(&headers, "transfer-encoding")?;
         if codings.last().is_some_and(|c| c == "chunked") && codings.len() == 1 {
             ResponseFraming::Chunked
         } else {
@@ -338,18 +350,10 @@ pub fn parse_response(
             ResponseFraming::UntilClose
         }
     } else {
-        match framing(
-            &view,
-            &Limits {
-                max_body: u64::MAX,
-                ..limits.clone()
-            },
-        )? {
-            BodyFraming::Length(n) => ResponseFraming::Length(n),
-            BodyFraming::Empty if view.values("content-length").next().is_some() => {
-                ResponseFraming::Empty
-            }
-            _ => {
+        match content_length(&headers)? {
+            Some(0) => ResponseFraming::Empty,
+            Some(n) => ResponseFraming::Length(n),
+            None => {
                 keep_alive = false;
                 ResponseFraming::UntilClose
             }
@@ -359,7 +363,7 @@ pub fn parse_response(
         status,
         reason: response.reason.unwrap_or_default().to_owned(),
         version,
-        headers: view.headers,
+        headers,
         head_len,
         framing,
         keep_alive,
@@ -385,19 +389,10 @@ pub fn is_hop_by_hop(name: &str, connection_tokens: &[String]) -> bool {
             .any(|t| name.eq_ignore_ascii_case(t))
 }
 
-/// The `Connection` tokens of a head's fields, lowercase.
-pub fn connection_tokens(headers: &[(String, Vec<u8>)]) -> Vec<String> {
-    headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
-        .flat_map(|(_, v)| {
-            String::from_utf8_lossy(v)
-                .split(',')
-                .map(|t| t.trim().to_ascii_lowercase())
-                .filter(|t| !t.is_empty())
-                .collect::<Vec<_>>()
-        })
-        .collect()
+/// The `Connection` tokens of a head's fields, lowercase (a head that
+/// parsed has already passed this check).
+pub fn connection_tokens(headers: &Fields) -> Result<Vec<String>, HttpError> {
+    list_tokens(headers, "connection")
 }
 
 /// What a step of the chunked decoder found.
@@ -720,7 +715,7 @@ mod tests {
     #[test]
     fn hop_by_hop_fields_include_those_connection_names() {
         let headers = vec![("Connection".to_string(), b"close, X-Secret".to_vec())];
-        let tokens = connection_tokens(&headers);
+        let tokens = connection_tokens(&headers).unwrap();
         assert!(is_hop_by_hop("x-secret", &tokens));
         assert!(is_hop_by_hop("Transfer-Encoding", &tokens));
         assert!(!is_hop_by_hop("X-Forwarded-For", &tokens));
