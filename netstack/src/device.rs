@@ -137,18 +137,6 @@ impl XdpDevice {
         }
     }
 
-    /// Whether received frames are waiting for the stack.
-    pub fn rx_waiting(&self) -> bool {
-        !self.injected.is_empty()
-            || self.rx_batches.iter().any(|b| !b.is_empty())
-            || self.xsks.queues().iter().any(|q| q.rx_ready() > 0)
-    }
-
-    /// Whether TX work is queued or in flight.
-    pub fn tx_pending(&self) -> bool {
-        self.xsks.queues().iter().any(XskQueue::tx_pending)
-    }
-
     fn next(&self) -> Option<Next> {
         if !self.injected.is_empty() {
             return Some(Next::Injected);

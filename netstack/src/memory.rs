@@ -43,11 +43,6 @@ pub fn link(mtu: usize) -> (MemoryDevice, MemoryDevice) {
 }
 
 impl MemoryDevice {
-    /// Frames waiting to be received by this end.
-    pub fn pending(&self) -> usize {
-        self.inbound.borrow().len() + self.received.len() + self.injected.len()
-    }
-
     fn pop(&mut self) -> Option<Vec<u8>> {
         if let Some(frame) = self.injected.pop_front() {
             return Some(frame);

@@ -84,11 +84,6 @@ impl FramePool {
     pub fn is_empty(&self) -> bool {
         self.free.is_empty()
     }
-
-    /// Frames this pool owns in all.
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
 }
 
 #[cfg(test)]

@@ -87,11 +87,6 @@ impl UmemArea {
         self.frame_size
     }
 
-    /// Frames the area holds.
-    pub fn frames(&self) -> u32 {
-        (self.len / self.frame_size as usize) as u32
-    }
-
     /// The area as the raw slice xdpilone registers with the kernel.
     pub fn as_raw_slice(&self) -> NonNull<[u8]> {
         NonNull::slice_from_raw_parts(self.base, self.len)

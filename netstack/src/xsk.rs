@@ -494,16 +494,6 @@ impl XskQueue {
         sent
     }
 
-    /// Whether anything is waiting for the kernel (TX queued or in flight).
-    pub fn tx_pending(&self) -> bool {
-        !self.tx_backlog.is_empty() || self.tx_in_flight > 0
-    }
-
-    /// Frames received and waiting in the RX ring.
-    pub fn rx_ready(&self) -> u32 {
-        self.rx.available()
-    }
-
     /// TX kicks made so far (`sendto` calls).
     pub fn wakeups(&self) -> u64 {
         self.wakeups

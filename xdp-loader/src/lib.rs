@@ -30,11 +30,6 @@ pub const MAX_QUEUES: u32 = 64;
 /// The compiled XDP program.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rauta_xdp.o"));
 
-/// The compiled XDP object file, for operators who want to inspect it.
-pub fn object() -> &'static [u8] {
-    OBJECT
-}
-
 /// Errors from loading, attaching or driving the XDP program.
 #[derive(Debug, thiserror::Error)]
 pub enum XdpError {
@@ -137,7 +132,9 @@ pub struct XdpProgram {
     sockets: XskMap<MapData>,
     counters: PerCpuArray<MapData, QueueCounters>,
     _config: Array<MapData, Config>,
-    ebpf: Ebpf,
+    /// Owns the loaded program and its link: held, never read, so that
+    /// dropping it detaches.
+    _ebpf: Ebpf,
     iface: String,
     ifindex: u32,
     method: AttachMethod,
@@ -251,7 +248,7 @@ impl XdpProgram {
             sockets,
             counters,
             _config: config,
-            ebpf,
+            _ebpf: ebpf,
             iface: iface.to_owned(),
             ifindex,
             method,
@@ -262,11 +259,6 @@ impl XdpProgram {
     /// The mode the program runs in.
     pub fn running_mode(&self) -> RunningMode {
         self.running
-    }
-
-    /// The interface it is attached to.
-    pub fn interface(&self) -> &str {
-        &self.iface
     }
 
     /// Steer `queue`'s gateway traffic into the AF_XDP socket `socket`.
@@ -304,8 +296,7 @@ impl Drop for XdpProgram {
                 warn!(iface = %self.iface, error = %e, "XDP detach failed");
             }
         }
-        // A BPF link is released when `ebpf` drops, right after this.
-        let _ = &self.ebpf;
+        // A BPF link is released when `_ebpf` drops, right after this.
         info!(iface = %self.iface, "XDP program detached");
     }
 }
