@@ -196,7 +196,6 @@ impl Lab {
     pub fn down(&self) -> Result<Vec<String>> {
         require_root("rauta lab down")?;
         let mut removed = Vec::new();
-        let mut failures = Vec::new();
         for ns in self.namespaces() {
             let status = Command::new("ip")
                 .args(["netns", "del", &ns])
@@ -208,10 +207,7 @@ impl Lab {
             }
         }
         if self.exists()? {
-            failures.push("some lab namespaces could not be deleted".to_owned());
-        }
-        if !failures.is_empty() {
-            bail!(failures.join("; "));
+            bail!("some lab namespaces could not be deleted");
         }
         Ok(removed)
     }
@@ -273,13 +269,13 @@ fn run(program: &str, args: &[&str]) -> Result<()> {
 
 /// Fail with one clear line when not root.
 pub fn require_root(what: &str) -> Result<()> {
-    if !nix_is_root() {
+    if !is_root() {
         bail!("{what} needs root (network namespaces, XDP and AF_XDP); run it with sudo");
     }
     Ok(())
 }
 
-fn nix_is_root() -> bool {
+fn is_root() -> bool {
     // /proc/self/status carries the effective uid without a libc call.
     std::fs::read_to_string("/proc/self/status")
         .ok()
