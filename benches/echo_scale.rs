@@ -12,11 +12,10 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{invoked_as_bench, median, require_root, run};
+use support::{env_or, invoked_as_bench, median, require_root, run, ChildGuard, LabGuard, RAUTA};
 
-const RAUTA: &str = env!("CARGO_BIN_EXE_rauta");
 const PREFIX: &str = "rauta-es";
 
 fn field(line: &str, key: &str) -> f64 {
@@ -57,36 +56,15 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
-struct Cleanup(Option<Child>);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.0 {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let _ = child.wait();
-        }
-        let _ = Command::new(RAUTA)
-            .args(["lab", "down", "--prefix", PREFIX])
-            .output();
-    }
-}
-
 fn main() {
     if !invoked_as_bench() {
         return;
     }
     require_root("the echo-scale benchmark");
-    let env = |k: &str| std::env::var(k).ok();
-    let rounds: usize = env("RAUTA_BENCH_ROUNDS")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
-    let seconds: f64 = env("RAUTA_BENCH_SECONDS")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5.0);
+    let rounds: usize = env_or("RAUTA_BENCH_ROUNDS", 3);
+    let seconds: f64 = env_or("RAUTA_BENCH_SECONDS", 5.0);
 
-    run(&[RAUTA, "lab", "up", "--prefix", PREFIX, "--queues", "2"]);
+    let _lab = LabGuard::up(PREFIX, 2);
     let probe = Command::new("ip")
         .args(["netns", "exec", &format!("{PREFIX}-gw"), RAUTA, "probe"])
         .args([
@@ -101,7 +79,7 @@ fn main() {
         .spawn()
         .unwrap();
     let pid = probe.id();
-    let _cleanup = Cleanup(Some(probe));
+    let _probe = ChildGuard(probe);
     std::thread::sleep(Duration::from_secs(1));
 
     // Memory: the probe idle, then holding 10,000 idle connections.

@@ -21,11 +21,10 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{invoked_as_bench, median, require_root, run};
+use support::{env_or, invoked_as_bench, median, require_root, run, ChildGuard, LabGuard, RAUTA};
 
-const RAUTA: &str = env!("CARGO_BIN_EXE_rauta");
 const PREFIX: &str = "rauta-pr";
 const GATEWAY: &str = "198.18.0.1";
 
@@ -122,39 +121,6 @@ impl Mode {
     }
 }
 
-struct Guard(Option<Child>);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.0 {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = Command::new("kill")
-                .args(["-KILL", &child.id().to_string()])
-                .status();
-            let _ = child.wait();
-        }
-    }
-}
-
-struct Lab;
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = Command::new(RAUTA)
-            .args(["lab", "down", "--prefix", PREFIX])
-            .output();
-    }
-}
-
 /// One measured run: (frames handled per second, frames offered per second).
 fn measure(
     mode: Mode,
@@ -166,7 +132,7 @@ fn measure(
     let gw = format!("{PREFIX}-gw");
     let cl = format!("{PREFIX}-cl");
     let cidr = format!("{GATEWAY}/24");
-    let mut server = Guard(None);
+    let mut server = None;
     match mode {
         Mode::Probe => {
             let child = Command::new("ip")
@@ -194,7 +160,7 @@ fn measure(
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap();
-            server.0 = Some(child);
+            server = Some(ChildGuard(child));
         }
         Mode::Kernel => {
             in_ns("gw", &["ip", "addr", "add", &cidr, "dev", &gw]);
@@ -287,14 +253,9 @@ fn main() {
         return;
     }
     require_root("the packet-rate benchmark");
-    let env = |k: &str| std::env::var(k).ok();
-    let rounds: usize = env("RAUTA_BENCH_ROUNDS")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
-    let packets: u64 = env("RAUTA_BENCH_PACKETS")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2_000_000);
-    let rate = env("RAUTA_BENCH_RATE");
+    let rounds: usize = env_or("RAUTA_BENCH_ROUNDS", 3);
+    let packets: u64 = env_or("RAUTA_BENCH_PACKETS", 2_000_000);
+    let rate = std::env::var("RAUTA_BENCH_RATE").ok();
 
     let tmp = std::env::temp_dir().join(format!("rauta-bench-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
@@ -313,8 +274,7 @@ fn main() {
         drop_obj.to_str().unwrap(),
     ]);
 
-    run(&[RAUTA, "lab", "up", "--prefix", PREFIX, "--queues", "1"]);
-    let _lab = Lab;
+    let _lab = LabGuard::up(PREFIX, 1);
     let gw = format!("{PREFIX}-gw");
     let cl = format!("{PREFIX}-cl");
     let config = tmp.join("icmp.cfg");
