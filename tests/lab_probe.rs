@@ -109,16 +109,8 @@ fn probe_answers_arp_ping_udp_and_tcp_echo_on_two_queues() {
     }
 
     assert!(probe.terminate().success(), "{:?}", probe.output());
-    let output = probe.output();
-    let exit_queue = |q: u32| {
-        output
-            .iter()
-            .find(|l| l.starts_with(&format!("exit queue={q} ")))
-            .unwrap_or_else(|| panic!("no exit report for queue {q}: {output:?}"))
-            .clone()
-    };
     for q in [0, 1] {
-        let line = exit_queue(q);
+        let line = probe.line_starting(&format!("exit queue={q} "));
         assert!(
             field(&line, "frames_in") > 0,
             "queue {q} saw no flows: {line}"
@@ -133,12 +125,9 @@ fn probe_answers_arp_ping_udp_and_tcp_echo_on_two_queues() {
             "{line}"
         );
     }
-    let total = output
-        .iter()
-        .find(|l| l.starts_with("exit total"))
-        .expect("exit total line");
-    assert_eq!(field(total, "tcp_accepted"), 3 + 32, "{total}");
-    assert_eq!(field(total, "connections"), 0, "{total}");
+    let total = probe.line_starting("exit total");
+    assert_eq!(field(&total, "tcp_accepted"), 3 + 32, "{total}");
+    assert_eq!(field(&total, "connections"), 0, "{total}");
     assert_eq!(lab.xdp_program(), None, "XDP program left after SIGTERM");
 }
 
@@ -374,14 +363,14 @@ fn umem_sits_on_hugepages_when_the_host_has_them_and_plain_pages_otherwise() {
         // 2 queues x 8192 frames x 4 KiB = 64 MiB = 32 hugepages.
         let _pages = HugePages::reserve_extra(32);
         let mut probe = lab.start_probe(2, &[]);
-        let banner = probe.wait_for_line(|l| l.starts_with("rauta probe:"), Duration::from_secs(1));
+        let banner = probe.line_starting("rauta probe:");
         assert!(banner.contains("UMEM on HugePages"), "{banner}");
         let out = echo(&lab, 256 * 1024, 4, &[]);
         assert!(out.contains("all byte-exact"), "{out}");
         assert!(probe.terminate().success());
     }
     let mut probe = lab.start_probe(2, &["--no-hugepages"]);
-    let banner = probe.wait_for_line(|l| l.starts_with("rauta probe:"), Duration::from_secs(1));
+    let banner = probe.line_starting("rauta probe:");
     assert!(banner.contains("UMEM on Pages"), "{banner}");
     let out = echo(&lab, 256 * 1024, 4, &[]);
     assert!(out.contains("all byte-exact"), "{out}");
@@ -393,7 +382,7 @@ fn generic_xdp_mode_serves_too() {
     let _serial = serial();
     let lab = Lab::up("rtp-g", 1);
     let mut probe = lab.start_probe(1, &["--xdp-mode", "generic"]);
-    let banner = probe.wait_for_line(|l| l.starts_with("rauta probe:"), Duration::from_secs(1));
+    let banner = probe.line_starting("rauta probe:");
     assert!(banner.contains("(generic XDP"), "{banner}");
     let ping = lab.exec_ok(
         "client",
@@ -452,11 +441,7 @@ fn ten_thousand_concurrent_connections_all_echo_and_then_close() {
         Duration::from_secs(30),
     );
     assert!(probe.terminate().success());
-    let total = probe
-        .output()
-        .into_iter()
-        .find(|l| l.starts_with("exit total"))
-        .unwrap();
+    let total = probe.line_starting("exit total");
     assert_eq!(
         field(&total, "tcp_accepted"),
         100 + 10_000 + 2_000,
@@ -509,12 +494,8 @@ fn flows_on_the_wrong_queue_are_handed_to_their_owner_both_ways() {
         assert!(out.contains("all byte-exact"), "{out}");
     }
     assert!(probe.terminate().success());
-    let output = probe.output();
     for worker in 0..2 {
-        let line = output
-            .iter()
-            .find(|l| l.starts_with(&format!("exit worker={worker} ")))
-            .unwrap();
+        let line = &probe.line_starting(&format!("exit worker={worker} "));
         assert!(
             field(line, "handed_off") > 0,
             "worker {worker} handed nothing off: {line}"
@@ -526,10 +507,7 @@ fn flows_on_the_wrong_queue_are_handed_to_their_owner_both_ways() {
         assert!(field(line, "tcp_accepted") > 0, "{line}");
     }
     for q in 0..2 {
-        let line = output
-            .iter()
-            .find(|l| l.starts_with(&format!("exit queue={q} ")))
-            .unwrap();
+        let line = &probe.line_starting(&format!("exit queue={q} "));
         assert!(
             field(line, "frames_in") > 0,
             "queue {q} got no frames: {line}"

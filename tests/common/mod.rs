@@ -203,6 +203,17 @@ impl Process {
         self.wait_for_line_after(0, pred, timeout)
     }
 
+    /// The first line printed so far that starts with `prefix`; fails the
+    /// test, showing the output, if there is none.
+    pub fn line_starting(&self, prefix: &str) -> String {
+        let output = self.output();
+        output
+            .iter()
+            .find(|l| l.starts_with(prefix))
+            .cloned()
+            .unwrap_or_else(|| panic!("no line starting {prefix:?} in:\n{}", output.join("\n")))
+    }
+
     /// Lines printed so far (a mark for [`Self::wait_for_line_after`]).
     pub fn mark(&self) -> usize {
         self.lines.lock().unwrap().len()
