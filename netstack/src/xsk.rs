@@ -119,6 +119,8 @@ pub struct XskQueue {
     rx_outstanding: u32,
     tx_backlog: VecDeque<XdpDesc>,
     tx_in_flight: u32,
+    /// Frames on their way from the pool to the fill ring (reused).
+    fill_scratch: VecDeque<u64>,
     ring_size: u32,
     batch: u32,
     wakeups: u64,
@@ -294,6 +296,7 @@ impl XskSet {
                 rx_outstanding: 0,
                 tx_backlog: VecDeque::with_capacity(config.ring_size as usize),
                 tx_in_flight: 0,
+                fill_scratch: VecDeque::with_capacity(config.ring_size as usize),
                 ring_size: config.ring_size,
                 batch: config.batch,
                 wakeups: 0,
@@ -413,16 +416,17 @@ impl XskQueue {
         if want < self.batch.min(self.ring_size) && self.rx_outstanding > 0 {
             return;
         }
-        let mut frames: VecDeque<u64> = VecDeque::with_capacity(want as usize);
+        // A scratch deque kept across passes: no allocation on this path.
+        let frames = &mut self.fill_scratch;
         while frames.len() < want as usize {
             match self.pool.take() {
                 Some(frame) => frames.push_back(frame),
                 None => break,
             }
         }
-        let given = drain_into(&mut frames, &mut FillRing(&mut self.fill_comp)) as u32;
+        let given = drain_into(frames, &mut FillRing(&mut self.fill_comp)) as u32;
         self.rx_outstanding += given;
-        for frame in frames {
+        for frame in frames.drain(..) {
             self.pool.put(frame);
         }
         if given > 0 && self.fill_comp.needs_wakeup() {
