@@ -1,10 +1,12 @@
 //! `rauta`: the command line. Wiring only; the work is in the crates.
 
+mod admin;
 mod echo_client;
 mod echo_load;
 mod echo_server;
 mod lab;
 mod probe_cmd;
+mod run_cmd;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -42,6 +44,16 @@ enum Command {
     /// Load an echo service: many connections at once, round trips for a
     /// while; reports rps and latency percentiles.
     EchoLoad(EchoLoadArgs),
+    /// Run the gateway: listeners and routes from the Gateway API manifests
+    /// in --config, proxied over the userspace stack (--io xdp) or kernel
+    /// sockets (--io kernel).
+    Run(RunArgs),
+    /// Validate a directory of manifests: errors name file, object and field.
+    CheckConfig {
+        dir: std::path::PathBuf,
+        #[command(flatten)]
+        selection: SelectionArgs,
+    },
     /// An HTTP/1.1 backend answering every request with JSON about it (the
     /// Gateway API conformance echo server's shape).
     Echo {
@@ -153,6 +165,91 @@ struct ProbeArgs {
     /// Seconds between counter reports.
     #[arg(long, default_value_t = 1.0)]
     report_every: f64,
+}
+
+#[derive(clap::Args)]
+struct SelectionArgs {
+    /// Serve Gateways of this GatewayClass.
+    #[arg(long, default_value = "rauta")]
+    gateway_class: String,
+    /// Serve only this Gateway, NAMESPACE/NAME (repeatable; default: all of
+    /// the class).
+    #[arg(long = "gateway")]
+    gateways: Vec<String>,
+}
+
+impl SelectionArgs {
+    fn selection(self) -> rauta_controlplane::Selection {
+        rauta_controlplane::Selection {
+            gateway_class: self.gateway_class,
+            gateways: self.gateways,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum IoArg {
+    /// AF_XDP sockets and the userspace TCP/IP stack.
+    Xdp,
+    /// Kernel sockets (epoll).
+    Kernel,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Transport.
+    #[arg(long, value_enum, default_value = "kernel")]
+    io: IoArg,
+    /// Directory of Gateway, HTTPRoute, Service and EndpointSlice manifests
+    /// (watched: changes apply without a restart).
+    #[arg(long)]
+    config: std::path::PathBuf,
+    #[command(flatten)]
+    selection: SelectionArgs,
+    /// kernel: IP address to listen on (default all); xdp: ADDR/PREFIX the
+    /// userspace stack owns.
+    #[arg(long)]
+    address: Option<String>,
+    /// xdp: interface to run on.
+    #[arg(long)]
+    iface: Option<String>,
+    /// xdp: queues (0..N) to open AF_XDP sockets on.
+    #[arg(long, default_value_t = 1)]
+    queues: u32,
+    /// Worker threads (kernel default 1; xdp default one per queue).
+    #[arg(long)]
+    workers: Option<u32>,
+    /// Admin server address (/metrics, /healthz, /readyz, /config).
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    admin: String,
+    /// Seconds to open a backend connection.
+    #[arg(long, default_value_t = 5.0)]
+    connect_timeout: f64,
+    /// Seconds from a forwarded request to the response head.
+    #[arg(long, default_value_t = 30.0)]
+    response_timeout: f64,
+    /// Seconds an idle client connection (or a slow request head) is kept.
+    #[arg(long, default_value_t = 60.0)]
+    idle_timeout: f64,
+    /// Seconds SIGTERM waits for requests in flight.
+    #[arg(long, default_value_t = 10.0)]
+    drain_timeout: f64,
+    /// Largest request body, bytes.
+    #[arg(long, default_value_t = 64 << 20)]
+    max_body: u64,
+    /// Largest request head, bytes.
+    #[arg(long, default_value_t = 16 * 1024)]
+    max_header_bytes: usize,
+    /// xdp: where the XDP program runs.
+    #[arg(long, value_enum, default_value = "auto")]
+    xdp_mode: XdpModeArg,
+    /// xdp: do not try 2 MiB hugepages for the UMEM.
+    #[arg(long)]
+    no_hugepages: bool,
+}
+
+fn seconds(value: f64) -> Duration {
+    Duration::from_secs_f64(value.clamp(0.001, 86_400.0))
 }
 
 #[derive(clap::Args)]
@@ -292,6 +389,52 @@ fn run(cli: Cli) -> Result<()> {
                 report_every: Duration::from_secs_f64(args.report_every.clamp(0.05, 3600.0)),
             };
             probe_cmd::run(options, !args.no_hugepages)?;
+        }
+        Command::CheckConfig { dir, selection } => {
+            run_cmd::check_config(dir, selection.selection())?;
+        }
+        Command::Run(args) => {
+            let options = run_cmd::RunOptions {
+                config_dir: args.config,
+                selection: args.selection.selection(),
+                admin: match args.admin.as_str() {
+                    "" | "off" => None,
+                    a => Some(a.parse().map_err(|_| {
+                        anyhow::anyhow!("--admin {a:?}: expected ADDR:PORT or off")
+                    })?),
+                },
+                workers: args.workers.unwrap_or(match args.io {
+                    IoArg::Kernel => 1,
+                    IoArg::Xdp => args.queues,
+                }) as usize,
+                settings: rauta_dataplane::proxy::ProxySettings {
+                    limits: rauta_dataplane::http1::Limits {
+                        max_body: args.max_body,
+                        max_head_bytes: args.max_header_bytes.max(1024),
+                        ..Default::default()
+                    },
+                    connect_timeout: seconds(args.connect_timeout),
+                    response_timeout: seconds(args.response_timeout),
+                    client_idle_timeout: seconds(args.idle_timeout),
+                    ..Default::default()
+                },
+                drain_timeout: seconds(args.drain_timeout),
+            };
+            if options.workers == 0 {
+                anyhow::bail!("--workers must be at least 1");
+            }
+            match args.io {
+                IoArg::Kernel => {
+                    let address = match args.address.as_deref() {
+                        None => std::net::IpAddr::from([0, 0, 0, 0]),
+                        Some(a) => a.parse().map_err(|_| {
+                            anyhow::anyhow!("--address {a:?}: expected an IP address")
+                        })?,
+                    };
+                    run_cmd::run_kernel(options, address)?;
+                }
+                IoArg::Xdp => anyhow::bail!("--io xdp: not yet wired"),
+            }
         }
         Command::Echo { listen } => {
             echo_server::run(listen, echo_server::Identity::from_env())?;

@@ -1,5 +1,16 @@
-//! Rauta's control plane: the file and Kubernetes route sources, the
-//! RouteTable compiler, status writing and the admin server.
+//! Rauta's control plane: where routes come from and how they become the
+//! table the workers serve.
 //!
-//! Empty so far: the packet I/O layers come first (see the issue tracker);
-//! the HTTP gateway and Kubernetes issues fill this crate.
+//! - [`manifests`]: Kubernetes YAML from a directory, parsed strictly into
+//!   the `gateway-api` and `k8s-openapi` types.
+//! - [`compile`]: Gateway API attachment and resolution rules, producing the
+//!   immutable [`rauta_dataplane::config::GatewayConfig`].
+//! - [`source`]: the file source: watch the directory, recompile, publish
+//!   atomically, keep the last good configuration on errors.
+
+pub mod compile;
+pub mod manifests;
+pub mod source;
+
+pub use compile::{compile, CompileError, Compiled, Selection};
+pub use manifests::{ManifestError, Manifests};

@@ -7,8 +7,12 @@
 //! table with its precedence rules ([`routes`]). The proxy that joins them
 //! comes with the gateway issue.
 
+pub mod config;
 pub mod http1;
+pub mod kernel;
+pub mod metrics;
 pub mod probe;
+pub mod proxy;
 pub mod routes;
 pub mod worker;
 

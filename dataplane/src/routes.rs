@@ -241,12 +241,21 @@ impl<A> RouteTable<A> {
 
     /// The action of the rule that wins `request`, if any matches.
     pub fn lookup<'t>(&'t self, request: &RequestView<'_>) -> Option<&'t Arc<A>> {
+        self.find(request).map(|hit| hit.action)
+    }
+
+    /// The winning rule: its action and the match that selected it (path
+    /// rewrites of a prefix need to know which prefix matched).
+    pub fn find<'t>(&'t self, request: &RequestView<'_>) -> Option<Hit<'t, A>> {
         let host = host_without_port(request.host).to_ascii_lowercase();
-        let first = |entries: &'t [Entry<A>]| -> Option<&'t Arc<A>> {
+        let first = |entries: &'t [Entry<A>]| -> Option<Hit<'t, A>> {
             entries
                 .iter()
                 .find(|e| e.matcher.matches(request))
-                .map(|e| &e.action)
+                .map(|e| Hit {
+                    matched: &e.matcher,
+                    action: &e.action,
+                })
         };
         if let Some(found) = self.exact.get(&host).and_then(|e| first(e)) {
             return Some(found);
@@ -262,9 +271,29 @@ impl<A> RouteTable<A> {
         }
         first(&self.any)
     }
+
+    /// Rules in the table (one per match).
+    pub fn len(&self) -> usize {
+        self.exact.values().map(Vec::len).sum::<usize>()
+            + self.wildcards.iter().map(|(_, e)| e.len()).sum::<usize>()
+            + self.any.len()
+    }
+
+    /// Whether no rule is in the table.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
-fn host_without_port(host: &str) -> &str {
+/// A lookup's result.
+pub struct Hit<'t, A> {
+    /// The match that selected the rule.
+    pub matched: &'t RouteMatch,
+    pub action: &'t Arc<A>,
+}
+
+/// The host part of a Host header value (port and IPv6 brackets removed).
+pub fn host_without_port(host: &str) -> &str {
     if host.starts_with('[') {
         return host.split_once(']').map_or(host, |(h, _)| &h[1..]);
     }

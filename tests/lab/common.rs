@@ -161,7 +161,7 @@ pub struct Process {
 }
 
 impl Process {
-    fn spawn(command: &mut Command) -> Self {
+    pub fn spawn(command: &mut Command) -> Self {
         let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -189,6 +189,11 @@ impl Process {
             });
         }
         Self { child, lines }
+    }
+
+    /// Whether the process has exited.
+    pub fn try_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
     pub fn pid(&self) -> u32 {

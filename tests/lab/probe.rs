@@ -1,9 +1,7 @@
 //! Lab tests of `rauta probe` (root): real veths, a real XDP program, real
 //! AF_XDP sockets, the kernel's own ping and TCP stack as the peer.
 
-mod common;
-
-use common::{field, serial, Lab, GATEWAY, GATEWAY_NODE, RAUTA};
+use crate::common::{field, serial, Lab, GATEWAY, GATEWAY_NODE, RAUTA};
 use std::time::Duration;
 
 /// What `rauta echo-client` sends, from the client namespace.

@@ -1,0 +1,942 @@
+//! Gateway API objects in, the workers' [`GatewayConfig`] out.
+//!
+//! The compiler follows the specification's attachment rules: a route
+//! attaches to the listeners its `parentRefs` name (section name, port), that
+//! allow its namespace and kind, and whose hostname intersects its own;
+//! backend references resolve through Services and EndpointSlices, across
+//! namespaces only with a ReferenceGrant. What a user got wrong in a field
+//! (a bad regular expression, a relative path) is an error that rejects the
+//! whole set; what the specification answers at request time (a missing
+//! Service: 500; an unsupported filter: 500) becomes part of the table and a
+//! warning.
+
+use crate::manifests::{Manifests, Origin, Sourced};
+use gateway_api::gateways::{
+    Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom as From,
+};
+use gateway_api::httproutes::{
+    HttpRoute, HttpRouteRules, HttpRouteRulesBackendRefs, HttpRouteRulesFilters,
+    HttpRouteRulesFiltersRequestRedirectScheme as Scheme, HttpRouteRulesFiltersType as FilterType,
+    HttpRouteRulesMatches, HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesPathType,
+    HttpRouteRulesMatchesQueryParamsType,
+};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use rauta_dataplane::config::{
+    hostname_matches, Backend, Backends, GatewayConfig, HeaderModifier, Listener, PathModifier,
+    PortListeners, Redirect, RuleAction, UrlRewrite,
+};
+use rauta_dataplane::routes::{PathMatch, Route, RouteMatch, RouteTable, ValueMatch};
+use regex::Regex;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use thiserror::Error;
+
+const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+
+/// Which Gateways this instance serves.
+#[derive(Clone, Debug)]
+pub struct Selection {
+    /// `spec.gatewayClassName` of the Gateways to serve.
+    pub gateway_class: String,
+    /// `namespace/name` of the Gateways to serve; empty: all of the class.
+    pub gateways: Vec<String>,
+}
+
+impl Default for Selection {
+    fn default() -> Self {
+        Self {
+            gateway_class: "rauta".into(),
+            gateways: Vec::new(),
+        }
+    }
+}
+
+/// A field a user must fix; the set is rejected.
+#[derive(Debug, Error)]
+#[error("{origin}: {object}: field `{field}`: {message}")]
+pub struct CompileError {
+    pub origin: Origin,
+    pub object: String,
+    pub field: String,
+    pub message: String,
+}
+
+/// A compiled configuration and what the compiler noticed.
+pub struct Compiled {
+    pub config: GatewayConfig,
+    /// Problems the specification answers at request time, and objects
+    /// that attach nowhere.
+    pub warnings: Vec<String>,
+    /// Listeners served, `namespace/gateway/listener`, and their ports.
+    pub listeners: Vec<(String, u16)>,
+    /// The configuration as JSON, for the admin server's `/config`.
+    pub summary: serde_json::Value,
+}
+
+/// Compile `manifests` for the Gateways `selection` picks.
+pub fn compile(manifests: &Manifests, selection: &Selection) -> Result<Compiled, CompileError> {
+    let world = World::new(manifests);
+    let mut warnings = Vec::new();
+
+    // Validate every route's rules, attached or not: a typo in a route that
+    // attaches nowhere yet is still a typo.
+    for route in &manifests.routes {
+        for (index, rule) in rules_of(&route.object).iter().enumerate() {
+            compile_rule(&world, route, index, rule, &mut Vec::new())?;
+        }
+    }
+
+    let mut listeners: Vec<ListenerSpec<'_>> = Vec::new();
+    for gateway in &manifests.gateways {
+        let g = &gateway.object;
+        let id = object_id(&g.metadata);
+        if g.spec.gateway_class_name != selection.gateway_class
+            || (!selection.gateways.is_empty() && !selection.gateways.contains(&id))
+        {
+            continue;
+        }
+        for (index, listener) in g.spec.listeners.iter().enumerate() {
+            if !listener.protocol.eq_ignore_ascii_case("HTTP") {
+                warnings.push(format!(
+                    "Gateway {id}: listener {} ({}) not served: only HTTP listeners are supported",
+                    listener.name, listener.protocol
+                ));
+                continue;
+            }
+            let port = u16::try_from(listener.port)
+                .ok()
+                .filter(|&p| p != 0)
+                .ok_or_else(|| CompileError {
+                    origin: gateway.origin.clone(),
+                    object: format!("Gateway {id}"),
+                    field: format!("spec.listeners[{index}].port"),
+                    message: format!("{} is not a port", listener.port),
+                })?;
+            listeners.push(ListenerSpec {
+                gateway,
+                listener,
+                port,
+                routes: Vec::new(),
+                described: Vec::new(),
+            });
+        }
+    }
+
+    for route in &manifests.routes {
+        let r = &route.object;
+        let route_ns = namespace_of(&r.metadata);
+        let route_id = object_id(&r.metadata);
+        let mut attached = 0;
+        for parent in r.spec.parent_refs.iter().flatten() {
+            if parent.group.as_deref().unwrap_or(GATEWAY_GROUP) != GATEWAY_GROUP
+                || parent.kind.as_deref().unwrap_or("Gateway") != "Gateway"
+            {
+                continue;
+            }
+            let parent_ns = parent.namespace.as_deref().unwrap_or(route_ns);
+            for spec in listeners.iter_mut() {
+                let g = &spec.gateway.object.metadata;
+                if g.name.as_deref() != Some(parent.name.as_str())
+                    || namespace_of(g) != parent_ns
+                    || parent
+                        .section_name
+                        .as_ref()
+                        .is_some_and(|s| *s != spec.listener.name)
+                    || parent.port.is_some_and(|p| p != spec.port as i32)
+                    || !world.allows(spec, route_ns)
+                {
+                    continue;
+                }
+                let Some(hostnames) = intersect(
+                    spec.listener.hostname.as_deref(),
+                    r.spec.hostnames.as_deref(),
+                ) else {
+                    continue;
+                };
+                let mut rules = Vec::new();
+                for (index, rule) in rules_of(r).iter().enumerate() {
+                    rules.push(compile_rule(&world, route, index, rule, &mut warnings)?);
+                }
+                spec.described
+                    .push(describe_route(&route_id, &hostnames, &rules));
+                spec.routes.push(Route {
+                    name: route_id.clone(),
+                    created: r
+                        .metadata
+                        .creation_timestamp
+                        .as_ref()
+                        .map_or(0, |t| t.0.as_second()),
+                    hostnames,
+                    rules,
+                });
+                attached += 1;
+            }
+        }
+        if attached == 0 {
+            warnings.push(format!(
+                "HTTPRoute {route_id} ({}): attaches to no served listener",
+                route.origin
+            ));
+        }
+    }
+
+    let mut ports: BTreeMap<u16, Vec<Listener>> = BTreeMap::new();
+    let mut served = Vec::new();
+    let mut described = Vec::new();
+    for spec in listeners {
+        let name = format!(
+            "{}/{}",
+            object_id(&spec.gateway.object.metadata),
+            spec.listener.name
+        );
+        served.push((name.clone(), spec.port));
+        described.push(serde_json::json!({
+            "name": name,
+            "port": spec.port,
+            "hostname": spec.listener.hostname,
+            "routes": spec.described,
+        }));
+        ports.entry(spec.port).or_default().push(Listener {
+            name,
+            hostname: spec.listener.hostname.clone(),
+            routes: RouteTable::new(spec.routes),
+        });
+    }
+    let config = GatewayConfig {
+        ports: ports
+            .into_iter()
+            .map(|(port, l)| (port, PortListeners::new(l)))
+            .collect(),
+    };
+    let summary = serde_json::json!({ "listeners": described, "warnings": warnings });
+    Ok(Compiled {
+        config,
+        warnings,
+        listeners: served,
+        summary,
+    })
+}
+
+/// A route as attached to one listener, for `/config`.
+fn describe_route(
+    name: &str,
+    hostnames: &[String],
+    rules: &[(Vec<RouteMatch>, RuleAction)],
+) -> serde_json::Value {
+    let rules: Vec<serde_json::Value> = rules
+        .iter()
+        .map(|(matches, action)| {
+            let matches: Vec<String> = matches.iter().map(|m| format!("{:?}", m.path)).collect();
+            let backends: Vec<serde_json::Value> = action
+                .backends
+                .backends
+                .iter()
+                .map(|b| {
+                    serde_json::json!({
+                        "name": b.name,
+                        "weight": b.weight,
+                        "endpoints": b.endpoints.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+                        "invalid": b.invalid,
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "matches": matches,
+                "backends": backends,
+                "redirect": action.redirect.as_ref().map(|r| r.status),
+                "invalid": action.invalid,
+            })
+        })
+        .collect();
+    serde_json::json!({ "name": name, "hostnames": hostnames, "rules": rules })
+}
+
+struct ListenerSpec<'m> {
+    gateway: &'m Sourced<Gateway>,
+    listener: &'m GatewayListeners,
+    port: u16,
+    routes: Vec<Route<RuleAction>>,
+    /// What attached, for the summary.
+    described: Vec<serde_json::Value>,
+}
+
+/// Lookups over everything loaded.
+struct World<'m> {
+    namespace_labels: HashMap<&'m str, &'m BTreeMap<String, String>>,
+    services: HashMap<(&'m str, &'m str), &'m Service>,
+    /// EndpointSlices by (namespace, service name).
+    slices: HashMap<(&'m str, &'m str), Vec<&'m k8s_openapi::api::discovery::v1::EndpointSlice>>,
+    manifests: &'m Manifests,
+}
+
+impl<'m> World<'m> {
+    fn new(manifests: &'m Manifests) -> Self {
+        let mut namespace_labels = HashMap::new();
+        for ns in &manifests.namespaces {
+            if let (Some(name), Some(labels)) = (
+                ns.object.metadata.name.as_deref(),
+                ns.object.metadata.labels.as_ref(),
+            ) {
+                namespace_labels.insert(name, labels);
+            }
+        }
+        let mut services = HashMap::new();
+        for s in &manifests.services {
+            let meta = &s.object.metadata;
+            services.insert(
+                (namespace_of(meta), meta.name.as_deref().unwrap_or_default()),
+                &s.object,
+            );
+        }
+        let mut slices: HashMap<_, Vec<_>> = HashMap::new();
+        for s in &manifests.endpoint_slices {
+            let meta = &s.object.metadata;
+            if let Some(service) = meta
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("kubernetes.io/service-name"))
+            {
+                slices
+                    .entry((namespace_of(meta), service.as_str()))
+                    .or_default()
+                    .push(&s.object);
+            }
+        }
+        Self {
+            namespace_labels,
+            services,
+            slices,
+            manifests,
+        }
+    }
+
+    /// Whether a listener admits HTTPRoutes from `route_ns`.
+    fn allows(&self, spec: &ListenerSpec<'_>, route_ns: &str) -> bool {
+        let allowed = spec.listener.allowed_routes.as_ref();
+        let kinds_ok = allowed.and_then(|a| a.kinds.as_ref()).is_none_or(|kinds| {
+            kinds.iter().any(|k| {
+                k.kind == "HTTPRoute"
+                    && k.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
+            })
+        });
+        let namespaces = allowed.and_then(|a| a.namespaces.as_ref());
+        let gateway_ns = namespace_of(&spec.gateway.object.metadata);
+        let ns_ok = match namespaces.and_then(|n| n.from.as_ref()) {
+            None | Some(From::Same) => route_ns == gateway_ns,
+            Some(From::All) => true,
+            Some(From::Selector) => {
+                let empty = BTreeMap::new();
+                let labels = self
+                    .namespace_labels
+                    .get(route_ns)
+                    .copied()
+                    .unwrap_or(&empty);
+                namespaces
+                    .and_then(|n| n.selector.as_ref())
+                    .is_some_and(|selector| {
+                        selector
+                            .match_labels
+                            .iter()
+                            .flatten()
+                            .all(|(k, v)| labels.get(k) == Some(v))
+                            && selector.match_expressions.iter().flatten().all(|e| {
+                                let values = e.values.as_deref().unwrap_or_default();
+                                let value = labels.get(&e.key);
+                                match e.operator.as_str() {
+                                    "In" => value.is_some_and(|v| values.contains(v)),
+                                    "NotIn" => value.is_none_or(|v| !values.contains(v)),
+                                    "Exists" => value.is_some(),
+                                    "DoesNotExist" => value.is_none(),
+                                    _ => false,
+                                }
+                            })
+                    })
+            }
+        };
+        kinds_ok && ns_ok
+    }
+
+    /// Whether a ReferenceGrant in `to_ns` lets HTTPRoutes of `from_ns`
+    /// refer to Service `name`.
+    fn grants(&self, from_ns: &str, to_ns: &str, name: &str) -> bool {
+        self.manifests.grants.iter().any(|g| {
+            namespace_of(&g.object.metadata) == to_ns
+                && g.object.spec.from.iter().any(|f| {
+                    f.group == GATEWAY_GROUP && f.kind == "HTTPRoute" && f.namespace == from_ns
+                })
+                && g.object.spec.to.iter().any(|t| {
+                    t.group.is_empty()
+                        && t.kind == "Service"
+                        && t.name.as_deref().is_none_or(|n| n == name)
+                })
+        })
+    }
+
+    /// Resolve a backendRef: ready endpoints, or why it cannot be used.
+    fn resolve(
+        &self,
+        route_ns: &str,
+        backend: &HttpRouteRulesBackendRefs,
+    ) -> Result<Vec<SocketAddr>, String> {
+        let group = backend.group.as_deref().unwrap_or("");
+        let kind = backend.kind.as_deref().unwrap_or("Service");
+        if !group.is_empty() || kind != "Service" {
+            return Err(format!("unsupported backend kind {group}/{kind}"));
+        }
+        let ns = backend.namespace.as_deref().unwrap_or(route_ns);
+        if ns != route_ns && !self.grants(route_ns, ns, &backend.name) {
+            return Err(format!(
+                "Service {ns}/{} in another namespace without a ReferenceGrant",
+                backend.name
+            ));
+        }
+        let service = self
+            .services
+            .get(&(ns, backend.name.as_str()))
+            .ok_or_else(|| format!("Service {ns}/{} not found", backend.name))?;
+        let port = backend
+            .port
+            .ok_or_else(|| format!("backendRef to Service {ns}/{} has no port", backend.name))?;
+        let service_port = service
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.as_ref())
+            .and_then(|ports| ports.iter().find(|p| p.port == port))
+            .ok_or_else(|| format!("Service {ns}/{} has no port {port}", backend.name))?;
+        let mut endpoints = Vec::new();
+        for slice in self
+            .slices
+            .get(&(ns, backend.name.as_str()))
+            .into_iter()
+            .flatten()
+        {
+            // The slice's port of the same name carries the target port.
+            let slice_port = slice.ports.iter().flatten().find(|p| {
+                p.name.as_deref().unwrap_or("") == service_port.name.as_deref().unwrap_or("")
+            });
+            let target = match (slice_port.and_then(|p| p.port), &service_port.target_port) {
+                (Some(p), _) => p,
+                (None, Some(IntOrString::Int(p))) => *p,
+                (None, _) => service_port.port,
+            };
+            let Ok(target) = u16::try_from(target) else {
+                continue;
+            };
+            for endpoint in &slice.endpoints {
+                if endpoint.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                    continue;
+                }
+                endpoints.extend(
+                    endpoint
+                        .addresses
+                        .iter()
+                        .filter_map(|a| a.parse::<IpAddr>().ok())
+                        .map(|ip| SocketAddr::new(ip, target)),
+                );
+            }
+        }
+        Ok(endpoints)
+    }
+}
+
+fn namespace_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> &str {
+    meta.namespace.as_deref().unwrap_or("default")
+}
+
+fn object_id(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    format!(
+        "{}/{}",
+        namespace_of(meta),
+        meta.name.as_deref().unwrap_or_default()
+    )
+}
+
+fn rules_of(route: &HttpRoute) -> Vec<HttpRouteRules> {
+    match &route.spec.rules {
+        Some(rules) if !rules.is_empty() => rules.clone(),
+        // No rules: one rule with the default match and no backends.
+        _ => vec![HttpRouteRules::default()],
+    }
+}
+
+/// The hostnames a route serves on a listener (Gateway API hostname
+/// intersection); `None`: they do not intersect, the route does not attach.
+fn intersect(listener: Option<&str>, route: Option<&[String]>) -> Option<Vec<String>> {
+    let route: Vec<String> = route
+        .unwrap_or_default()
+        .iter()
+        .map(|h| h.to_ascii_lowercase())
+        .collect();
+    let Some(listener) = listener.map(str::to_ascii_lowercase) else {
+        return Some(route);
+    };
+    if route.is_empty() {
+        return Some(vec![listener]);
+    }
+    let both: Vec<String> = route
+        .iter()
+        .filter_map(|h| {
+            if hostname_matches(&listener, h) || *h == listener {
+                Some(h.clone())
+            } else if h.starts_with('*') && hostname_matches(h, &listener) {
+                // The route's wildcard covers the listener's name: the
+                // listener's (narrower) name is what is served.
+                Some(listener.clone())
+            } else {
+                None
+            }
+        })
+        .collect();
+    (!both.is_empty()).then_some(both)
+}
+
+fn field_error(route: &Sourced<HttpRoute>, field: String, message: String) -> CompileError {
+    CompileError {
+        origin: route.origin.clone(),
+        object: format!("HTTPRoute {}", object_id(&route.object.metadata)),
+        field,
+        message,
+    }
+}
+
+fn regex(route: &Sourced<HttpRoute>, field: String, pattern: &str) -> Result<Regex, CompileError> {
+    Regex::new(pattern)
+        .map_err(|e| field_error(route, field, format!("invalid regular expression: {e}")))
+}
+
+fn compile_matches(
+    route: &Sourced<HttpRoute>,
+    at: &str,
+    matches: &[HttpRouteRulesMatches],
+) -> Result<Vec<RouteMatch>, CompileError> {
+    let mut out = Vec::new();
+    for (index, m) in matches.iter().enumerate() {
+        let at = format!("{at}.matches[{index}]");
+        let path = match &m.path {
+            None => PathMatch::Prefix("/".into()),
+            Some(p) => {
+                let value = p.value.clone().unwrap_or_else(|| "/".into());
+                match p
+                    .r#type
+                    .as_ref()
+                    .unwrap_or(&HttpRouteRulesMatchesPathType::PathPrefix)
+                {
+                    HttpRouteRulesMatchesPathType::RegularExpression => {
+                        PathMatch::RegularExpression(regex(
+                            route,
+                            format!("{at}.path.value"),
+                            &value,
+                        )?)
+                    }
+                    kind => {
+                        if !value.starts_with('/') {
+                            return Err(field_error(
+                                route,
+                                format!("{at}.path.value"),
+                                format!("{value:?} must start with '/'"),
+                            ));
+                        }
+                        if *kind == HttpRouteRulesMatchesPathType::Exact {
+                            PathMatch::Exact(value)
+                        } else {
+                            PathMatch::Prefix(value)
+                        }
+                    }
+                }
+            }
+        };
+        let mut headers = Vec::new();
+        for (i, h) in m.headers.iter().flatten().enumerate() {
+            let value = match h.r#type.as_ref() {
+                Some(HttpRouteRulesMatchesHeadersType::RegularExpression) => {
+                    ValueMatch::RegularExpression(regex(
+                        route,
+                        format!("{at}.headers[{i}].value"),
+                        &h.value,
+                    )?)
+                }
+                _ => ValueMatch::Exact(h.value.clone()),
+            };
+            headers.push((h.name.to_ascii_lowercase(), value));
+        }
+        let mut query = Vec::new();
+        for (i, q) in m.query_params.iter().flatten().enumerate() {
+            let value = match q.r#type.as_ref() {
+                Some(HttpRouteRulesMatchesQueryParamsType::RegularExpression) => {
+                    ValueMatch::RegularExpression(regex(
+                        route,
+                        format!("{at}.queryParams[{i}].value"),
+                        &q.value,
+                    )?)
+                }
+                _ => ValueMatch::Exact(q.value.clone()),
+            };
+            query.push((q.name.clone(), value));
+        }
+        let method = m.method.as_ref().map(|m| {
+            serde_json::to_value(m)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default()
+        });
+        out.push(RouteMatch {
+            path,
+            headers,
+            query,
+            method,
+        });
+    }
+    Ok(out)
+}
+
+/// Name/value pairs of a header modifier's `set` or `add`, as the schema
+/// spells them per filter type.
+macro_rules! modifier {
+    ($m:expr) => {{
+        let m = $m;
+        HeaderModifier {
+            set: m
+                .set
+                .iter()
+                .flatten()
+                .map(|h| (h.name.clone(), h.value.clone()))
+                .collect(),
+            add: m
+                .add
+                .iter()
+                .flatten()
+                .map(|h| (h.name.clone(), h.value.clone()))
+                .collect(),
+            remove: m.remove.iter().flatten().cloned().collect(),
+        }
+    }};
+}
+
+fn path_modifier(
+    full: Option<&String>,
+    prefix: Option<&String>,
+    is_full: bool,
+) -> Option<PathModifier> {
+    if is_full {
+        full.map(|p| PathModifier::ReplaceFullPath(p.clone()))
+    } else {
+        prefix.map(|p| PathModifier::ReplacePrefixMatch(p.clone()))
+    }
+}
+
+fn compile_filters(
+    route: &Sourced<HttpRoute>,
+    at: &str,
+    filters: &[HttpRouteRulesFilters],
+    action: &mut RuleAction,
+) -> Result<(), CompileError> {
+    for (index, filter) in filters.iter().enumerate() {
+        let at = format!("{at}.filters[{index}]");
+        let missing = || field_error(route, at.clone(), "filter type without its settings".into());
+        match filter.r#type {
+            FilterType::RequestHeaderModifier => {
+                action.request_headers = modifier!(filter
+                    .request_header_modifier
+                    .as_ref()
+                    .ok_or_else(missing)?)
+            }
+            FilterType::ResponseHeaderModifier => {
+                action.response_headers = modifier!(filter
+                    .response_header_modifier
+                    .as_ref()
+                    .ok_or_else(missing)?)
+            }
+            FilterType::RequestRedirect => {
+                let r = filter.request_redirect.as_ref().ok_or_else(missing)?;
+                let status = match r.status_code {
+                    None => 302,
+                    Some(code @ (301 | 302 | 303 | 307 | 308)) => code as u16,
+                    Some(code) => {
+                        return Err(field_error(
+                            route,
+                            format!("{at}.requestRedirect.statusCode"),
+                            format!("{code} is not a redirect status"),
+                        ))
+                    }
+                };
+                let port = match r.port {
+                    None => None,
+                    Some(p) => {
+                        Some(u16::try_from(p).ok().filter(|&p| p != 0).ok_or_else(|| {
+                            field_error(
+                                route,
+                                format!("{at}.requestRedirect.port"),
+                                format!("{p} is not a port"),
+                            )
+                        })?)
+                    }
+                };
+                action.redirect = Some(Redirect {
+                    scheme: r.scheme.as_ref().map(|s| match s {
+                        Scheme::Http => "http".to_owned(),
+                        Scheme::Https => "https".to_owned(),
+                    }),
+                    hostname: r.hostname.clone(),
+                    path: r.path.as_ref().and_then(|p| {
+                        path_modifier(
+                            p.replace_full_path.as_ref(),
+                            p.replace_prefix_match.as_ref(),
+                            p.r#type == gateway_api::httproutes::HttpRouteRulesFiltersRequestRedirectPathType::ReplaceFullPath,
+                        )
+                    }),
+                    port,
+                    status,
+                });
+            }
+            FilterType::UrlRewrite => {
+                let r = filter.url_rewrite.as_ref().ok_or_else(missing)?;
+                action.rewrite = Some(UrlRewrite {
+                    hostname: r.hostname.clone(),
+                    path: r.path.as_ref().and_then(|p| {
+                        path_modifier(
+                            p.replace_full_path.as_ref(),
+                            p.replace_prefix_match.as_ref(),
+                            p.r#type == gateway_api::httproutes::HttpRouteRulesFiltersUrlRewritePathType::ReplaceFullPath,
+                        )
+                    }),
+                });
+            }
+            FilterType::RequestMirror | FilterType::ExtensionRef | FilterType::Cors => {
+                let kind = serde_json::to_value(&filter.r#type)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                action.invalid = Some(format!("filter {kind} is not supported"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn compile_rule(
+    world: &World<'_>,
+    route: &Sourced<HttpRoute>,
+    index: usize,
+    rule: &HttpRouteRules,
+    warnings: &mut Vec<String>,
+) -> Result<(Vec<RouteMatch>, RuleAction), CompileError> {
+    let at = format!("spec.rules[{index}]");
+    let route_id = object_id(&route.object.metadata);
+    let route_ns = namespace_of(&route.object.metadata);
+    let matches = compile_matches(route, &at, rule.matches.as_deref().unwrap_or_default())?;
+    let mut action = RuleAction {
+        route: route_id.clone(),
+        ..RuleAction::default()
+    };
+    compile_filters(
+        route,
+        &at,
+        rule.filters.as_deref().unwrap_or_default(),
+        &mut action,
+    )?;
+    let mut backends = Vec::new();
+    for (i, backend_ref) in rule.backend_refs.iter().flatten().enumerate() {
+        let weight = backend_ref.weight.unwrap_or(1);
+        let weight = u32::try_from(weight).map_err(|_| {
+            field_error(
+                route,
+                format!("{at}.backendRefs[{i}].weight"),
+                format!("{weight} is negative"),
+            )
+        })?;
+        let name = format!(
+            "{}/{}:{}",
+            backend_ref.namespace.as_deref().unwrap_or(route_ns),
+            backend_ref.name,
+            backend_ref.port.unwrap_or_default()
+        );
+        let mut backend = match world.resolve(route_ns, backend_ref) {
+            Ok(endpoints) => Backend::new(name, weight, endpoints),
+            Err(why) => {
+                warnings.push(format!("HTTPRoute {route_id} {at}.backendRefs[{i}]: {why}"));
+                let mut b = Backend::new(name, weight, Vec::new());
+                b.invalid = Some(why);
+                b
+            }
+        };
+        for filter in backend_ref.filters.iter().flatten() {
+            if let Some(m) = &filter.request_header_modifier {
+                backend.request_headers = modifier!(m);
+            }
+            if let Some(m) = &filter.response_header_modifier {
+                backend.response_headers = modifier!(m);
+            }
+        }
+        backends.push(backend);
+    }
+    if let Some(why) = &action.invalid {
+        warnings.push(format!(
+            "HTTPRoute {route_id} {at}: {why}; requests get 500"
+        ));
+    }
+    action.backends = Backends::new(backends);
+    Ok((matches, action))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    const BASE: &str = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: infra, labels: {team: infra}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: infra}
+spec:
+  gatewayClassName: rauta
+  listeners:
+  - {name: http, port: 80, protocol: HTTP}
+  - {name: foo, port: 80, protocol: HTTP, hostname: '*.foo.com'}
+  - {name: tls, port: 443, protocol: HTTPS}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: infra}
+spec:
+  ports: [{name: http, port: 8080, targetPort: 3000}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: infra, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 3000}]
+endpoints:
+- addresses: [198.18.0.20]
+- addresses: [198.18.0.21]
+  conditions: {ready: false}
+";
+
+    fn compiled(extra: &str) -> Result<Compiled, String> {
+        let mut m = Manifests::default();
+        m.add_text(Path::new("base.yaml"), BASE)
+            .map_err(|e| e.to_string())?;
+        m.add_text(Path::new("route.yaml"), extra)
+            .map_err(|e| e.to_string())?;
+        compile(&m, &Selection::default()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn attaches_resolves_endpoints_and_intersects_hostnames() {
+        let c = compiled(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: infra}
+spec:
+  parentRefs: [{name: gw}]
+  hostnames: ['*.foo.com', bar.com]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /app}}]
+    backendRefs: [{name: web, port: 8080}]
+",
+        )
+        .unwrap();
+        assert_eq!(c.listeners.len(), 2, "the HTTPS listener is not served");
+        let port = &c.config.ports[&80];
+        // The `*.foo.com` listener gets the route for its own hostname only;
+        // the unnamed listener gets both.
+        let foo = port.select("a.foo.com").unwrap();
+        assert_eq!(foo.name, "infra/gw/foo");
+        let view = |host| rauta_dataplane::routes::RequestView {
+            host,
+            method: "GET",
+            path: "/app/x",
+            query: &[],
+            headers: &[],
+        };
+        let action = foo.routes.lookup(&view("a.foo.com")).unwrap();
+        let backend = action.backends.pick().unwrap();
+        assert_eq!(backend.endpoints, vec!["198.18.0.20:3000".parse().unwrap()]);
+        let any = port.select("bar.com").unwrap();
+        assert!(any.routes.lookup(&view("bar.com")).is_some());
+        assert!(any.routes.lookup(&view("baz.com")).is_none());
+    }
+
+    #[test]
+    fn missing_service_and_foreign_namespace_are_request_time_errors() {
+        let c = compiled(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: infra}
+spec:
+  parentRefs: [{name: gw, sectionName: http}]
+  rules:
+  - backendRefs: [{name: nope, port: 8080}, {name: web, namespace: other, port: 8080}]
+",
+        )
+        .unwrap();
+        assert!(c.warnings[0].contains("listener tls (HTTPS) not served"));
+        let c = &c.warnings[1..];
+        assert_eq!(c.len(), 2, "{c:?}");
+        assert!(c[0].contains("Service infra/nope not found"));
+        assert!(c[1].contains("without a ReferenceGrant"));
+    }
+
+    #[test]
+    fn bad_fields_reject_the_set_with_their_path() {
+        let err = compiled(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: infra}
+spec:
+  rules:
+  - matches: [{path: {type: RegularExpression, value: '/(unclosed'}}]
+",
+        )
+        .err()
+        .unwrap();
+        assert!(
+            err.starts_with("route.yaml:1 (document 1): HTTPRoute infra/r: field `spec.rules[0].matches[0].path.value`: invalid regular expression"),
+            "{err}"
+        );
+        let err = compiled(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: infra}
+spec:
+  rules:
+  - matches: [{path: {type: Exact, value: relative}}]
+",
+        )
+        .err()
+        .unwrap();
+        assert!(
+            err.contains("`spec.rules[0].matches[0].path.value`: \"relative\" must start with '/'"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn hostname_intersection() {
+        let i = |l: Option<&str>, r: &[&str]| {
+            intersect(
+                l,
+                Some(&r.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
+            )
+        };
+        assert_eq!(i(None, &["a.com"]), Some(vec!["a.com".into()]));
+        assert_eq!(i(Some("a.com"), &[]), Some(vec!["a.com".into()]));
+        assert_eq!(
+            i(Some("*.a.com"), &["x.a.com", "b.com"]),
+            Some(vec!["x.a.com".into()])
+        );
+        assert_eq!(
+            i(Some("x.a.com"), &["*.a.com"]),
+            Some(vec!["x.a.com".into()])
+        );
+        assert_eq!(
+            i(Some("*.a.com"), &["*.a.com"]),
+            Some(vec!["*.a.com".into()])
+        );
+        assert_eq!(i(Some("a.com"), &["b.com"]), None);
+    }
+}

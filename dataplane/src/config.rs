@@ -1,0 +1,369 @@
+//! What the workers serve: the compiled, immutable gateway configuration.
+//!
+//! The control plane builds a [`GatewayConfig`] from Gateway API objects and
+//! publishes it whole; workers load the current one per request and never
+//! see a half-applied change. Nothing here knows Kubernetes types: filters
+//! and backends are already resolved to what the proxy does with them.
+
+use crate::routes::{host_without_port, RouteTable};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Every listener the gateway serves, by port.
+#[derive(Default)]
+pub struct GatewayConfig {
+    pub ports: BTreeMap<u16, PortListeners>,
+}
+
+impl GatewayConfig {
+    /// The listener a request on `port` for `host` belongs to.
+    pub fn listener(&self, port: u16, host: &str) -> Option<&Listener> {
+        self.ports.get(&port)?.select(host)
+    }
+
+    /// Total rules over all listeners (for reports).
+    pub fn rule_count(&self) -> usize {
+        self.ports
+            .values()
+            .flat_map(|p| &p.listeners)
+            .map(|l| l.routes.len())
+            .sum()
+    }
+}
+
+/// The listeners sharing one port, told apart by hostname.
+#[derive(Default)]
+pub struct PortListeners {
+    /// Most specific first: exact hostnames, wildcards longest first, then
+    /// the listener without a hostname.
+    listeners: Vec<Listener>,
+}
+
+impl PortListeners {
+    pub fn new(mut listeners: Vec<Listener>) -> Self {
+        listeners.sort_by_key(|l| match &l.hostname {
+            Some(h) if !h.starts_with('*') => (0, std::cmp::Reverse(h.len())),
+            Some(h) => (1, std::cmp::Reverse(h.len())),
+            None => (2, std::cmp::Reverse(0)),
+        });
+        Self { listeners }
+    }
+
+    /// The most specific listener whose hostname matches `host`: a request
+    /// for a hostname that a more specific listener claims never reaches the
+    /// routes of a broader one (Gateway API listener isolation).
+    pub fn select(&self, host: &str) -> Option<&Listener> {
+        let host = host_without_port(host).to_ascii_lowercase();
+        self.listeners.iter().find(|l| match &l.hostname {
+            None => true,
+            Some(h) => hostname_matches(h, &host),
+        })
+    }
+
+    pub fn listeners(&self) -> &[Listener] {
+        &self.listeners
+    }
+}
+
+/// Whether `pattern` (a hostname, or `*.` and a suffix) matches `host`.
+pub fn hostname_matches(pattern: &str, host: &str) -> bool {
+    match pattern.strip_prefix('*') {
+        Some(suffix) => host.len() > suffix.len() && host.ends_with(suffix),
+        None => pattern.eq_ignore_ascii_case(host),
+    }
+}
+
+/// One Gateway listener and the routes attached to it.
+pub struct Listener {
+    /// `namespace/gateway/listener`.
+    pub name: String,
+    pub hostname: Option<String>,
+    pub routes: RouteTable<RuleAction>,
+}
+
+/// What a matching rule does.
+#[derive(Debug, Default)]
+pub struct RuleAction {
+    /// The route, `namespace/name`, for metrics and logs.
+    pub route: String,
+    /// RequestHeaderModifier of the rule.
+    pub request_headers: HeaderModifier,
+    /// ResponseHeaderModifier of the rule.
+    pub response_headers: HeaderModifier,
+    pub rewrite: Option<UrlRewrite>,
+    /// A RequestRedirect answers the request itself.
+    pub redirect: Option<Redirect>,
+    pub backends: Backends,
+    /// Why the rule cannot be served (a filter we do not support): every
+    /// request it matches gets 500.
+    pub invalid: Option<String>,
+}
+
+/// Header changes: set replaces, add appends, remove deletes (names
+/// case-insensitive).
+#[derive(Clone, Debug, Default)]
+pub struct HeaderModifier {
+    pub set: Vec<(String, String)>,
+    pub add: Vec<(String, String)>,
+    pub remove: Vec<String>,
+}
+
+impl HeaderModifier {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+
+    /// Apply to `headers` (name, value) in place.
+    pub fn apply(&self, headers: &mut Vec<(String, Vec<u8>)>) {
+        for name in &self.remove {
+            headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        }
+        for (name, value) in &self.set {
+            headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+            headers.push((name.clone(), value.as_bytes().to_vec()));
+        }
+        for (name, value) in &self.add {
+            match headers
+                .iter_mut()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            {
+                // Appending to the existing field keeps one field per name,
+                // which is what backends comparing "a,b" expect.
+                Some((_, existing)) => {
+                    existing.push(b',');
+                    existing.extend_from_slice(value.as_bytes());
+                }
+                None => headers.push((name.clone(), value.as_bytes().to_vec())),
+            }
+        }
+    }
+}
+
+/// How a path is rewritten (URLRewrite) or redirected (RequestRedirect).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathModifier {
+    ReplaceFullPath(String),
+    /// Replace the prefix the rule matched.
+    ReplacePrefixMatch(String),
+}
+
+impl PathModifier {
+    /// The new path for `path`, which matched the rule's prefix `matched`
+    /// (`None` when the rule's match was not a prefix).
+    pub fn apply(&self, path: &str, matched: Option<&str>) -> String {
+        match self {
+            Self::ReplaceFullPath(p) => p.clone(),
+            Self::ReplacePrefixMatch(replacement) => {
+                let prefix = matched.unwrap_or("/").trim_end_matches('/');
+                let rest = path.get(prefix.len()..).unwrap_or("");
+                let replacement = replacement.trim_end_matches('/');
+                match (replacement.is_empty(), rest.is_empty()) {
+                    (true, true) => "/".to_owned(),
+                    (true, false) => rest.to_owned(),
+                    (false, _) => format!("{replacement}{rest}"),
+                }
+            }
+        }
+    }
+}
+
+/// URLRewrite: host and path as the backend sees them.
+#[derive(Clone, Debug, Default)]
+pub struct UrlRewrite {
+    pub hostname: Option<String>,
+    pub path: Option<PathModifier>,
+}
+
+/// RequestRedirect: the response is a redirect built from the request.
+#[derive(Clone, Debug)]
+pub struct Redirect {
+    pub scheme: Option<String>,
+    pub hostname: Option<String>,
+    pub path: Option<PathModifier>,
+    pub port: Option<u16>,
+    pub status: u16,
+}
+
+/// The backends of a rule with their weights, picked by weighted round
+/// robin.
+#[derive(Debug, Default)]
+pub struct Backends {
+    pub backends: Vec<Backend>,
+    /// Backend indices interleaved by weight (smooth weighted round robin,
+    /// precomputed): request `n` goes to `schedule[n % len]`.
+    schedule: Vec<u32>,
+    next: AtomicUsize,
+}
+
+impl Backends {
+    pub fn new(backends: Vec<Backend>) -> Self {
+        let schedule = smooth_schedule(&backends.iter().map(|b| b.weight).collect::<Vec<_>>());
+        Self {
+            backends,
+            schedule,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The next backend by weight; `None` when every weight is zero or
+    /// there are none.
+    pub fn pick(&self) -> Option<&Backend> {
+        if self.schedule.is_empty() {
+            return None;
+        }
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        self.backends
+            .get(self.schedule[n % self.schedule.len()] as usize)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.backends.is_empty()
+    }
+}
+
+/// The order of smooth weighted round robin (as nginx does it) over one
+/// cycle, weights scaled to at most 1,000 slots.
+fn smooth_schedule(weights: &[u32]) -> Vec<u32> {
+    let total: u64 = weights.iter().map(|&w| w as u64).sum();
+    if total == 0 {
+        return Vec::new();
+    }
+    let scale = total.div_ceil(1000).max(1);
+    let weights: Vec<i64> = weights
+        .iter()
+        .map(|&w| match w {
+            0 => 0,
+            w => (w as u64 / scale).max(1) as i64,
+        })
+        .collect();
+    let cycle: i64 = weights.iter().sum();
+    let mut current = vec![0i64; weights.len()];
+    let mut schedule = Vec::with_capacity(cycle as usize);
+    for _ in 0..cycle {
+        for (c, w) in current.iter_mut().zip(&weights) {
+            *c += w;
+        }
+        let (best, _) = current
+            .iter()
+            .enumerate()
+            .max_by_key(|&(i, c)| (*c, std::cmp::Reverse(i)))
+            .unwrap_or((0, &0));
+        current[best] -= cycle;
+        schedule.push(best as u32);
+    }
+    schedule
+}
+
+/// One backendRef, resolved.
+#[derive(Debug, Default)]
+pub struct Backend {
+    /// `namespace/service:port`.
+    pub name: String,
+    pub weight: u32,
+    /// Ready endpoints (address and target port).
+    pub endpoints: Vec<SocketAddr>,
+    /// RequestHeaderModifier on the backendRef itself.
+    pub request_headers: HeaderModifier,
+    /// ResponseHeaderModifier on the backendRef itself.
+    pub response_headers: HeaderModifier,
+    /// Why the reference does not resolve (kind, missing Service, no
+    /// ReferenceGrant): its share of requests gets 500.
+    pub invalid: Option<String>,
+    next: AtomicUsize,
+}
+
+impl Backend {
+    pub fn new(name: String, weight: u32, endpoints: Vec<SocketAddr>) -> Self {
+        Self {
+            name,
+            weight,
+            endpoints,
+            ..Self::default()
+        }
+    }
+
+    /// The next endpoint, round robin.
+    pub fn endpoint(&self) -> Option<SocketAddr> {
+        if self.endpoints.is_empty() {
+            return None;
+        }
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        Some(self.endpoints[n % self.endpoints.len()])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_follows_weights_and_interleaves() {
+        assert_eq!(smooth_schedule(&[1, 1]), vec![0, 1]);
+        let s = smooth_schedule(&[5, 1, 1]);
+        assert_eq!(s.len(), 7);
+        assert_eq!(s.iter().filter(|&&i| i == 0).count(), 5);
+        // Smooth: the heavy backend never takes more than 3 in a row here.
+        assert_eq!(s, vec![0, 0, 1, 0, 2, 0, 0]);
+        assert!(smooth_schedule(&[0, 0]).is_empty());
+        assert_eq!(smooth_schedule(&[0, 3]), vec![1, 1, 1]);
+        assert!(smooth_schedule(&[1_000_000, 1]).len() <= 1001);
+    }
+
+    #[test]
+    fn prefix_replacement_keeps_the_rest_of_the_path() {
+        let m = PathModifier::ReplacePrefixMatch("/one".into());
+        assert_eq!(m.apply("/prefix/one/two", Some("/prefix/one")), "/one/two");
+        assert_eq!(m.apply("/prefix", Some("/prefix")), "/one");
+        let root = PathModifier::ReplacePrefixMatch("/".into());
+        assert_eq!(
+            root.apply("/strip-prefix/three", Some("/strip-prefix")),
+            "/three"
+        );
+        assert_eq!(root.apply("/strip-prefix", Some("/strip-prefix")), "/");
+        assert_eq!(
+            PathModifier::ReplaceFullPath("/full".into()).apply("/x/y", Some("/x")),
+            "/full"
+        );
+    }
+
+    #[test]
+    fn header_modifier_sets_adds_and_removes() {
+        let m = HeaderModifier {
+            set: vec![("X-Set".into(), "new".into())],
+            add: vec![("X-Add".into(), "two".into())],
+            remove: vec!["x-gone".into()],
+        };
+        let mut h = vec![
+            ("x-set".into(), b"old".to_vec()),
+            ("X-Add".into(), b"one".to_vec()),
+            ("X-Gone".into(), b"x".to_vec()),
+        ];
+        m.apply(&mut h);
+        assert_eq!(
+            h,
+            vec![
+                ("X-Add".to_string(), b"one,two".to_vec()),
+                ("X-Set".to_string(), b"new".to_vec()),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_most_specific_listener_wins() {
+        let listener = |name: &str, host: Option<&str>| Listener {
+            name: name.into(),
+            hostname: host.map(str::to_owned),
+            routes: RouteTable::new(Vec::new()),
+        };
+        let port = PortListeners::new(vec![
+            listener("any", None),
+            listener("wild", Some("*.example.com")),
+            listener("exact", Some("a.example.com")),
+        ]);
+        let pick = |h| port.select(h).map(|l| l.name.as_str());
+        assert_eq!(pick("a.example.com:80"), Some("exact"));
+        assert_eq!(pick("B.example.com"), Some("wild"));
+        assert_eq!(pick("example.com"), Some("any"));
+    }
+}

@@ -1,0 +1,228 @@
+//! The kernel transport: the same proxy core on ordinary sockets.
+//!
+//! Each worker has its own `SO_REUSEPORT` listener per port (the kernel
+//! spreads connections over workers) and one epoll set (mio), and drives
+//! [`Proxy`] exactly as the AF_XDP worker does. It is the default where
+//! AF_XDP cannot run and the baseline the userspace stack is measured
+//! against.
+
+use crate::config::GatewayConfig;
+use crate::metrics::ProxyMetrics;
+use crate::proxy::{Proxy, ProxySettings, ReadOutcome, Transport};
+use arc_swap::ArcSwap;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+use socket2::{Domain, Socket, Type};
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Listener tokens count down from here; connection tokens are slab keys.
+const LISTENER_BASE: usize = usize::MAX / 2;
+
+/// How often timeouts are checked.
+const TICK: Duration = Duration::from_millis(100);
+
+/// A listening socket shared out by `SO_REUSEPORT`, non-blocking.
+pub fn reuseport_listener(address: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+/// Kernel sockets as the proxy's transport.
+struct KernelIo {
+    poll: Poll,
+    streams: Slab<TcpStream>,
+}
+
+impl Transport for KernelIo {
+    type Conn = usize;
+
+    fn read(&mut self, conn: usize, buf: &mut [u8]) -> ReadOutcome {
+        let Some(stream) = self.streams.get_mut(conn) else {
+            return ReadOutcome::Failed;
+        };
+        loop {
+            return match stream.read(buf) {
+                Ok(0) => ReadOutcome::Closed,
+                Ok(n) => ReadOutcome::Data(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => ReadOutcome::WouldBlock,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // Not connected yet: the writable event will say when.
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => ReadOutcome::WouldBlock,
+                Err(_) => ReadOutcome::Failed,
+            };
+        }
+    }
+
+    fn write(&mut self, conn: usize, data: &[u8]) -> Result<usize, ()> {
+        let stream = self.streams.get_mut(conn).ok_or(())?;
+        loop {
+            return match stream.write(data) {
+                Ok(n) => Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(0),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => Err(()),
+            };
+        }
+    }
+
+    fn connect(&mut self, to: SocketAddr) -> Option<usize> {
+        let mut stream = match TcpStream::connect(to) {
+            Ok(s) => s,
+            Err(error) => {
+                tracing::debug!(%to, %error, "backend connect failed");
+                return None;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let entry = self.streams.vacant_entry();
+        let key = entry.key();
+        self.poll
+            .registry()
+            .register(
+                &mut stream,
+                Token(key),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .ok()?;
+        entry.insert(stream);
+        Some(key)
+    }
+
+    fn close(&mut self, conn: usize) {
+        if let Some(mut stream) = self.streams.try_remove(conn) {
+            let _ = self.poll.registry().deregister(&mut stream);
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+        }
+    }
+
+    fn abort(&mut self, conn: usize) {
+        if let Some(mut stream) = self.streams.try_remove(conn) {
+            let _ = self.poll.registry().deregister(&mut stream);
+            let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+        }
+    }
+}
+
+/// What a kernel worker needs.
+pub struct KernelWorker {
+    pub listen: Vec<SocketAddr>,
+    pub settings: ProxySettings,
+    pub config: Arc<ArcSwap<GatewayConfig>>,
+    pub metrics: Arc<ProxyMetrics>,
+    /// Set to drain and stop.
+    pub stop: Arc<AtomicBool>,
+    /// How long a drain may wait for requests in flight.
+    pub drain_timeout: Duration,
+}
+
+impl KernelWorker {
+    /// Serve until `stop` is set and the drain finishes.
+    pub fn run(self) -> io::Result<()> {
+        let poll = Poll::new()?;
+        let mut listeners = Vec::new();
+        for (index, &address) in self.listen.iter().enumerate() {
+            let mut listener = TcpListener::from_std(reuseport_listener(address)?);
+            poll.registry().register(
+                &mut listener,
+                Token(LISTENER_BASE + index),
+                Interest::READABLE,
+            )?;
+            listeners.push((listener, address.port()));
+        }
+        let mut io = KernelIo {
+            poll,
+            streams: Slab::new(),
+        };
+        let mut proxy = Proxy::new(self.settings, self.config, self.metrics);
+        let mut events = Events::with_capacity(1024);
+        let mut last_tick = Instant::now();
+        let mut drain_deadline: Option<Instant> = None;
+        loop {
+            match io.poll.poll(&mut events, Some(TICK)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+            let now = Instant::now();
+            for event in events.iter() {
+                let token = event.token().0;
+                if token >= LISTENER_BASE {
+                    let Some((listener, port)) = listeners.get(token - LISTENER_BASE) else {
+                        continue;
+                    };
+                    accept_all(&mut io, &mut proxy, listener, *port, now);
+                } else {
+                    proxy.on_io(&mut io, token, now);
+                }
+            }
+            if now.duration_since(last_tick) >= TICK {
+                proxy.tick(&mut io, now);
+                last_tick = now;
+            }
+            if self.stop.load(Ordering::Relaxed) {
+                let deadline = *drain_deadline.get_or_insert_with(|| {
+                    // Stop taking connections; finish what is in flight.
+                    for (listener, _) in &mut listeners {
+                        let _ = io.poll.registry().deregister(listener);
+                    }
+                    listeners.clear();
+                    now + self.drain_timeout
+                });
+                if !proxy.drain(&mut io, now) || now >= deadline {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+fn accept_all(
+    io: &mut KernelIo,
+    proxy: &mut Proxy<KernelIo>,
+    listener: &TcpListener,
+    port: u16,
+    now: Instant,
+) {
+    loop {
+        match listener.accept() {
+            Ok((mut stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let entry = io.streams.vacant_entry();
+                let key = entry.key();
+                if io
+                    .poll
+                    .registry()
+                    .register(
+                        &mut stream,
+                        Token(key),
+                        Interest::READABLE | Interest::WRITABLE,
+                    )
+                    .is_err()
+                {
+                    continue;
+                }
+                entry.insert(stream);
+                proxy.accept(io, key, peer, port, now);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => {
+                // Out of descriptors, most likely: try again on the next
+                // event rather than spin.
+                tracing::warn!(%error, "accept failed");
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! What a worker's proxy counts, read by the admin server.
+//!
+//! One [`ProxyMetrics`] per worker: a single writer, so the atomics never
+//! bounce between cores on the data path; the admin server sums workers
+//! when scraped.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A response status's class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StatusClass {
+    Informational,
+    Success,
+    Redirection,
+    ClientError,
+    ServerError,
+}
+
+impl StatusClass {
+    pub const ALL: [Self; 5] = [
+        Self::Informational,
+        Self::Success,
+        Self::Redirection,
+        Self::ClientError,
+        Self::ServerError,
+    ];
+
+    pub fn of(status: u16) -> Self {
+        match status {
+            100..=199 => Self::Informational,
+            200..=299 => Self::Success,
+            300..=399 => Self::Redirection,
+            400..=499 => Self::ClientError,
+            _ => Self::ServerError,
+        }
+    }
+
+    /// `2xx`, as Prometheus labels usually spell it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Informational => "1xx",
+            Self::Success => "2xx",
+            Self::Redirection => "3xx",
+            Self::ClientError => "4xx",
+            Self::ServerError => "5xx",
+        }
+    }
+}
+
+/// Upper bounds (seconds) of the latency histogram's buckets.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Counters of one worker's proxy.
+#[derive(Debug, Default)]
+pub struct ProxyMetrics {
+    responses: [AtomicU64; 5],
+    connections_open: AtomicI64,
+    connections_total: AtomicU64,
+    backend_requests: AtomicU64,
+    backend_errors: AtomicU64,
+    pool_idle: AtomicU64,
+    /// Per bucket (not cumulative), plus one past the last bound.
+    latency: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    latency_sum_micros: AtomicU64,
+    /// Responses per (route, status class).
+    routes: Mutex<HashMap<(Arc<str>, StatusClass), u64>>,
+}
+
+/// A point-in-time copy, summed over workers for a scrape.
+#[derive(Clone, Debug, Default)]
+pub struct MetricsSnapshot {
+    pub responses: [u64; 5],
+    pub connections_open: i64,
+    pub connections_total: u64,
+    pub backend_requests: u64,
+    pub backend_errors: u64,
+    pub pool_idle: u64,
+    pub latency: [u64; LATENCY_BUCKETS.len() + 1],
+    pub latency_sum_seconds: f64,
+    pub routes: HashMap<(Arc<str>, StatusClass), u64>,
+}
+
+impl ProxyMetrics {
+    pub fn response(&self, class: StatusClass) {
+        self.responses[class as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn route_response(&self, route: &Arc<str>, class: StatusClass) {
+        if let Ok(mut routes) = self.routes.lock() {
+            *routes.entry((route.clone(), class)).or_default() += 1;
+        }
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections_open.fetch_add(1, Relaxed);
+        self.connections_total.fetch_add(1, Relaxed);
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections_open.fetch_sub(1, Relaxed);
+    }
+
+    pub fn backend_request(&self) {
+        self.backend_requests.fetch_add(1, Relaxed);
+    }
+
+    pub fn backend_error(&self) {
+        self.backend_errors.fetch_add(1, Relaxed);
+    }
+
+    pub fn set_pool_idle(&self, idle: usize) {
+        self.pool_idle.store(idle as u64, Relaxed);
+    }
+
+    pub fn observe_latency(&self, latency: Duration) {
+        let seconds = latency.as_secs_f64();
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|&bound| seconds <= bound)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.latency[bucket].fetch_add(1, Relaxed);
+        self.latency_sum_micros
+            .fetch_add(latency.as_micros() as u64, Relaxed);
+    }
+
+    /// Add this worker's counters to `into`.
+    pub fn add_to(&self, into: &mut MetricsSnapshot) {
+        for (sum, value) in into.responses.iter_mut().zip(&self.responses) {
+            *sum += value.load(Relaxed);
+        }
+        into.connections_open += self.connections_open.load(Relaxed);
+        into.connections_total += self.connections_total.load(Relaxed);
+        into.backend_requests += self.backend_requests.load(Relaxed);
+        into.backend_errors += self.backend_errors.load(Relaxed);
+        into.pool_idle += self.pool_idle.load(Relaxed);
+        for (sum, value) in into.latency.iter_mut().zip(&self.latency) {
+            *sum += value.load(Relaxed);
+        }
+        into.latency_sum_seconds += self.latency_sum_micros.load(Relaxed) as f64 / 1e6;
+        if let Ok(routes) = self.routes.lock() {
+            for (key, count) in routes.iter() {
+                *into.routes.entry(key.clone()).or_default() += count;
+            }
+        }
+    }
+}

@@ -1,0 +1,1409 @@
+//! The HTTP/1.1 reverse proxy, one core for both transports.
+//!
+//! [`Proxy`] owns no socket and no clock: a driver (the AF_XDP worker on the
+//! userspace stack, or the kernel-socket worker) implements [`Transport`],
+//! tells the proxy which connections may have progressed
+//! ([`Proxy::on_io`]), accepted ([`Proxy::accept`]) and what time it is
+//! ([`Proxy::tick`]). Everything between — framing, routing, filters,
+//! backend pools, timeouts, error responses — happens here, once.
+//!
+//! Each client connection is an [`Exchange`]: at most one request in flight
+//! at a time (pipelined requests wait in the buffer and are answered in
+//! order), its body streamed to one backend connection and the response
+//! streamed back, with bounded buffers on both legs so a slow side holds
+//! the other back instead of growing memory.
+
+use crate::config::{Backend, GatewayConfig, HeaderModifier, RuleAction};
+use crate::http1::{
+    self, BodyFraming, Chunk, ChunkedDecoder, HttpError, Limits, RequestHead, ResponseFraming,
+    ResponseHead, Version,
+};
+use crate::metrics::{ProxyMetrics, StatusClass};
+use crate::routes::{host_without_port, PathMatch, RequestView};
+use arc_swap::ArcSwap;
+use slab::Slab;
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What a read from a connection gave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// Bytes were read into the buffer.
+    Data(usize),
+    /// Nothing now; the driver reports the connection again when there is.
+    WouldBlock,
+    /// The peer finished sending (FIN).
+    Closed,
+    /// The connection failed (reset, refused, timed out).
+    Failed,
+}
+
+/// Socket operations a driver provides.
+pub trait Transport {
+    /// A connection handle.
+    type Conn: Copy + Eq + Hash + Debug;
+
+    fn read(&mut self, conn: Self::Conn, buf: &mut [u8]) -> ReadOutcome;
+    /// Bytes accepted (0: no room now, or not connected yet); `Err(())`:
+    /// the connection is gone.
+    #[allow(clippy::result_unit_err)]
+    fn write(&mut self, conn: Self::Conn, data: &[u8]) -> Result<usize, ()>;
+    /// Start a connection to a backend; `None` when no connection can be
+    /// opened now (no ports, no memory).
+    fn connect(&mut self, to: SocketAddr) -> Option<Self::Conn>;
+    /// Close after what was written is delivered (FIN), and forget it.
+    fn close(&mut self, conn: Self::Conn);
+    /// Drop at once (RST), and forget it.
+    fn abort(&mut self, conn: Self::Conn);
+}
+
+/// Proxy settings.
+#[derive(Clone, Debug)]
+pub struct ProxySettings {
+    pub limits: Limits,
+    /// Opening a backend connection.
+    pub connect_timeout: Duration,
+    /// From the request's end to the response head.
+    pub response_timeout: Duration,
+    /// A client connection with no request in flight, and a whole request
+    /// head, must arrive within this.
+    pub client_idle_timeout: Duration,
+    /// Idle pooled backend connections are closed after this.
+    pub pool_idle_timeout: Duration,
+    /// Idle connections kept per endpoint.
+    pub pool_max_idle: usize,
+    /// Buffered bytes per direction and leg before reading pauses.
+    pub buffer: usize,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(30),
+            client_idle_timeout: Duration::from_secs(60),
+            pool_idle_timeout: Duration::from_secs(30),
+            pool_max_idle: 256,
+            buffer: 64 * 1024,
+        }
+    }
+}
+
+/// Where a connection belongs.
+#[derive(Clone, Copy, Debug)]
+enum Role {
+    Client(usize),
+    Backend(usize),
+    Idle(SocketAddr),
+}
+
+/// How a body is being consumed.
+#[derive(Debug)]
+enum BodyReader {
+    /// Bytes left.
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    /// Until the sender closes.
+    UntilClose,
+    Done,
+}
+
+impl BodyReader {
+    fn is_done(&self) -> bool {
+        matches!(self, Self::Done)
+    }
+}
+
+/// How a body is written out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BodyWriter {
+    Raw,
+    Chunked,
+}
+
+/// The backend side of a request.
+struct BackendLeg<C> {
+    conn: C,
+    endpoint: SocketAddr,
+    /// From the pool: may have been closed by the backend meanwhile.
+    reused: bool,
+    rx: Vec<u8>,
+    tx: Vec<u8>,
+    eof: bool,
+    /// Any response byte seen.
+    answered: bool,
+}
+
+/// The response being relayed.
+enum ResponseState {
+    /// Waiting for the backend's head.
+    Head,
+    Body {
+        reader: BodyReader,
+        writer: BodyWriter,
+        backend_keep_alive: bool,
+    },
+    /// Done relaying; the exchange may finish.
+    Done,
+}
+
+/// One request in flight.
+struct InFlight<C> {
+    method: String,
+    version: Version,
+    keep_alive: bool,
+    started: Instant,
+    body: BodyReader,
+    body_writer: BodyWriter,
+    /// Response header changes (rule, then backend).
+    response_headers: Vec<HeaderModifier>,
+    backend: Option<BackendLeg<C>>,
+    response: ResponseState,
+    /// The request head as sent to the backend, kept while a retry on a
+    /// fresh connection is still possible (no body, reused connection).
+    replay: Option<Vec<u8>>,
+    deadline: Instant,
+    route: Arc<str>,
+}
+
+/// A client connection.
+struct Exchange<C> {
+    client: C,
+    peer: SocketAddr,
+    local_port: u16,
+    rx: Vec<u8>,
+    tx: Vec<u8>,
+    eof: bool,
+    /// Close once `tx` is flushed: no further requests.
+    closing: bool,
+    request: Option<InFlight<C>>,
+    /// For the idle/head timeout.
+    idle_since: Instant,
+}
+
+/// The proxy core.
+pub struct Proxy<T: Transport> {
+    settings: ProxySettings,
+    config: Arc<ArcSwap<GatewayConfig>>,
+    metrics: Arc<ProxyMetrics>,
+    roles: HashMap<T::Conn, Role>,
+    exchanges: Slab<Exchange<T::Conn>>,
+    /// Idle backend connections per endpoint, with when they went idle.
+    pool: HashMap<SocketAddr, Vec<(T::Conn, Instant)>>,
+    scratch: Vec<u8>,
+}
+
+impl<T: Transport> Proxy<T> {
+    pub fn new(
+        settings: ProxySettings,
+        config: Arc<ArcSwap<GatewayConfig>>,
+        metrics: Arc<ProxyMetrics>,
+    ) -> Self {
+        let scratch = vec![0; settings.buffer];
+        Self {
+            settings,
+            config,
+            metrics,
+            roles: HashMap::new(),
+            exchanges: Slab::new(),
+            pool: HashMap::new(),
+            scratch,
+        }
+    }
+
+    /// Client connections open.
+    pub fn clients(&self) -> usize {
+        self.exchanges.len()
+    }
+
+    /// Requests in flight.
+    pub fn in_flight(&self) -> usize {
+        self.exchanges
+            .iter()
+            .filter(|(_, e)| e.request.is_some())
+            .count()
+    }
+
+    /// Whether `conn` is one the proxy knows.
+    pub fn knows(&self, conn: T::Conn) -> bool {
+        self.roles.contains_key(&conn)
+    }
+
+    /// A client connected to `local_port` from `peer`.
+    pub fn accept(
+        &mut self,
+        io: &mut T,
+        conn: T::Conn,
+        peer: SocketAddr,
+        local_port: u16,
+        now: Instant,
+    ) {
+        let id = self.exchanges.insert(Exchange {
+            client: conn,
+            peer,
+            local_port,
+            rx: Vec::new(),
+            tx: Vec::new(),
+            eof: false,
+            closing: false,
+            request: None,
+            idle_since: now,
+        });
+        self.roles.insert(conn, Role::Client(id));
+        self.metrics.connection_opened();
+        self.drive(io, id, now);
+    }
+
+    /// `conn` may be readable, writable, connected or closed.
+    pub fn on_io(&mut self, io: &mut T, conn: T::Conn, now: Instant) {
+        match self.roles.get(&conn).copied() {
+            Some(Role::Client(id)) | Some(Role::Backend(id)) => self.drive(io, id, now),
+            Some(Role::Idle(endpoint)) => self.check_idle(io, conn, endpoint),
+            None => {}
+        }
+    }
+
+    /// Timeouts; call every few hundred milliseconds.
+    pub fn tick(&mut self, io: &mut T, now: Instant) {
+        let ids: Vec<usize> = self.exchanges.iter().map(|(id, _)| id).collect();
+        for id in ids {
+            let Some(exchange) = self.exchanges.get_mut(id) else {
+                continue;
+            };
+            match &exchange.request {
+                Some(request) if now >= request.deadline => {
+                    let status = 504;
+                    if matches!(request.response, ResponseState::Head) {
+                        tracing::debug!(route = %request.route, "backend timed out");
+                        self.fail_request(io, id, status, now);
+                    }
+                }
+                None if now.duration_since(exchange.idle_since)
+                    >= self.settings.client_idle_timeout =>
+                {
+                    let partial = !exchange.rx.is_empty();
+                    if partial {
+                        // A head that never completed: tell the client.
+                        self.respond_local(id, 408, "request timeout\n", &[], true);
+                        self.flush_client(io, id);
+                    }
+                    self.close_exchange(io, id, false);
+                }
+                _ => {}
+            }
+        }
+        let idle = self.settings.pool_idle_timeout;
+        for conns in self.pool.values_mut() {
+            conns.retain(|&(conn, since)| {
+                let keep = now.duration_since(since) < idle;
+                if !keep {
+                    io.close(conn);
+                    self.roles.remove(&conn);
+                }
+                keep
+            });
+        }
+        self.pool.retain(|_, c| !c.is_empty());
+        self.metrics
+            .set_pool_idle(self.pool.values().map(Vec::len).sum());
+    }
+
+    /// Close every client connection that has no request in flight, and
+    /// stop taking new requests on the others (graceful drain). Returns
+    /// whether any request is still in flight.
+    pub fn drain(&mut self, io: &mut T, now: Instant) -> bool {
+        let ids: Vec<usize> = self.exchanges.iter().map(|(id, _)| id).collect();
+        for id in ids {
+            let Some(exchange) = self.exchanges.get_mut(id) else {
+                continue;
+            };
+            exchange.closing = true;
+            if exchange.request.is_none() {
+                self.drive(io, id, now);
+            }
+        }
+        self.in_flight() > 0
+    }
+
+    /// A pooled connection reported activity: anything but a would-block
+    /// read means it is no longer usable.
+    fn check_idle(&mut self, io: &mut T, conn: T::Conn, endpoint: SocketAddr) {
+        let mut byte = [0u8; 1];
+        if io.read(conn, &mut byte) != ReadOutcome::WouldBlock {
+            if let Some(conns) = self.pool.get_mut(&endpoint) {
+                conns.retain(|&(c, _)| c != conn);
+            }
+            self.roles.remove(&conn);
+            io.abort(conn);
+        }
+    }
+
+    /// Make all the progress the exchange can make now.
+    fn drive(&mut self, io: &mut T, id: usize, now: Instant) {
+        for _ in 0..64 {
+            let mut progress = false;
+            progress |= self.flush_client(io, id);
+            progress |= self.flush_backend(io, id);
+            progress |= self.read_client(io, id);
+            if !self.exchanges.contains(id) {
+                return;
+            }
+            progress |= self.advance_request(io, id, now);
+            progress |= self.read_backend(io, id, now);
+            if !self.exchanges.contains(id) {
+                return;
+            }
+            progress |= self.advance_response(io, id, now);
+            progress |= self.finish_request(io, id, now);
+            if !self.exchanges.contains(id) {
+                return;
+            }
+            if !progress {
+                break;
+            }
+        }
+        self.maybe_close(io, id);
+    }
+
+    fn flush_client(&mut self, io: &mut T, id: usize) -> bool {
+        let Some(exchange) = self.exchanges.get_mut(id) else {
+            return false;
+        };
+        if exchange.tx.is_empty() {
+            return false;
+        }
+        match io.write(exchange.client, &exchange.tx) {
+            Ok(0) => false,
+            Ok(n) => {
+                exchange.tx.drain(..n);
+                true
+            }
+            Err(()) => {
+                self.close_exchange(io, id, true);
+                true
+            }
+        }
+    }
+
+    fn flush_backend(&mut self, io: &mut T, id: usize) -> bool {
+        let Some(leg) = self
+            .exchanges
+            .get_mut(id)
+            .and_then(|e| e.request.as_mut())
+            .and_then(|r| r.backend.as_mut())
+        else {
+            return false;
+        };
+        if leg.tx.is_empty() {
+            return false;
+        }
+        match io.write(leg.conn, &leg.tx) {
+            Ok(0) => false,
+            Ok(n) => {
+                leg.tx.drain(..n);
+                true
+            }
+            // Seen again on the read side as a failure.
+            Err(()) => {
+                leg.eof = true;
+                true
+            }
+        }
+    }
+
+    fn read_client(&mut self, io: &mut T, id: usize) -> bool {
+        let cap = self
+            .settings
+            .buffer
+            .max(self.settings.limits.max_head_bytes + 1);
+        let exchange = &mut self.exchanges[id];
+        if exchange.eof || exchange.rx.len() >= cap {
+            return false;
+        }
+        let room = (cap - exchange.rx.len()).min(self.scratch.len());
+        match io.read(exchange.client, &mut self.scratch[..room]) {
+            ReadOutcome::Data(n) => {
+                exchange.rx.extend_from_slice(&self.scratch[..n]);
+                true
+            }
+            ReadOutcome::WouldBlock => false,
+            ReadOutcome::Closed => {
+                exchange.eof = true;
+                true
+            }
+            ReadOutcome::Failed => {
+                self.close_exchange(io, id, true);
+                true
+            }
+        }
+    }
+
+    fn read_backend(&mut self, io: &mut T, id: usize, now: Instant) -> bool {
+        let cap = self
+            .settings
+            .buffer
+            .max(self.settings.limits.max_head_bytes + 1);
+        let Some(leg) = self.exchanges[id]
+            .request
+            .as_mut()
+            .and_then(|r| r.backend.as_mut())
+        else {
+            return false;
+        };
+        if leg.eof || leg.rx.len() >= cap {
+            return false;
+        }
+        let room = (cap - leg.rx.len()).min(self.scratch.len());
+        match io.read(leg.conn, &mut self.scratch[..room]) {
+            ReadOutcome::Data(n) => {
+                leg.rx.extend_from_slice(&self.scratch[..n]);
+                leg.answered = true;
+                true
+            }
+            ReadOutcome::WouldBlock => false,
+            ReadOutcome::Closed => {
+                leg.eof = true;
+                true
+            }
+            ReadOutcome::Failed => {
+                leg.eof = true;
+                leg.rx.clear();
+                self.backend_failed(io, id, now);
+                true
+            }
+        }
+    }
+
+    /// Parse the next request head and start it, or move request body bytes
+    /// toward the backend.
+    fn advance_request(&mut self, io: &mut T, id: usize, now: Instant) -> bool {
+        let exchange = &mut self.exchanges[id];
+        if exchange.request.is_none() {
+            if exchange.closing || exchange.rx.is_empty() || !exchange.tx.is_empty() {
+                return false;
+            }
+            return match http1::parse_request(&exchange.rx, &self.settings.limits) {
+                Ok(None) => {
+                    if exchange.eof {
+                        // A partial head and the client is gone.
+                        exchange.rx.clear();
+                        exchange.closing = true;
+                    }
+                    false
+                }
+                Ok(Some(head)) => {
+                    exchange.rx.drain(..head.head_len);
+                    self.start_request(io, id, head, now);
+                    true
+                }
+                Err(error) => {
+                    self.reject(id, &error);
+                    true
+                }
+            };
+        }
+        self.pump_request_body(id)
+    }
+
+    /// Answer a request the client got wrong, and end the connection: after
+    /// a framing error the next request's start is unknowable.
+    fn reject(&mut self, id: usize, error: &HttpError) {
+        tracing::debug!(%error, "bad request");
+        let exchange = &mut self.exchanges[id];
+        exchange.rx.clear();
+        exchange.eof = true;
+        let status = error.status();
+        self.metrics.response(StatusClass::of(status));
+        self.respond_local(id, status, &error_body(status), &[], true);
+    }
+
+    fn start_request(&mut self, io: &mut T, id: usize, head: RequestHead, now: Instant) {
+        let config = self.config.load();
+        let exchange = &mut self.exchanges[id];
+        let (path, query) = head
+            .target
+            .split_once('?')
+            .map_or((head.target.as_str(), ""), |(p, q)| (p, q));
+        let host = head
+            .values("host")
+            .next()
+            .map(|h| String::from_utf8_lossy(h).into_owned())
+            .unwrap_or_default();
+        let headers: Vec<(String, String)> = head
+            .headers
+            .iter()
+            .map(|(n, v)| (n.clone(), String::from_utf8_lossy(v).into_owned()))
+            .collect();
+        let query_pairs = parse_query(query);
+        let view = RequestView {
+            host: &host,
+            method: &head.method,
+            path,
+            query: &query_pairs,
+            headers: &headers,
+        };
+        let keep_alive = head.keep_alive && !exchange.closing;
+        let body = match head.framing {
+            BodyFraming::Empty => BodyReader::Done,
+            BodyFraming::Length(n) => BodyReader::Length(n),
+            BodyFraming::Chunked => {
+                BodyReader::Chunked(ChunkedDecoder::new(self.settings.limits.clone()))
+            }
+        };
+        let mut request = InFlight {
+            method: head.method.clone(),
+            version: head.version,
+            keep_alive,
+            started: now,
+            body,
+            body_writer: BodyWriter::Raw,
+            response_headers: Vec::new(),
+            backend: None,
+            response: ResponseState::Head,
+            replay: None,
+            deadline: now + self.settings.response_timeout,
+            route: Arc::from(""),
+        };
+        if !keep_alive {
+            exchange.closing = true;
+        }
+        let listener = config.listener(exchange.local_port, &host);
+        let hit = listener.and_then(|l| l.routes.find(&view));
+        let Some(hit) = hit else {
+            exchange.request = Some(request);
+            self.local_response(id, 404, "no route\n", &[]);
+            return;
+        };
+        let action: &RuleAction = hit.action;
+        request.route = Arc::from(action.route.as_str());
+        let matched_prefix = match &hit.matched.path {
+            PathMatch::Prefix(p) => Some(p.as_str()),
+            _ => None,
+        };
+        if let Some(redirect) = &action.redirect {
+            let scheme = redirect.scheme.as_deref().unwrap_or("http");
+            let hostname = redirect
+                .hostname
+                .clone()
+                .unwrap_or_else(|| host_without_port(&host).to_owned());
+            let port = match (redirect.port, &redirect.scheme) {
+                (Some(p), _) => Some(p),
+                (None, Some(_)) => None,
+                (None, None) => Some(exchange.local_port),
+            };
+            let port = port.filter(|&p| !matches!((scheme, p), ("http", 80) | ("https", 443)));
+            let new_path = redirect
+                .path
+                .as_ref()
+                .map_or_else(|| path.to_owned(), |m| m.apply(path, matched_prefix));
+            let mut location = format!("{scheme}://{hostname}");
+            if let Some(port) = port {
+                location.push_str(&format!(":{port}"));
+            }
+            location.push_str(&new_path);
+            if !query.is_empty() {
+                location.push('?');
+                location.push_str(query);
+            }
+            request
+                .response_headers
+                .push(action.response_headers.clone());
+            exchange.request = Some(request);
+            self.local_response(id, redirect.status, "", &[("Location", location)]);
+            return;
+        }
+        if let Some(why) = &action.invalid {
+            tracing::debug!(route = %action.route, why, "rule cannot be served");
+            exchange.request = Some(request);
+            self.local_response(id, 500, "route not servable\n", &[]);
+            return;
+        }
+        let Some(backend) = action.backends.pick() else {
+            exchange.request = Some(request);
+            self.local_response(id, 500, "no backend\n", &[]);
+            return;
+        };
+        if backend.invalid.is_some() {
+            exchange.request = Some(request);
+            self.local_response(id, 500, "backend not resolved\n", &[]);
+            return;
+        }
+        let Some(endpoint) = backend.endpoint() else {
+            exchange.request = Some(request);
+            self.local_response(id, 503, "no healthy endpoint\n", &[]);
+            return;
+        };
+        request
+            .response_headers
+            .push(action.response_headers.clone());
+        request
+            .response_headers
+            .push(backend.response_headers.clone());
+
+        // The request as the backend sees it.
+        let (mut target, mut host_out) = (head.target.clone(), host.clone());
+        if let Some(rewrite) = &action.rewrite {
+            if let Some(h) = &rewrite.hostname {
+                host_out = h.clone();
+            }
+            if let Some(m) = &rewrite.path {
+                target = m.apply(path, matched_prefix);
+                if !query.is_empty() {
+                    target.push('?');
+                    target.push_str(query);
+                }
+            }
+        }
+        let out_head =
+            backend_request_head(&head, &target, &host_out, exchange.peer, action, backend);
+        request.body_writer = match head.framing {
+            BodyFraming::Chunked => BodyWriter::Chunked,
+            _ => BodyWriter::Raw,
+        };
+        if head.expect_continue && !request.body.is_done() {
+            exchange
+                .tx
+                .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        }
+        let no_body = request.body.is_done();
+        exchange.request = Some(request);
+        drop(config);
+        match self.backend_conn(io, id, endpoint, now) {
+            Some((conn, reused)) => {
+                let request = self.exchanges[id].request.as_mut().expect("just set");
+                if reused && no_body {
+                    request.replay = Some(out_head.clone());
+                }
+                request.backend = Some(BackendLeg {
+                    conn,
+                    endpoint,
+                    reused,
+                    rx: Vec::new(),
+                    tx: out_head,
+                    eof: false,
+                    answered: false,
+                });
+                self.metrics.backend_request();
+            }
+            None => {
+                self.local_response(id, 503, "backend unavailable\n", &[]);
+            }
+        }
+    }
+
+    /// A pooled connection to `endpoint`, or a new one.
+    fn backend_conn(
+        &mut self,
+        io: &mut T,
+        id: usize,
+        endpoint: SocketAddr,
+        now: Instant,
+    ) -> Option<(T::Conn, bool)> {
+        if let Some(conns) = self.pool.get_mut(&endpoint) {
+            if let Some((conn, _)) = conns.pop() {
+                self.roles.insert(conn, Role::Backend(id));
+                return Some((conn, true));
+            }
+        }
+        let conn = io.connect(endpoint)?;
+        self.roles.insert(conn, Role::Backend(id));
+        let request = self.exchanges[id].request.as_mut()?;
+        request.deadline = now + self.settings.connect_timeout + self.settings.response_timeout;
+        Some((conn, false))
+    }
+
+    /// Move request body bytes from the client buffer toward the backend.
+    fn pump_request_body(&mut self, id: usize) -> bool {
+        let cap = self.settings.buffer;
+        let exchange = &mut self.exchanges[id];
+        let Some(request) = exchange.request.as_mut() else {
+            return false;
+        };
+        let Some(leg) = request.backend.as_mut() else {
+            // Answered locally: swallow the body so the next request can be
+            // read (up to the limit; the connection closes anyway if not).
+            return discard_body(&mut request.body, &mut exchange.rx, &mut exchange.closing);
+        };
+        let mut progress = false;
+        while !request.body.is_done() && leg.tx.len() < cap && !exchange.rx.is_empty() {
+            match &mut request.body {
+                BodyReader::Length(left) => {
+                    let n = (exchange.rx.len() as u64).min(*left) as usize;
+                    let n = n.min(cap - leg.tx.len());
+                    leg.tx.extend_from_slice(&exchange.rx[..n]);
+                    exchange.rx.drain(..n);
+                    *left -= n as u64;
+                    if *left == 0 {
+                        request.body = BodyReader::Done;
+                    }
+                    progress = true;
+                }
+                BodyReader::Chunked(decoder) => match decoder.decode(&exchange.rx) {
+                    Ok((0, None)) => break,
+                    Ok((used, chunk)) => {
+                        match chunk {
+                            Some(Chunk::Data(data)) => write_chunk(&mut leg.tx, data),
+                            Some(Chunk::End) => {
+                                leg.tx.extend_from_slice(b"0\r\n\r\n");
+                                request.body = BodyReader::Done;
+                            }
+                            None => {}
+                        }
+                        exchange.rx.drain(..used);
+                        progress = true;
+                    }
+                    Err(error) => {
+                        // The backend got a partial body: it must not be
+                        // reused; the client gets the error.
+                        tracing::debug!(%error, "bad request body");
+                        exchange.rx.clear();
+                        exchange.eof = true;
+                        exchange.closing = true;
+                        request.body = BodyReader::Done;
+                        request.keep_alive = false;
+                        leg.eof = true;
+                        return true;
+                    }
+                },
+                BodyReader::UntilClose | BodyReader::Done => break,
+            }
+        }
+        if !request.body.is_done() && exchange.eof && exchange.rx.is_empty() {
+            // The client stopped halfway through its body.
+            exchange.closing = true;
+            request.keep_alive = false;
+            request.body = BodyReader::Done;
+            leg.eof = true;
+            progress = true;
+        }
+        progress
+    }
+
+    /// Parse the backend's response head, then relay body bytes.
+    fn advance_response(&mut self, io: &mut T, id: usize, now: Instant) -> bool {
+        let cap = self.settings.buffer;
+        let limits = self.settings.limits.clone();
+        let exchange = &mut self.exchanges[id];
+        let Some(request) = exchange.request.as_mut() else {
+            return false;
+        };
+        let Some(leg) = request.backend.as_mut() else {
+            return false;
+        };
+        match &mut request.response {
+            ResponseState::Done => false,
+            ResponseState::Head => {
+                let head = match http1::parse_response(&leg.rx, &request.method, &limits) {
+                    Ok(Some(head)) => head,
+                    Ok(None) if leg.eof => {
+                        self.backend_failed(io, id, now);
+                        return true;
+                    }
+                    Ok(None) => return false,
+                    Err(error) => {
+                        tracing::debug!(%error, endpoint = %leg.endpoint, "bad backend response");
+                        self.fail_request(io, id, 502, now);
+                        return true;
+                    }
+                };
+                leg.rx.drain(..head.head_len);
+                if (100..200).contains(&head.status) {
+                    // Interim responses (we already answered 100 ourselves).
+                    return true;
+                }
+                let status = head.status;
+                let (bytes, reader, writer) = client_response_head(
+                    &head,
+                    request.version,
+                    request.keep_alive && !exchange.closing,
+                    &request.response_headers,
+                );
+                if writer == BodyWriter::Raw && matches!(reader, BodyReader::UntilClose) {
+                    request.keep_alive = false;
+                    exchange.closing = true;
+                }
+                if !request.keep_alive {
+                    exchange.closing = true;
+                }
+                exchange.tx.extend_from_slice(&bytes);
+                self.metrics.response(StatusClass::of(status));
+                self.metrics.route_response(&request.route, StatusClass::of(status));
+                self.metrics
+                    .observe_latency(now.duration_since(request.started));
+                request.replay = None;
+                request.response = ResponseState::Body {
+                    reader,
+                    writer,
+                    backend_keep_alive: head.keep_alive,
+                };
+                true
+            }
+            ResponseState::Body {
+                reader,
+                writer,
+                backend_keep_alive,
+            } => {
+                let mut progress = false;
+                while !reader.is_done() && exchange.tx.len() < cap {
+                    match reader {
+                        BodyReader::Length(left) => {
+                            if leg.rx.is_empty() {
+                                break;
+                            }
+                            let n = (leg.rx.len() as u64).min(*left) as usize;
+                            let n = n.min(cap - exchange.tx.len());
+                            exchange.tx.extend_from_slice(&leg.rx[..n]);
+                            leg.rx.drain(..n);
+                            *left -= n as u64;
+                            if *left == 0 {
+                                *reader = BodyReader::Done;
+                            }
+                            progress = true;
+                        }
+                        BodyReader::Chunked(decoder) => match decoder.decode(&leg.rx) {
+                            Ok((0, None)) => break,
+                            Ok((used, chunk)) => {
+                                match chunk {
+                                    Some(Chunk::Data(data)) => {
+                                        emit_body(&mut exchange.tx, *writer, data)
+                                    }
+                                    Some(Chunk::End) => {
+                                        if *writer == BodyWriter::Chunked {
+                                            exchange.tx.extend_from_slice(b"0\r\n\r\n");
+                                        }
+                                        *reader = BodyReader::Done;
+                                    }
+                                    None => {}
+                                }
+                                leg.rx.drain(..used);
+                                progress = true;
+                            }
+                            Err(_) => {
+                                // A broken body from the backend: the client
+                                // cannot be told cleanly any more.
+                                self.close_exchange(io, id, true);
+                                return true;
+                            }
+                        },
+                        BodyReader::UntilClose => {
+                            if leg.rx.is_empty() {
+                                if leg.eof {
+                                    if *writer == BodyWriter::Chunked {
+                                        exchange.tx.extend_from_slice(b"0\r\n\r\n");
+                                    }
+                                    *reader = BodyReader::Done;
+                                    *backend_keep_alive = false;
+                                    progress = true;
+                                }
+                                break;
+                            }
+                            let n = leg.rx.len().min(cap - exchange.tx.len());
+                            emit_body(&mut exchange.tx, *writer, &leg.rx[..n]);
+                            leg.rx.drain(..n);
+                            progress = true;
+                        }
+                        BodyReader::Done => break,
+                    }
+                }
+                if !reader.is_done() && leg.eof && leg.rx.is_empty() {
+                    // The backend closed mid-body: the client's response is
+                    // truncated; the only honest signal left is to abort.
+                    self.close_exchange(io, id, true);
+                    return true;
+                }
+                if reader.is_done() {
+                    let reusable = *backend_keep_alive && leg.rx.is_empty() && !leg.eof;
+                    request.response = ResponseState::Done;
+                    let reusable = reusable && request.body.is_done();
+                    if let Some(leg) = request.backend.take() {
+                        self.release_backend(io, leg, reusable, now);
+                    }
+                    return true;
+                }
+                progress
+            }
+        }
+    }
+
+    /// The backend connection failed or closed before a complete response
+    /// head: retry once on a fresh connection if the request may be
+    /// replayed, else answer 502.
+    fn backend_failed(&mut self, io: &mut T, id: usize, now: Instant) {
+        let request = self.exchanges[id].request.as_mut().expect("in flight");
+        let leg = request.backend.as_ref().expect("backend leg");
+        if leg.reused && !leg.answered {
+            if let Some(replay) = request.replay.take() {
+                let endpoint = leg.endpoint;
+                let old = leg.conn;
+                self.roles.remove(&old);
+                io.abort(old);
+                request.backend = None;
+                // A stale pooled connection: the request never reached a
+                // backend; send it again on a new one.
+                if let Some(conn) = io.connect(endpoint) {
+                    self.roles.insert(conn, Role::Backend(id));
+                    let request = self.exchanges[id].request.as_mut().expect("in flight");
+                    request.deadline =
+                        now + self.settings.connect_timeout + self.settings.response_timeout;
+                    request.backend = Some(BackendLeg {
+                        conn,
+                        endpoint,
+                        reused: false,
+                        rx: Vec::new(),
+                        tx: replay,
+                        eof: false,
+                        answered: false,
+                    });
+                    return;
+                }
+                self.local_response(id, 502, "backend unavailable\n", &[]);
+                return;
+            }
+        }
+        self.fail_request(io, id, 502, now);
+    }
+
+    /// The request cannot complete: answer `status` if nothing was sent
+    /// yet, otherwise abort the client connection.
+    fn fail_request(&mut self, io: &mut T, id: usize, status: u16, _now: Instant) {
+        let exchange = &mut self.exchanges[id];
+        let Some(request) = exchange.request.as_mut() else {
+            return;
+        };
+        if let Some(leg) = request.backend.take() {
+            self.roles.remove(&leg.conn);
+            io.abort(leg.conn);
+        }
+        self.metrics.backend_error();
+        if matches!(request.response, ResponseState::Head) {
+            // The client's body may be half sent: do not try to find the
+            // next request after it.
+            if !request.body.is_done() {
+                exchange.closing = true;
+                exchange.eof = true;
+                exchange.rx.clear();
+            }
+            self.local_response(id, status, &error_body(status), &[]);
+        } else {
+            self.close_exchange(io, id, true);
+        }
+    }
+
+    /// Answer the in-flight request from the gateway itself.
+    fn local_response(&mut self, id: usize, status: u16, body: &str, extra: &[(&str, String)]) {
+        self.metrics.response(StatusClass::of(status));
+        let exchange = &mut self.exchanges[id];
+        let request = exchange.request.as_mut().expect("in flight");
+        if !request.route.is_empty() {
+            self.metrics.route_response(&request.route, StatusClass::of(status));
+        }
+        let close = !request.keep_alive || exchange.closing;
+        let modifiers = std::mem::take(&mut request.response_headers);
+        request.response = ResponseState::Done;
+        let is_head = request.method.eq_ignore_ascii_case("HEAD");
+        let mut headers: Vec<(String, Vec<u8>)> = extra
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect();
+        headers.push(("Content-Type".into(), b"text/plain".to_vec()));
+        for m in &modifiers {
+            m.apply(&mut headers);
+        }
+        write_response(
+            &mut exchange.tx,
+            status,
+            &headers,
+            if is_head { "" } else { body },
+            body.len(),
+            close,
+        );
+        if close {
+            exchange.closing = true;
+        }
+    }
+
+    /// A response outside any request (bad request, timeout).
+    fn respond_local(
+        &mut self,
+        id: usize,
+        status: u16,
+        body: &str,
+        extra: &[(&str, String)],
+        close: bool,
+    ) {
+        let exchange = &mut self.exchanges[id];
+        let headers: Vec<(String, Vec<u8>)> = extra
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .chain([("Content-Type".to_string(), b"text/plain".to_vec())])
+            .collect();
+        write_response(&mut exchange.tx, status, &headers, body, body.len(), close);
+        if close {
+            exchange.closing = true;
+        }
+    }
+
+    /// Both directions of the in-flight request are done: release it.
+    fn finish_request(&mut self, io: &mut T, id: usize, now: Instant) -> bool {
+        let exchange = &mut self.exchanges[id];
+        let Some(request) = exchange.request.as_mut() else {
+            return false;
+        };
+        if !matches!(request.response, ResponseState::Done) {
+            return false;
+        }
+        if !request.body.is_done() {
+            // Answered before the body ended (an error, a redirect): the
+            // rest of the body must still be read past, or the connection
+            // closed.
+            if request.backend.is_none() {
+                discard_body(&mut request.body, &mut exchange.rx, &mut exchange.closing);
+            }
+            if !request.body.is_done() {
+                if exchange.closing {
+                    exchange.rx.clear();
+                    exchange.eof = true;
+                    request.body = BodyReader::Done;
+                } else {
+                    return false;
+                }
+            }
+        }
+        let request = exchange.request.take().expect("checked");
+        exchange.idle_since = now;
+        if let Some(leg) = request.backend {
+            self.release_backend(io, leg, false, now);
+        }
+        true
+    }
+
+    /// Return a backend connection to the pool, or close it.
+    fn release_backend(
+        &mut self,
+        io: &mut T,
+        leg: BackendLeg<T::Conn>,
+        reusable: bool,
+        now: Instant,
+    ) {
+        let idle = self.pool.entry(leg.endpoint).or_default();
+        if reusable && leg.tx.is_empty() && idle.len() < self.settings.pool_max_idle {
+            self.roles.insert(leg.conn, Role::Idle(leg.endpoint));
+            idle.push((leg.conn, now));
+        } else {
+            self.roles.remove(&leg.conn);
+            io.close(leg.conn);
+        }
+    }
+
+    /// Close the client connection once it has nothing left to do.
+    fn maybe_close(&mut self, io: &mut T, id: usize) {
+        let Some(exchange) = self.exchanges.get(id) else {
+            return;
+        };
+        let done = exchange.request.is_none() && exchange.tx.is_empty();
+        let client_gone = exchange.eof && exchange.rx.is_empty();
+        if done && (exchange.closing || client_gone) {
+            self.close_exchange(io, id, false);
+        }
+    }
+
+    fn close_exchange(&mut self, io: &mut T, id: usize, abort: bool) {
+        let Some(exchange) = self.exchanges.try_remove(id) else {
+            return;
+        };
+        self.roles.remove(&exchange.client);
+        if abort {
+            io.abort(exchange.client);
+        } else {
+            io.close(exchange.client);
+        }
+        if let Some(leg) = exchange.request.and_then(|r| r.backend) {
+            self.roles.remove(&leg.conn);
+            io.abort(leg.conn);
+        }
+        self.metrics.connection_closed();
+    }
+}
+
+/// Read past a body nobody forwards; too much of it closes the connection.
+fn discard_body(body: &mut BodyReader, rx: &mut Vec<u8>, closing: &mut bool) -> bool {
+    let before = rx.len();
+    match body {
+        BodyReader::Length(left) => {
+            let n = (rx.len() as u64).min(*left) as usize;
+            rx.drain(..n);
+            *left -= n as u64;
+            if *left == 0 {
+                *body = BodyReader::Done;
+            }
+        }
+        BodyReader::Chunked(decoder) => loop {
+            match decoder.decode(rx) {
+                Ok((0, None)) => break,
+                Ok((used, chunk)) => {
+                    let end = chunk == Some(Chunk::End);
+                    rx.drain(..used);
+                    if end {
+                        *body = BodyReader::Done;
+                        break;
+                    }
+                }
+                Err(_) => {
+                    rx.clear();
+                    *closing = true;
+                    *body = BodyReader::Done;
+                    break;
+                }
+            }
+        },
+        BodyReader::UntilClose | BodyReader::Done => {}
+    }
+    rx.len() != before
+}
+
+fn write_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn emit_body(out: &mut Vec<u8>, writer: BodyWriter, data: &[u8]) {
+    match writer {
+        BodyWriter::Raw => out.extend_from_slice(data),
+        BodyWriter::Chunked => write_chunk(out, data),
+    }
+}
+
+/// The request head the backend gets: hop-by-hop fields dropped, filters
+/// applied, X-Forwarded-For/-Proto added, framing restated.
+fn backend_request_head(
+    head: &RequestHead,
+    target: &str,
+    host: &str,
+    peer: SocketAddr,
+    action: &RuleAction,
+    backend: &Backend,
+) -> Vec<u8> {
+    let connection = http1::connection_tokens(&head.headers).unwrap_or_default();
+    let mut headers: Vec<(String, Vec<u8>)> = head
+        .headers
+        .iter()
+        .filter(|(n, _)| {
+            !http1::is_hop_by_hop(n, &connection)
+                && !n.eq_ignore_ascii_case("content-length")
+                && !n.eq_ignore_ascii_case("expect")
+                && !n.eq_ignore_ascii_case("host")
+        })
+        .cloned()
+        .collect();
+    headers.insert(0, ("Host".into(), host.as_bytes().to_vec()));
+    let peer_ip = peer.ip().to_string();
+    match headers
+        .iter_mut()
+        .find(|(n, _)| n.eq_ignore_ascii_case("x-forwarded-for"))
+    {
+        Some((_, v)) => {
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(peer_ip.as_bytes());
+        }
+        None => headers.push(("X-Forwarded-For".into(), peer_ip.into_bytes())),
+    }
+    headers.retain(|(n, _)| !n.eq_ignore_ascii_case("x-forwarded-proto"));
+    headers.push(("X-Forwarded-Proto".into(), b"http".to_vec()));
+    action.request_headers.apply(&mut headers);
+    backend.request_headers.apply(&mut headers);
+    let mut out = Vec::with_capacity(256 + target.len());
+    out.extend_from_slice(head.method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &headers {
+        push_field(&mut out, name, value);
+    }
+    match head.framing {
+        BodyFraming::Empty => {
+            if !matches!(head.method.as_str(), "GET" | "HEAD" | "DELETE" | "OPTIONS") {
+                out.extend_from_slice(b"Content-Length: 0\r\n");
+            }
+        }
+        BodyFraming::Length(n) => {
+            out.extend_from_slice(format!("Content-Length: {n}\r\n").as_bytes())
+        }
+        BodyFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// The response head the client gets, and how the body is carried.
+fn client_response_head(
+    head: &ResponseHead,
+    client_version: Version,
+    keep_alive: bool,
+    modifiers: &[HeaderModifier],
+) -> (Vec<u8>, BodyReader, BodyWriter) {
+    let connection = http1::connection_tokens(&head.headers).unwrap_or_default();
+    let mut headers: Vec<(String, Vec<u8>)> = head
+        .headers
+        .iter()
+        .filter(|(n, _)| {
+            !http1::is_hop_by_hop(n, &connection) && !n.eq_ignore_ascii_case("content-length")
+        })
+        .cloned()
+        .collect();
+    for m in modifiers {
+        m.apply(&mut headers);
+    }
+    let (reader, writer, framing) = match head.framing {
+        ResponseFraming::Empty => {
+            // HEAD and 304 keep the backend's Content-Length as metadata.
+            let length = head
+                .headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                .map(|(_, v)| format!("Content-Length: {}\r\n", String::from_utf8_lossy(v)));
+            let framing = match (length, head.status) {
+                (Some(l), _) => l,
+                (None, 204 | 304) => String::new(),
+                (None, _) => "Content-Length: 0\r\n".into(),
+            };
+            (BodyReader::Done, BodyWriter::Raw, framing)
+        }
+        ResponseFraming::Length(n) => (
+            BodyReader::Length(n),
+            BodyWriter::Raw,
+            format!("Content-Length: {n}\r\n"),
+        ),
+        ResponseFraming::Chunked | ResponseFraming::UntilClose => {
+            let reader = match head.framing {
+                ResponseFraming::Chunked => BodyReader::Chunked(ChunkedDecoder::new(Limits {
+                    max_body: u64::MAX,
+                    ..Limits::default()
+                })),
+                _ => BodyReader::UntilClose,
+            };
+            if client_version == Version::Http11 {
+                (
+                    reader,
+                    BodyWriter::Chunked,
+                    "Transfer-Encoding: chunked\r\n".into(),
+                )
+            } else {
+                (reader, BodyWriter::Raw, String::new())
+            }
+        }
+    };
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", head.status, head.reason).as_bytes());
+    for (name, value) in &headers {
+        push_field(&mut out, name, value);
+    }
+    out.extend_from_slice(framing.as_bytes());
+    let close = !keep_alive
+        || (client_version == Version::Http10
+            && writer == BodyWriter::Raw
+            && matches!(reader, BodyReader::UntilClose | BodyReader::Chunked(_)));
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if client_version == Version::Http10 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    (out, reader, writer)
+}
+
+fn push_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn write_response(
+    out: &mut Vec<u8>,
+    status: u16,
+    headers: &[(String, Vec<u8>)],
+    body: &str,
+    length: usize,
+    close: bool,
+) {
+    out.extend_from_slice(format!("HTTP/1.1 {status} {}\r\n", reason(status)).as_bytes());
+    for (name, value) in headers {
+        push_field(out, name, value);
+    }
+    out.extend_from_slice(format!("Content-Length: {length}\r\n").as_bytes());
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body.as_bytes());
+}
+
+/// Reason phrases of the statuses the gateway writes itself.
+fn reason(status: u16) -> &'static str {
+    match status {
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        404 => "Not Found",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        417 => "Expectation Failed",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Error",
+    }
+}
+
+/// The short body of an error the gateway answers itself: the reason, no
+/// internal detail.
+fn error_body(status: u16) -> String {
+    format!("{}\n", reason(status).to_ascii_lowercase())
+}
+
+/// Query parameters in order, percent-decoded (`+` stays as sent: the
+/// Gateway API compares values as sent).
+fn parse_query(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(name), percent_decode(value))
+        })
+        .collect()
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

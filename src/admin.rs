@@ -1,0 +1,313 @@
+//! The admin server: `/metrics` (Prometheus text), `/healthz`, `/readyz`,
+//! `/config`. Kernel sockets on a thread of its own, loopback by default;
+//! never on the data path.
+
+use anyhow::{Context, Result};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use rauta_controlplane::source::Published;
+use rauta_dataplane::metrics::{MetricsSnapshot, ProxyMetrics, StatusClass, LATENCY_BUCKETS};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// One counter sample a transport contributes (AF_XDP ring counters).
+#[derive(Clone, Debug)]
+pub struct ExtraSample {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub labels: Vec<(&'static str, String)>,
+    pub value: u64,
+}
+
+/// Samples a transport contributes, read at scrape time; samples of one
+/// name must be adjacent.
+pub type ExtraMetrics = Arc<dyn Fn() -> Vec<ExtraSample> + Send + Sync>;
+
+/// What the admin server reads.
+#[derive(Clone)]
+pub struct AdminState {
+    pub published: Published,
+    pub workers: Vec<Arc<ProxyMetrics>>,
+    /// Serving (false before workers run and while draining).
+    pub ready: Arc<AtomicBool>,
+    pub io: &'static str,
+    pub extra: Option<ExtraMetrics>,
+}
+
+impl AdminState {
+    fn snapshot(&self) -> MetricsSnapshot {
+        let mut snapshot = MetricsSnapshot::default();
+        for worker in &self.workers {
+            worker.add_to(&mut snapshot);
+        }
+        snapshot
+    }
+}
+
+#[derive(Debug)]
+struct ProxyCollector(MetricsSnapshot, u64, Vec<ExtraSample>);
+
+impl Collector for ProxyCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.0;
+        {
+            let mut family = encoder.encode_descriptor(
+                "rauta_responses",
+                "Responses sent to clients, by status class",
+                None,
+                MetricType::Counter,
+            )?;
+            for class in StatusClass::ALL {
+                let labels = [("class", class.label())];
+                ConstCounter::new(s.responses[class as usize])
+                    .encode(family.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "rauta_route_responses",
+                "Responses per route and status class",
+                None,
+                MetricType::Counter,
+            )?;
+            let mut routes: Vec<_> = s.routes.iter().collect();
+            routes.sort_by(|a, b| {
+                (a.0 .0.as_ref(), a.0 .1.label()).cmp(&(b.0 .0.as_ref(), b.0 .1.label()))
+            });
+            for ((route, class), count) in routes {
+                let labels = [("route", route.as_ref()), ("class", class.label())];
+                ConstCounter::new(*count).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let counters: [(&str, &str, u64); 3] = [
+            (
+                "rauta_connections",
+                "Client connections accepted",
+                s.connections_total,
+            ),
+            (
+                "rauta_backend_requests",
+                "Requests sent to backends",
+                s.backend_requests,
+            ),
+            (
+                "rauta_backend_errors",
+                "Requests failed by a backend (connect, reset, timeout, bad response)",
+                s.backend_errors,
+            ),
+        ];
+        for (name, help, value) in counters {
+            ConstCounter::new(value).encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Counter,
+            )?)?;
+        }
+        let gauges: [(&str, &str, i64); 3] = [
+            (
+                "rauta_connections_open",
+                "Client connections open",
+                s.connections_open,
+            ),
+            (
+                "rauta_pool_idle_connections",
+                "Idle pooled backend connections",
+                s.pool_idle as i64,
+            ),
+            (
+                "rauta_config_generation",
+                "Configurations published",
+                self.1 as i64,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            ConstGauge::new(value).encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Gauge,
+            )?)?;
+        }
+        let mut cumulative = 0;
+        let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(s.latency)
+            .map(|(bound, count)| {
+                cumulative += count;
+                (bound, cumulative)
+            })
+            .collect();
+        encoder
+            .encode_descriptor(
+                "rauta_response_latency_seconds",
+                "From request head to response head",
+                None,
+                MetricType::Histogram,
+            )?
+            .encode_histogram::<Vec<(String, String)>>(
+                s.latency_sum_seconds,
+                cumulative,
+                &buckets,
+                None,
+            )?;
+        let mut last = "";
+        let mut family = None;
+        for sample in &self.2 {
+            if sample.name != last {
+                family = Some(encoder.encode_descriptor(
+                    sample.name,
+                    sample.help,
+                    None,
+                    MetricType::Counter,
+                )?);
+                last = sample.name;
+            }
+            if let Some(family) = family.as_mut() {
+                let labels: Vec<(&str, &str)> =
+                    sample.labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                ConstCounter::new(sample.value).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn metrics_text(state: &AdminState) -> String {
+    let generation = state
+        .published
+        .status
+        .lock()
+        .map(|s| s.generation)
+        .unwrap_or_default();
+    let extra = state.extra.as_ref().map(|f| f()).unwrap_or_default();
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(ProxyCollector(
+        state.snapshot(),
+        generation,
+        extra,
+    )));
+    let mut text = String::new();
+    let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+    text
+}
+
+fn config_json(state: &AdminState) -> String {
+    let status = state
+        .published
+        .status
+        .lock()
+        .map(|s| s.clone())
+        .unwrap_or_default();
+    let body = serde_json::json!({
+        "io": state.io,
+        "generation": status.generation,
+        "reloads": status.reloads,
+        "rejected": status.rejected,
+        "last_error": status.last_error,
+        "active": status.summary,
+    });
+    serde_json::to_string_pretty(&body).unwrap_or_default() + "\n"
+}
+
+/// Answer one admin request.
+fn respond(state: &AdminState, method: &str, path: &str) -> (u16, &'static str, String) {
+    if method != "GET" && method != "HEAD" {
+        return (405, "text/plain", "method not allowed\n".into());
+    }
+    match path {
+        "/healthz" => (200, "text/plain", "ok\n".into()),
+        "/readyz" if state.ready.load(Ordering::Relaxed) => (200, "text/plain", "ready\n".into()),
+        "/readyz" => (503, "text/plain", "not ready\n".into()),
+        "/config" => (200, "application/json", config_json(state)),
+        "/metrics" => (
+            200,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics_text(state),
+        ),
+        _ => (404, "text/plain", "not found\n".into()),
+    }
+}
+
+/// Start the admin server on `address` on a thread of its own.
+pub fn start(address: SocketAddr, state: AdminState) -> Result<()> {
+    let listener = std::net::TcpListener::bind(address)
+        .with_context(|| format!("--admin {address}: cannot listen"))?;
+    listener.set_nonblocking(true)?;
+    std::thread::Builder::new()
+        .name("rauta-admin".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(error) => {
+                    tracing::error!(%error, "admin server runtime");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                    return;
+                };
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let state = state.clone();
+                    tokio::spawn(serve(stream, state));
+                }
+            });
+        })?;
+    Ok(())
+}
+
+async fn serve(mut stream: tokio::net::TcpStream, state: AdminState) {
+    let mut buf = Vec::with_capacity(1024);
+    let limits = rauta_dataplane::http1::Limits::default();
+    let head = loop {
+        let mut chunk = [0u8; 1024];
+        let read =
+            tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut chunk)).await;
+        match read {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return,
+        }
+        match rauta_dataplane::http1::parse_request(&buf, &limits) {
+            Ok(Some(head)) => break head,
+            Ok(None) => continue,
+            Err(_) => {
+                let _ = stream
+                    .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .await;
+                return;
+            }
+        }
+    };
+    let path = head.target.split('?').next().unwrap_or("/");
+    let (status, content_type, body) = respond(&state, &head.method, path);
+    let reason = match status {
+        200 => "OK",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        _ => "Service Unavailable",
+    };
+    let mut response = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if head.method != "HEAD" {
+        response.extend_from_slice(body.as_bytes());
+    }
+    let _ = stream.write_all(&response).await;
+}

@@ -1,0 +1,7 @@
+//! Rauta's root-only tests, one binary: they share the machine's cores and
+//! its network namespaces, so they run one at a time (see
+//! [`common::serial`]).
+
+mod common;
+mod conformance;
+mod probe;
