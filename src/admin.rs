@@ -172,8 +172,11 @@ impl Collector for ProxyCollector {
                 last = sample.name;
             }
             if let Some(family) = family.as_mut() {
-                let labels: Vec<(&str, &str)> =
-                    sample.labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                let labels: Vec<(&str, &str)> = sample
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (*k, v.as_str()))
+                    .collect();
                 ConstCounter::new(sample.value).encode(family.encode_family(&labels)?)?;
             }
         }

@@ -3,6 +3,8 @@
 //! echo server (echo-basic): path, host, method, proto, headers, and its own
 //! pod name and namespace (from `POD_NAME` / `NAMESPACE`). A request header
 //! `X-Echo-Set-Header: Name:value,Name2:value2` becomes response headers.
+//! Beyond echo-basic, `/echo-body` answers with the request's own body
+//! (chunked when the query has `chunked`), for byte-exact body tests.
 //!
 //! Kernel sockets and tokio: it is test equipment, not the data path. It
 //! frames requests with the data plane's strict HTTP/1.1 parser, so
@@ -95,13 +97,27 @@ async fn connection(mut stream: TcpStream, identity: Identity) -> Result<()> {
         if head.expect_continue {
             stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
         }
-        if let Err(e) = read_body(&mut stream, &mut buf, &mut chunk, &head, &limits).await {
+        let echo_body = head.target.starts_with("/echo-body");
+        let mut body = echo_body.then(Vec::new);
+        if let Err(e) = read_body(
+            &mut stream,
+            &mut buf,
+            &mut chunk,
+            &head,
+            &limits,
+            body.as_mut(),
+        )
+        .await
+        {
             if let Some(e) = e.downcast_ref::<HttpError>() {
                 stream.write_all(&error_response(e)).await?;
             }
             return Ok(());
         }
-        stream.write_all(&echo_response(&head, &identity)).await?;
+        match body {
+            Some(body) => stream.write_all(&body_response(&head, &body)).await?,
+            None => stream.write_all(&echo_response(&head, &identity)).await?,
+        }
         if !head.keep_alive {
             stream.shutdown().await?;
             return Ok(());
@@ -109,18 +125,23 @@ async fn connection(mut stream: TcpStream, identity: Identity) -> Result<()> {
     }
 }
 
-/// Read (and discard) the body, leaving what follows it in `buf`.
+/// Read the body into `keep` (or discard it), leaving what follows it in
+/// `buf`.
 async fn read_body(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
     chunk: &mut [u8],
     head: &RequestHead,
     limits: &Limits,
+    mut keep: Option<&mut Vec<u8>>,
 ) -> Result<()> {
     match head.framing {
         BodyFraming::Empty => Ok(()),
         BodyFraming::Length(mut left) => loop {
             let take = (buf.len() as u64).min(left) as usize;
+            if let Some(keep) = keep.as_mut() {
+                keep.extend_from_slice(&buf[..take]);
+            }
             buf.drain(..take);
             left -= take as u64;
             if left == 0 {
@@ -134,6 +155,9 @@ async fn read_body(
             let mut decoder = ChunkedDecoder::new(limits.clone());
             loop {
                 let (used, event) = decoder.decode(buf)?;
+                if let (Some(keep), Some(Chunk::Data(data))) = (keep.as_mut(), &event) {
+                    keep.extend_from_slice(data);
+                }
                 let done = event == Some(Chunk::End);
                 buf.drain(..used);
                 if done {
@@ -210,6 +234,40 @@ fn echo_response(head: &RequestHead, identity: &Identity) -> Vec<u8> {
     let mut bytes = response.into_bytes();
     if head.method != "HEAD" {
         bytes.extend_from_slice(body.as_bytes());
+    }
+    bytes
+}
+
+/// The request's own body back, with its length or chunked.
+fn body_response(head: &RequestHead, body: &[u8]) -> Vec<u8> {
+    let chunked = head
+        .target
+        .split_once('?')
+        .is_some_and(|(_, q)| q.split('&').any(|p| p == "chunked"));
+    let mut response =
+        String::from("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n");
+    if chunked {
+        response.push_str("Transfer-Encoding: chunked\r\n");
+    } else {
+        response.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    if !head.keep_alive {
+        response.push_str("Connection: close\r\n");
+    }
+    response.push_str("\r\n");
+    let mut bytes = response.into_bytes();
+    if head.method == "HEAD" {
+        return bytes;
+    }
+    if chunked {
+        for piece in body.chunks(16 * 1024) {
+            bytes.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+            bytes.extend_from_slice(piece);
+            bytes.extend_from_slice(b"\r\n");
+        }
+        bytes.extend_from_slice(b"0\r\n\r\n");
+    } else {
+        bytes.extend_from_slice(body);
     }
     bytes
 }

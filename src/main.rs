@@ -7,6 +7,7 @@ mod echo_server;
 mod lab;
 mod probe_cmd;
 mod run_cmd;
+mod xdp_setup;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -92,6 +93,16 @@ enum XdpModeArg {
     Auto,
     Native,
     Generic,
+}
+
+impl From<XdpModeArg> for AttachMode {
+    fn from(mode: XdpModeArg) -> Self {
+        match mode {
+            XdpModeArg::Auto => AttachMode::Auto,
+            XdpModeArg::Native => AttachMode::Native,
+            XdpModeArg::Generic => AttachMode::Generic,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -348,39 +359,38 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Probe(args) => {
             let options = probe_cmd::ProbeOptions {
-                address: probe_cmd::parse_cidr(&args.address)?,
-                iface: args.iface,
-                queues: args.queues,
-                workers: args.workers.unwrap_or(args.queues),
-                limits: probe_cmd::Limits {
-                    max_connections: args.max_connections.max(1),
-                    max_half_open: args.max_half_open.max(1),
-                    spare_sockets: args.spare_sockets,
-                },
-                tcp: rauta_netstack::TcpConfig {
-                    rx_buffer: args.tcp_rx_buffer.clamp(1024, 64 << 20),
-                    tx_buffer: args.tcp_tx_buffer.clamp(1024, 64 << 20),
-                    ..Default::default()
-                },
-                xdp_mode: match args.xdp_mode {
-                    XdpModeArg::Auto => AttachMode::Auto,
-                    XdpModeArg::Native => AttachMode::Native,
-                    XdpModeArg::Generic => AttachMode::Generic,
-                },
-                xdp_attach: match args.xdp_attach {
-                    XdpAttachArg::Link => AttachMethod::Link,
-                    XdpAttachArg::Netlink => AttachMethod::Netlink,
-                },
-                xsk: XskConfig {
-                    frame_size: args.frame_size,
-                    ring_size: args.ring_size,
-                    batch: args.batch,
-                    bind_mode: match args.bind {
-                        BindArg::Auto => BindMode::Auto,
-                        BindArg::Copy => BindMode::Copy,
-                        BindArg::Zerocopy => BindMode::ZeroCopy,
+                xdp: xdp_setup::XdpOptions {
+                    address: xdp_setup::parse_cidr(&args.address)?,
+                    iface: args.iface,
+                    queues: args.queues,
+                    workers: args.workers.unwrap_or(args.queues),
+                    limits: xdp_setup::Limits {
+                        max_connections: args.max_connections.max(1),
+                        max_half_open: args.max_half_open.max(1),
+                        spare_sockets: args.spare_sockets,
                     },
-                    ..XskConfig::default()
+                    tcp: rauta_netstack::TcpConfig {
+                        rx_buffer: args.tcp_rx_buffer.clamp(1024, 64 << 20),
+                        tx_buffer: args.tcp_tx_buffer.clamp(1024, 64 << 20),
+                        ..Default::default()
+                    },
+                    xdp_mode: args.xdp_mode.into(),
+                    xdp_attach: match args.xdp_attach {
+                        XdpAttachArg::Link => AttachMethod::Link,
+                        XdpAttachArg::Netlink => AttachMethod::Netlink,
+                    },
+                    xsk: XskConfig {
+                        frame_size: args.frame_size,
+                        ring_size: args.ring_size,
+                        batch: args.batch,
+                        bind_mode: match args.bind {
+                            BindArg::Auto => BindMode::Auto,
+                            BindArg::Copy => BindMode::Copy,
+                            BindArg::Zerocopy => BindMode::ZeroCopy,
+                        },
+                        ..XskConfig::default()
+                    },
+                    hugepages: !args.no_hugepages,
                 },
                 idle: IdlePolicy {
                     spin_loops: args.spin_loops,
@@ -388,7 +398,7 @@ fn run(cli: Cli) -> Result<()> {
                 },
                 report_every: Duration::from_secs_f64(args.report_every.clamp(0.05, 3600.0)),
             };
-            probe_cmd::run(options, !args.no_hugepages)?;
+            probe_cmd::run(options)?;
         }
         Command::CheckConfig { dir, selection } => {
             run_cmd::check_config(dir, selection.selection())?;
@@ -433,7 +443,32 @@ fn run(cli: Cli) -> Result<()> {
                     };
                     run_cmd::run_kernel(options, address)?;
                 }
-                IoArg::Xdp => anyhow::bail!("--io xdp: not yet wired"),
+                IoArg::Xdp => {
+                    let iface = args
+                        .iface
+                        .ok_or_else(|| anyhow::anyhow!("--io xdp needs --iface"))?;
+                    let address = args
+                        .address
+                        .as_deref()
+                        .ok_or_else(|| anyhow::anyhow!("--io xdp needs --address ADDR/PREFIX"))?;
+                    let xdp = xdp_setup::XdpOptions {
+                        address: xdp_setup::parse_cidr(address)?,
+                        iface,
+                        queues: args.queues,
+                        workers: options.workers as u32,
+                        limits: xdp_setup::Limits {
+                            max_connections: 65_536,
+                            max_half_open: 4_096,
+                            spare_sockets: 64,
+                        },
+                        tcp: rauta_netstack::TcpConfig::default(),
+                        xdp_mode: args.xdp_mode.into(),
+                        xdp_attach: AttachMethod::Link,
+                        xsk: XskConfig::default(),
+                        hugepages: !args.no_hugepages,
+                    };
+                    run_cmd::run_xdp(options, xdp, IdlePolicy::default())?;
+                }
             }
         }
         Command::Echo { listen } => {

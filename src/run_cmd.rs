@@ -1,13 +1,17 @@
 //! `rauta run`: the gateway. Routes from a directory of manifests, one proxy
 //! core under the chosen transport, the admin server beside it.
 
-use crate::admin::{self, AdminState};
+use crate::admin::{self, AdminState, ExtraSample};
+use crate::xdp_setup::{self, WorkerParts, XdpOptions};
 use anyhow::{bail, Context, Result};
 use rauta_controlplane::source::{self, Published};
 use rauta_controlplane::Selection;
+use rauta_dataplane::gateway::GatewayWorker;
 use rauta_dataplane::kernel::KernelWorker;
 use rauta_dataplane::metrics::ProxyMetrics;
 use rauta_dataplane::proxy::ProxySettings;
+use rauta_dataplane::{SharedReport, WorkerReport};
+use rauta_netstack::{IdlePolicy, Stack, XdpDevice};
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -48,15 +52,6 @@ pub fn load_config(options: &RunOptions) -> Result<Published> {
     Ok(Published::new(compiled))
 }
 
-/// SIGTERM and SIGINT set the returned flag.
-fn stop_flag() -> Result<Arc<AtomicBool>> {
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
-    }
-    Ok(stop)
-}
-
 /// `rauta run --io kernel`.
 pub fn run_kernel(options: RunOptions, address: IpAddr) -> Result<()> {
     let published = load_config(&options)?;
@@ -75,7 +70,7 @@ pub fn run_kernel(options: RunOptions, address: IpAddr) -> Result<()> {
         published.clone(),
     )
     .context("watching the config directory")?;
-    let stop = stop_flag()?;
+    let stop = xdp_setup::stop_flag()?;
     let ready = Arc::new(AtomicBool::new(false));
     let mut metrics = Vec::new();
     let mut handles = Vec::new();
@@ -132,6 +127,153 @@ pub fn run_kernel(options: RunOptions, address: IpAddr) -> Result<()> {
     }
     println!("rauta run: drained and stopped");
     Ok(())
+}
+
+/// `rauta run --io xdp`.
+pub fn run_xdp(options: RunOptions, xdp: XdpOptions, idle: IdlePolicy) -> Result<()> {
+    let published = load_config(&options)?;
+    let ports: Vec<u16> = published.config.load().ports.keys().copied().collect();
+    let (iface, address, queues) = (xdp.iface.clone(), xdp.address, xdp.queues);
+    let mut runtime = xdp_setup::bring_up(xdp)?;
+    let _watcher = source::watch(
+        options.config_dir.clone(),
+        options.selection.clone(),
+        published.clone(),
+    )
+    .context("watching the config directory")?;
+    let stop = xdp_setup::stop_flag()?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let mut metrics = Vec::new();
+    let mut reports = Vec::new();
+    let mut handles = Vec::new();
+    let workers = runtime.workers.len();
+    for (worker, parts) in std::mem::take(&mut runtime.workers).into_iter().enumerate() {
+        let m = Arc::new(ProxyMetrics::default());
+        metrics.push(m.clone());
+        let report = SharedReport::default();
+        reports.push(report.clone());
+        let w = GatewayWorker {
+            ports: ports.clone(),
+            settings: options.settings.clone(),
+            config: published.config.clone(),
+            metrics: m,
+            stop: stop.clone(),
+            drain_timeout: options.drain_timeout,
+            idle,
+            report,
+        };
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("rauta-worker-{worker}"))
+                .spawn(move || {
+                    let WorkerParts {
+                        group,
+                        mut mailbox,
+                        stack,
+                        mtu,
+                    } = parts;
+                    let mut device = XdpDevice::new(group, mtu);
+                    let mut stack = Stack::new(
+                        stack,
+                        &mut device,
+                        rauta_netstack::smoltcp::time::Instant::now(),
+                    );
+                    w.run(&mut device, &mut stack, &mut mailbox);
+                })
+                .context("starting a worker thread")?,
+        );
+    }
+    if let Some(admin) = options.admin {
+        let extra_reports = reports.clone();
+        admin::start(
+            admin,
+            AdminState {
+                published: published.clone(),
+                workers: metrics,
+                ready: ready.clone(),
+                io: "xdp",
+                extra: Some(Arc::new(move || xsk_samples(&extra_reports))),
+            },
+        )?;
+    }
+    ready.store(true, Ordering::Relaxed);
+    println!(
+        "rauta run: serving {} on {address} port(s) {ports:?} (io xdp on {iface}, {} XDP, {queues} queue(s), {workers} worker(s), UMEM on {}){}. SIGTERM drains and stops.",
+        options.config_dir.display(),
+        runtime.program.running_mode(),
+        runtime.backing,
+        options.admin.map(|a| format!("; admin on http://{a}")).unwrap_or_default()
+    );
+    let _ = std::io::stdout().flush();
+    wait(&stop, &handles);
+    ready.store(false, Ordering::Relaxed);
+    let panicked = handles.into_iter().any(|h| h.join().is_err());
+    runtime.shut_down();
+    if panicked {
+        bail!("a worker thread panicked; see the log above");
+    }
+    println!("rauta run: drained and stopped; XDP program detached from {iface}");
+    Ok(())
+}
+
+/// A per-queue counter: name, help, how to read it.
+type XskSeries = (
+    &'static str,
+    &'static str,
+    fn(&rauta_dataplane::QueueReport) -> u64,
+);
+
+/// AF_XDP ring counters per queue, for `/metrics`.
+fn xsk_samples(reports: &[SharedReport]) -> Vec<ExtraSample> {
+    let snapshots: Vec<WorkerReport> = reports
+        .iter()
+        .map(|r| r.lock().map(|r| r.clone()).unwrap_or_default())
+        .collect();
+    let queues: Vec<_> = snapshots.iter().flat_map(|w| w.queues.clone()).collect();
+    let series: [XskSeries; 6] = [
+        (
+            "rauta_xsk_frames_in",
+            "Frames received on the AF_XDP socket",
+            |q| q.traffic.frames_in,
+        ),
+        (
+            "rauta_xsk_frames_out",
+            "Frames sent on the AF_XDP socket",
+            |q| q.traffic.frames_out,
+        ),
+        (
+            "rauta_xsk_tx_kicks",
+            "sendto() wake-ups of the TX ring",
+            |q| q.traffic.tx_wakeups,
+        ),
+        (
+            "rauta_xsk_rx_dropped",
+            "Frames the kernel dropped for this socket",
+            |q| q.xsk.rx_dropped,
+        ),
+        (
+            "rauta_xsk_rx_ring_full",
+            "Frames lost to a full RX ring",
+            |q| q.xsk.rx_ring_full,
+        ),
+        (
+            "rauta_xsk_fill_ring_empty",
+            "Times the fill ring ran dry",
+            |q| q.xsk.rx_fill_ring_empty,
+        ),
+    ];
+    let mut samples = Vec::new();
+    for (name, help, value) in series {
+        for q in &queues {
+            samples.push(ExtraSample {
+                name,
+                help,
+                labels: vec![("queue", q.queue_id.to_string())],
+                value: value(q),
+            });
+        }
+    }
+    samples
 }
 
 /// Until a signal, or a worker ends on its own (an error).

@@ -8,6 +8,7 @@
 //! comes with the gateway issue.
 
 pub mod config;
+pub mod gateway;
 pub mod http1;
 pub mod kernel;
 pub mod metrics;

@@ -507,7 +507,21 @@ impl<T: Transport> Proxy<T> {
                 }
             };
         }
-        self.pump_request_body(id)
+        match self.pump_request_body(id) {
+            Ok(progress) => progress,
+            Err(error) => {
+                // A body that breaks its own framing: the backend got part
+                // of it and is dropped; the client gets the 4xx and the
+                // connection ends.
+                tracing::debug!(%error, "bad request body");
+                let exchange = &mut self.exchanges[id];
+                exchange.rx.clear();
+                exchange.eof = true;
+                exchange.closing = true;
+                self.fail_request(io, id, error.status(), now);
+                true
+            }
+        }
     }
 
     /// Answer a request the client got wrong, and end the connection: after
@@ -718,16 +732,20 @@ impl<T: Transport> Proxy<T> {
     }
 
     /// Move request body bytes from the client buffer toward the backend.
-    fn pump_request_body(&mut self, id: usize) -> bool {
+    fn pump_request_body(&mut self, id: usize) -> Result<bool, HttpError> {
         let cap = self.settings.buffer;
         let exchange = &mut self.exchanges[id];
         let Some(request) = exchange.request.as_mut() else {
-            return false;
+            return Ok(false);
         };
         let Some(leg) = request.backend.as_mut() else {
             // Answered locally: swallow the body so the next request can be
             // read (up to the limit; the connection closes anyway if not).
-            return discard_body(&mut request.body, &mut exchange.rx, &mut exchange.closing);
+            return Ok(discard_body(
+                &mut request.body,
+                &mut exchange.rx,
+                &mut exchange.closing,
+            ));
         };
         let mut progress = false;
         while !request.body.is_done() && leg.tx.len() < cap && !exchange.rx.is_empty() {
@@ -757,18 +775,7 @@ impl<T: Transport> Proxy<T> {
                         exchange.rx.drain(..used);
                         progress = true;
                     }
-                    Err(error) => {
-                        // The backend got a partial body: it must not be
-                        // reused; the client gets the error.
-                        tracing::debug!(%error, "bad request body");
-                        exchange.rx.clear();
-                        exchange.eof = true;
-                        exchange.closing = true;
-                        request.body = BodyReader::Done;
-                        request.keep_alive = false;
-                        leg.eof = true;
-                        return true;
-                    }
+                    Err(error) => return Err(error),
                 },
                 BodyReader::UntilClose | BodyReader::Done => break,
             }
@@ -781,7 +788,7 @@ impl<T: Transport> Proxy<T> {
             leg.eof = true;
             progress = true;
         }
-        progress
+        Ok(progress)
     }
 
     /// Parse the backend's response head, then relay body bytes.
@@ -832,7 +839,8 @@ impl<T: Transport> Proxy<T> {
                 }
                 exchange.tx.extend_from_slice(&bytes);
                 self.metrics.response(StatusClass::of(status));
-                self.metrics.route_response(&request.route, StatusClass::of(status));
+                self.metrics
+                    .route_response(&request.route, StatusClass::of(status));
                 self.metrics
                     .observe_latency(now.duration_since(request.started));
                 request.replay = None;
@@ -979,7 +987,9 @@ impl<T: Transport> Proxy<T> {
             self.roles.remove(&leg.conn);
             io.abort(leg.conn);
         }
-        self.metrics.backend_error();
+        if status >= 500 {
+            self.metrics.backend_error();
+        }
         if matches!(request.response, ResponseState::Head) {
             // The client's body may be half sent: do not try to find the
             // next request after it.
@@ -1000,7 +1010,8 @@ impl<T: Transport> Proxy<T> {
         let exchange = &mut self.exchanges[id];
         let request = exchange.request.as_mut().expect("in flight");
         if !request.route.is_empty() {
-            self.metrics.route_response(&request.route, StatusClass::of(status));
+            self.metrics
+                .route_response(&request.route, StatusClass::of(status));
         }
         let close = !request.keep_alive || exchange.closing;
         let modifiers = std::mem::take(&mut request.response_headers);

@@ -299,6 +299,15 @@ impl Stack {
         self.live
     }
 
+    /// Whether any connection still holds bytes its peer has not
+    /// acknowledged (closed ones included): a graceful stop waits for none.
+    pub fn has_unsent_data(&self) -> bool {
+        self.slots.iter().filter_map(|s| s.conn.as_ref()).any(|c| {
+            let socket = c.set.get::<tcp::Socket>(c.handle);
+            socket.send_queue() > 0
+        })
+    }
+
     /// Half-open connections.
     pub fn half_open(&self) -> usize {
         self.half_open
@@ -523,6 +532,11 @@ impl Stack {
     pub fn remote(&self, id: ConnId) -> Option<(Ipv4Address, u16)> {
         self.slot(id)
             .map(|c| (c.flow.remote_addr, c.flow.remote_port))
+    }
+
+    /// The local port of a connection (a listener's port for accepted ones).
+    pub fn local_port(&self, id: ConnId) -> Option<u16> {
+        self.slot(id).map(|c| c.flow.local_port)
     }
 
     /// Connections something happened to since the last call (a packet, a

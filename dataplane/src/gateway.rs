@@ -1,0 +1,222 @@
+//! The AF_XDP gateway worker: the proxy core on the userspace stack.
+//!
+//! The same polling loop as the probe's — hand-off inbox, a batch from the
+//! rings, the stack, the service, one kick, spin or sleep — with the HTTP
+//! proxy as the service. [`Stack`] is the proxy's [`Transport`]: client
+//! connections are the ones the stack accepts on the listener ports,
+//! backend connections the ones the proxy opens from ports this worker
+//! owns, so replies come back to the same worker.
+
+use crate::config::GatewayConfig;
+use crate::metrics::ProxyMetrics;
+use crate::proxy::{Proxy, ProxySettings, ReadOutcome, Transport};
+use crate::worker::{QueueReport, SharedReport, WorkerReport};
+use arc_swap::ArcSwap;
+use rauta_netstack::handoff::Mailbox;
+use rauta_netstack::smoltcp::socket::tcp::State;
+use rauta_netstack::smoltcp::time::Instant;
+use rauta_netstack::{BatchDevice, ConnId, IdlePolicy, IdleWaiter, Stack, XdpDevice};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+impl Transport for Stack {
+    type Conn = ConnId;
+
+    fn read(&mut self, conn: ConnId, buf: &mut [u8]) -> ReadOutcome {
+        let Some(socket) = self.tcp_mut(conn) else {
+            return ReadOutcome::Failed;
+        };
+        if socket.can_recv() {
+            return match socket.recv_slice(buf) {
+                Ok(n) => ReadOutcome::Data(n),
+                Err(_) => ReadOutcome::Failed,
+            };
+        }
+        match socket.state() {
+            // The peer sent FIN and everything before it was read.
+            State::CloseWait | State::LastAck | State::Closing | State::TimeWait => {
+                ReadOutcome::Closed
+            }
+            // Reset, refused, or timed out.
+            State::Closed => ReadOutcome::Failed,
+            _ => ReadOutcome::WouldBlock,
+        }
+    }
+
+    fn write(&mut self, conn: ConnId, data: &[u8]) -> Result<usize, ()> {
+        let socket = self.tcp_mut(conn).ok_or(())?;
+        match socket.state() {
+            State::SynSent | State::SynReceived | State::Listen => Ok(0),
+            _ if socket.may_send() => socket.send_slice(data).map_err(|_| ()),
+            _ => Err(()),
+        }
+    }
+
+    fn connect(&mut self, to: SocketAddr) -> Option<ConnId> {
+        let IpAddr::V4(ip) = to.ip() else {
+            return None;
+        };
+        match Stack::connect(self, (ip, to.port())) {
+            Ok(id) => Some(id),
+            Err(error) => {
+                tracing::debug!(%to, %error, "backend connect failed");
+                None
+            }
+        }
+    }
+
+    fn close(&mut self, conn: ConnId) {
+        if let Some(socket) = self.tcp_mut(conn) {
+            socket.close();
+        }
+    }
+
+    fn abort(&mut self, conn: ConnId) {
+        if let Some(socket) = self.tcp_mut(conn) {
+            socket.abort();
+        }
+    }
+}
+
+/// How often the proxy's timeouts are checked.
+const TICK: Duration = Duration::from_millis(100);
+const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+/// Frames taken from the hand-off inbox per pass.
+const HANDOFF_BATCH: usize = 256;
+
+/// What an AF_XDP gateway worker needs besides its device and stack.
+pub struct GatewayWorker {
+    pub ports: Vec<u16>,
+    pub settings: ProxySettings,
+    pub config: Arc<ArcSwap<GatewayConfig>>,
+    pub metrics: Arc<ProxyMetrics>,
+    pub stop: Arc<AtomicBool>,
+    pub drain_timeout: Duration,
+    pub idle: IdlePolicy,
+    pub report: SharedReport,
+}
+
+impl GatewayWorker {
+    /// Serve on `stack` over `device` until `stop` is set and the drain
+    /// ends.
+    pub fn run(self, device: &mut XdpDevice, stack: &mut Stack, mailbox: &mut Mailbox) {
+        for &port in &self.ports {
+            if let Err(error) = stack.listen_tcp(port) {
+                tracing::error!(port, %error, "cannot listen");
+            }
+        }
+        stack.maintain();
+        let mut proxy: Proxy<Stack> = Proxy::new(self.settings, self.config, self.metrics);
+        let mut waiter = IdleWaiter::new(self.idle);
+        let mut events = Vec::new();
+        let mut handed_in_total = 0u64;
+        let start = std::time::Instant::now();
+        let mut next_tick = start;
+        let mut next_publish = start;
+        let mut drain_deadline: Option<std::time::Instant> = None;
+        loop {
+            let handed_in = mailbox.receive_into(device, HANDOFF_BATCH);
+            handed_in_total += handed_in as u64;
+            let received = device.service();
+            let now = Instant::now();
+            let wall = std::time::Instant::now();
+            let ingress = stack.ingress(now, device, |to, frame| mailbox.send(to, frame));
+            stack.take_events(&mut events);
+            for &id in &events {
+                if proxy.knows(id) {
+                    proxy.on_io(stack, id, wall);
+                } else if let Some((peer, port)) = new_client(stack, id, &self.ports) {
+                    proxy.accept(stack, id, peer, port, wall);
+                }
+            }
+            if wall >= next_tick {
+                proxy.tick(stack, wall);
+                next_tick = wall + TICK;
+            }
+            stack.egress(now, device);
+            let sent = device.flush();
+            let backlog = mailbox.flush();
+            let did_work = handed_in > 0 || received > 0 || ingress || sent > 0 || backlog;
+            if wall >= next_publish {
+                publish(
+                    &self.report,
+                    device,
+                    stack,
+                    waiter.sleeps(),
+                    handed_in_total,
+                );
+                next_publish = wall + PUBLISH_EVERY;
+            }
+            if self.stop.load(Ordering::Relaxed) {
+                let deadline = *drain_deadline.get_or_insert(wall + self.drain_timeout);
+                // Keep the stack running until every response is
+                // delivered, not just handed to the stack.
+                let idle = !proxy.drain(stack, wall) && proxy.clients() == 0;
+                if (idle && !stack.has_unsent_data()) || wall >= deadline {
+                    break;
+                }
+            }
+            if waiter.idle_pass(did_work) {
+                stack.maintain();
+                if mailbox.going_to_sleep() {
+                    let until = next_tick.saturating_duration_since(wall);
+                    let deadline = stack.poll_delay(now).map_or(until, |d| d.min(until));
+                    let mut fds = device.fds();
+                    fds.push(mailbox.wake_fd());
+                    waiter.sleep(&fds, Some(deadline));
+                    mailbox.awake();
+                }
+            }
+        }
+        publish(
+            &self.report,
+            device,
+            stack,
+            waiter.sleeps(),
+            handed_in_total,
+        );
+    }
+}
+
+/// A connection the stack accepted on one of the listener ports: its peer
+/// and port. Connections the proxy already closed are past these states.
+fn new_client(stack: &Stack, id: ConnId, ports: &[u16]) -> Option<(SocketAddr, u16)> {
+    let state = stack.tcp(id)?.state();
+    if !matches!(state, State::SynReceived | State::Established) {
+        return None;
+    }
+    let port = stack.local_port(id)?;
+    if !ports.contains(&port) {
+        return None;
+    }
+    let (ip, remote_port) = stack.remote(id)?;
+    Some((SocketAddr::from((ip, remote_port)), port))
+}
+
+fn publish(report: &SharedReport, device: &XdpDevice, stack: &Stack, sleeps: u64, handed_in: u64) {
+    let queues = device
+        .queues()
+        .iter()
+        .zip(device.traffic())
+        .zip(device.statistics())
+        .map(|((q, traffic), xsk)| QueueReport {
+            queue_id: q.queue_id(),
+            traffic,
+            xsk: xsk.unwrap_or_default(),
+        })
+        .collect();
+    let next = WorkerReport {
+        queues,
+        connections: stack.connections(),
+        stack: stack.counters(),
+        tcp_bytes: 0,
+        udp_datagrams: 0,
+        sleeps,
+        handed_in,
+    };
+    if let Ok(mut shared) = report.lock() {
+        *shared = next;
+    }
+}
