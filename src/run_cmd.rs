@@ -147,6 +147,7 @@ pub fn run_xdp(options: RunOptions, xdp: XdpOptions, idle: IdlePolicy) -> Result
     let mut reports = Vec::new();
     let mut handles = Vec::new();
     let workers = runtime.workers.len();
+    let draining = Arc::new(std::sync::atomic::AtomicUsize::new(workers));
     for (worker, parts) in std::mem::take(&mut runtime.workers).into_iter().enumerate() {
         let m = Arc::new(ProxyMetrics::default());
         metrics.push(m.clone());
@@ -158,6 +159,7 @@ pub fn run_xdp(options: RunOptions, xdp: XdpOptions, idle: IdlePolicy) -> Result
             config: published.config.clone(),
             metrics: m,
             stop: stop.clone(),
+            draining: draining.clone(),
             drain_timeout: options.drain_timeout,
             idle,
             report,

@@ -9,15 +9,15 @@
 
 use crate::config::GatewayConfig;
 use crate::metrics::ProxyMetrics;
-use crate::proxy::{Proxy, ProxySettings, ReadOutcome, Transport};
-use crate::worker::{QueueReport, SharedReport, WorkerReport};
+use crate::proxy::{ConnectionGone, Proxy, ProxySettings, ReadOutcome, Transport, TICK_INTERVAL};
+use crate::worker::{queue_reports, SharedReport, WorkerReport, HANDOFF_BATCH, PUBLISH_EVERY};
 use arc_swap::ArcSwap;
 use rauta_netstack::handoff::Mailbox;
 use rauta_netstack::smoltcp::socket::tcp::State;
 use rauta_netstack::smoltcp::time::Instant;
 use rauta_netstack::{BatchDevice, ConnId, IdlePolicy, IdleWaiter, Stack, XdpDevice};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,12 +45,12 @@ impl Transport for Stack {
         }
     }
 
-    fn write(&mut self, conn: ConnId, data: &[u8]) -> Result<usize, ()> {
-        let socket = self.tcp_mut(conn).ok_or(())?;
+    fn write(&mut self, conn: ConnId, data: &[u8]) -> Result<usize, ConnectionGone> {
+        let socket = self.tcp_mut(conn).ok_or(ConnectionGone)?;
         match socket.state() {
             State::SynSent | State::SynReceived | State::Listen => Ok(0),
-            _ if socket.may_send() => socket.send_slice(data).map_err(|_| ()),
-            _ => Err(()),
+            _ if socket.may_send() => socket.send_slice(data).map_err(|_| ConnectionGone),
+            _ => Err(ConnectionGone),
         }
     }
 
@@ -80,12 +80,6 @@ impl Transport for Stack {
     }
 }
 
-/// How often the proxy's timeouts are checked.
-const TICK: Duration = Duration::from_millis(100);
-const PUBLISH_EVERY: Duration = Duration::from_millis(100);
-/// Frames taken from the hand-off inbox per pass.
-const HANDOFF_BATCH: usize = 256;
-
 /// What an AF_XDP gateway worker needs besides its device and stack.
 pub struct GatewayWorker {
     pub ports: Vec<u16>,
@@ -93,6 +87,10 @@ pub struct GatewayWorker {
     pub config: Arc<ArcSwap<GatewayConfig>>,
     pub metrics: Arc<ProxyMetrics>,
     pub stop: Arc<AtomicBool>,
+    /// Workers still draining, shared by all: a worker that finished its
+    /// own drain keeps polling until every worker has, because its queue
+    /// still receives (and hands over) the others' frames.
+    pub draining: Arc<AtomicUsize>,
     pub drain_timeout: Duration,
     pub idle: IdlePolicy,
     pub report: SharedReport,
@@ -116,6 +114,7 @@ impl GatewayWorker {
         let mut next_tick = start;
         let mut next_publish = start;
         let mut drain_deadline: Option<std::time::Instant> = None;
+        let mut drained = false;
         loop {
             let handed_in = mailbox.receive_into(device, HANDOFF_BATCH);
             handed_in_total += handed_in as u64;
@@ -133,7 +132,7 @@ impl GatewayWorker {
             }
             if wall >= next_tick {
                 proxy.tick(stack, wall);
-                next_tick = wall + TICK;
+                next_tick = wall + TICK_INTERVAL;
             }
             stack.egress(now, device);
             let sent = device.flush();
@@ -154,7 +153,11 @@ impl GatewayWorker {
                 // Keep the stack running until every response is
                 // delivered, not just handed to the stack.
                 let idle = !proxy.drain(stack, wall) && proxy.clients() == 0;
-                if (idle && !stack.has_unsent_data()) || wall >= deadline {
+                if !drained && idle && !stack.has_unsent_data() {
+                    drained = true;
+                    self.draining.fetch_sub(1, Ordering::AcqRel);
+                }
+                if self.draining.load(Ordering::Acquire) == 0 || wall >= deadline {
                     break;
                 }
             }
@@ -196,19 +199,8 @@ fn new_client(stack: &Stack, id: ConnId, ports: &[u16]) -> Option<(SocketAddr, u
 }
 
 fn publish(report: &SharedReport, device: &XdpDevice, stack: &Stack, sleeps: u64, handed_in: u64) {
-    let queues = device
-        .queues()
-        .iter()
-        .zip(device.traffic())
-        .zip(device.statistics())
-        .map(|((q, traffic), xsk)| QueueReport {
-            queue_id: q.queue_id(),
-            traffic,
-            xsk: xsk.unwrap_or_default(),
-        })
-        .collect();
     let next = WorkerReport {
-        queues,
+        queues: queue_reports(device),
         connections: stack.connections(),
         stack: stack.counters(),
         tcp_bytes: 0,

@@ -8,7 +8,7 @@
 
 use crate::config::GatewayConfig;
 use crate::metrics::ProxyMetrics;
-use crate::proxy::{Proxy, ProxySettings, ReadOutcome, Transport};
+use crate::proxy::{ConnectionGone, Proxy, ProxySettings, ReadOutcome, Transport, TICK_INTERVAL};
 use arc_swap::ArcSwap;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
@@ -22,9 +22,6 @@ use std::time::{Duration, Instant};
 
 /// Listener tokens count down from here; connection tokens are slab keys.
 const LISTENER_BASE: usize = usize::MAX / 2;
-
-/// How often timeouts are checked.
-const TICK: Duration = Duration::from_millis(100);
 
 /// A listening socket shared out by `SO_REUSEPORT`, non-blocking.
 pub fn reuseport_listener(address: SocketAddr) -> io::Result<std::net::TcpListener> {
@@ -63,15 +60,15 @@ impl Transport for KernelIo {
         }
     }
 
-    fn write(&mut self, conn: usize, data: &[u8]) -> Result<usize, ()> {
-        let stream = self.streams.get_mut(conn).ok_or(())?;
+    fn write(&mut self, conn: usize, data: &[u8]) -> Result<usize, ConnectionGone> {
+        let stream = self.streams.get_mut(conn).ok_or(ConnectionGone)?;
         loop {
             return match stream.write(data) {
                 Ok(n) => Ok(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(0),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => Err(()),
+                Err(_) => Err(ConnectionGone),
             };
         }
     }
@@ -149,7 +146,7 @@ impl KernelWorker {
         let mut last_tick = Instant::now();
         let mut drain_deadline: Option<Instant> = None;
         loop {
-            match io.poll.poll(&mut events, Some(TICK)) {
+            match io.poll.poll(&mut events, Some(TICK_INTERVAL)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -166,7 +163,7 @@ impl KernelWorker {
                     proxy.on_io(&mut io, token, now);
                 }
             }
-            if now.duration_since(last_tick) >= TICK {
+            if now.duration_since(last_tick) >= TICK_INTERVAL {
                 proxy.tick(&mut io, now);
                 last_tick = now;
             }

@@ -42,16 +42,18 @@ pub enum ReadOutcome {
     Failed,
 }
 
+/// A write found the connection closed or reset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionGone;
+
 /// Socket operations a driver provides.
 pub trait Transport {
     /// A connection handle.
     type Conn: Copy + Eq + Hash + Debug;
 
     fn read(&mut self, conn: Self::Conn, buf: &mut [u8]) -> ReadOutcome;
-    /// Bytes accepted (0: no room now, or not connected yet); `Err(())`:
-    /// the connection is gone.
-    #[allow(clippy::result_unit_err)]
-    fn write(&mut self, conn: Self::Conn, data: &[u8]) -> Result<usize, ()>;
+    /// Bytes accepted (0: no room now, or not connected yet).
+    fn write(&mut self, conn: Self::Conn, data: &[u8]) -> Result<usize, ConnectionGone>;
     /// Start a connection to a backend; `None` when no connection can be
     /// opened now (no ports, no memory).
     fn connect(&mut self, to: SocketAddr) -> Option<Self::Conn>;
@@ -60,6 +62,10 @@ pub trait Transport {
     /// Drop at once (RST), and forget it.
     fn abort(&mut self, conn: Self::Conn);
 }
+
+/// How often a driver calls [`Proxy::tick`]: the resolution of every
+/// timeout.
+pub const TICK_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Proxy settings.
 #[derive(Clone, Debug)]
@@ -268,7 +274,7 @@ impl<T: Transport> Proxy<T> {
         }
     }
 
-    /// Timeouts; call every few hundred milliseconds.
+    /// Timeouts; call every [`TICK_INTERVAL`].
     pub fn tick(&mut self, io: &mut T, now: Instant) {
         let ids: Vec<usize> = self.exchanges.iter().map(|(id, _)| id).collect();
         for id in ids {
@@ -281,6 +287,7 @@ impl<T: Transport> Proxy<T> {
                     if matches!(request.response, ResponseState::Head) {
                         tracing::debug!(route = %request.route, "backend timed out");
                         self.fail_request(io, id, status, now);
+                        self.drive(io, id, now);
                     }
                 }
                 None if now.duration_since(exchange.idle_since)
@@ -383,7 +390,7 @@ impl<T: Transport> Proxy<T> {
                 exchange.tx.drain(..n);
                 true
             }
-            Err(()) => {
+            Err(ConnectionGone) => {
                 self.close_exchange(io, id, true);
                 true
             }
@@ -409,7 +416,7 @@ impl<T: Transport> Proxy<T> {
                 true
             }
             // Seen again on the read side as a failure.
-            Err(()) => {
+            Err(ConnectionGone) => {
                 leg.eof = true;
                 true
             }

@@ -39,13 +39,14 @@ pub struct WorkerReport {
 /// Where a worker publishes its report.
 pub type SharedReport = Arc<Mutex<WorkerReport>>;
 
-const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+pub(crate) const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 
 /// Frames taken from the hand-off inbox per pass.
-const HANDOFF_BATCH: usize = 256;
+pub(crate) const HANDOFF_BATCH: usize = 256;
 
-fn publish(report: &SharedReport, device: &XdpDevice, probe: &Probe, sleeps: u64, handed_in: u64) {
-    let queues = device
+/// Each queue's traffic and kernel statistics, for a report.
+pub(crate) fn queue_reports(device: &XdpDevice) -> Vec<QueueReport> {
+    device
         .queues()
         .iter()
         .zip(device.traffic())
@@ -55,7 +56,11 @@ fn publish(report: &SharedReport, device: &XdpDevice, probe: &Probe, sleeps: u64
             traffic,
             xsk: xsk.unwrap_or_default(),
         })
-        .collect();
+        .collect()
+}
+
+fn publish(report: &SharedReport, device: &XdpDevice, probe: &Probe, sleeps: u64, handed_in: u64) {
+    let queues = queue_reports(device);
     let counters = probe.counters();
     let next = WorkerReport {
         queues,

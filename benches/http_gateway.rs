@@ -1,0 +1,577 @@
+//! The HTTP/1.1 gateway against nginx and HAProxy, lab benchmark (root;
+//! run by hand, not by CI): `sudo cargo bench --bench http_gateway`.
+//!
+//! Same lab, same backend (nginx in the backend namespace answering a fixed
+//! 200, upstream keep-alive everywhere), same load generator (wrk), rounds
+//! alternating rauta --io xdp, rauta --io kernel, nginx, HAProxy, each at 64
+//! and 1,000 connections. The gateway under test runs one worker pinned to
+//! CPU 1; wrk and the backend share CPU 0. Reported per peer and connection
+//! count: requests/s, p50/p99 latency (wrk), and whole-machine CPU time per
+//! request (/proc/stat deltas over the run, so softirq work the kernel path
+//! causes is counted), medians over the rounds, and rauta-xdp's ratios to
+//! each peer. JSON and an SVG chart go to `benches/results/`.
+//!
+//! Environment: RAUTA_BENCH_ROUNDS (3), RAUTA_BENCH_SECONDS (5).
+
+mod support;
+
+use plotters::prelude::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use support::{env_or, invoked_as_bench, median, require_root, run, ChildGuard, LabGuard, RAUTA};
+
+const PREFIX: &str = "rauta-hb";
+const GATEWAY: &str = "198.18.0.1";
+const NODE: &str = "198.18.0.2";
+const BACKEND: &str = "198.18.0.20:8080";
+const CONNECTIONS: [usize; 2] = [64, 1000];
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Peer {
+    RautaXdp,
+    RautaKernel,
+    Nginx,
+    Haproxy,
+}
+
+impl Peer {
+    const ALL: [Peer; 4] = [
+        Peer::RautaXdp,
+        Peer::RautaKernel,
+        Peer::Nginx,
+        Peer::Haproxy,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Peer::RautaXdp => "rauta-xdp",
+            Peer::RautaKernel => "rauta-kernel",
+            Peer::Nginx => "nginx",
+            Peer::Haproxy => "haproxy",
+        }
+    }
+
+    fn target(self) -> &'static str {
+        match self {
+            Peer::RautaXdp => GATEWAY,
+            _ => NODE,
+        }
+    }
+}
+
+/// One wrk run.
+#[derive(Clone, Copy, Debug, Default)]
+struct Sample {
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+    cpu_us_per_request: f64,
+    errors: u64,
+}
+
+fn in_ns(role: &str, args: &[&str]) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &format!("{PREFIX}-{role}")])
+        .args(args);
+    c
+}
+
+fn spawn(mut command: Command) -> ChildGuard {
+    ChildGuard(
+        command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning a peer"),
+    )
+}
+
+/// Busy and total jiffies of the whole machine.
+fn cpu_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let idle = fields[3] + fields.get(4).copied().unwrap_or(0);
+    let total: u64 = fields.iter().take(8).sum();
+    (total - idle, total)
+}
+
+fn duration_us(text: &str) -> f64 {
+    let (number, unit) = text
+        .find(|c: char| c.is_ascii_alphabetic())
+        .map_or((text, "s"), |i| text.split_at(i));
+    let value: f64 = number.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => value,
+        "ms" => value * 1e3,
+        "s" => value * 1e6,
+        "m" => value * 60e6,
+        _ => f64::NAN,
+    }
+}
+
+fn wrk(peer: Peer, connections: usize, seconds: u64) -> Sample {
+    let url = format!("http://{}/", peer.target());
+    let script = format!(
+        "ulimit -n 20000 2>/dev/null || ulimit -n $(ulimit -Hn); exec timeout {} taskset -c 0 wrk -t1 -c{connections} -d{seconds}s --latency {url}",
+        seconds + 30
+    );
+    let (busy0, _) = cpu_jiffies();
+    let out = in_ns("client", &["sh", "-c", &script]).output().unwrap();
+    let (busy1, _) = cpu_jiffies();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "wrk failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line_value = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(|v| v.trim().to_owned()))
+    };
+    let requests: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .split_once(" requests in ")
+                .and_then(|(n, _)| n.parse().ok())
+        })
+        .unwrap_or(0.0);
+    let rps: f64 = line_value("Requests/sec:")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    let p50 = line_value("50%").map_or(f64::NAN, |v| duration_us(&v));
+    let p99 = line_value("99%").map_or(f64::NAN, |v| duration_us(&v));
+    let errors: u64 = line_value("Non-2xx or 3xx responses:")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+        + line_value("Socket errors:")
+            .map(|v| {
+                v.split(',')
+                    .filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok())
+                    .sum()
+            })
+            .unwrap_or(0);
+    let jiffy_us = 1e6 / 100.0;
+    Sample {
+        rps,
+        p50_us: p50,
+        p99_us: p99,
+        cpu_us_per_request: (busy1 - busy0) as f64 * jiffy_us / requests.max(1.0),
+        errors,
+    }
+}
+
+fn write_configs(dir: &Path) {
+    std::fs::write(
+        dir.join("routes.yaml"),
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: bench, namespace: default}}
+spec:
+  gatewayClassName: rauta
+  listeners: [{{name: http, port: 80, protocol: HTTP}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: bench, namespace: default}}
+spec:
+  parentRefs: [{{name: bench}}]
+  rules: [{{backendRefs: [{{name: backend, port: 80}}]}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: backend, namespace: default}}
+spec: {{ports: [{{port: 80, targetPort: 8080}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: backend-1, namespace: default, labels: {{kubernetes.io/service-name: backend}}}}
+addressType: IPv4
+ports: [{{port: 8080}}]
+endpoints: [{{addresses: [{}]}}]
+",
+            BACKEND.split(':').next().unwrap()
+        ),
+    )
+    .unwrap();
+    let common = "worker_processes 1; daemon off; pid {dir}/{name}.pid; error_log stderr error;";
+    let nginx_proxy = format!(
+        "{}
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  upstream backend {{ server {BACKEND}; keepalive 128; }}
+  server {{
+    listen {NODE}:80 backlog=4096;
+    location / {{
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+    }}
+  }}
+}}
+",
+        common
+            .replace("{dir}", &dir.to_string_lossy())
+            .replace("{name}", "proxy")
+    );
+    std::fs::write(dir.join("nginx-proxy.conf"), nginx_proxy).unwrap();
+    let nginx_backend = format!(
+        "{}
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  server {{
+    listen {BACKEND} backlog=4096;
+    location / {{ return 200 \"ok\\n\"; }}
+  }}
+}}
+",
+        common
+            .replace("{dir}", &dir.to_string_lossy())
+            .replace("{name}", "backend")
+    );
+    std::fs::write(dir.join("nginx-backend.conf"), nginx_backend).unwrap();
+    let haproxy = format!(
+        "global
+  nbthread 1
+  maxconn 20000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend fe
+  bind {NODE}:80
+  default_backend be
+backend be
+  server b1 {BACKEND}
+"
+    );
+    std::fs::write(dir.join("haproxy.cfg"), haproxy).unwrap();
+}
+
+/// Start `peer` pinned to CPU 1 and wait until it answers.
+fn start(peer: Peer, dir: &Path) -> ChildGuard {
+    let d = dir.to_string_lossy();
+    let config = d.to_string();
+    let nginx_conf = format!("{d}/nginx-proxy.conf");
+    let haproxy_cfg = format!("{d}/haproxy.cfg");
+    let iface = format!("{PREFIX}-gw");
+    let address = format!("{GATEWAY}/24");
+    let args: Vec<&str> = match peer {
+        Peer::RautaXdp => vec![
+            "taskset",
+            "-c",
+            "1",
+            RAUTA,
+            "run",
+            "--io",
+            "xdp",
+            "--iface",
+            &iface,
+            "--address",
+            &address,
+            "--queues",
+            "1",
+            "--workers",
+            "1",
+            "--config",
+            &config,
+            "--admin",
+            "off",
+        ],
+        Peer::RautaKernel => vec![
+            "taskset",
+            "-c",
+            "1",
+            RAUTA,
+            "run",
+            "--io",
+            "kernel",
+            "--address",
+            NODE,
+            "--workers",
+            "1",
+            "--config",
+            &config,
+            "--admin",
+            "off",
+        ],
+        Peer::Nginx => vec!["taskset", "-c", "1", "nginx", "-c", &nginx_conf, "-p", &d],
+        Peer::Haproxy => vec!["taskset", "-c", "1", "haproxy", "-f", &haproxy_cfg],
+    };
+    let mut command = in_ns(
+        "gw",
+        &["sh", "-c", "ulimit -n 20000 2>/dev/null; exec \"$@\"", "sh"],
+    );
+    command.args(&args);
+    let guard = spawn(command);
+    let url = format!("http://{}/", peer.target());
+    for _ in 0..100 {
+        let ok = in_ns(
+            "client",
+            &[
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-m",
+                "1",
+                &url,
+            ],
+        )
+        .output()
+        .map(|o| o.stdout == b"200")
+        .unwrap_or(false);
+        if ok {
+            return guard;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{} did not start answering", peer.name());
+}
+
+/// A chart panel: its title and the value it plots.
+type Panel = (&'static str, fn(&Sample) -> f64);
+
+fn chart(path: &Path, medians: &[(Peer, usize, Sample)]) {
+    let root = SVGBackend::new(path, (900, 480)).into_drawing_area();
+    root.fill(&WHITE).unwrap();
+    let areas = root.split_evenly((1, 2));
+    let panels: [Panel; 2] = [
+        ("requests/s (higher is better)", |s| s.rps),
+        (
+            "CPU µs per request, whole machine (lower is better)",
+            |s| s.cpu_us_per_request,
+        ),
+    ];
+    for (area, (title, value)) in areas.iter().zip(panels) {
+        let max = medians.iter().map(|(_, _, s)| value(s)).fold(0.0, f64::max) * 1.15;
+        let mut chart = ChartBuilder::on(area)
+            .caption(title, ("sans-serif", 16))
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..(Peer::ALL.len() * 3) as f64, 0f64..max.max(1.0))
+            .unwrap();
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(0)
+            .draw()
+            .unwrap();
+        let colours = [RGBColor(31, 119, 180), RGBColor(255, 127, 14)];
+        for (p, peer) in Peer::ALL.iter().enumerate() {
+            for (c, conns) in CONNECTIONS.iter().enumerate() {
+                let Some((_, _, s)) = medians.iter().find(|(mp, mc, _)| mp == peer && mc == conns)
+                else {
+                    continue;
+                };
+                let x = (p * 3 + c) as f64 + 0.1;
+                chart
+                    .draw_series([Rectangle::new(
+                        [(x, 0.0), (x + 0.8, value(s))],
+                        colours[c].filled(),
+                    )])
+                    .unwrap();
+            }
+            chart
+                .draw_series([Text::new(
+                    peer.name(),
+                    ((p * 3) as f64 + 0.2, max * 0.03),
+                    ("sans-serif", 12),
+                )])
+                .unwrap();
+        }
+        for (c, conns) in CONNECTIONS.iter().enumerate() {
+            chart
+                .draw_series([Rectangle::new(
+                    [
+                        (
+                            (Peer::ALL.len() * 3) as f64 - 2.6,
+                            max * (0.95 - c as f64 * 0.06),
+                        ),
+                        (
+                            (Peer::ALL.len() * 3) as f64 - 2.3,
+                            max * (0.92 - c as f64 * 0.06),
+                        ),
+                    ],
+                    colours[c].filled(),
+                )])
+                .unwrap();
+            chart
+                .draw_series([Text::new(
+                    format!("{conns} connections"),
+                    (
+                        (Peer::ALL.len() * 3) as f64 - 2.2,
+                        max * (0.955 - c as f64 * 0.06),
+                    ),
+                    ("sans-serif", 12),
+                )])
+                .unwrap();
+        }
+    }
+    root.present().unwrap();
+}
+
+fn main() {
+    if !invoked_as_bench() {
+        return;
+    }
+    require_root("the HTTP gateway benchmark");
+    for tool in ["wrk", "nginx", "haproxy", "curl", "taskset"] {
+        assert!(
+            Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .is_ok_and(|o| o.status.success()),
+            "{tool} is needed: run scripts/setup --bench"
+        );
+    }
+    let rounds: usize = env_or("RAUTA_BENCH_ROUNDS", 3);
+    let seconds: u64 = env_or("RAUTA_BENCH_SECONDS", 5);
+    let dir: PathBuf = std::env::temp_dir().join(format!("rauta-hb-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    write_configs(&dir);
+    let _lab = LabGuard::up(PREFIX, 1);
+    let backend_conf = format!("{}/nginx-backend.conf", dir.display());
+    let d = dir.to_string_lossy().into_owned();
+    let _backend = spawn(in_ns(
+        "backend",
+        &[
+            "sh",
+            "-c",
+            "ulimit -n 20000 2>/dev/null; exec taskset -c 0 nginx -c \"$0\" -p \"$1\"",
+            &backend_conf,
+            &d,
+        ],
+    ));
+    std::thread::sleep(Duration::from_millis(500));
+    run(&[
+        "ip",
+        "netns",
+        "exec",
+        &format!("{PREFIX}-client"),
+        "curl",
+        "-sf",
+        "-m",
+        "2",
+        &format!("http://{BACKEND}/"),
+    ]);
+
+    let mut samples: Vec<(Peer, usize, Sample)> = Vec::new();
+    for round in 1..=rounds {
+        for peer in Peer::ALL {
+            let guard = start(peer, &dir);
+            // Warm up: pools filled, caches hot.
+            wrk(peer, 64, 1);
+            for connections in CONNECTIONS {
+                let s = wrk(peer, connections, seconds);
+                eprintln!(
+                    "round {round}/{rounds} {:<13} {connections:>5} conns: {:>9.0} req/s  p50 {:>8.0} us  p99 {:>8.0} us  {:>6.1} CPU-us/req  errors {}",
+                    peer.name(),
+                    s.rps,
+                    s.p50_us,
+                    s.p99_us,
+                    s.cpu_us_per_request,
+                    s.errors
+                );
+                samples.push((peer, connections, s));
+            }
+            drop(guard);
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    let mut medians = Vec::new();
+    for peer in Peer::ALL {
+        for connections in CONNECTIONS {
+            let runs: Vec<Sample> = samples
+                .iter()
+                .filter(|(p, c, _)| *p == peer && *c == connections)
+                .map(|(_, _, s)| *s)
+                .collect();
+            let m = |f: fn(&Sample) -> f64| median(runs.iter().map(f).collect());
+            let s = Sample {
+                rps: m(|s| s.rps),
+                p50_us: m(|s| s.p50_us),
+                p99_us: m(|s| s.p99_us),
+                cpu_us_per_request: m(|s| s.cpu_us_per_request),
+                errors: runs.iter().map(|s| s.errors).sum(),
+            };
+            medians.push((peer, connections, s));
+        }
+    }
+    let get = |peer: Peer, c: usize| {
+        medians
+            .iter()
+            .find(|(p, mc, _)| *p == peer && *mc == c)
+            .map(|(_, _, s)| *s)
+            .unwrap()
+    };
+    let mut ratios = Vec::new();
+    for connections in CONNECTIONS {
+        let xdp = get(Peer::RautaXdp, connections);
+        for peer in [Peer::Nginx, Peer::Haproxy, Peer::RautaKernel] {
+            let other = get(peer, connections);
+            let r = serde_json::json!({
+                "connections": connections,
+                "versus": peer.name(),
+                "rps_ratio": xdp.rps / other.rps,
+                "cpu_per_request_ratio": xdp.cpu_us_per_request / other.cpu_us_per_request,
+                "p99_ratio": xdp.p99_us / other.p99_us,
+            });
+            eprintln!("{connections:>5} conns: rauta-xdp / {:<12} rps x{:.2}, CPU/request x{:.2}, p99 x{:.2}", peer.name(), xdp.rps / other.rps, xdp.cpu_us_per_request / other.cpu_us_per_request, xdp.p99_us / other.p99_us);
+            ratios.push(r);
+        }
+    }
+    let results: Vec<serde_json::Value> = medians
+        .iter()
+        .map(|(peer, connections, s)| {
+            let runs: Vec<serde_json::Value> = samples
+                .iter()
+                .filter(|(p, c, _)| p == peer && c == connections)
+                .map(|(_, _, s)| serde_json::json!({"rps": s.rps, "p50_us": s.p50_us, "p99_us": s.p99_us, "cpu_us_per_request": s.cpu_us_per_request, "errors": s.errors}))
+                .collect();
+            serde_json::json!({
+                "peer": peer.name(),
+                "connections": connections,
+                "median": {"rps": s.rps, "p50_us": s.p50_us, "p99_us": s.p99_us, "cpu_us_per_request": s.cpu_us_per_request},
+                "errors": s.errors,
+                "runs": runs,
+            })
+        })
+        .collect();
+    let report = serde_json::json!({
+        "benchmark": "http_gateway",
+        "method": "veth lab; backend nginx (fixed 200) in the backend namespace on CPU 0; wrk -t1 --latency on CPU 0; the peer pinned to CPU 1 with one worker; rounds alternate peers; CPU per request from /proc/stat (whole machine) over each run",
+        "rounds": rounds,
+        "seconds": seconds,
+        "results": results,
+        "ratios": ratios,
+    });
+    let out_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    std::fs::write(
+        out_dir.join("http_gateway.json"),
+        serde_json::to_string_pretty(&report).unwrap() + "\n",
+    )
+    .unwrap();
+    chart(&out_dir.join("http_gateway.svg"), &medians);
+    let _ = std::fs::remove_dir_all(&dir);
+    eprintln!("results: benches/results/http_gateway.json, benches/results/http_gateway.svg");
+}

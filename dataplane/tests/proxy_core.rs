@@ -1,0 +1,332 @@
+//! The proxy core in memory: a fake transport stands in for sockets, the
+//! test plays client and backend byte by byte.
+
+use arc_swap::ArcSwap;
+use rauta_dataplane::config::{
+    Backend, Backends, GatewayConfig, Listener, PortListeners, RuleAction,
+};
+use rauta_dataplane::metrics::ProxyMetrics;
+use rauta_dataplane::proxy::{ConnectionGone, Proxy, ProxySettings, ReadOutcome, Transport};
+use rauta_dataplane::routes::{PathMatch, Route, RouteMatch, RouteTable};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Default, Debug)]
+struct FakeConn {
+    /// What the peer sent, not yet read by the proxy.
+    inbox: Vec<u8>,
+    /// What the proxy wrote.
+    outbox: Vec<u8>,
+    peer_finished: bool,
+    failed: bool,
+    /// Closed (FIN) or aborted (RST) by the proxy.
+    closed: Option<&'static str>,
+}
+
+#[derive(Default)]
+struct FakeIo {
+    conns: HashMap<u32, FakeConn>,
+    next: u32,
+    /// Backend connections opened, in order.
+    connects: Vec<(u32, SocketAddr)>,
+}
+
+impl FakeIo {
+    fn open(&mut self) -> u32 {
+        self.next += 1;
+        self.conns.insert(self.next, FakeConn::default());
+        self.next
+    }
+
+    fn take_output(&mut self, id: u32) -> String {
+        String::from_utf8_lossy(&std::mem::take(
+            &mut self.conns.get_mut(&id).unwrap().outbox,
+        ))
+        .into_owned()
+    }
+}
+
+impl Transport for FakeIo {
+    type Conn = u32;
+
+    fn read(&mut self, conn: u32, buf: &mut [u8]) -> ReadOutcome {
+        let c = self.conns.get_mut(&conn).unwrap();
+        if c.failed {
+            return ReadOutcome::Failed;
+        }
+        if c.inbox.is_empty() {
+            return if c.peer_finished {
+                ReadOutcome::Closed
+            } else {
+                ReadOutcome::WouldBlock
+            };
+        }
+        let n = buf.len().min(c.inbox.len());
+        buf[..n].copy_from_slice(&c.inbox[..n]);
+        c.inbox.drain(..n);
+        ReadOutcome::Data(n)
+    }
+
+    fn write(&mut self, conn: u32, data: &[u8]) -> Result<usize, ConnectionGone> {
+        let c = self.conns.get_mut(&conn).unwrap();
+        if c.failed || c.closed.is_some() {
+            return Err(ConnectionGone);
+        }
+        c.outbox.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn connect(&mut self, to: SocketAddr) -> Option<u32> {
+        let id = self.open();
+        self.connects.push((id, to));
+        Some(id)
+    }
+
+    fn close(&mut self, conn: u32) {
+        self.conns.get_mut(&conn).unwrap().closed = Some("fin");
+    }
+
+    fn abort(&mut self, conn: u32) {
+        self.conns.get_mut(&conn).unwrap().closed = Some("rst");
+    }
+}
+
+const BACKEND: &str = "10.0.0.1:8080";
+
+fn config() -> GatewayConfig {
+    let backend = || {
+        Backends::new(vec![Backend::new(
+            "ns/svc:80".into(),
+            1,
+            vec![BACKEND.parse().unwrap()],
+        )])
+    };
+    let routes = RouteTable::new(vec![Route {
+        name: "ns/route".into(),
+        created: 0,
+        hostnames: vec![],
+        rules: vec![(
+            vec![RouteMatch {
+                path: PathMatch::Prefix("/app".into()),
+                ..RouteMatch::default()
+            }],
+            RuleAction {
+                route: "ns/route".into(),
+                backends: backend(),
+                ..RuleAction::default()
+            },
+        )],
+    }]);
+    let mut ports = BTreeMap::new();
+    ports.insert(
+        80,
+        PortListeners::new(vec![Listener {
+            name: "ns/gw/http".into(),
+            hostname: None,
+            routes,
+        }]),
+    );
+    GatewayConfig { ports }
+}
+
+struct Harness {
+    io: FakeIo,
+    proxy: Proxy<FakeIo>,
+    client: u32,
+    now: Instant,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let mut io = FakeIo::default();
+        let mut proxy = Proxy::new(
+            ProxySettings::default(),
+            Arc::new(ArcSwap::from_pointee(config())),
+            Arc::new(ProxyMetrics::default()),
+        );
+        let client = io.open();
+        let now = Instant::now();
+        proxy.accept(&mut io, client, "192.0.2.7:40000".parse().unwrap(), 80, now);
+        Self {
+            io,
+            proxy,
+            client,
+            now,
+        }
+    }
+
+    fn client_sends(&mut self, bytes: &str) {
+        self.io
+            .conns
+            .get_mut(&self.client)
+            .unwrap()
+            .inbox
+            .extend_from_slice(bytes.as_bytes());
+        self.proxy.on_io(&mut self.io, self.client, self.now);
+    }
+
+    fn backend_sends(&mut self, backend: u32, bytes: &str) {
+        self.io
+            .conns
+            .get_mut(&backend)
+            .unwrap()
+            .inbox
+            .extend_from_slice(bytes.as_bytes());
+        self.proxy.on_io(&mut self.io, backend, self.now);
+    }
+
+    fn last_backend(&self) -> u32 {
+        self.io.connects.last().expect("a backend connection").0
+    }
+
+    fn client_got(&mut self) -> String {
+        self.io.take_output(self.client)
+    }
+}
+
+#[test]
+fn forwards_with_forwarding_headers_and_reuses_the_backend_connection() {
+    let mut h = Harness::new();
+    h.client_sends("GET /app/x?q=1 HTTP/1.1\r\nHost: example.com\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\n\r\n");
+    let backend = h.last_backend();
+    let request = h.io.take_output(backend);
+    assert!(
+        request.starts_with("GET /app/x?q=1 HTTP/1.1\r\nHost: example.com\r\n"),
+        "{request}"
+    );
+    assert!(
+        request.contains("X-Forwarded-For: 192.0.2.7\r\n"),
+        "{request}"
+    );
+    assert!(request.contains("X-Forwarded-Proto: http\r\n"), "{request}");
+    assert!(
+        !request.contains("X-Hop"),
+        "hop-by-hop field named by Connection forwarded: {request}"
+    );
+    h.backend_sends(backend, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    assert_eq!(
+        h.client_got(),
+        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    );
+
+    h.client_sends("GET /app/y HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    assert_eq!(h.io.connects.len(), 1, "the pooled connection is reused");
+    assert!(h.io.take_output(backend).starts_with("GET /app/y "));
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order_and_chunked_bodies_re_framed() {
+    let mut h = Harness::new();
+    h.client_sends(
+        "POST /app/a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /app/b HTTP/1.1\r\nHost: h\r\n\r\n",
+    );
+    let backend = h.last_backend();
+    let first = h.io.take_output(backend);
+    assert!(
+        first.contains("Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
+        "{first}"
+    );
+    assert!(
+        !first.contains("/app/b"),
+        "the second request waits for the first response"
+    );
+    // A response without a length, until close: re-framed as chunked.
+    h.backend_sends(backend, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nhello");
+    h.io.conns.get_mut(&backend).unwrap().peer_finished = true;
+    h.proxy.on_io(&mut h.io, backend, h.now);
+    let got = h.client_got();
+    assert!(
+        got.starts_with(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        ),
+        "{got}"
+    );
+    // Then the pipelined second request goes out on a new connection.
+    let second = h.last_backend();
+    assert_ne!(second, backend);
+    assert!(h.io.take_output(second).starts_with("GET /app/b "));
+    h.backend_sends(second, "HTTP/1.1 204 No Content\r\n\r\n");
+    assert!(h.client_got().starts_with("HTTP/1.1 204 No Content\r\n"));
+}
+
+#[test]
+fn no_route_is_404_and_smuggling_is_400_with_the_connection_closed() {
+    let mut h = Harness::new();
+    h.client_sends("GET /elsewhere HTTP/1.1\r\nHost: h\r\n\r\n");
+    assert!(h.client_got().starts_with("HTTP/1.1 404 Not Found\r\n"));
+    assert!(h.io.connects.is_empty());
+    h.client_sends("POST /app HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /app HTTP/1.1\r\nHost: h\r\n\r\n");
+    let got = h.client_got();
+    assert!(
+        got.starts_with("HTTP/1.1 400 Bad Request\r\n") && got.contains("Connection: close"),
+        "{got}"
+    );
+    assert!(
+        h.io.connects.is_empty(),
+        "nothing after the bad request was forwarded"
+    );
+    assert_eq!(h.io.conns[&h.client].closed, Some("fin"));
+}
+
+#[test]
+fn a_failed_backend_is_502_and_a_stale_pooled_connection_is_retried() {
+    let mut h = Harness::new();
+    h.client_sends("GET /app HTTP/1.1\r\nHost: h\r\n\r\n");
+    let first = h.last_backend();
+    h.io.conns.get_mut(&first).unwrap().failed = true;
+    h.proxy.on_io(&mut h.io, first, h.now);
+    let got = h.client_got();
+    assert!(got.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{got}");
+    assert!(!got.contains("rror"), "no internal error text: {got}");
+
+    // A pooled connection the backend closed while idle: the request is
+    // sent again on a fresh one, the client never notices.
+    h.client_sends("GET /app HTTP/1.1\r\nHost: h\r\n\r\n");
+    let second = h.last_backend();
+    h.io.take_output(second);
+    h.backend_sends(second, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    h.client_got();
+    h.client_sends("GET /app/again HTTP/1.1\r\nHost: h\r\n\r\n");
+    assert_eq!(h.last_backend(), second, "reused from the pool");
+    h.io.conns.get_mut(&second).unwrap().peer_finished = true;
+    h.proxy.on_io(&mut h.io, second, h.now);
+    let third = h.last_backend();
+    assert_ne!(third, second, "retried on a new connection");
+    assert!(h.io.take_output(third).starts_with("GET /app/again "));
+    h.backend_sends(third, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    assert!(h.client_got().starts_with("HTTP/1.1 200 OK"));
+}
+
+#[test]
+fn a_silent_backend_times_out_with_504_and_an_idle_client_is_closed() {
+    let mut h = Harness::new();
+    h.client_sends("GET /app HTTP/1.1\r\nHost: h\r\n\r\n");
+    let later = h.now + Duration::from_secs(40);
+    h.proxy.tick(&mut h.io, later);
+    assert!(h
+        .client_got()
+        .starts_with("HTTP/1.1 504 Gateway Timeout\r\n"));
+    let much_later = later + Duration::from_secs(61);
+    h.proxy.tick(&mut h.io, much_later);
+    assert_eq!(h.io.conns[&h.client].closed, Some("fin"));
+    assert_eq!(h.proxy.clients(), 0);
+}
+
+#[test]
+fn expect_continue_is_answered_before_the_body() {
+    let mut h = Harness::new();
+    h.client_sends(
+        "PUT /app HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n",
+    );
+    assert_eq!(h.client_got(), "HTTP/1.1 100 Continue\r\n\r\n");
+    h.client_sends("data");
+    let backend = h.last_backend();
+    let request = h.io.take_output(backend);
+    assert!(!request.contains("Expect"), "{request}");
+    assert!(
+        request.ends_with("Content-Length: 4\r\n\r\ndata"),
+        "{request}"
+    );
+}
