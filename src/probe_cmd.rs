@@ -1,11 +1,11 @@
 //! `rauta probe`: the userspace stack with echo services on real AF_XDP
 //! sockets, with per-queue counters every second and on exit.
 
-use crate::xdp_setup::{self, WorkerParts, XdpOptions};
+use crate::xdp_setup::{self, XdpOptions};
 use anyhow::{bail, Context, Result};
 use rauta_dataplane::{run_probe, Probe, ProbeConfig, SharedReport, WorkerReport};
 use rauta_netstack::smoltcp::time::Instant;
-use rauta_netstack::{IdlePolicy, XdpDevice};
+use rauta_netstack::IdlePolicy;
 use rauta_xdp::XdpProgram;
 use std::io::Write;
 use std::sync::atomic::Ordering;
@@ -37,13 +37,7 @@ pub fn run(options: ProbeOptions) -> Result<()> {
         let handle = std::thread::Builder::new()
             .name(format!("rauta-worker-{worker}"))
             .spawn(move || {
-                let WorkerParts {
-                    group,
-                    mut mailbox,
-                    stack,
-                    mtu,
-                } = parts;
-                let mut device = XdpDevice::new(group, mtu);
+                let (mut device, mut mailbox, stack) = parts.open();
                 let mut probe = Probe::new(ProbeConfig::new(stack), &mut device, Instant::now());
                 run_probe(&mut device, &mut probe, &mut mailbox, &stop, idle, &report);
             })

@@ -2,7 +2,7 @@
 //! core under the chosen transport, the admin server beside it.
 
 use crate::admin::{self, AdminState, ExtraSample};
-use crate::xdp_setup::{self, WorkerParts, XdpOptions};
+use crate::xdp_setup::{self, XdpOptions};
 use anyhow::{bail, Context, Result};
 use rauta_controlplane::source::{self, Published};
 use rauta_controlplane::Selection;
@@ -11,7 +11,7 @@ use rauta_dataplane::kernel::KernelWorker;
 use rauta_dataplane::metrics::ProxyMetrics;
 use rauta_dataplane::proxy::ProxySettings;
 use rauta_dataplane::{SharedReport, WorkerReport};
-use rauta_netstack::{IdlePolicy, Stack, XdpDevice};
+use rauta_netstack::{IdlePolicy, Stack};
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -168,13 +168,7 @@ pub fn run_xdp(options: RunOptions, xdp: XdpOptions, idle: IdlePolicy) -> Result
             std::thread::Builder::new()
                 .name(format!("rauta-worker-{worker}"))
                 .spawn(move || {
-                    let WorkerParts {
-                        group,
-                        mut mailbox,
-                        stack,
-                        mtu,
-                    } = parts;
-                    let mut device = XdpDevice::new(group, mtu);
+                    let (mut device, mut mailbox, stack) = parts.open();
                     let mut stack = Stack::new(
                         stack,
                         &mut device,

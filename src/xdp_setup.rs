@@ -8,7 +8,9 @@ use rauta_netstack::flow::FlowOwnership;
 use rauta_netstack::handoff::{self, Mailbox};
 use rauta_netstack::smoltcp::wire::Ipv4Cidr;
 use rauta_netstack::umem::HugePagePolicy;
-use rauta_netstack::{link, StackConfig, TcpConfig, UmemRegistration, XskConfig, XskGroup, XskSet};
+use rauta_netstack::{
+    link, StackConfig, TcpConfig, UmemRegistration, XdpDevice, XskConfig, XskGroup, XskSet,
+};
 use rauta_xdp::{AttachMethod, AttachMode, XdpProgram};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -40,6 +42,18 @@ pub struct WorkerParts {
     pub mailbox: Mailbox,
     pub stack: StackConfig,
     pub mtu: usize,
+}
+
+impl WorkerParts {
+    /// On the worker's thread: its device over its sockets, its mailbox and
+    /// its stack's configuration.
+    pub fn open(self) -> (XdpDevice, Mailbox, StackConfig) {
+        (
+            XdpDevice::new(self.group, self.mtu),
+            self.mailbox,
+            self.stack,
+        )
+    }
 }
 
 /// AF_XDP up on an interface. Drop order matters: workers first (they own

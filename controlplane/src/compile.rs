@@ -505,6 +505,20 @@ fn regex(route: &Sourced<HttpRoute>, field: String, pattern: &str) -> Result<Reg
         .map_err(|e| field_error(route, field, format!("invalid regular expression: {e}")))
 }
 
+/// A header or query value match, its expression checked.
+fn value_match(
+    route: &Sourced<HttpRoute>,
+    field: String,
+    is_regex: bool,
+    value: &str,
+) -> Result<ValueMatch, CompileError> {
+    Ok(if is_regex {
+        ValueMatch::RegularExpression(regex(route, field, value)?)
+    } else {
+        ValueMatch::Exact(value.to_owned())
+    })
+}
+
 fn compile_matches(
     route: &Sourced<HttpRoute>,
     at: &str,
@@ -548,31 +562,20 @@ fn compile_matches(
         };
         let mut headers = Vec::new();
         for (i, h) in m.headers.iter().flatten().enumerate() {
-            let value = match h.r#type.as_ref() {
-                Some(HttpRouteRulesMatchesHeadersType::RegularExpression) => {
-                    ValueMatch::RegularExpression(regex(
-                        route,
-                        format!("{at}.headers[{i}].value"),
-                        &h.value,
-                    )?)
-                }
-                _ => ValueMatch::Exact(h.value.clone()),
-            };
+            let is_regex = h.r#type == Some(HttpRouteRulesMatchesHeadersType::RegularExpression);
+            let field = format!("{at}.headers[{i}].value");
+            let value = value_match(route, field, is_regex, &h.value)?;
             headers.push((h.name.to_ascii_lowercase(), value));
         }
         let mut query = Vec::new();
         for (i, q) in m.query_params.iter().flatten().enumerate() {
-            let value = match q.r#type.as_ref() {
-                Some(HttpRouteRulesMatchesQueryParamsType::RegularExpression) => {
-                    ValueMatch::RegularExpression(regex(
-                        route,
-                        format!("{at}.queryParams[{i}].value"),
-                        &q.value,
-                    )?)
-                }
-                _ => ValueMatch::Exact(q.value.clone()),
-            };
-            query.push((q.name.clone(), value));
+            let is_regex =
+                q.r#type == Some(HttpRouteRulesMatchesQueryParamsType::RegularExpression);
+            let field = format!("{at}.queryParams[{i}].value");
+            query.push((
+                q.name.clone(),
+                value_match(route, field, is_regex, &q.value)?,
+            ));
         }
         let method = m.method.as_ref().map(|m| {
             serde_json::to_value(m)

@@ -94,10 +94,22 @@ impl Default for ProxySettings {
             response_timeout: Duration::from_secs(30),
             client_idle_timeout: Duration::from_secs(60),
             pool_idle_timeout: Duration::from_secs(30),
-            pool_max_idle: 256,
+            pool_max_idle: 1024,
             buffer: 64 * 1024,
         }
     }
+}
+
+/// One step of [`Proxy::drive`].
+#[derive(Clone, Copy)]
+enum Step {
+    FlushClient,
+    FlushBackend,
+    ReadClient,
+    AdvanceRequest,
+    ReadBackend,
+    AdvanceResponse,
+    FinishRequest,
 }
 
 /// Where a connection belongs.
@@ -352,23 +364,32 @@ impl<T: Transport> Proxy<T> {
 
     /// Make all the progress the exchange can make now.
     fn drive(&mut self, io: &mut T, id: usize, now: Instant) {
+        // Every step may end the exchange (a reset seen on a write or a
+        // read, a malformed body): the next step must not run on it.
+        const STEPS: [Step; 7] = [
+            Step::FlushClient,
+            Step::FlushBackend,
+            Step::ReadClient,
+            Step::AdvanceRequest,
+            Step::ReadBackend,
+            Step::AdvanceResponse,
+            Step::FinishRequest,
+        ];
         for _ in 0..64 {
             let mut progress = false;
-            progress |= self.flush_client(io, id);
-            progress |= self.flush_backend(io, id);
-            progress |= self.read_client(io, id);
-            if !self.exchanges.contains(id) {
-                return;
-            }
-            progress |= self.advance_request(io, id, now);
-            progress |= self.read_backend(io, id, now);
-            if !self.exchanges.contains(id) {
-                return;
-            }
-            progress |= self.advance_response(io, id, now);
-            progress |= self.finish_request(io, id, now);
-            if !self.exchanges.contains(id) {
-                return;
+            for step in STEPS {
+                if !self.exchanges.contains(id) {
+                    return;
+                }
+                progress |= match step {
+                    Step::FlushClient => self.flush_client(io, id),
+                    Step::FlushBackend => self.flush_backend(io, id),
+                    Step::ReadClient => self.read_client(io, id),
+                    Step::AdvanceRequest => self.advance_request(io, id, now),
+                    Step::ReadBackend => self.read_backend(io, id, now),
+                    Step::AdvanceResponse => self.advance_response(io, id, now),
+                    Step::FinishRequest => self.finish_request(io, id, now),
+                };
             }
             if !progress {
                 break;

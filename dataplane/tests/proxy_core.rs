@@ -330,3 +330,33 @@ fn expect_continue_is_answered_before_the_body() {
         "{request}"
     );
 }
+
+#[test]
+fn a_client_that_resets_mid_response_ends_only_its_own_exchange() {
+    let mut h = Harness::new();
+    h.client_sends("GET /app HTTP/1.1\r\nHost: h\r\n\r\n");
+    let backend = h.last_backend();
+    // The client is gone by the time the response arrives.
+    h.io.conns.get_mut(&h.client).unwrap().failed = true;
+    h.backend_sends(backend, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    assert_eq!(h.proxy.clients(), 0);
+
+    // A neighbour on the same proxy is served as before.
+    let other = h.io.open();
+    h.proxy.accept(
+        &mut h.io,
+        other,
+        "192.0.2.8:40001".parse().unwrap(),
+        80,
+        h.now,
+    );
+    h.io.conns
+        .get_mut(&other)
+        .unwrap()
+        .inbox
+        .extend_from_slice(b"GET /app HTTP/1.1\r\nHost: h\r\n\r\n");
+    h.proxy.on_io(&mut h.io, other, h.now);
+    let next = h.last_backend();
+    h.backend_sends(next, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    assert!(h.io.take_output(other).starts_with("HTTP/1.1 200 OK"));
+}
