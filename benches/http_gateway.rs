@@ -89,11 +89,14 @@ fn in_ns(role: &str, args: &[&str]) -> Command {
     c
 }
 
-fn spawn(mut command: Command) -> ChildGuard {
+/// Start `command` with its output in `log` (read when it fails).
+fn spawn(mut command: Command, log: &Path) -> ChildGuard {
+    let out = std::fs::File::create(log).expect("creating a peer log");
+    let err = out.try_clone().expect("cloning a peer log");
     ChildGuard(
         command
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
             .spawn()
             .expect("spawning a peer"),
     )
@@ -364,7 +367,8 @@ fn start(peer: Peer, dir: &Path) -> ChildGuard {
         &["sh", "-c", "ulimit -n 20000 2>/dev/null; exec \"$@\"", "sh"],
     );
     command.args(&args);
-    let guard = spawn(command);
+    let log = dir.join(format!("{}.log", peer.name()));
+    let guard = spawn(command, &log);
     let url = format!("http://{}/", peer.target());
     for _ in 0..100 {
         let ok = in_ns(
@@ -389,7 +393,11 @@ fn start(peer: Peer, dir: &Path) -> ChildGuard {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("{} did not start answering", peer.name());
+    panic!(
+        "{} did not start answering: {}",
+        peer.name(),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
 }
 
 /// A chart panel: its title and the value it plots.
@@ -533,16 +541,19 @@ fn main() {
     let _lab = LabGuard::up(PREFIX, 1);
     let backend_conf = format!("{}/nginx-backend.conf", dir.display());
     let d = dir.to_string_lossy().into_owned();
-    let _backend = spawn(in_ns(
-        "backend",
-        &[
-            "sh",
-            "-c",
-            "ulimit -n 20000 2>/dev/null; exec taskset -c 0 nginx -c \"$0\" -p \"$1\"",
-            &backend_conf,
-            &d,
-        ],
-    ));
+    let _backend = spawn(
+        in_ns(
+            "backend",
+            &[
+                "sh",
+                "-c",
+                "ulimit -n 20000 2>/dev/null; exec taskset -c 0 nginx -c \"$0\" -p \"$1\"",
+                &backend_conf,
+                &d,
+            ],
+        ),
+        &dir.join("backend.log"),
+    );
     std::thread::sleep(Duration::from_millis(500));
     run(&[
         "ip",

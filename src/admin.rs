@@ -72,16 +72,20 @@ impl Collector for ProxyCollector {
         {
             let mut family = encoder.encode_descriptor(
                 "rauta_route_responses",
-                "Responses per route and status class",
+                "Responses per route, backend (empty: answered by the gateway) and status class",
                 None,
                 MetricType::Counter,
             )?;
             let mut routes: Vec<_> = s.routes.iter().collect();
-            routes.sort_by(|a, b| {
-                (a.0 .0.as_ref(), a.0 .1.label()).cmp(&(b.0 .0.as_ref(), b.0 .1.label()))
+            routes.sort_by_key(|((route, backend, class), _)| {
+                (route.clone(), backend.clone(), class.label())
             });
-            for ((route, class), count) in routes {
-                let labels = [("route", route.as_ref()), ("class", class.label())];
+            for ((route, backend, class), count) in routes {
+                let labels = [
+                    ("route", route.as_ref()),
+                    ("backend", backend.as_deref().unwrap_or("")),
+                    ("class", class.label()),
+                ];
                 ConstCounter::new(*count).encode(family.encode_family(&labels)?)?;
             }
         }

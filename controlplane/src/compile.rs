@@ -234,7 +234,7 @@ fn describe_route(
                 .iter()
                 .map(|b| {
                     serde_json::json!({
-                        "name": b.name,
+                        "name": &*b.name,
                         "weight": b.weight,
                         "endpoints": b.endpoints.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
                         "invalid": b.invalid,
@@ -729,7 +729,7 @@ fn compile_rule(
     let route_ns = namespace_of(&route.object.metadata);
     let matches = compile_matches(route, &at, rule.matches.as_deref().unwrap_or_default())?;
     let mut action = RuleAction {
-        route: route_id.clone(),
+        route: route_id.as_str().into(),
         ..RuleAction::default()
     };
     compile_filters(

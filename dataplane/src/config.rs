@@ -9,6 +9,7 @@ use crate::routes::{host_without_port, RouteTable};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 /// Every listener the gateway serves, by port.
 #[derive(Default)]
@@ -86,7 +87,7 @@ pub struct Listener {
 #[derive(Debug, Default)]
 pub struct RuleAction {
     /// The route, `namespace/name`, for metrics and logs.
-    pub route: String,
+    pub route: Arc<str>,
     /// RequestHeaderModifier of the rule.
     pub request_headers: HeaderModifier,
     /// ResponseHeaderModifier of the rule.
@@ -259,7 +260,7 @@ fn smooth_schedule(weights: &[u32]) -> Vec<u32> {
 #[derive(Debug, Default)]
 pub struct Backend {
     /// `namespace/service:port`.
-    pub name: String,
+    pub name: Arc<str>,
     pub weight: u32,
     /// Ready endpoints (address and target port).
     pub endpoints: Vec<SocketAddr>,
@@ -274,9 +275,9 @@ pub struct Backend {
 }
 
 impl Backend {
-    pub fn new(name: String, weight: u32, endpoints: Vec<SocketAddr>) -> Self {
+    pub fn new(name: impl Into<Arc<str>>, weight: u32, endpoints: Vec<SocketAddr>) -> Self {
         Self {
-            name,
+            name: name.into(),
             weight,
             endpoints,
             ..Self::default()

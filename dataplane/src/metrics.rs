@@ -55,6 +55,10 @@ pub const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// A route's responses are counted per backend (none: answered by the
+/// gateway itself) and status class.
+pub type RouteKey = (Arc<str>, Option<Arc<str>>, StatusClass);
+
 /// Counters of one worker's proxy.
 #[derive(Debug, Default)]
 pub struct ProxyMetrics {
@@ -67,8 +71,8 @@ pub struct ProxyMetrics {
     /// Per bucket (not cumulative), plus one past the last bound.
     latency: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     latency_sum_micros: AtomicU64,
-    /// Responses per (route, status class).
-    routes: Mutex<HashMap<(Arc<str>, StatusClass), u64>>,
+    /// Responses per (route, backend, status class).
+    routes: Mutex<HashMap<RouteKey, u64>>,
 }
 
 /// A point-in-time copy, summed over workers for a scrape.
@@ -82,7 +86,7 @@ pub struct MetricsSnapshot {
     pub pool_idle: u64,
     pub latency: [u64; LATENCY_BUCKETS.len() + 1],
     pub latency_sum_seconds: f64,
-    pub routes: HashMap<(Arc<str>, StatusClass), u64>,
+    pub routes: HashMap<RouteKey, u64>,
 }
 
 impl ProxyMetrics {
@@ -90,9 +94,11 @@ impl ProxyMetrics {
         self.responses[class as usize].fetch_add(1, Relaxed);
     }
 
-    pub fn route_response(&self, route: &Arc<str>, class: StatusClass) {
+    pub fn route_response(&self, route: &Arc<str>, backend: Option<&Arc<str>>, class: StatusClass) {
         if let Ok(mut routes) = self.routes.lock() {
-            *routes.entry((route.clone(), class)).or_default() += 1;
+            *routes
+                .entry((route.clone(), backend.cloned(), class))
+                .or_default() += 1;
         }
     }
 

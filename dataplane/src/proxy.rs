@@ -186,7 +186,9 @@ struct InFlight<C> {
     /// fresh connection is still possible (no body, reused connection).
     replay: Option<Vec<u8>>,
     deadline: Instant,
-    route: Arc<str>,
+    /// The matched route and chosen backend, for metrics.
+    route: Option<Arc<str>>,
+    backend_name: Option<Arc<str>>,
 }
 
 /// A client connection.
@@ -297,7 +299,7 @@ impl<T: Transport> Proxy<T> {
                 Some(request) if now >= request.deadline => {
                     let status = 504;
                     if matches!(request.response, ResponseState::Head) {
-                        tracing::debug!(route = %request.route, "backend timed out");
+                        tracing::debug!(route = ?request.route, "backend timed out");
                         self.fail_request(io, id, status, now);
                         self.drive(io, id, now);
                     }
@@ -609,7 +611,8 @@ impl<T: Transport> Proxy<T> {
             response: ResponseState::Head,
             replay: None,
             deadline: now + self.settings.response_timeout,
-            route: Arc::from(""),
+            route: None,
+            backend_name: None,
         };
         if !keep_alive {
             exchange.closing = true;
@@ -622,7 +625,7 @@ impl<T: Transport> Proxy<T> {
             return;
         };
         let action: &RuleAction = hit.action;
-        request.route = Arc::from(action.route.as_str());
+        request.route = Some(action.route.clone());
         let matched_prefix = match &hit.matched.path {
             PathMatch::Prefix(p) => Some(p.as_str()),
             _ => None,
@@ -686,6 +689,7 @@ impl<T: Transport> Proxy<T> {
         request
             .response_headers
             .push(backend.response_headers.clone());
+        request.backend_name = Some(backend.name.clone());
 
         // The request as the backend sees it.
         let (mut target, mut host_out) = (head.target.clone(), host.clone());
@@ -867,8 +871,11 @@ impl<T: Transport> Proxy<T> {
                 }
                 exchange.tx.extend_from_slice(&bytes);
                 self.metrics.response(StatusClass::of(status));
-                self.metrics
-                    .route_response(&request.route, StatusClass::of(status));
+                if let Some(route) = &request.route {
+                    let backend = request.backend_name.as_ref();
+                    self.metrics
+                        .route_response(route, backend, StatusClass::of(status));
+                }
                 self.metrics
                     .observe_latency(now.duration_since(request.started));
                 request.replay = None;
@@ -1037,9 +1044,10 @@ impl<T: Transport> Proxy<T> {
         self.metrics.response(StatusClass::of(status));
         let exchange = &mut self.exchanges[id];
         let request = exchange.request.as_mut().expect("in flight");
-        if !request.route.is_empty() {
+        if let Some(route) = &request.route {
+            let backend = request.backend_name.as_ref();
             self.metrics
-                .route_response(&request.route, StatusClass::of(status));
+                .route_response(route, backend, StatusClass::of(status));
         }
         let close = !request.keep_alive || exchange.closing;
         let modifiers = std::mem::take(&mut request.response_headers);

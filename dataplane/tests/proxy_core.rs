@@ -98,7 +98,7 @@ const BACKEND: &str = "10.0.0.1:8080";
 fn config() -> GatewayConfig {
     let backend = || {
         Backends::new(vec![Backend::new(
-            "ns/svc:80".into(),
+            "ns/svc:80",
             1,
             vec![BACKEND.parse().unwrap()],
         )])

@@ -337,7 +337,7 @@ GET /p3 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
     assert_eq!(gw.admin("/readyz"), "ready\n");
     let metrics = gw.admin("/metrics");
     assert!(
-        metrics.contains("rauta_route_responses_total{route=\"default/echo\",class=\"2xx\"}"),
+        metrics.contains("rauta_route_responses_total{route=\"default/echo\",backend=\"default/echo-v1:80\",class=\"2xx\"}"),
         "{metrics}"
     );
     assert!(
