@@ -153,6 +153,9 @@ impl GatewayWorker {
                 // Keep the stack running until every response is
                 // delivered, not just handed to the stack.
                 let idle = !proxy.drain(stack, wall) && proxy.clients() == 0;
+                // Send the FINs the drain just queued.
+                stack.egress(now, device);
+                device.flush();
                 if !drained && idle && !stack.has_unsent_data() {
                     drained = true;
                     self.draining.fetch_sub(1, Ordering::AcqRel);

@@ -334,10 +334,19 @@ impl<T: Transport> Proxy<T> {
             .set_pool_idle(self.pool.values().map(Vec::len).sum());
     }
 
-    /// Close every client connection that has no request in flight, and
-    /// stop taking new requests on the others (graceful drain). Returns
-    /// whether any request is still in flight.
+    /// Close every client connection that has no request in flight and
+    /// every idle backend connection, and stop taking new requests on the
+    /// others (graceful drain). Returns whether any request is still in
+    /// flight.
     pub fn drain(&mut self, io: &mut T, now: Instant) -> bool {
+        // Idle backend connections are closed politely, so the backends do
+        // not hold them open after the gateway is gone.
+        for (_, conns) in self.pool.drain() {
+            for (conn, _) in conns {
+                self.roles.remove(&conn);
+                io.close(conn);
+            }
+        }
         let ids: Vec<usize> = self.exchanges.iter().map(|(id, _)| id).collect();
         for id in ids {
             let Some(exchange) = self.exchanges.get_mut(id) else {

@@ -360,3 +360,46 @@ fn a_client_that_resets_mid_response_ends_only_its_own_exchange() {
     h.backend_sends(next, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
     assert!(h.io.take_output(other).starts_with("HTTP/1.1 200 OK"));
 }
+
+#[test]
+fn a_drain_closes_idle_backend_connections_and_finishes_requests_in_flight() {
+    let mut h = Harness::new();
+    h.client_sends("GET /app HTTP/1.1\r\nHost: h\r\n\r\n");
+    let pooled = h.last_backend();
+    h.backend_sends(pooled, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    h.client_got();
+    h.client_sends("GET /app/slow HTTP/1.1\r\nHost: h\r\n\r\n");
+    assert!(h.proxy.drain(&mut h.io, h.now), "a request is in flight");
+    // The pooled connection was reused for the request in flight; a second
+    // client's finished exchange left another one idle in the pool.
+    let other = h.io.open();
+    h.proxy.accept(
+        &mut h.io,
+        other,
+        "192.0.2.9:40002".parse().unwrap(),
+        80,
+        h.now,
+    );
+    h.io.conns
+        .get_mut(&other)
+        .unwrap()
+        .inbox
+        .extend_from_slice(b"GET /app HTTP/1.1\r\nHost: h\r\n\r\n");
+    h.proxy.on_io(&mut h.io, other, h.now);
+    let idle = h.last_backend();
+    h.backend_sends(idle, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    assert!(h.proxy.drain(&mut h.io, h.now));
+    assert_eq!(
+        h.io.conns[&idle].closed,
+        Some("fin"),
+        "idle pooled connection closed"
+    );
+    h.backend_sends(pooled, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    let got = h.client_got();
+    assert!(
+        got.starts_with("HTTP/1.1 200 OK") && got.contains("Connection: close"),
+        "{got}"
+    );
+    assert!(!h.proxy.drain(&mut h.io, h.now), "nothing left in flight");
+    assert_eq!(h.proxy.clients(), 0);
+}

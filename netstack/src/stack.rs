@@ -185,8 +185,16 @@ struct EphemeralPorts {
 impl EphemeralPorts {
     fn new(range: RangeInclusive<u16>) -> Self {
         let len = usize::from(*range.end() - *range.start()) + 1;
+        // Start at a random place (RFC 6056): a restarted gateway must not
+        // reuse the ports its previous run left open at the backends (it
+        // never sent them a FIN), whose SYNs would meet an established
+        // connection and wait out a retransmission.
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_usize(len);
+        let offset = (hasher.finish() % len as u64) as u16;
         Self {
-            next: *range.start(),
+            next: *range.start() + offset,
             in_use: vec![false; len],
             range,
         }
@@ -816,6 +824,8 @@ mod tests {
     #[test]
     fn ephemeral_ports_rotate_skip_used_and_honour_the_filter() {
         let mut ports = EphemeralPorts::new(100..=104);
+        assert!((100..=104).contains(&ports.next), "starts inside the range");
+        ports.next = 100;
         assert_eq!(ports.allocate(|_| true), Some(100));
         assert_eq!(ports.allocate(|p| p % 2 == 0), Some(102));
         assert_eq!(ports.allocate(|_| true), Some(103));
