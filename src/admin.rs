@@ -302,12 +302,7 @@ async fn serve(mut stream: tokio::net::TcpStream, state: AdminState) {
     };
     let path = head.target.split('?').next().unwrap_or("/");
     let (status, content_type, body) = respond(&state, &head.method, path);
-    let reason = match status {
-        200 => "OK",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        _ => "Service Unavailable",
-    };
+    let reason = rauta_dataplane::http1::reason_phrase(status);
     let mut response = format!(
         "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()

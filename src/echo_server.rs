@@ -13,7 +13,8 @@
 
 use anyhow::{Context, Result};
 use rauta_dataplane::http1::{
-    parse_request, BodyFraming, Chunk, ChunkedDecoder, HttpError, Limits, RequestHead, Version,
+    parse_request, reason_phrase, BodyFraming, Chunk, ChunkedDecoder, HttpError, Limits,
+    RequestHead, Version,
 };
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -274,13 +275,7 @@ fn body_response(head: &RequestHead, body: &[u8]) -> Vec<u8> {
 
 fn error_response(error: &HttpError) -> Vec<u8> {
     let status = error.status();
-    let reason = match status {
-        400 => "Bad Request",
-        413 => "Content Too Large",
-        417 => "Expectation Failed",
-        431 => "Request Header Fields Too Large",
-        _ => "Not Implemented",
-    };
+    let reason = reason_phrase(status);
     let body = format!("{status} {reason}\n");
     format!(
         "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

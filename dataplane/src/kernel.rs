@@ -40,6 +40,26 @@ struct KernelIo {
     streams: Slab<TcpStream>,
 }
 
+impl KernelIo {
+    /// Take a connected (or connecting) stream into the poll set; its key
+    /// is its connection handle.
+    fn add(&mut self, mut stream: TcpStream) -> Option<usize> {
+        let _ = stream.set_nodelay(true);
+        let entry = self.streams.vacant_entry();
+        let key = entry.key();
+        self.poll
+            .registry()
+            .register(
+                &mut stream,
+                Token(key),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .ok()?;
+        entry.insert(stream);
+        Some(key)
+    }
+}
+
 impl Transport for KernelIo {
     type Conn = usize;
 
@@ -193,24 +213,10 @@ fn accept_all(
 ) {
     loop {
         match listener.accept() {
-            Ok((mut stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                let entry = io.streams.vacant_entry();
-                let key = entry.key();
-                if io
-                    .poll
-                    .registry()
-                    .register(
-                        &mut stream,
-                        Token(key),
-                        Interest::READABLE | Interest::WRITABLE,
-                    )
-                    .is_err()
-                {
-                    continue;
+            Ok((stream, peer)) => {
+                if let Some(key) = io.add(stream) {
+                    proxy.accept(io, key, peer, port, now);
                 }
-                entry.insert(stream);
-                proxy.accept(io, key, peer, port, now);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -15,8 +15,8 @@
 
 use crate::config::{Backend, GatewayConfig, HeaderModifier, RuleAction};
 use crate::http1::{
-    self, BodyFraming, Chunk, ChunkedDecoder, HttpError, Limits, RequestHead, ResponseFraming,
-    ResponseHead, Version,
+    self, reason_phrase, BodyFraming, Chunk, ChunkedDecoder, HttpError, Limits, RequestHead,
+    ResponseFraming, ResponseHead, Version,
 };
 use crate::metrics::{ProxyMetrics, StatusClass};
 use crate::routes::{host_without_port, PathMatch, RequestView};
@@ -310,7 +310,7 @@ impl<T: Transport> Proxy<T> {
                     let partial = !exchange.rx.is_empty();
                     if partial {
                         // A head that never completed: tell the client.
-                        self.respond_local(id, 408, "request timeout\n", &[], true);
+                        self.answer_and_close(id, 408);
                         self.flush_client(io, id);
                     }
                     self.close_exchange(io, id, false);
@@ -572,7 +572,7 @@ impl<T: Transport> Proxy<T> {
         exchange.eof = true;
         let status = error.status();
         self.metrics.response(StatusClass::of(status));
-        self.respond_local(id, status, &error_body(status), &[], true);
+        self.answer_and_close(id, status);
     }
 
     fn start_request(&mut self, io: &mut T, id: usize, head: RequestHead, now: Instant) {
@@ -1062,11 +1062,7 @@ impl<T: Transport> Proxy<T> {
         let modifiers = std::mem::take(&mut request.response_headers);
         request.response = ResponseState::Done;
         let is_head = request.method.eq_ignore_ascii_case("HEAD");
-        let mut headers: Vec<(String, Vec<u8>)> = extra
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
-            .collect();
-        headers.push(("Content-Type".into(), b"text/plain".to_vec()));
+        let mut headers = plain_headers(extra);
         for m in &modifiers {
             m.apply(&mut headers);
         }
@@ -1083,25 +1079,20 @@ impl<T: Transport> Proxy<T> {
         }
     }
 
-    /// A response outside any request (bad request, timeout).
-    fn respond_local(
-        &mut self,
-        id: usize,
-        status: u16,
-        body: &str,
-        extra: &[(&str, String)],
-        close: bool,
-    ) {
+    /// An error outside any request (a bad request head, a head that
+    /// never completed), after which the connection closes.
+    fn answer_and_close(&mut self, id: usize, status: u16) {
         let exchange = &mut self.exchanges[id];
-        let headers: Vec<(String, Vec<u8>)> = extra
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
-            .chain([("Content-Type".to_string(), b"text/plain".to_vec())])
-            .collect();
-        write_response(&mut exchange.tx, status, &headers, body, body.len(), close);
-        if close {
-            exchange.closing = true;
-        }
+        let body = error_body(status);
+        write_response(
+            &mut exchange.tx,
+            status,
+            &plain_headers(&[]),
+            &body,
+            body.len(),
+            true,
+        );
+        exchange.closing = true;
     }
 
     /// Both directions of the in-flight request are done: release it.
@@ -1376,6 +1367,16 @@ fn client_response_head(
     (out, reader, writer)
 }
 
+/// The fields of a response the gateway writes itself: `extra`, then a
+/// plain-text content type.
+fn plain_headers(extra: &[(&str, String)]) -> Vec<(String, Vec<u8>)> {
+    extra
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+        .chain([("Content-Type".to_string(), b"text/plain".to_vec())])
+        .collect()
+}
+
 fn push_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b": ");
@@ -1391,7 +1392,7 @@ fn write_response(
     length: usize,
     close: bool,
 ) {
-    out.extend_from_slice(format!("HTTP/1.1 {status} {}\r\n", reason(status)).as_bytes());
+    out.extend_from_slice(format!("HTTP/1.1 {status} {}\r\n", reason_phrase(status)).as_bytes());
     for (name, value) in headers {
         push_field(out, name, value);
     }
@@ -1403,33 +1404,10 @@ fn write_response(
     out.extend_from_slice(body.as_bytes());
 }
 
-/// Reason phrases of the statuses the gateway writes itself.
-fn reason(status: u16) -> &'static str {
-    match status {
-        301 => "Moved Permanently",
-        302 => "Found",
-        303 => "See Other",
-        307 => "Temporary Redirect",
-        308 => "Permanent Redirect",
-        400 => "Bad Request",
-        404 => "Not Found",
-        408 => "Request Timeout",
-        413 => "Content Too Large",
-        417 => "Expectation Failed",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "Error",
-    }
-}
-
 /// The short body of an error the gateway answers itself: the reason, no
 /// internal detail.
 fn error_body(status: u16) -> String {
-    format!("{}\n", reason(status).to_ascii_lowercase())
+    format!("{}\n", reason_phrase(status).to_ascii_lowercase())
 }
 
 /// Query parameters in order, percent-decoded (`+` stays as sent: the
