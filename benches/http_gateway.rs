@@ -1,10 +1,13 @@
-//! The HTTP/1.1 gateway against nginx and HAProxy, lab benchmark (root;
-//! run by hand, not by CI): `sudo cargo bench --bench http_gateway`.
+//! The gateway against nginx and HAProxy, lab benchmark (root; run by hand,
+//! not by CI): `sudo cargo bench --bench http_gateway` for HTTP/1.1 clients,
+//! `sudo RAUTA_BENCH_PROTOCOL=http2 cargo bench --bench http_gateway` for
+//! HTTP/2 (h2c, prior knowledge) clients.
 //!
 //! Same lab, same backend (nginx in the backend namespace answering a fixed
-//! 200, upstream keep-alive everywhere), same load generator (wrk), rounds
-//! alternating rauta --io xdp, rauta --io kernel, nginx, HAProxy, each at 64
-//! and 1,000 connections. The gateway under test runs one worker pinned to
+//! 200 over HTTP/1.1, upstream keep-alive everywhere), same load generator
+//! (HTTP/1.1: wrk at 64 and 1,000 connections; HTTP/2: h2load with 10 and
+//! 100 clients of 10 concurrent streams each), rounds alternating rauta --io
+//! xdp, rauta --io kernel, nginx, HAProxy. The gateway under test runs one worker pinned to
 //! CPU 1; wrk and the backend share CPU 0. Reported per peer and connection
 //! count: requests/s, p50/p99 latency (wrk), and whole-machine CPU time per
 //! request (/proc/stat deltas over the run, so softirq work the kernel path
@@ -18,8 +21,10 @@
 //! frames at 1,000 connections and the kernel-socket peers stall on
 //! retransmissions.
 //!
-//! Environment: RAUTA_BENCH_ROUNDS (3), RAUTA_BENCH_SECONDS (5),
-//! RAUTA_BENCH_BACKLOG (16384).
+//! h2load reports no percentiles: HTTP/2 latency is its mean and maximum.
+//!
+//! Environment: RAUTA_BENCH_PROTOCOL (http1 | http2), RAUTA_BENCH_ROUNDS
+//! (3), RAUTA_BENCH_SECONDS (5), RAUTA_BENCH_BACKLOG (16384).
 
 mod support;
 
@@ -33,7 +38,56 @@ const PREFIX: &str = "rauta-hb";
 const GATEWAY: &str = "198.18.0.1";
 const NODE: &str = "198.18.0.2";
 const BACKEND: &str = "198.18.0.20:8080";
-const CONNECTIONS: [usize; 2] = [64, 1000];
+/// Concurrent HTTP/2 streams per h2load client.
+const STREAMS: usize = 10;
+
+/// What the clients speak.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Protocol {
+    Http1,
+    /// h2c with prior knowledge.
+    Http2,
+}
+
+impl Protocol {
+    fn from_env() -> Self {
+        match std::env::var("RAUTA_BENCH_PROTOCOL").as_deref() {
+            Ok("http2") => Self::Http2,
+            Ok("http1") | Err(_) => Self::Http1,
+            Ok(other) => panic!("RAUTA_BENCH_PROTOCOL={other}: http1 or http2"),
+        }
+    }
+
+    /// The load points: connections (HTTP/1.1) or clients (HTTP/2).
+    fn points(self) -> [usize; 2] {
+        match self {
+            Self::Http1 => [64, 1000],
+            Self::Http2 => [10, 100],
+        }
+    }
+
+    fn point_label(self, n: usize) -> String {
+        match self {
+            Self::Http1 => format!("{n} connections"),
+            Self::Http2 => format!("{n} clients x {STREAMS} streams"),
+        }
+    }
+
+    fn results_name(self) -> &'static str {
+        match self {
+            Self::Http1 => "http_gateway",
+            Self::Http2 => "http2_gateway",
+        }
+    }
+
+    /// curl's flag to reach a peer the way the load does.
+    fn curl_flag(self) -> &'static str {
+        match self {
+            Self::Http1 => "--http1.1",
+            Self::Http2 => "--http2-prior-knowledge",
+        }
+    }
+}
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Peer {
@@ -74,6 +128,8 @@ struct Sample {
     rps: f64,
     p50_us: f64,
     p99_us: f64,
+    mean_us: f64,
+    max_us: f64,
     cpu_us_per_request: f64,
     /// The gateway's own processes only (user + system time).
     gateway_cpu_us_per_request: f64,
@@ -161,10 +217,16 @@ fn duration_us(text: &str) -> f64 {
     }
 }
 
-fn wrk(peer: Peer, pid: u32, connections: usize, seconds: u64) -> Sample {
+/// One load run at `n` connections or clients, with the machine's and the
+/// peer's CPU time over it.
+fn load(protocol: Protocol, peer: Peer, pid: u32, n: usize, seconds: u64) -> Sample {
     let url = format!("http://{}/", peer.target());
+    let tool = match protocol {
+        Protocol::Http1 => format!("wrk -t1 -c{n} -d{seconds}s --latency {url}"),
+        Protocol::Http2 => format!("h2load -t1 -c{n} -m{STREAMS} -D{seconds} {url}"),
+    };
     let script = format!(
-        "ulimit -n 20000 2>/dev/null || ulimit -n $(ulimit -Hn); exec timeout {} taskset -c 0 wrk -t1 -c{connections} -d{seconds}s --latency {url}",
+        "ulimit -n 20000 2>/dev/null || ulimit -n $(ulimit -Hn); exec timeout {} taskset -c 0 {tool}",
         seconds + 30
     );
     let drops0 = backlog_drops();
@@ -177,9 +239,30 @@ fn wrk(peer: Peer, pid: u32, connections: usize, seconds: u64) -> Sample {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "wrk failed: {text}{}",
+        "{tool} failed: {text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let Summary {
+        mut sample,
+        requests,
+    } = match protocol {
+        Protocol::Http1 => wrk_summary(&text),
+        Protocol::Http2 => h2load_summary(&text),
+    };
+    let jiffy_us = 1e6 / 100.0;
+    sample.cpu_us_per_request = (busy1 - busy0) as f64 * jiffy_us / requests.max(1.0);
+    sample.gateway_cpu_us_per_request = (own1 - own0) as f64 * jiffy_us / requests.max(1.0);
+    sample.backlog_drops = drops;
+    sample
+}
+
+/// What a load tool reported, before CPU accounting.
+struct Summary {
+    sample: Sample,
+    requests: f64,
+}
+
+fn wrk_summary(text: &str) -> Summary {
     let line_value = |prefix: &str| {
         text.lines()
             .find_map(|l| l.trim().strip_prefix(prefix).map(|v| v.trim().to_owned()))
@@ -197,6 +280,11 @@ fn wrk(peer: Peer, pid: u32, connections: usize, seconds: u64) -> Sample {
         .unwrap_or(0.0);
     let p50 = line_value("50%").map_or(f64::NAN, |v| duration_us(&v));
     let p99 = line_value("99%").map_or(f64::NAN, |v| duration_us(&v));
+    // "Latency   1.23ms  456.00us  12.00ms   90.00%": mean, sd, max.
+    let latency: Vec<String> = line_value("Latency")
+        .map(|v| v.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default();
+    let field = |i: usize| latency.get(i).map_or(f64::NAN, |v| duration_us(v));
     let errors: u64 = line_value("Non-2xx or 3xx responses:")
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
@@ -207,19 +295,74 @@ fn wrk(peer: Peer, pid: u32, connections: usize, seconds: u64) -> Sample {
                     .sum()
             })
             .unwrap_or(0);
-    let jiffy_us = 1e6 / 100.0;
-    Sample {
-        rps,
-        p50_us: p50,
-        p99_us: p99,
-        cpu_us_per_request: (busy1 - busy0) as f64 * jiffy_us / requests.max(1.0),
-        gateway_cpu_us_per_request: (own1 - own0) as f64 * jiffy_us / requests.max(1.0),
-        errors,
-        backlog_drops: drops,
+    Summary {
+        sample: Sample {
+            rps,
+            p50_us: p50,
+            p99_us: p99,
+            mean_us: field(0),
+            max_us: field(2),
+            errors,
+            ..Sample::default()
+        },
+        requests,
     }
 }
 
-fn write_configs(dir: &Path) {
+/// h2load's summary: requests/s, outcomes, status codes, and the "time for
+/// request" line (min, max, mean, sd).
+fn h2load_summary(text: &str) -> Summary {
+    let line = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(str::to_owned))
+            .unwrap_or_default()
+    };
+    let count = |line: &str, what: &str| -> u64 {
+        line.split(',')
+            .find(|p| p.trim().ends_with(what))
+            .and_then(|p| p.split_whitespace().find_map(|w| w.parse().ok()))
+            .unwrap_or(0)
+    };
+    let rps = line("finished in")
+        .split(',')
+        .nth(1)
+        .and_then(|p| p.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    let requests = line("requests:");
+    let statuses = line("status codes:");
+    let done = count(&requests, "done");
+    let non_2xx = count(&statuses, "3xx") + count(&statuses, "4xx") + count(&statuses, "5xx");
+    let errors = count(&requests, "failed")
+        + count(&requests, "errored")
+        + count(&requests, "timeout")
+        + non_2xx;
+    let times: Vec<f64> = line("time for request:")
+        .split_whitespace()
+        .take(3)
+        .map(duration_us)
+        .collect();
+    let time = |i: usize| times.get(i).copied().unwrap_or(f64::NAN);
+    Summary {
+        sample: Sample {
+            rps,
+            p50_us: f64::NAN,
+            p99_us: f64::NAN,
+            mean_us: time(2),
+            max_us: time(1),
+            errors,
+            ..Sample::default()
+        },
+        requests: done as f64,
+    }
+}
+
+fn write_configs(dir: &Path, protocol: Protocol) {
+    // nginx 1.22 and HAProxy 2.6 take h2c with prior knowledge on a
+    // listener marked for it; Rauta tells the protocols apart itself.
+    let (nginx_h2, haproxy_h2) = match protocol {
+        Protocol::Http1 => ("", ""),
+        Protocol::Http2 => (" http2", " proto h2"),
+    };
     std::fs::write(
         dir.join("routes.yaml"),
         format!(
@@ -261,7 +404,7 @@ http {{
   access_log off;
   upstream backend {{ server {BACKEND}; keepalive 1024; }}
   server {{
-    listen {NODE}:80 backlog=4096;
+    listen {NODE}:80 backlog=4096{nginx_h2};
     location / {{
       proxy_pass http://backend;
       proxy_http_version 1.1;
@@ -303,7 +446,7 @@ defaults
   timeout server 30s
   http-reuse always
 frontend fe
-  bind {NODE}:80
+  bind {NODE}:80{haproxy_h2}
   default_backend be
 backend be
   server b1 {BACKEND}
@@ -313,7 +456,7 @@ backend be
 }
 
 /// Start `peer` pinned to CPU 1 and wait until it answers.
-fn start(peer: Peer, dir: &Path) -> ChildGuard {
+fn start(peer: Peer, dir: &Path, protocol: Protocol) -> ChildGuard {
     let d = dir.to_string_lossy();
     let config = d.to_string();
     let nginx_conf = format!("{d}/nginx-proxy.conf");
@@ -382,6 +525,7 @@ fn start(peer: Peer, dir: &Path) -> ChildGuard {
                 "%{http_code}",
                 "-m",
                 "1",
+                protocol.curl_flag(),
                 &url,
             ],
         )
@@ -403,7 +547,7 @@ fn start(peer: Peer, dir: &Path) -> ChildGuard {
 /// A chart panel: its title and the value it plots.
 type Panel = (&'static str, fn(&Sample) -> f64);
 
-fn chart(path: &Path, medians: &[(Peer, usize, Sample)]) {
+fn chart(path: &Path, medians: &[(Peer, usize, Sample)], protocol: Protocol) {
     let root = SVGBackend::new(path, (900, 480)).into_drawing_area();
     root.fill(&WHITE).unwrap();
     let areas = root.split_evenly((1, 2));
@@ -431,7 +575,7 @@ fn chart(path: &Path, medians: &[(Peer, usize, Sample)]) {
             .unwrap();
         let colours = [RGBColor(31, 119, 180), RGBColor(255, 127, 14)];
         for (p, peer) in Peer::ALL.iter().enumerate() {
-            for (c, conns) in CONNECTIONS.iter().enumerate() {
+            for (c, conns) in protocol.points().iter().enumerate() {
                 let Some((_, _, s)) = medians.iter().find(|(mp, mc, _)| mp == peer && mc == conns)
                 else {
                     continue;
@@ -452,7 +596,7 @@ fn chart(path: &Path, medians: &[(Peer, usize, Sample)]) {
                 )])
                 .unwrap();
         }
-        for (c, conns) in CONNECTIONS.iter().enumerate() {
+        for (c, conns) in protocol.points().iter().enumerate() {
             chart
                 .draw_series([Rectangle::new(
                     [
@@ -470,7 +614,7 @@ fn chart(path: &Path, medians: &[(Peer, usize, Sample)]) {
                 .unwrap();
             chart
                 .draw_series([Text::new(
-                    format!("{conns} connections"),
+                    protocol.point_label(*conns),
                     (
                         (Peer::ALL.len() * 3) as f64 - 2.2,
                         max * (0.955 - c as f64 * 0.06),
@@ -523,7 +667,8 @@ fn main() {
         return;
     }
     require_root("the HTTP gateway benchmark");
-    for tool in ["wrk", "nginx", "haproxy", "curl", "taskset"] {
+    let protocol = Protocol::from_env();
+    for tool in ["wrk", "h2load", "nginx", "haproxy", "curl", "taskset"] {
         assert!(
             Command::new("sh")
                 .args(["-c", &format!("command -v {tool}")])
@@ -536,7 +681,7 @@ fn main() {
     let seconds: u64 = env_or("RAUTA_BENCH_SECONDS", 5);
     let dir: PathBuf = std::env::temp_dir().join(format!("rauta-hb-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    write_configs(&dir);
+    write_configs(&dir, protocol);
     let _backlog = BacklogGuard::raise(env_or("RAUTA_BENCH_BACKLOG", 16_384));
     // Two veth queues: native XDP on veth feeds each queue through a fixed
     // 256-entry ring, and one ring overflows under a burst of 1,000
@@ -573,18 +718,21 @@ fn main() {
     let mut samples: Vec<(Peer, usize, Sample)> = Vec::new();
     for round in 1..=rounds {
         for peer in Peer::ALL {
-            let guard = start(peer, &dir);
+            let guard = start(peer, &dir, protocol);
             // Warm up: pools filled, caches hot.
             let pid = guard.0.id();
-            wrk(peer, pid, 64, 1);
-            for connections in CONNECTIONS {
-                let s = wrk(peer, pid, connections, seconds);
+            load(protocol, peer, pid, protocol.points()[0], 1);
+            for connections in protocol.points() {
+                let s = load(protocol, peer, pid, connections, seconds);
                 eprintln!(
-                    "round {round}/{rounds} {:<13} {connections:>5} conns: {:>9.0} req/s  p50 {:>8.0} us  p99 {:>8.0} us  {:>6.1} CPU-us/req (gateway {:>5.1})  errors {}  backlog drops {}",
+                    "round {round}/{rounds} {:<13} {:>24}: {:>9.0} req/s  p50 {:>8.0} us  p99 {:>8.0} us  mean {:>8.0} us  max {:>8.0} us  {:>6.1} CPU-us/req (gateway {:>5.1})  errors {}  backlog drops {}",
                     peer.name(),
+                    protocol.point_label(connections),
                     s.rps,
                     s.p50_us,
                     s.p99_us,
+                    s.mean_us,
+                    s.max_us,
                     s.cpu_us_per_request,
                     s.gateway_cpu_us_per_request,
                     s.errors,
@@ -599,7 +747,7 @@ fn main() {
 
     let mut medians = Vec::new();
     for peer in Peer::ALL {
-        for connections in CONNECTIONS {
+        for connections in protocol.points() {
             let runs: Vec<Sample> = samples
                 .iter()
                 .filter(|(p, c, _)| *p == peer && *c == connections)
@@ -610,6 +758,8 @@ fn main() {
                 rps: m(|s| s.rps),
                 p50_us: m(|s| s.p50_us),
                 p99_us: m(|s| s.p99_us),
+                mean_us: m(|s| s.mean_us),
+                max_us: m(|s| s.max_us),
                 cpu_us_per_request: m(|s| s.cpu_us_per_request),
                 gateway_cpu_us_per_request: m(|s| s.gateway_cpu_us_per_request),
                 errors: runs.iter().map(|s| s.errors).sum(),
@@ -626,19 +776,21 @@ fn main() {
             .unwrap()
     };
     let mut ratios = Vec::new();
-    for connections in CONNECTIONS {
+    for connections in protocol.points() {
         let xdp = get(Peer::RautaXdp, connections);
         for peer in [Peer::Nginx, Peer::Haproxy, Peer::RautaKernel] {
             let other = get(peer, connections);
             let r = serde_json::json!({
+                "load": protocol.point_label(connections),
                 "connections": connections,
                 "versus": peer.name(),
                 "rps_ratio": xdp.rps / other.rps,
                 "cpu_per_request_ratio": xdp.cpu_us_per_request / other.cpu_us_per_request,
                 "gateway_cpu_per_request_ratio": xdp.gateway_cpu_us_per_request / other.gateway_cpu_us_per_request,
                 "p99_ratio": xdp.p99_us / other.p99_us,
+                "mean_latency_ratio": xdp.mean_us / other.mean_us,
             });
-            eprintln!("{connections:>5} conns: rauta-xdp / {:<12} rps x{:.2}, CPU/request x{:.2} (gateway alone x{:.2}), p99 x{:.2}", peer.name(), xdp.rps / other.rps, xdp.cpu_us_per_request / other.cpu_us_per_request, xdp.gateway_cpu_us_per_request / other.gateway_cpu_us_per_request, xdp.p99_us / other.p99_us);
+            eprintln!("{:>24}: rauta-xdp / {:<12} rps x{:.2}, CPU/request x{:.2} (gateway alone x{:.2}), p99 x{:.2}, mean latency x{:.2}", protocol.point_label(connections), peer.name(), xdp.rps / other.rps, xdp.cpu_us_per_request / other.cpu_us_per_request, xdp.gateway_cpu_us_per_request / other.gateway_cpu_us_per_request, xdp.p99_us / other.p99_us, xdp.mean_us / other.mean_us);
             ratios.push(r);
         }
     }
@@ -648,20 +800,26 @@ fn main() {
             let runs: Vec<serde_json::Value> = samples
                 .iter()
                 .filter(|(p, c, _)| p == peer && c == connections)
-                .map(|(_, _, s)| serde_json::json!({"rps": s.rps, "p50_us": s.p50_us, "p99_us": s.p99_us, "cpu_us_per_request": s.cpu_us_per_request, "gateway_cpu_us_per_request": s.gateway_cpu_us_per_request, "errors": s.errors, "backlog_drops": s.backlog_drops}))
+                .map(|(_, _, s)| serde_json::json!({"rps": s.rps, "p50_us": s.p50_us, "p99_us": s.p99_us, "mean_us": s.mean_us, "max_us": s.max_us, "cpu_us_per_request": s.cpu_us_per_request, "gateway_cpu_us_per_request": s.gateway_cpu_us_per_request, "errors": s.errors, "backlog_drops": s.backlog_drops}))
                 .collect();
             serde_json::json!({
                 "peer": peer.name(),
+                "load": protocol.point_label(*connections),
                 "connections": connections,
-                "median": {"rps": s.rps, "p50_us": s.p50_us, "p99_us": s.p99_us, "cpu_us_per_request": s.cpu_us_per_request, "gateway_cpu_us_per_request": s.gateway_cpu_us_per_request},
+                "median": {"rps": s.rps, "p50_us": s.p50_us, "p99_us": s.p99_us, "mean_us": s.mean_us, "max_us": s.max_us, "cpu_us_per_request": s.cpu_us_per_request, "gateway_cpu_us_per_request": s.gateway_cpu_us_per_request},
                 "errors": s.errors,
                 "runs": runs,
             })
         })
         .collect();
+    let load_tool = match protocol {
+        Protocol::Http1 => "wrk -t1 --latency".to_string(),
+        Protocol::Http2 => format!("h2load -t1 -m{STREAMS} over h2c with prior knowledge (nginx `listen http2`, HAProxy `proto h2`)"),
+    };
+    let name = protocol.results_name();
     let report = serde_json::json!({
-        "benchmark": "http_gateway",
-        "method": "veth lab (2 queues; rauta-xdp: one worker on both); backend nginx (fixed 200, keep-alive) in the backend namespace on CPU 0; wrk -t1 --latency in the client namespace on CPU 0; the peer pinned to CPU 1 with one worker; rounds alternate peers; CPU per request from /proc/stat (whole machine) and from the peer's own processes over each run; net.core.netdev_max_backlog raised to 16384 for the run",
+        "benchmark": name,
+        "method": format!("veth lab (2 queues; rauta-xdp: one worker on both); backend nginx (fixed 200, HTTP/1.1 keep-alive) in the backend namespace on CPU 0; {load_tool} in the client namespace on CPU 0; the peer pinned to CPU 1 with one worker; rounds alternate peers; CPU per request from /proc/stat (whole machine) and from the peer's own processes over each run; net.core.netdev_max_backlog raised to 16384 for the run"),
         "rounds": rounds,
         "seconds": seconds,
         "results": results,
@@ -670,11 +828,11 @@ fn main() {
     let out_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results");
     std::fs::create_dir_all(&out_dir).unwrap();
     std::fs::write(
-        out_dir.join("http_gateway.json"),
+        out_dir.join(format!("{name}.json")),
         serde_json::to_string_pretty(&report).unwrap() + "\n",
     )
     .unwrap();
-    chart(&out_dir.join("http_gateway.svg"), &medians);
+    chart(&out_dir.join(format!("{name}.svg")), &medians, protocol);
     let _ = std::fs::remove_dir_all(&dir);
-    eprintln!("results: benches/results/http_gateway.json, benches/results/http_gateway.svg");
+    eprintln!("results: benches/results/{name}.json, benches/results/{name}.svg");
 }

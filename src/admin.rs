@@ -89,7 +89,7 @@ impl Collector for ProxyCollector {
                 ConstCounter::new(*count).encode(family.encode_family(&labels)?)?;
             }
         }
-        let counters: [(&str, &str, u64); 3] = [
+        let counters: [(&str, &str, u64); 8] = [
             (
                 "rauta_connections",
                 "Client connections accepted",
@@ -105,6 +105,31 @@ impl Collector for ProxyCollector {
                 "Requests failed by a backend (connect, reset, timeout, bad response)",
                 s.backend_errors,
             ),
+            (
+                "rauta_http2_streams",
+                "HTTP/2 client streams accepted",
+                s.http2.streams,
+            ),
+            (
+                "rauta_http2_client_resets",
+                "HTTP/2 client streams reset by the client",
+                s.http2.client_resets,
+            ),
+            (
+                "rauta_http2_goaways_for_abuse",
+                "HTTP/2 client connections cut off for resetting streams too fast",
+                s.http2.goaways_for_abuse,
+            ),
+            (
+                "rauta_http2_backend_connections",
+                "HTTP/2 backend connections opened",
+                s.http2.backend_connections,
+            ),
+            (
+                "rauta_http2_backend_streams",
+                "HTTP/2 streams opened to backends",
+                s.http2.backend_streams,
+            ),
         ];
         for (name, help, value) in counters {
             ConstCounter::new(value).encode(encoder.encode_descriptor(
@@ -114,11 +139,21 @@ impl Collector for ProxyCollector {
                 MetricType::Counter,
             )?)?;
         }
-        let gauges: [(&str, &str, i64); 3] = [
+        let gauges: [(&str, &str, i64); 5] = [
             (
                 "rauta_connections_open",
                 "Client connections open",
                 s.connections_open,
+            ),
+            (
+                "rauta_http2_connections_open",
+                "HTTP/2 client connections open",
+                s.http2.connections_open,
+            ),
+            (
+                "rauta_http2_backend_connections_open",
+                "HTTP/2 backend connections open",
+                s.http2.backend_connections_open,
             ),
             (
                 "rauta_pool_idle_connections",

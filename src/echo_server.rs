@@ -6,6 +6,9 @@
 //! Beyond echo-basic, `/echo-body` answers with the request's own body
 //! (chunked when the query has `chunked`), for byte-exact body tests.
 //!
+//! A connection that opens with the HTTP/2 preface is served as h2c (the
+//! conformance echo server's port 3001): the same JSON, `proto` HTTP/2.0.
+//!
 //! Kernel sockets and tokio: it is test equipment, not the data path. It
 //! frames requests with the data plane's strict HTTP/1.1 parser, so
 //! keep-alive, pipelining and chunked bodies work, and bad requests get the
@@ -45,18 +48,34 @@ impl Identity {
     }
 }
 
-/// Serve on `listen` until the process is stopped.
-pub fn run(listen: SocketAddr, identity: Identity) -> Result<()> {
+/// Serve on every address of `listen` until the process is stopped.
+pub fn run(listen: &[SocketAddr], identity: Identity) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the echo runtime")?;
     runtime.block_on(async move {
-        let listener = TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("listening on {listen}"))?;
-        println!("rauta echo: listening on {}", listener.local_addr()?);
-        serve(listener, identity).await
+        let mut listeners = Vec::new();
+        for &address in listen {
+            let listener = TcpListener::bind(address)
+                .await
+                .with_context(|| format!("listening on {address}"))?;
+            listeners.push(listener);
+        }
+        let addresses: Vec<String> = listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .map(|a| a.to_string())
+            .collect();
+        println!("rauta echo: listening on {}", addresses.join(" "));
+        let mut servers = tokio::task::JoinSet::new();
+        for listener in listeners {
+            servers.spawn(serve(listener, identity.clone()));
+        }
+        match servers.join_next().await {
+            Some(result) => result.context("echo server")?,
+            None => Ok(()),
+        }
     })
 }
 
@@ -73,7 +92,93 @@ pub async fn serve(listener: TcpListener, identity: Identity) -> Result<()> {
     }
 }
 
-async fn connection(mut stream: TcpStream, identity: Identity) -> Result<()> {
+/// Whether the client opened with the HTTP/2 preface (looked at without
+/// consuming it).
+async fn speaks_h2(stream: &TcpStream) -> Result<bool> {
+    let preface = rauta_dataplane::proxy::HTTP2_PREFACE;
+    let mut peeked = [0u8; 24];
+    loop {
+        let n = stream.peek(&mut peeked).await?;
+        if n == 0 || peeked[..n] != preface[..n] {
+            return Ok(false);
+        }
+        if n == preface.len() {
+            return Ok(true);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
+async fn connection(stream: TcpStream, identity: Identity) -> Result<()> {
+    if speaks_h2(&stream).await? {
+        return h2_connection(stream, identity).await;
+    }
+    h1_connection(stream, identity).await
+}
+
+async fn h2_connection(stream: TcpStream, identity: Identity) -> Result<()> {
+    let mut connection = h2::server::handshake(stream).await?;
+    while let Some(request) = connection.accept().await {
+        let (request, respond) = request?;
+        let identity = identity.clone();
+        tokio::spawn(async move {
+            if let Err(e) = h2_exchange(request, respond, identity).await {
+                tracing::debug!(error = %e, "echo stream ended");
+            }
+        });
+    }
+    Ok(())
+}
+
+async fn h2_exchange(
+    request: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<bytes::Bytes>,
+    identity: Identity,
+) -> Result<()> {
+    let (parts, mut body) = request.into_parts();
+    let mut received = Vec::new();
+    while let Some(data) = body.data().await {
+        let data = data?;
+        let _ = body.flow_control().release_capacity(data.len());
+        received.extend_from_slice(&data);
+    }
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut headers: Vec<(String, Vec<u8>)> = parts
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+        .collect();
+    if let Some(authority) = parts.uri.authority() {
+        headers.insert(0, ("host".into(), authority.as_str().as_bytes().to_vec()));
+    }
+    let (body, content_type, extra) = if target.starts_with("/echo-body") {
+        (received, "application/octet-stream", Vec::new())
+    } else {
+        let echo = echo_json(
+            parts.method.as_str(),
+            target,
+            "HTTP/2.0",
+            &headers,
+            &identity,
+        );
+        (echo.body.into_bytes(), "application/json", echo.set_headers)
+    };
+    let mut response = http::Response::builder()
+        .status(200)
+        .header("content-type", content_type)
+        .header("content-length", body.len());
+    for (name, value) in extra {
+        response = response.header(name, value);
+    }
+    let head_only = parts.method == http::Method::HEAD || body.is_empty();
+    let mut send = respond.send_response(response.body(())?, head_only)?;
+    if !head_only {
+        send.send_data(bytes::Bytes::from(body), true)?;
+    }
+    Ok(())
+}
+
+async fn h1_connection(mut stream: TcpStream, identity: Identity) -> Result<()> {
     let limits = Limits::default();
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
     let mut chunk = vec![0u8; 64 * 1024];
@@ -189,11 +294,24 @@ fn canonical(name: &str) -> String {
     out
 }
 
-fn echo_response(head: &RequestHead, identity: &Identity) -> Vec<u8> {
+/// What the echo server answers.
+struct Echo {
+    body: String,
+    /// Asked for with `X-Echo-Set-Header`.
+    set_headers: Vec<(String, String)>,
+}
+
+fn echo_json(
+    method: &str,
+    target: &str,
+    proto: &str,
+    fields: &[(String, Vec<u8>)],
+    identity: &Identity,
+) -> Echo {
     let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut host = String::new();
     let mut set_headers = Vec::new();
-    for (name, value) in &head.headers {
+    for (name, value) in fields {
         let value = String::from_utf8_lossy(value).into_owned();
         if name.eq_ignore_ascii_case("host") {
             host = value;
@@ -209,10 +327,10 @@ fn echo_response(head: &RequestHead, identity: &Identity) -> Vec<u8> {
         headers.entry(canonical(name)).or_default().push(value);
     }
     let body = json!({
-        "path": head.target,
+        "path": target,
         "host": host,
-        "method": head.method,
-        "proto": match head.version { Version::Http10 => "HTTP/1.0", Version::Http11 => "HTTP/1.1" },
+        "method": method,
+        "proto": proto,
         "headers": headers,
         "namespace": identity.namespace,
         "ingress": "",
@@ -220,6 +338,16 @@ fn echo_response(head: &RequestHead, identity: &Identity) -> Vec<u8> {
         "pod": identity.pod,
     })
     .to_string();
+    Echo { body, set_headers }
+}
+
+fn echo_response(head: &RequestHead, identity: &Identity) -> Vec<u8> {
+    let proto = match head.version {
+        Version::Http10 => "HTTP/1.0",
+        Version::Http11 => "HTTP/1.1",
+    };
+    let Echo { body, set_headers } =
+        echo_json(&head.method, &head.target, proto, &head.headers, identity);
     let mut response = format!(
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
         body.len()

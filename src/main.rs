@@ -58,9 +58,10 @@ enum Command {
     /// An HTTP/1.1 backend answering every request with JSON about it (the
     /// Gateway API conformance echo server's shape).
     Echo {
-        /// ADDR:PORT to listen on.
-        #[arg(long)]
-        listen: std::net::SocketAddr,
+        /// ADDR:PORT to listen on (repeatable). Each port serves HTTP/1.1
+        /// and, to clients that open with the preface, h2c.
+        #[arg(long, required = true)]
+        listen: Vec<std::net::SocketAddr>,
     },
 }
 
@@ -472,7 +473,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Echo { listen } => {
-            echo_server::run(listen, echo_server::Identity::from_env())?;
+            echo_server::run(&listen, echo_server::Identity::from_env())?;
         }
         Command::EchoLoad(args) => {
             let line = echo_load::run(&echo_load::EchoLoad {

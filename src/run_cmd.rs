@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use rauta_controlplane::source::{self, Published};
 use rauta_controlplane::Selection;
 use rauta_dataplane::gateway::GatewayWorker;
+use rauta_dataplane::http2::Http2Settings;
 use rauta_dataplane::kernel::KernelWorker;
 use rauta_dataplane::metrics::ProxyMetrics;
 use rauta_dataplane::proxy::ProxySettings;
@@ -80,6 +81,7 @@ pub fn run_kernel(options: RunOptions, address: IpAddr) -> Result<()> {
         let w = KernelWorker {
             listen: listen.clone(),
             settings: options.settings.clone(),
+            http2: Http2Settings::default(),
             config: published.config.clone(),
             metrics: m,
             stop: stop.clone(),
@@ -156,6 +158,7 @@ pub fn run_xdp(options: RunOptions, xdp: XdpOptions, idle: IdlePolicy) -> Result
         let w = GatewayWorker {
             ports: ports.clone(),
             settings: options.settings.clone(),
+            http2: Http2Settings::default(),
             config: published.config.clone(),
             metrics: m,
             stop: stop.clone(),

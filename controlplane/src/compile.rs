@@ -23,8 +23,8 @@ use gateway_api::httproutes::{
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use rauta_dataplane::config::{
-    hostname_matches, Backend, Backends, GatewayConfig, HeaderModifier, Listener, PathModifier,
-    PortListeners, Redirect, RuleAction, UrlRewrite,
+    hostname_matches, Backend, BackendProtocol, Backends, GatewayConfig, HeaderModifier, Listener,
+    PathModifier, PortListeners, Redirect, RuleAction, UrlRewrite,
 };
 use rauta_dataplane::routes::{PathMatch, Route, RouteMatch, RouteTable, ValueMatch};
 use regex::Regex;
@@ -378,7 +378,7 @@ impl<'m> World<'m> {
         &self,
         route_ns: &str,
         backend: &HttpRouteRulesBackendRefs,
-    ) -> Result<Vec<SocketAddr>, String> {
+    ) -> Result<(Vec<SocketAddr>, BackendProtocol), String> {
         let group = backend.group.as_deref().unwrap_or("");
         let kind = backend.kind.as_deref().unwrap_or("Service");
         if !group.is_empty() || kind != "Service" {
@@ -404,6 +404,12 @@ impl<'m> World<'m> {
             .and_then(|s| s.ports.as_ref())
             .and_then(|ports| ports.iter().find(|p| p.port == port))
             .ok_or_else(|| format!("Service {ns}/{} has no port {port}", backend.name))?;
+        // Gateway API's BackendProtocolH2C: cleartext HTTP/2 with prior
+        // knowledge. Other values (and none) mean HTTP/1.1.
+        let protocol = match service_port.app_protocol.as_deref() {
+            Some("kubernetes.io/h2c") => BackendProtocol::H2c,
+            _ => BackendProtocol::Http1,
+        };
         let mut endpoints = Vec::new();
         for slice in self
             .slices
@@ -436,7 +442,7 @@ impl<'m> World<'m> {
                 );
             }
         }
-        Ok(endpoints)
+        Ok((endpoints, protocol))
     }
 }
 
@@ -755,7 +761,11 @@ fn compile_rule(
             backend_ref.port.unwrap_or_default()
         );
         let mut backend = match world.resolve(route_ns, backend_ref) {
-            Ok(endpoints) => Backend::new(name, weight, endpoints),
+            Ok((endpoints, protocol)) => {
+                let mut b = Backend::new(name, weight, endpoints);
+                b.protocol = protocol;
+                b
+            }
             Err(why) => {
                 warnings.push(format!("HTTPRoute {route_id} {at}.backendRefs[{i}]: {why}"));
                 let mut b = Backend::new(name, weight, Vec::new());

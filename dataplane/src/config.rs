@@ -23,6 +23,14 @@ impl GatewayConfig {
         self.ports.get(&port)?.select(host)
     }
 
+    /// Every rule action of every listener.
+    pub fn actions(&self) -> impl Iterator<Item = &RuleAction> {
+        self.ports
+            .values()
+            .flat_map(|p| &p.listeners)
+            .flat_map(|l| l.routes.actions())
+    }
+
     /// Total rules over all listeners (for reports).
     pub fn rule_count(&self) -> usize {
         self.ports
@@ -271,7 +279,18 @@ pub struct Backend {
     /// Why the reference does not resolve (kind, missing Service, no
     /// ReferenceGrant): its share of requests gets 500.
     pub invalid: Option<String>,
+    /// What its endpoints speak (the Service port's `appProtocol`).
+    pub protocol: BackendProtocol,
     next: AtomicUsize,
+}
+
+/// The protocol a backend speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum BackendProtocol {
+    #[default]
+    Http1,
+    /// HTTP/2 over cleartext with prior knowledge (`kubernetes.io/h2c`).
+    H2c,
 }
 
 impl Backend {

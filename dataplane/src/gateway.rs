@@ -7,9 +7,12 @@
 //! backend connections the ones the proxy opens from ports this worker
 //! owns, so replies come back to the same worker.
 
+use crate::config::BackendProtocol;
 use crate::config::GatewayConfig;
+use crate::http2::Http2Settings;
 use crate::metrics::ProxyMetrics;
-use crate::proxy::{ConnectionGone, Proxy, ProxySettings, ReadOutcome, Transport, TICK_INTERVAL};
+use crate::proxy::{ConnectionGone, ProxySettings, ReadOutcome, Transport, TICK_INTERVAL};
+use crate::service::HttpService;
 use crate::worker::{queue_reports, SharedReport, WorkerReport, HANDOFF_BATCH, PUBLISH_EVERY};
 use arc_swap::ArcSwap;
 use rauta_netstack::handoff::Mailbox;
@@ -54,7 +57,7 @@ impl Transport for Stack {
         }
     }
 
-    fn connect(&mut self, to: SocketAddr) -> Option<ConnId> {
+    fn connect(&mut self, to: SocketAddr, _: BackendProtocol) -> Option<ConnId> {
         let IpAddr::V4(ip) = to.ip() else {
             return None;
         };
@@ -84,6 +87,7 @@ impl Transport for Stack {
 pub struct GatewayWorker {
     pub ports: Vec<u16>,
     pub settings: ProxySettings,
+    pub http2: Http2Settings,
     pub config: Arc<ArcSwap<GatewayConfig>>,
     pub metrics: Arc<ProxyMetrics>,
     pub stop: Arc<AtomicBool>,
@@ -106,7 +110,8 @@ impl GatewayWorker {
             }
         }
         stack.maintain();
-        let mut proxy: Proxy<Stack> = Proxy::new(self.settings, self.config, self.metrics);
+        let mut proxy: HttpService<Stack> =
+            HttpService::new(self.settings, self.http2, self.config, self.metrics);
         let mut waiter = IdleWaiter::new(self.idle);
         let mut events = Vec::new();
         let mut handed_in_total = 0u64;

@@ -137,6 +137,25 @@ impl RequestHead {
     }
 }
 
+/// Whether `head` asks to switch to HTTP/2 over cleartext (RFC 7540
+/// §3.2): `Upgrade: h2c`, `Connection: Upgrade, HTTP2-Settings`, exactly
+/// one `HTTP2-Settings` field, and no body (a request with a body is
+/// served over HTTP/1.1; a server may ignore an upgrade).
+pub fn is_h2c_upgrade(head: &RequestHead) -> bool {
+    let (Ok(upgrade), Ok(connection)) = (
+        list_tokens(&head.headers, "upgrade"),
+        connection_tokens(&head.headers),
+    ) else {
+        return false;
+    };
+    head.version == Version::Http11
+        && head.framing == BodyFraming::Empty
+        && upgrade.iter().any(|t| t == "h2c")
+        && connection.iter().any(|t| t == "upgrade")
+        && connection.iter().any(|t| t == "http2-settings")
+        && head.values("http2-settings").count() == 1
+}
+
 /// A head's header fields, names as sent.
 type Fields = [(String, Vec<u8>)];
 
@@ -426,6 +445,8 @@ pub fn connection_tokens(headers: &Fields) -> Result<Vec<String>, HttpError> {
 pub enum Chunk<'a> {
     /// Body bytes.
     Data(&'a [u8]),
+    /// One trailer field line, without its CRLF (RFC 9112 §7.1.2).
+    Trailer(&'a [u8]),
     /// The body (and its trailers) ended.
     End,
 }
@@ -528,7 +549,7 @@ impl ChunkedDecoder {
                 if line[0] == b' ' || line[0] == b'\t' || !line.contains(&b':') {
                     return Err(HttpError::Malformed("invalid trailer field"));
                 }
-                Ok((line_end + 2, None))
+                Ok((line_end + 2, Some(Chunk::Trailer(line))))
             }
         }
     }
@@ -758,6 +779,7 @@ mod tests {
             match chunk {
                 Some(Chunk::Data(d)) => out.extend_from_slice(d),
                 Some(Chunk::End) => return Ok((out, pos)),
+                Some(Chunk::Trailer(_)) => {}
                 None if n == 0 => {
                     if available == body.len() {
                         return Err(HttpError::Malformed("truncated"));

@@ -6,9 +6,12 @@
 //! AF_XDP cannot run and the baseline the userspace stack is measured
 //! against.
 
+use crate::config::BackendProtocol;
 use crate::config::GatewayConfig;
+use crate::http2::Http2Settings;
 use crate::metrics::ProxyMetrics;
-use crate::proxy::{ConnectionGone, Proxy, ProxySettings, ReadOutcome, Transport, TICK_INTERVAL};
+use crate::proxy::{ConnectionGone, ProxySettings, ReadOutcome, Transport, TICK_INTERVAL};
+use crate::service::HttpService;
 use arc_swap::ArcSwap;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
@@ -93,7 +96,7 @@ impl Transport for KernelIo {
         }
     }
 
-    fn connect(&mut self, to: SocketAddr) -> Option<usize> {
+    fn connect(&mut self, to: SocketAddr, _: BackendProtocol) -> Option<usize> {
         let mut stream = match TcpStream::connect(to) {
             Ok(s) => s,
             Err(error) => {
@@ -135,6 +138,7 @@ impl Transport for KernelIo {
 pub struct KernelWorker {
     pub listen: Vec<SocketAddr>,
     pub settings: ProxySettings,
+    pub http2: Http2Settings,
     pub config: Arc<ArcSwap<GatewayConfig>>,
     pub metrics: Arc<ProxyMetrics>,
     /// Set to drain and stop.
@@ -161,7 +165,7 @@ impl KernelWorker {
             poll,
             streams: Slab::new(),
         };
-        let mut proxy = Proxy::new(self.settings, self.config, self.metrics);
+        let mut proxy = HttpService::new(self.settings, self.http2, self.config, self.metrics);
         let mut events = Events::with_capacity(1024);
         let mut last_tick = Instant::now();
         let mut drain_deadline: Option<Instant> = None;
@@ -206,7 +210,7 @@ impl KernelWorker {
 
 fn accept_all(
     io: &mut KernelIo,
-    proxy: &mut Proxy<KernelIo>,
+    proxy: &mut HttpService<KernelIo>,
     listener: &TcpListener,
     port: u16,
     now: Instant,

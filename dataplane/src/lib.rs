@@ -10,11 +10,13 @@
 pub mod config;
 pub mod gateway;
 pub mod http1;
+pub mod http2;
 pub mod kernel;
 pub mod metrics;
 pub mod probe;
 pub mod proxy;
 pub mod routes;
+pub mod service;
 pub mod worker;
 
 pub use probe::{Probe, ProbeConfig, ProbeCounters};

@@ -73,6 +73,25 @@ pub struct ProxyMetrics {
     latency_sum_micros: AtomicU64,
     /// Responses per (route, backend, status class).
     routes: Mutex<HashMap<RouteKey, u64>>,
+    http2: Http2Counters<AtomicU64, AtomicI64>,
+}
+
+/// HTTP/2 counters: `U` counts up, `G` is a gauge.
+#[derive(Clone, Debug, Default)]
+pub struct Http2Counters<U, G> {
+    /// Client connections open (also in `connections_open`).
+    pub connections_open: G,
+    /// Client streams accepted.
+    pub streams: U,
+    /// Client streams the client reset.
+    pub client_resets: U,
+    /// Client connections cut off with GOAWAY for abuse (rapid reset).
+    pub goaways_for_abuse: U,
+    /// Backend connections open.
+    pub backend_connections_open: G,
+    pub backend_connections: U,
+    /// Streams opened to backends.
+    pub backend_streams: U,
 }
 
 /// A point-in-time copy, summed over workers for a scrape.
@@ -87,6 +106,7 @@ pub struct MetricsSnapshot {
     pub latency: [u64; LATENCY_BUCKETS.len() + 1],
     pub latency_sum_seconds: f64,
     pub routes: HashMap<RouteKey, u64>,
+    pub http2: Http2Counters<u64, i64>,
 }
 
 impl ProxyMetrics {
@@ -109,6 +129,41 @@ impl ProxyMetrics {
 
     pub fn connection_closed(&self) {
         self.connections_open.fetch_sub(1, Relaxed);
+    }
+
+    pub fn h2_connection_opened(&self) {
+        self.connection_opened();
+        self.http2.connections_open.fetch_add(1, Relaxed);
+    }
+
+    pub fn h2_connection_closed(&self) {
+        self.connection_closed();
+        self.http2.connections_open.fetch_sub(1, Relaxed);
+    }
+
+    pub fn h2_stream_opened(&self) {
+        self.http2.streams.fetch_add(1, Relaxed);
+    }
+
+    pub fn h2_reset_by_client(&self) {
+        self.http2.client_resets.fetch_add(1, Relaxed);
+    }
+
+    pub fn h2_goaway_for_abuse(&self) {
+        self.http2.goaways_for_abuse.fetch_add(1, Relaxed);
+    }
+
+    pub fn h2_backend_connection_opened(&self) {
+        self.http2.backend_connections_open.fetch_add(1, Relaxed);
+        self.http2.backend_connections.fetch_add(1, Relaxed);
+    }
+
+    pub fn h2_backend_connection_closed(&self) {
+        self.http2.backend_connections_open.fetch_sub(1, Relaxed);
+    }
+
+    pub fn h2_backend_stream_opened(&self) {
+        self.http2.backend_streams.fetch_add(1, Relaxed);
     }
 
     pub fn backend_request(&self) {
@@ -148,6 +203,14 @@ impl ProxyMetrics {
             *sum += value.load(Relaxed);
         }
         into.latency_sum_seconds += self.latency_sum_micros.load(Relaxed) as f64 / 1e6;
+        let (h, into_h) = (&self.http2, &mut into.http2);
+        into_h.connections_open += h.connections_open.load(Relaxed);
+        into_h.streams += h.streams.load(Relaxed);
+        into_h.client_resets += h.client_resets.load(Relaxed);
+        into_h.goaways_for_abuse += h.goaways_for_abuse.load(Relaxed);
+        into_h.backend_connections_open += h.backend_connections_open.load(Relaxed);
+        into_h.backend_connections += h.backend_connections.load(Relaxed);
+        into_h.backend_streams += h.backend_streams.load(Relaxed);
         if let Ok(routes) = self.routes.lock() {
             for (key, count) in routes.iter() {
                 *into.routes.entry(key.clone()).or_default() += count;

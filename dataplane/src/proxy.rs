@@ -13,7 +13,7 @@
 //! streamed back, with bounded buffers on both legs so a slow side holds
 //! the other back instead of growing memory.
 
-use crate::config::{Backend, GatewayConfig, HeaderModifier, RuleAction};
+use crate::config::{Backend, BackendProtocol, GatewayConfig, HeaderModifier, RuleAction};
 use crate::http1::{
     self, reason_phrase, BodyFraming, Chunk, ChunkedDecoder, HttpError, Limits, RequestHead,
     ResponseFraming, ResponseHead, Version,
@@ -54,9 +54,11 @@ pub trait Transport {
     fn read(&mut self, conn: Self::Conn, buf: &mut [u8]) -> ReadOutcome;
     /// Bytes accepted (0: no room now, or not connected yet).
     fn write(&mut self, conn: Self::Conn, data: &[u8]) -> Result<usize, ConnectionGone>;
-    /// Start a connection to a backend; `None` when no connection can be
-    /// opened now (no ports, no memory).
-    fn connect(&mut self, to: SocketAddr) -> Option<Self::Conn>;
+    /// Start a connection to a backend that speaks `protocol`; `None` when
+    /// no connection can be opened now (no ports, no memory). A socket
+    /// transport opens a TCP connection whatever the protocol; the HTTP/2
+    /// layer's transport opens a stream on its pooled connections instead.
+    fn connect(&mut self, to: SocketAddr, protocol: BackendProtocol) -> Option<Self::Conn>;
     /// Close after what was written is delivered (FIN), and forget it.
     fn close(&mut self, conn: Self::Conn);
     /// Drop at once (RST), and forget it.
@@ -100,6 +102,10 @@ impl Default for ProxySettings {
     }
 }
 
+/// Idle backend connections are kept per endpoint and protocol: one
+/// address may serve HTTP/1.1 and h2c on the same port.
+type PoolKey = (SocketAddr, BackendProtocol);
+
 /// One step of [`Proxy::drive`].
 #[derive(Clone, Copy)]
 enum Step {
@@ -117,7 +123,7 @@ enum Step {
 enum Role {
     Client(usize),
     Backend(usize),
-    Idle(SocketAddr),
+    Idle(PoolKey),
 }
 
 /// How a body is being consumed.
@@ -142,12 +148,15 @@ impl BodyReader {
 enum BodyWriter {
     Raw,
     Chunked,
+    /// Chunked, past the last chunk: writing trailer fields.
+    ChunkedTrailers,
 }
 
 /// The backend side of a request.
 struct BackendLeg<C> {
     conn: C,
     endpoint: SocketAddr,
+    protocol: BackendProtocol,
     /// From the pool: may have been closed by the backend meanwhile.
     reused: bool,
     rx: Vec<u8>,
@@ -201,24 +210,49 @@ struct Exchange<C> {
     eof: bool,
     /// Close once `tx` is flushed: no further requests.
     closing: bool,
+    /// A request was read: the connection speaks HTTP/1.x and is no longer
+    /// a candidate for HTTP/2.
+    served: bool,
+    /// A stream of the HTTP/2 layer, not a connection of its own.
+    is_stream: bool,
     request: Option<InFlight<C>>,
     /// For the idle/head timeout.
     idle_since: Instant,
 }
 
 /// The proxy core.
-pub struct Proxy<T: Transport> {
+pub struct Proxy<C> {
     settings: ProxySettings,
     config: Arc<ArcSwap<GatewayConfig>>,
     metrics: Arc<ProxyMetrics>,
-    roles: HashMap<T::Conn, Role>,
-    exchanges: Slab<Exchange<T::Conn>>,
+    roles: HashMap<C, Role>,
+    exchanges: Slab<Exchange<C>>,
     /// Idle backend connections per endpoint, with when they went idle.
-    pool: HashMap<SocketAddr, Vec<(T::Conn, Instant)>>,
+    pool: HashMap<PoolKey, Vec<(C, Instant)>>,
+    /// Client connections found to speak HTTP/2, for that layer to take.
+    handoffs: Vec<Handoff<C>>,
     scratch: Vec<u8>,
 }
 
-impl<T: Transport> Proxy<T> {
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+pub const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A client connection that turned out to speak HTTP/2: with prior
+/// knowledge (it opened with the preface) or by `Upgrade: h2c`. The proxy
+/// has forgotten it without closing it.
+#[derive(Debug)]
+pub struct Handoff<C> {
+    pub conn: C,
+    pub peer: SocketAddr,
+    pub local_port: u16,
+    /// What was read and not consumed: the preface and what followed it,
+    /// or whatever followed the upgrade request.
+    pub buffered: Vec<u8>,
+    /// The HTTP/1.1 request that asked for the upgrade; it becomes stream 1.
+    pub upgrade: Option<RequestHead>,
+}
+
+impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
     pub fn new(
         settings: ProxySettings,
         config: Arc<ArcSwap<GatewayConfig>>,
@@ -232,6 +266,7 @@ impl<T: Transport> Proxy<T> {
             roles: HashMap::new(),
             exchanges: Slab::new(),
             pool: HashMap::new(),
+            handoffs: Vec::new(),
             scratch,
         }
     }
@@ -250,17 +285,43 @@ impl<T: Transport> Proxy<T> {
     }
 
     /// Whether `conn` is one the proxy knows.
-    pub fn knows(&self, conn: T::Conn) -> bool {
+    pub fn knows(&self, conn: C) -> bool {
         self.roles.contains_key(&conn)
     }
 
     /// A client connected to `local_port` from `peer`.
-    pub fn accept(
+    pub fn accept<T: Transport<Conn = C>>(
         &mut self,
         io: &mut T,
-        conn: T::Conn,
+        conn: C,
         peer: SocketAddr,
         local_port: u16,
+        now: Instant,
+    ) {
+        self.metrics.connection_opened();
+        self.open_exchange(io, conn, peer, local_port, false, now);
+    }
+
+    /// A request arrived on a stream of the HTTP/2 layer: `conn` carries it
+    /// as HTTP/1.1, and carries one request only.
+    pub fn accept_stream<T: Transport<Conn = C>>(
+        &mut self,
+        io: &mut T,
+        conn: C,
+        peer: SocketAddr,
+        local_port: u16,
+        now: Instant,
+    ) {
+        self.open_exchange(io, conn, peer, local_port, true, now);
+    }
+
+    fn open_exchange<T: Transport<Conn = C>>(
+        &mut self,
+        io: &mut T,
+        conn: C,
+        peer: SocketAddr,
+        local_port: u16,
+        is_stream: bool,
         now: Instant,
     ) {
         let id = self.exchanges.insert(Exchange {
@@ -271,25 +332,47 @@ impl<T: Transport> Proxy<T> {
             tx: Vec::new(),
             eof: false,
             closing: false,
+            served: is_stream,
+            is_stream,
             request: None,
             idle_since: now,
         });
         self.roles.insert(conn, Role::Client(id));
-        self.metrics.connection_opened();
         self.drive(io, id, now);
     }
 
+    /// Client connections to hand to the HTTP/2 layer.
+    pub fn take_handoffs(&mut self) -> Vec<Handoff<C>> {
+        std::mem::take(&mut self.handoffs)
+    }
+
+    /// Forget a client connection without closing it: it speaks HTTP/2.
+    fn hand_off(&mut self, id: usize, upgrade: Option<RequestHead>) {
+        let Some(exchange) = self.exchanges.try_remove(id) else {
+            return;
+        };
+        // Still open: the HTTP/2 layer counts it closed when it is.
+        self.roles.remove(&exchange.client);
+        self.handoffs.push(Handoff {
+            conn: exchange.client,
+            peer: exchange.peer,
+            local_port: exchange.local_port,
+            buffered: exchange.rx,
+            upgrade,
+        });
+    }
+
     /// `conn` may be readable, writable, connected or closed.
-    pub fn on_io(&mut self, io: &mut T, conn: T::Conn, now: Instant) {
+    pub fn on_io<T: Transport<Conn = C>>(&mut self, io: &mut T, conn: C, now: Instant) {
         match self.roles.get(&conn).copied() {
             Some(Role::Client(id)) | Some(Role::Backend(id)) => self.drive(io, id, now),
-            Some(Role::Idle(endpoint)) => self.check_idle(io, conn, endpoint),
+            Some(Role::Idle(key)) => self.check_idle(io, conn, key),
             None => {}
         }
     }
 
     /// Timeouts; call every [`TICK_INTERVAL`].
-    pub fn tick(&mut self, io: &mut T, now: Instant) {
+    pub fn tick<T: Transport<Conn = C>>(&mut self, io: &mut T, now: Instant) {
         let ids: Vec<usize> = self.exchanges.iter().map(|(id, _)| id).collect();
         for id in ids {
             let Some(exchange) = self.exchanges.get_mut(id) else {
@@ -338,7 +421,7 @@ impl<T: Transport> Proxy<T> {
     /// every idle backend connection, and stop taking new requests on the
     /// others (graceful drain). Returns whether any request is still in
     /// flight.
-    pub fn drain(&mut self, io: &mut T, now: Instant) -> bool {
+    pub fn drain<T: Transport<Conn = C>>(&mut self, io: &mut T, now: Instant) -> bool {
         // Idle backend connections are closed politely, so the backends do
         // not hold them open after the gateway is gone.
         for (_, conns) in self.pool.drain() {
@@ -362,10 +445,10 @@ impl<T: Transport> Proxy<T> {
 
     /// A pooled connection reported activity: anything but a would-block
     /// read means it is no longer usable.
-    fn check_idle(&mut self, io: &mut T, conn: T::Conn, endpoint: SocketAddr) {
+    fn check_idle<T: Transport<Conn = C>>(&mut self, io: &mut T, conn: C, key: PoolKey) {
         let mut byte = [0u8; 1];
         if io.read(conn, &mut byte) != ReadOutcome::WouldBlock {
-            if let Some(conns) = self.pool.get_mut(&endpoint) {
+            if let Some(conns) = self.pool.get_mut(&key) {
                 conns.retain(|&(c, _)| c != conn);
             }
             self.roles.remove(&conn);
@@ -374,7 +457,7 @@ impl<T: Transport> Proxy<T> {
     }
 
     /// Make all the progress the exchange can make now.
-    fn drive(&mut self, io: &mut T, id: usize, now: Instant) {
+    fn drive<T: Transport<Conn = C>>(&mut self, io: &mut T, id: usize, now: Instant) {
         // Every step may end the exchange (a reset seen on a write or a
         // read, a malformed body): the next step must not run on it.
         const STEPS: [Step; 7] = [
@@ -409,7 +492,7 @@ impl<T: Transport> Proxy<T> {
         self.maybe_close(io, id);
     }
 
-    fn flush_client(&mut self, io: &mut T, id: usize) -> bool {
+    fn flush_client<T: Transport<Conn = C>>(&mut self, io: &mut T, id: usize) -> bool {
         let Some(exchange) = self.exchanges.get_mut(id) else {
             return false;
         };
@@ -429,7 +512,7 @@ impl<T: Transport> Proxy<T> {
         }
     }
 
-    fn flush_backend(&mut self, io: &mut T, id: usize) -> bool {
+    fn flush_backend<T: Transport<Conn = C>>(&mut self, io: &mut T, id: usize) -> bool {
         let Some(leg) = self
             .exchanges
             .get_mut(id)
@@ -455,7 +538,7 @@ impl<T: Transport> Proxy<T> {
         }
     }
 
-    fn read_client(&mut self, io: &mut T, id: usize) -> bool {
+    fn read_client<T: Transport<Conn = C>>(&mut self, io: &mut T, id: usize) -> bool {
         let cap = self
             .settings
             .buffer
@@ -482,7 +565,12 @@ impl<T: Transport> Proxy<T> {
         }
     }
 
-    fn read_backend(&mut self, io: &mut T, id: usize, now: Instant) -> bool {
+    fn read_backend<T: Transport<Conn = C>>(
+        &mut self,
+        io: &mut T,
+        id: usize,
+        now: Instant,
+    ) -> bool {
         let cap = self
             .settings
             .buffer
@@ -520,11 +608,28 @@ impl<T: Transport> Proxy<T> {
 
     /// Parse the next request head and start it, or move request body bytes
     /// toward the backend.
-    fn advance_request(&mut self, io: &mut T, id: usize, now: Instant) -> bool {
+    fn advance_request<T: Transport<Conn = C>>(
+        &mut self,
+        io: &mut T,
+        id: usize,
+        now: Instant,
+    ) -> bool {
         let exchange = &mut self.exchanges[id];
         if exchange.request.is_none() {
             if exchange.closing || exchange.rx.is_empty() || !exchange.tx.is_empty() {
                 return false;
+            }
+            if !exchange.served {
+                let seen = exchange.rx.len().min(HTTP2_PREFACE.len());
+                if exchange.rx[..seen] == HTTP2_PREFACE[..seen] {
+                    if seen == HTTP2_PREFACE.len() {
+                        self.hand_off(id, None);
+                        return true;
+                    }
+                    if !exchange.eof {
+                        return false;
+                    }
+                }
             }
             return match http1::parse_request(&exchange.rx, &self.settings.limits) {
                 Ok(None) => {
@@ -575,7 +680,18 @@ impl<T: Transport> Proxy<T> {
         self.answer_and_close(id, status);
     }
 
-    fn start_request(&mut self, io: &mut T, id: usize, head: RequestHead, now: Instant) {
+    fn start_request<T: Transport<Conn = C>>(
+        &mut self,
+        io: &mut T,
+        id: usize,
+        head: RequestHead,
+        now: Instant,
+    ) {
+        let exchange = &mut self.exchanges[id];
+        if !std::mem::replace(&mut exchange.served, true) && http1::is_h2c_upgrade(&head) {
+            self.hand_off(id, Some(head));
+            return;
+        }
         let config = self.config.load();
         let exchange = &mut self.exchanges[id];
         let (path, query) = head
@@ -727,8 +843,9 @@ impl<T: Transport> Proxy<T> {
         }
         let no_body = request.body.is_done();
         exchange.request = Some(request);
+        let protocol = backend.protocol;
         drop(config);
-        match self.backend_conn(io, id, endpoint, now) {
+        match self.backend_conn(io, id, endpoint, protocol, now) {
             Some((conn, reused)) => {
                 let request = self.exchanges[id].request.as_mut().expect("just set");
                 if reused && no_body {
@@ -737,6 +854,7 @@ impl<T: Transport> Proxy<T> {
                 request.backend = Some(BackendLeg {
                     conn,
                     endpoint,
+                    protocol,
                     reused,
                     rx: Vec::new(),
                     tx: out_head,
@@ -752,20 +870,21 @@ impl<T: Transport> Proxy<T> {
     }
 
     /// A pooled connection to `endpoint`, or a new one.
-    fn backend_conn(
+    fn backend_conn<T: Transport<Conn = C>>(
         &mut self,
         io: &mut T,
         id: usize,
         endpoint: SocketAddr,
+        protocol: BackendProtocol,
         now: Instant,
-    ) -> Option<(T::Conn, bool)> {
-        if let Some(conns) = self.pool.get_mut(&endpoint) {
+    ) -> Option<(C, bool)> {
+        if let Some(conns) = self.pool.get_mut(&(endpoint, protocol)) {
             if let Some((conn, _)) = conns.pop() {
                 self.roles.insert(conn, Role::Backend(id));
                 return Some((conn, true));
             }
         }
-        let conn = io.connect(endpoint)?;
+        let conn = io.connect(endpoint, protocol)?;
         self.roles.insert(conn, Role::Backend(id));
         let request = self.exchanges[id].request.as_mut()?;
         request.deadline = now + self.settings.connect_timeout + self.settings.response_timeout;
@@ -805,10 +924,12 @@ impl<T: Transport> Proxy<T> {
                 BodyReader::Chunked(decoder) => match decoder.decode(&exchange.rx) {
                     Ok((0, None)) => break,
                     Ok((used, chunk)) => {
+                        let writer = &mut request.body_writer;
                         match chunk {
                             Some(Chunk::Data(data)) => write_chunk(&mut leg.tx, data),
+                            Some(Chunk::Trailer(line)) => emit_trailer(&mut leg.tx, writer, line),
                             Some(Chunk::End) => {
-                                leg.tx.extend_from_slice(b"0\r\n\r\n");
+                                emit_end(&mut leg.tx, writer);
                                 request.body = BodyReader::Done;
                             }
                             None => {}
@@ -833,7 +954,12 @@ impl<T: Transport> Proxy<T> {
     }
 
     /// Parse the backend's response head, then relay body bytes.
-    fn advance_response(&mut self, io: &mut T, id: usize, now: Instant) -> bool {
+    fn advance_response<T: Transport<Conn = C>>(
+        &mut self,
+        io: &mut T,
+        id: usize,
+        now: Instant,
+    ) -> bool {
         let cap = self.settings.buffer;
         let limits = self.settings.limits.clone();
         let exchange = &mut self.exchanges[id];
@@ -924,10 +1050,11 @@ impl<T: Transport> Proxy<T> {
                                     Some(Chunk::Data(data)) => {
                                         emit_body(&mut exchange.tx, *writer, data)
                                     }
+                                    Some(Chunk::Trailer(line)) => {
+                                        emit_trailer(&mut exchange.tx, writer, line)
+                                    }
                                     Some(Chunk::End) => {
-                                        if *writer == BodyWriter::Chunked {
-                                            exchange.tx.extend_from_slice(b"0\r\n\r\n");
-                                        }
+                                        emit_end(&mut exchange.tx, writer);
                                         *reader = BodyReader::Done;
                                     }
                                     None => {}
@@ -945,9 +1072,7 @@ impl<T: Transport> Proxy<T> {
                         BodyReader::UntilClose => {
                             if leg.rx.is_empty() {
                                 if leg.eof {
-                                    if *writer == BodyWriter::Chunked {
-                                        exchange.tx.extend_from_slice(b"0\r\n\r\n");
-                                    }
+                                    emit_end(&mut exchange.tx, writer);
                                     *reader = BodyReader::Done;
                                     *backend_keep_alive = false;
                                     progress = true;
@@ -985,19 +1110,19 @@ impl<T: Transport> Proxy<T> {
     /// The backend connection failed or closed before a complete response
     /// head: retry once on a fresh connection if the request may be
     /// replayed, else answer 502.
-    fn backend_failed(&mut self, io: &mut T, id: usize, now: Instant) {
+    fn backend_failed<T: Transport<Conn = C>>(&mut self, io: &mut T, id: usize, now: Instant) {
         let request = self.exchanges[id].request.as_mut().expect("in flight");
         let leg = request.backend.as_ref().expect("backend leg");
         if leg.reused && !leg.answered {
             if let Some(replay) = request.replay.take() {
-                let endpoint = leg.endpoint;
+                let (endpoint, protocol) = (leg.endpoint, leg.protocol);
                 let old = leg.conn;
                 self.roles.remove(&old);
                 io.abort(old);
                 request.backend = None;
                 // A stale pooled connection: the request never reached a
                 // backend; send it again on a new one.
-                if let Some(conn) = io.connect(endpoint) {
+                if let Some(conn) = io.connect(endpoint, protocol) {
                     self.roles.insert(conn, Role::Backend(id));
                     let request = self.exchanges[id].request.as_mut().expect("in flight");
                     request.deadline =
@@ -1005,6 +1130,7 @@ impl<T: Transport> Proxy<T> {
                     request.backend = Some(BackendLeg {
                         conn,
                         endpoint,
+                        protocol,
                         reused: false,
                         rx: Vec::new(),
                         tx: replay,
@@ -1022,7 +1148,13 @@ impl<T: Transport> Proxy<T> {
 
     /// The request cannot complete: answer `status` if nothing was sent
     /// yet, otherwise abort the client connection.
-    fn fail_request(&mut self, io: &mut T, id: usize, status: u16, _now: Instant) {
+    fn fail_request<T: Transport<Conn = C>>(
+        &mut self,
+        io: &mut T,
+        id: usize,
+        status: u16,
+        _now: Instant,
+    ) {
         let exchange = &mut self.exchanges[id];
         let Some(request) = exchange.request.as_mut() else {
             return;
@@ -1096,7 +1228,12 @@ impl<T: Transport> Proxy<T> {
     }
 
     /// Both directions of the in-flight request are done: release it.
-    fn finish_request(&mut self, io: &mut T, id: usize, now: Instant) -> bool {
+    fn finish_request<T: Transport<Conn = C>>(
+        &mut self,
+        io: &mut T,
+        id: usize,
+        now: Instant,
+    ) -> bool {
         let exchange = &mut self.exchanges[id];
         let Some(request) = exchange.request.as_mut() else {
             return false;
@@ -1130,16 +1267,17 @@ impl<T: Transport> Proxy<T> {
     }
 
     /// Return a backend connection to the pool, or close it.
-    fn release_backend(
+    fn release_backend<T: Transport<Conn = C>>(
         &mut self,
         io: &mut T,
-        leg: BackendLeg<T::Conn>,
+        leg: BackendLeg<C>,
         reusable: bool,
         now: Instant,
     ) {
-        let idle = self.pool.entry(leg.endpoint).or_default();
+        let idle = self.pool.entry((leg.endpoint, leg.protocol)).or_default();
         if reusable && leg.tx.is_empty() && idle.len() < self.settings.pool_max_idle {
-            self.roles.insert(leg.conn, Role::Idle(leg.endpoint));
+            self.roles
+                .insert(leg.conn, Role::Idle((leg.endpoint, leg.protocol)));
             idle.push((leg.conn, now));
         } else {
             self.roles.remove(&leg.conn);
@@ -1148,7 +1286,7 @@ impl<T: Transport> Proxy<T> {
     }
 
     /// Close the client connection once it has nothing left to do.
-    fn maybe_close(&mut self, io: &mut T, id: usize) {
+    fn maybe_close<T: Transport<Conn = C>>(&mut self, io: &mut T, id: usize) {
         let Some(exchange) = self.exchanges.get(id) else {
             return;
         };
@@ -1159,7 +1297,7 @@ impl<T: Transport> Proxy<T> {
         }
     }
 
-    fn close_exchange(&mut self, io: &mut T, id: usize, abort: bool) {
+    fn close_exchange<T: Transport<Conn = C>>(&mut self, io: &mut T, id: usize, abort: bool) {
         let Some(exchange) = self.exchanges.try_remove(id) else {
             return;
         };
@@ -1173,7 +1311,9 @@ impl<T: Transport> Proxy<T> {
             self.roles.remove(&leg.conn);
             io.abort(leg.conn);
         }
-        self.metrics.connection_closed();
+        if !exchange.is_stream {
+            self.metrics.connection_closed();
+        }
     }
 }
 
@@ -1225,7 +1365,32 @@ fn write_chunk(out: &mut Vec<u8>, data: &[u8]) {
 fn emit_body(out: &mut Vec<u8>, writer: BodyWriter, data: &[u8]) {
     match writer {
         BodyWriter::Raw => out.extend_from_slice(data),
-        BodyWriter::Chunked => write_chunk(out, data),
+        BodyWriter::Chunked | BodyWriter::ChunkedTrailers => write_chunk(out, data),
+    }
+}
+
+/// A trailer field passes through to a chunked body; a body sent with a
+/// length or until close has nowhere to carry it.
+fn emit_trailer(out: &mut Vec<u8>, writer: &mut BodyWriter, line: &[u8]) {
+    match writer {
+        BodyWriter::Raw => return,
+        BodyWriter::Chunked => {
+            out.extend_from_slice(b"0\r\n");
+            *writer = BodyWriter::ChunkedTrailers;
+        }
+        BodyWriter::ChunkedTrailers => {}
+    }
+    out.extend_from_slice(line);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The end of a body: the last chunk (if no trailer wrote it) and the
+/// empty line.
+fn emit_end(out: &mut Vec<u8>, writer: &mut BodyWriter) {
+    match writer {
+        BodyWriter::Raw => {}
+        BodyWriter::Chunked => out.extend_from_slice(b"0\r\n\r\n"),
+        BodyWriter::ChunkedTrailers => out.extend_from_slice(b"\r\n"),
     }
 }
 

@@ -179,6 +179,16 @@ pub struct RouteTable<A> {
 }
 
 impl<A> RouteTable<A> {
+    /// Every rule's action (once per match).
+    pub fn actions(&self) -> impl Iterator<Item = &A> {
+        self.exact
+            .values()
+            .flatten()
+            .chain(self.wildcards.iter().flat_map(|(_, e)| e))
+            .chain(&self.any)
+            .map(|e| &*e.action)
+    }
+
     /// Compile `routes`.
     pub fn new(routes: Vec<Route<A>>) -> Self {
         let mut exact: HashMap<String, Vec<Entry<A>>> = HashMap::new();

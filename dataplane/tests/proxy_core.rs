@@ -2,12 +2,15 @@
 //! test plays client and backend byte by byte.
 
 use arc_swap::ArcSwap;
+use rauta_dataplane::config::BackendProtocol;
 use rauta_dataplane::config::{
     Backend, Backends, GatewayConfig, Listener, PortListeners, RuleAction,
 };
+use rauta_dataplane::http2::Http2Settings;
 use rauta_dataplane::metrics::ProxyMetrics;
-use rauta_dataplane::proxy::{ConnectionGone, Proxy, ProxySettings, ReadOutcome, Transport};
+use rauta_dataplane::proxy::{ConnectionGone, ProxySettings, ReadOutcome, Transport};
 use rauta_dataplane::routes::{PathMatch, Route, RouteMatch, RouteTable};
+use rauta_dataplane::service::HttpService;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -78,7 +81,7 @@ impl Transport for FakeIo {
         Ok(data.len())
     }
 
-    fn connect(&mut self, to: SocketAddr) -> Option<u32> {
+    fn connect(&mut self, to: SocketAddr, _: BackendProtocol) -> Option<u32> {
         let id = self.open();
         self.connects.push((id, to));
         Some(id)
@@ -133,7 +136,7 @@ fn config() -> GatewayConfig {
 
 struct Harness {
     io: FakeIo,
-    proxy: Proxy<FakeIo>,
+    proxy: HttpService<FakeIo>,
     client: u32,
     now: Instant,
 }
@@ -141,8 +144,9 @@ struct Harness {
 impl Harness {
     fn new() -> Self {
         let mut io = FakeIo::default();
-        let mut proxy = Proxy::new(
+        let mut proxy = HttpService::new(
             ProxySettings::default(),
+            Http2Settings::default(),
             Arc::new(ArcSwap::from_pointee(config())),
             Arc::new(ProxyMetrics::default()),
         );

@@ -31,6 +31,7 @@ const CLAIMED: &[&str] = &[
     "Extended:HTTPRouteSchemeRedirect",
     "Extended:HTTPRouteHostRewrite",
     "Extended:HTTPRoutePathRewrite",
+    "Extended:HTTPRouteBackendProtocolH2C",
 ];
 
 /// Consecutive passes a case needs (the Go harness's default).
@@ -99,10 +100,12 @@ fn start_pods(services: &[&Value]) -> HashMap<String, Pod> {
     let mut pods = HashMap::new();
     for (index, (app, namespace)) in apps.into_iter().enumerate() {
         let address = Ipv4Addr::new(127, 0, 10, index as u8 + 1);
-        let listen = format!("{address}:3000");
+        // 3000: HTTP/1.1 (and h2c), 3001: the h2c port of the suite's
+        // Services (the echo server tells the protocols apart itself).
+        let (listen, listen_h2c) = (format!("{address}:3000"), format!("{address}:3001"));
         let process = Process::spawn(
             Command::new(RAUTA)
-                .args(["echo", "--listen", &listen])
+                .args(["echo", "--listen", &listen, "--listen", &listen_h2c])
                 .env("POD_NAME", format!("{app}-6f9c8d7b5c-x{index}k2p"))
                 .env("NAMESPACE", &namespace),
         );
@@ -247,6 +250,55 @@ fn fresh_id() -> String {
         .unwrap_or_default()
         .as_nanos() as u64;
     format!("{:016x}{:08x}", t ^ (n << 40), n)
+}
+
+/// Send one request over cleartext HTTP/2 with prior knowledge (curl).
+fn send_h2c(
+    target: SocketAddr,
+    request: &Value,
+    host: &str,
+    path: &str,
+) -> Result<Response, String> {
+    let method = request["method"].as_str().unwrap_or("GET");
+    let url = format!("http://{target}{path}");
+    let host = format!("Host: {host}");
+    let output = Command::new("curl")
+        .args([
+            "-s",
+            "-i",
+            "-m",
+            "10",
+            "--http2-prior-knowledge",
+            "-X",
+            method,
+        ])
+        .args(["-H", &host, &url])
+        .output()
+        .map_err(|e| format!("curl: {e}"))?;
+    let raw = output.stdout;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| format!("no response head from curl (exit {})", output.status))?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    if !status_line.starts_with("HTTP/2 ") {
+        return Err(format!("not an HTTP/2 response: {status_line}"));
+    }
+    let status = status_line[7..]
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad status line {status_line}"))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    Ok(Response {
+        status,
+        headers,
+        body: raw[split + 4..].to_vec(),
+    })
 }
 
 /// Send one request (a connection of its own, as the harness does).
@@ -563,8 +615,14 @@ fn attempt(case: &Value, target: SocketAddr, host: &str) -> Result<(), String> {
         return Err("request mirroring is not supported".into());
     }
     let request = &case["request"];
-    if request["protocol"].is_string() {
-        return Err("HTTP/2 (h2c) is not supported yet".into());
+    match request["protocol"].as_str() {
+        None => {}
+        Some("H2C_PRIOR_KNOWLEDGE") => {
+            let path = fill_path(request["path"].as_str().unwrap_or("/"));
+            let response = send_h2c(target, request, host, &path)?;
+            return check(case, &path, &response);
+        }
+        Some(other) => return Err(format!("client protocol {other} is not supported")),
     }
     if let Some(weights) = expect["weights"].as_object() {
         return check_distribution(case, weights, target, host);

@@ -7,24 +7,29 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Io {
+pub(crate) enum Io {
     Xdp,
     Kernel,
 }
 
 /// A lab with two echo backends and the gateway running on it.
-struct GatewayLab {
-    lab: Lab,
-    io: Io,
-    config: PathBuf,
+pub(crate) struct GatewayLab {
+    pub(crate) lab: Lab,
+    pub(crate) io: Io,
+    pub(crate) config: PathBuf,
     gateway: Option<Process>,
-    backends: Vec<Option<Process>>,
+    pub(crate) backends: Vec<Option<Process>>,
 }
 
-const BACKEND: &str = "198.18.0.20";
+pub(crate) const BACKEND: &str = "198.18.0.20";
 
 impl GatewayLab {
-    fn start(prefix: &str, io: Io) -> Self {
+    pub(crate) fn start(prefix: &str, io: Io) -> Self {
+        Self::start_with(prefix, io, &[])
+    }
+
+    /// With `extra` manifests (file name, text) beside the examples.
+    pub(crate) fn start_with(prefix: &str, io: Io, extra: &[(&str, &str)]) -> Self {
         let lab = Lab::up(prefix, 2);
         let config = std::env::temp_dir().join(format!("{prefix}-config-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&config);
@@ -33,6 +38,9 @@ impl GatewayLab {
         for entry in std::fs::read_dir(examples).unwrap() {
             let path = entry.unwrap().path();
             std::fs::copy(&path, config.join(path.file_name().unwrap())).unwrap();
+        }
+        for (name, text) in extra {
+            std::fs::write(config.join(name), text).unwrap();
         }
         let mut this = Self {
             lab,
@@ -47,7 +55,7 @@ impl GatewayLab {
         this
     }
 
-    fn start_backend(&mut self, index: usize) {
+    pub(crate) fn start_backend(&mut self, index: usize) {
         let listen = format!("{BACKEND}:{}", 3000 + index);
         let pod = format!("POD_NAME=echo-v{}-lab-0", index + 1);
         let p = self.lab.spawn(
@@ -69,7 +77,7 @@ impl GatewayLab {
         self.backends[index] = Some(p);
     }
 
-    fn start_gateway(&mut self) {
+    pub(crate) fn start_gateway(&mut self) {
         let config = self.config.to_string_lossy().into_owned();
         let iface = self.lab.gw_iface();
         let address = format!("{GATEWAY}/24");
@@ -110,19 +118,19 @@ impl GatewayLab {
     }
 
     /// The address clients use.
-    fn target(&self) -> &'static str {
+    pub(crate) fn target(&self) -> &'static str {
         match self.io {
             Io::Xdp => GATEWAY,
             Io::Kernel => GATEWAY_NODE,
         }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.target())
     }
 
     /// curl from the client namespace: (status, headers and body as text).
-    fn curl(&self, args: &[&str]) -> String {
+    pub(crate) fn curl(&self, args: &[&str]) -> String {
         let mut all = vec!["curl", "-s", "-i", "-m", "20"];
         all.extend_from_slice(args);
         self.lab.exec_ok("client", &all)
@@ -130,7 +138,7 @@ impl GatewayLab {
 
     /// Send raw bytes from the client namespace and return everything the
     /// gateway answered before closing (or 5 s passed).
-    fn raw(&self, request: &[u8]) -> String {
+    pub(crate) fn raw(&self, request: &[u8]) -> String {
         let hex: String = request.iter().map(|b| format!("{b:02x}")).collect();
         let script = r#"
 import socket, sys, time
@@ -152,7 +160,7 @@ sys.stdout.write(out.decode('latin-1'))
             .exec_ok("client", &["python3", "-c", script, self.target(), &hex])
     }
 
-    fn admin(&self, path: &str) -> String {
+    pub(crate) fn admin(&self, path: &str) -> String {
         self.lab.exec_ok(
             "gw",
             &[

@@ -5,4 +5,6 @@
 mod common;
 mod conformance;
 mod gateway;
+mod grpc;
+mod http2;
 mod probe;

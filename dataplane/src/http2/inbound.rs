@@ -1,0 +1,490 @@
+//! Client connections that speak HTTP/2 (server role).
+//!
+//! Each accepted stream becomes a pipe the core serves as one HTTP/1.1
+//! exchange; its request body flows in as the core makes room (the
+//! client's window follows), its response flows out as the client's window
+//! allows. Abuse is cut off here: a client that resets streams faster than
+//! [`Http2Settings::max_resets_per_second`] (the rapid-reset attack,
+//! CVE-2023-44487) gets GOAWAY `ENHANCE_YOUR_CALM`; `h2` itself bounds
+//! header lists (and so CONTINUATION floods), concurrent streams and
+//! streams reset before they were accepted.
+
+use super::io::{H2Io, Task, WakeList};
+use super::pipe::{CoreEnd, PipeKind, Pipes};
+use super::translate::{
+    first_frame_end, h1_to_response, recv_body, request_to_h1, send_body, upgrade_stream_frame,
+    BodyError, FromCore, H1Body, Received,
+};
+use super::{fill, flush, Http2Settings, NetState, Windows};
+use crate::http1::{self, Limits};
+use crate::metrics::ProxyMetrics;
+use crate::proxy::{Handoff, Transport};
+use bytes::Bytes;
+use h2::server::{self, SendResponse};
+use h2::{Reason, RecvStream, SendStream};
+use http::{HeaderMap, Method};
+use slab::Slab;
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::Hash;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+enum State {
+    Handshake(server::Handshake<H2Io, Bytes>),
+    Serving(server::Connection<H2Io, Bytes>),
+    Ended,
+}
+
+struct Connection<C> {
+    net: C,
+    peer: SocketAddr,
+    local_port: u16,
+    io: H2Io,
+    net_state: NetState,
+    state: State,
+    windows: Windows,
+    waker: Waker,
+    /// After an upgrade: client bytes held back until its first frame (the
+    /// SETTINGS that must follow the preface) is complete, and the frame
+    /// that makes the upgrade request stream 1, to go after it.
+    upgrade: Option<(Vec<u8>, Vec<u8>)>,
+    streams: usize,
+    /// Client resets in the current second.
+    resets: (Instant, u32),
+    /// Shut down for abuse or by the drain: no new streams.
+    closing: bool,
+}
+
+struct Stream {
+    conn: usize,
+    waker: Waker,
+    method: Method,
+    /// The request body still coming, and how it is written to the core.
+    request: Option<(RecvStream, H1Body)>,
+    /// Until the response head is sent.
+    respond: Option<SendResponse<Bytes>>,
+    send: Option<SendStream<Bytes>>,
+    body: FromCore,
+    trailers: HeaderMap,
+    /// The whole response was handed to `h2`.
+    responded: bool,
+    /// The client's reset of it was counted.
+    reset_counted: bool,
+}
+
+/// Every HTTP/2 client connection of a worker.
+pub struct Inbound<C> {
+    conns: Slab<Connection<C>>,
+    by_net: HashMap<C, usize>,
+    streams: HashMap<usize, Stream>,
+    builder: server::Builder,
+    settings: Http2Settings,
+    limits: Limits,
+    /// Socket reads land here first.
+    scratch: Vec<u8>,
+}
+
+impl<C: Copy + Eq + Hash> Inbound<C> {
+    pub fn new(settings: Http2Settings) -> Self {
+        let mut builder = server::Builder::new();
+        builder
+            .max_concurrent_streams(settings.max_concurrent_streams)
+            .max_header_list_size(settings.max_header_list_size)
+            .header_table_size(settings.header_table_size)
+            .max_pending_accept_reset_streams(settings.max_pending_accept_reset_streams);
+        Self {
+            conns: Slab::new(),
+            by_net: HashMap::new(),
+            streams: HashMap::new(),
+            builder,
+            settings,
+            limits: Limits::default(),
+            scratch: vec![0; 64 * 1024],
+        }
+    }
+
+    pub fn owns(&self, net: C) -> Option<usize> {
+        self.by_net.get(&net).copied()
+    }
+
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Take over a client connection the core found to speak HTTP/2.
+    pub fn adopt(&mut self, handoff: Handoff<C>, wakes: &WakeList, metrics: &ProxyMetrics) {
+        let io = H2Io::new(self.settings.write_buffer);
+        let mut upgrade = None;
+        if let Some(head) = &handoff.upgrade {
+            // RFC 7540 §3.2: 101, then the server's preface; the request
+            // that asked is answered on stream 1.
+            io.buffers().tx.extend_from_slice(
+                b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+            );
+            upgrade = Some((handoff.buffered, upgrade_stream_frame(head)));
+        } else {
+            io.buffers().rx = handoff.buffered;
+        }
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        entry.insert(Connection {
+            net: handoff.conn,
+            peer: handoff.peer,
+            local_port: handoff.local_port,
+            state: State::Handshake(self.builder.handshake(io.clone())),
+            io,
+            net_state: NetState::Open,
+            windows: Windows::new(self.settings.max_window),
+            waker: wakes.waker(Task::Inbound(key)),
+            upgrade,
+            streams: 0,
+            resets: (Instant::now(), 0),
+            closing: false,
+        });
+        self.by_net.insert(handoff.conn, key);
+        metrics.h2_connection_opened();
+        wakes.push(Task::Inbound(key));
+    }
+
+    /// Read, poll and write connection `key` until it stops moving.
+    pub fn service<T: Transport<Conn = C>>(
+        &mut self,
+        net: &mut T,
+        pipes: &mut Pipes,
+        key: usize,
+        wakes: &WakeList,
+        metrics: &ProxyMetrics,
+        now: Instant,
+    ) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        for _ in 0..16 {
+            let read = fill(
+                net,
+                conn.net,
+                &conn.io,
+                &mut conn.net_state,
+                &mut self.scratch,
+                self.settings.read_buffer,
+            );
+            if let Some((held, frame)) = &mut conn.upgrade {
+                let mut b = conn.io.buffers();
+                held.append(&mut b.rx);
+                if let Some(end) = first_frame_end(held) {
+                    let rest = held.split_off(end);
+                    held.extend_from_slice(frame);
+                    held.extend_from_slice(&rest);
+                    b.rx = std::mem::take(held);
+                    drop(b);
+                    conn.upgrade = None;
+                }
+            }
+            let mut cx = Context::from_waker(&conn.waker);
+            if let State::Handshake(handshake) = &mut conn.state {
+                match Pin::new(handshake).poll(&mut cx) {
+                    Poll::Ready(Ok(mut connection)) => {
+                        conn.windows.ping = connection.ping_pong();
+                        conn.state = State::Serving(connection);
+                    }
+                    Poll::Ready(Err(error)) => {
+                        tracing::debug!(%error, "HTTP/2 handshake failed");
+                        conn.state = State::Ended;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            let mut ended = false;
+            if let State::Serving(connection) = &mut conn.state {
+                loop {
+                    match connection.poll_accept(&mut cx) {
+                        Poll::Ready(Some(Ok((request, respond)))) => {
+                            let pipe = pipes.open(PipeKind::Inbound { conn: key });
+                            let (parts, body) = request.into_parts();
+                            let coding = H1Body::of(body.is_end_stream(), &parts.headers);
+                            let p = pipes.get_mut(pipe).expect("just opened");
+                            p.to_core = request_to_h1(&parts, coding);
+                            p.fin = coding == H1Body::None;
+                            pipes.accepted.push((pipe, conn.peer, conn.local_port));
+                            self.streams.insert(
+                                pipe,
+                                Stream {
+                                    conn: key,
+                                    waker: wakes.waker(Task::Stream(pipe)),
+                                    method: parts.method,
+                                    request: (coding != H1Body::None).then_some((body, coding)),
+                                    respond: Some(respond),
+                                    send: None,
+                                    body: FromCore::Done,
+                                    trailers: HeaderMap::new(),
+                                    responded: false,
+                                    reset_counted: false,
+                                },
+                            );
+                            conn.streams += 1;
+                            metrics.h2_stream_opened();
+                            wakes.push(Task::Stream(pipe));
+                        }
+                        Poll::Ready(Some(Err(error))) => {
+                            tracing::debug!(%error, "HTTP/2 client connection failed");
+                            ended = true;
+                            break;
+                        }
+                        Poll::Ready(None) => {
+                            ended = true;
+                            break;
+                        }
+                        Poll::Pending => break,
+                    }
+                }
+                if let Some(window) = conn.windows.update(&conn.io, &mut cx, now) {
+                    connection.set_target_window_size(window);
+                    let _ = connection.set_initial_window_size(window);
+                }
+            }
+            if ended {
+                conn.state = State::Ended;
+            }
+            let unblocked = flush(net, conn.net, &conn.io, &mut conn.net_state);
+            if !read && !unblocked {
+                break;
+            }
+        }
+        let flushed = conn.io.buffers().tx.is_empty();
+        let ended =
+            matches!(conn.state, State::Ended) && (flushed || conn.net_state != NetState::Open);
+        if ended || conn.net_state == NetState::Failed {
+            self.close(net, pipes, key, metrics);
+        }
+    }
+
+    fn close<T: Transport<Conn = C>>(
+        &mut self,
+        net: &mut T,
+        pipes: &mut Pipes,
+        key: usize,
+        metrics: &ProxyMetrics,
+    ) {
+        let conn = self.conns.remove(key);
+        self.by_net.remove(&conn.net);
+        if conn.net_state == NetState::Failed {
+            net.abort(conn.net);
+        } else {
+            net.close(conn.net);
+        }
+        let orphans: Vec<usize> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| s.conn == key)
+            .map(|(&p, _)| p)
+            .collect();
+        for pipe in orphans {
+            self.streams.remove(&pipe);
+            pipes.release(pipe);
+        }
+        metrics.h2_connection_closed();
+    }
+
+    /// Move what can move on stream `pipe`, both directions.
+    pub fn service_stream(
+        &mut self,
+        pipes: &mut Pipes,
+        pipe: usize,
+        wakes: &WakeList,
+        metrics: &ProxyMetrics,
+        now: Instant,
+    ) {
+        let Some(stream) = self.streams.get_mut(&pipe) else {
+            return;
+        };
+        let capacity = pipes.capacity;
+        let Some(p) = pipes.get_mut(pipe) else {
+            self.streams.remove(&pipe);
+            return;
+        };
+        let mut cx = Context::from_waker(&stream.waker);
+        let mut client_reset = false;
+        let mut failed = false;
+        let mut for_core = false;
+        if let Some((body, coding)) = &mut stream.request {
+            match recv_body(body, *coding, &mut p.to_core, capacity, &mut cx) {
+                Received::Some(moved) => for_core |= moved,
+                Received::Ended => {
+                    p.fin = true;
+                    stream.request = None;
+                    for_core = true;
+                }
+                Received::Failed(error) => {
+                    tracing::debug!(%error, "client stream failed");
+                    client_reset |= error.is_reset();
+                    failed = true;
+                }
+            }
+        }
+        if let Some(respond) = &mut stream.respond {
+            loop {
+                match http1::parse_response(&p.from_core, stream.method.as_str(), &self.limits) {
+                    Ok(Some(head)) => {
+                        p.from_core.drain(..head.head_len);
+                        if (100..200).contains(&head.status) {
+                            continue;
+                        }
+                        let body = if stream.method == Method::HEAD {
+                            FromCore::Done
+                        } else {
+                            FromCore::response(head.framing)
+                        };
+                        let end = body.is_done();
+                        match h1_to_response(&head).map(|r| respond.send_response(r, end)) {
+                            Ok(Ok(send)) => {
+                                stream.send = Some(send);
+                                stream.body = body;
+                                stream.responded = end;
+                                stream.respond = None;
+                            }
+                            Ok(Err(error)) => {
+                                tracing::debug!(%error, "response head not sent");
+                                client_reset |= error.is_reset();
+                                failed = true;
+                            }
+                            Err(error) => {
+                                tracing::warn!(%error, "core response not expressible in HTTP/2");
+                                respond.send_reset(Reason::INTERNAL_ERROR);
+                                failed = true;
+                            }
+                        }
+                        for_core = true;
+                    }
+                    Ok(None) => {
+                        if let Poll::Ready(reason) = respond.poll_reset(&mut cx) {
+                            tracing::debug!(?reason, "client reset a stream awaiting its response");
+                            client_reset |= reason.is_ok();
+                            failed = true;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "core response unreadable");
+                        respond.send_reset(Reason::INTERNAL_ERROR);
+                        failed = true;
+                    }
+                }
+                break;
+            }
+        }
+        if let Some(send) = stream.send.as_mut().filter(|_| !stream.responded) {
+            match send_body(
+                send,
+                &mut stream.body,
+                &mut p.from_core,
+                &mut stream.trailers,
+                &mut cx,
+            ) {
+                Ok(moved) => {
+                    for_core |= moved;
+                    stream.responded = stream.body.is_done();
+                    if !moved && !stream.responded {
+                        if let Poll::Ready(reason) = send.poll_reset(&mut cx) {
+                            tracing::debug!(?reason, "client reset a stream being answered");
+                            client_reset |= reason.is_ok();
+                            failed = true;
+                        }
+                    }
+                }
+                Err(BodyError::Stream(error)) => {
+                    tracing::debug!(%error, "response body not sent");
+                    client_reset |= error.is_reset();
+                    failed = true;
+                }
+                Err(BodyError::Framing(error)) => {
+                    tracing::warn!(%error, "core response body unreadable");
+                    send.send_reset(Reason::INTERNAL_ERROR);
+                    failed = true;
+                }
+            }
+        }
+        let (core, unsent) = (p.core, !p.from_core.is_empty());
+        if failed {
+            p.reset = true;
+            for_core = true;
+        }
+        if for_core {
+            pipes.ready.push(pipe);
+        }
+        let conn_key = stream.conn;
+        let count_reset = client_reset && !std::mem::replace(&mut stream.reset_counted, true);
+        let finished = match core {
+            CoreEnd::Open => false,
+            CoreEnd::Closed if stream.responded => true,
+            // Closed after writing: what it wrote still goes out, as a
+            // socket's send buffer would after a close.
+            CoreEnd::Closed if unsent && stream.send.is_some() && !failed => false,
+            // The core gave up (or closed without a whole response): the
+            // client must not take a truncated body for a whole one.
+            _ => {
+                tracing::debug!(
+                    ?core,
+                    responded = stream.responded,
+                    "stream ended by the core"
+                );
+                if let Some(send) = &mut stream.send {
+                    send.send_reset(Reason::INTERNAL_ERROR);
+                } else if let Some(respond) = &mut stream.respond {
+                    respond.send_reset(Reason::INTERNAL_ERROR);
+                }
+                true
+            }
+        };
+        if finished {
+            self.streams.remove(&pipe);
+            pipes.release(pipe);
+            if let Some(conn) = self.conns.get_mut(conn_key) {
+                conn.streams -= 1;
+            }
+            wakes.push(Task::Inbound(conn_key));
+        }
+        if count_reset {
+            metrics.h2_reset_by_client();
+            self.count_reset(conn_key, wakes, metrics, now);
+        }
+    }
+
+    /// A client reset a stream it had opened; too many in a second and the
+    /// connection is cut off.
+    fn count_reset(&mut self, key: usize, wakes: &WakeList, metrics: &ProxyMetrics, now: Instant) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let (since, count) = &mut conn.resets;
+        if now.duration_since(*since) >= Duration::from_secs(1) {
+            *since = now;
+            *count = 0;
+        }
+        *count += 1;
+        if *count > self.settings.max_resets_per_second && !conn.closing {
+            tracing::info!(peer = %conn.peer, "client resets streams too fast; GOAWAY");
+            metrics.h2_goaway_for_abuse();
+            conn.closing = true;
+            if let State::Serving(connection) = &mut conn.state {
+                connection.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
+            }
+            wakes.push(Task::Inbound(key));
+        }
+    }
+
+    /// Stop taking streams on every connection (GOAWAY); streams in flight
+    /// finish.
+    pub fn drain(&mut self, wakes: &WakeList) {
+        for (key, conn) in &mut self.conns {
+            if !conn.closing {
+                conn.closing = true;
+                if let State::Serving(connection) = &mut conn.state {
+                    connection.graceful_shutdown();
+                }
+                wakes.push(Task::Inbound(key));
+            }
+        }
+    }
+}

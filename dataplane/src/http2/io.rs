@@ -1,0 +1,150 @@
+//! What the `h2` crate reads from and writes to, and how it asks to be
+//! polled again, with no runtime underneath.
+//!
+//! The worker owns the socket; [`H2Io`] is a pair of buffers it fills from
+//! the socket and empties into it around each poll of an `h2` connection.
+//! A [`Waker`] made by [`WakeList::waker`] records which connection or
+//! stream `h2` wants polled; the worker polls exactly those.
+
+use std::cell::RefCell;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// A connection's buffers, shared between the worker and `h2`.
+#[derive(Clone, Debug, Default)]
+pub struct H2Io(Rc<RefCell<Buffers>>);
+
+#[derive(Debug, Default)]
+pub struct Buffers {
+    /// Bytes read from the socket, not yet taken by `h2`.
+    pub rx: Vec<u8>,
+    /// The peer finished sending.
+    pub eof: bool,
+    /// Bytes read from the socket since the driver last looked (for the
+    /// window estimate).
+    pub received: usize,
+    /// Bytes `h2` wrote, not yet written to the socket.
+    pub tx: Vec<u8>,
+    /// `tx` beyond this makes `h2` wait (the socket is slower than us).
+    pub tx_limit: usize,
+}
+
+impl H2Io {
+    pub fn new(tx_limit: usize) -> Self {
+        Self(Rc::new(RefCell::new(Buffers {
+            tx_limit,
+            ..Buffers::default()
+        })))
+    }
+
+    pub fn buffers(&self) -> std::cell::RefMut<'_, Buffers> {
+        self.0.borrow_mut()
+    }
+}
+
+impl AsyncRead for H2Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut b = self.0.borrow_mut();
+        if b.rx.is_empty() {
+            // The worker polls the connection again when bytes arrive.
+            return if b.eof {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            };
+        }
+        let n = buf.remaining().min(b.rx.len());
+        buf.put_slice(&b.rx[..n]);
+        b.rx.drain(..n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for H2Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut b = self.0.borrow_mut();
+        if b.tx.len() >= b.tx_limit {
+            // The worker polls the connection again when the socket takes
+            // more.
+            return Poll::Pending;
+        }
+        b.tx.extend_from_slice(data);
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // What is buffered is the worker's to send; h2 may go on.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// What a waker stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Task {
+    /// A client connection (its accept loop and I/O).
+    Inbound(usize),
+    /// A backend connection (its I/O).
+    Outbound(usize),
+    /// A stream, by the pipe that carries it to the core.
+    Stream(usize),
+}
+
+/// Tasks `h2` woke, to be polled by the worker.
+#[derive(Clone, Debug, Default)]
+pub struct WakeList(Arc<Mutex<Vec<Task>>>);
+
+struct TaskWaker {
+    task: Task,
+    list: WakeList,
+}
+
+impl Wake for TaskWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if let Ok(mut list) = self.list.0.lock() {
+            list.push(self.task);
+        }
+    }
+}
+
+impl WakeList {
+    pub fn waker(&self, task: Task) -> Waker {
+        Waker::from(Arc::new(TaskWaker {
+            task,
+            list: self.clone(),
+        }))
+    }
+
+    /// Ask for `task` to be polled, as a wake would.
+    pub fn push(&self, task: Task) {
+        if let Ok(mut list) = self.0.lock() {
+            list.push(task);
+        }
+    }
+
+    pub fn take(&self) -> Vec<Task> {
+        self.0
+            .lock()
+            .map(|mut list| std::mem::take(&mut *list))
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,180 @@
+//! What a worker runs: the proxy core and the HTTP/2 layer, over one
+//! transport.
+//!
+//! Drivers (the AF_XDP worker, the kernel-socket worker, tests) call
+//! [`HttpService`] as they would the core: accept, I/O, tick, drain. It
+//! hands client connections that open with the HTTP/2 preface or ask for
+//! `Upgrade: h2c` to the HTTP/2 layer, gives the core its streams as
+//! pipes, and runs both until neither has anything left to do.
+
+use crate::config::{BackendProtocol, GatewayConfig};
+use crate::http2::pipe::{Conn, Mux, Pipes};
+use crate::http2::{Http2, Http2Settings};
+use crate::metrics::ProxyMetrics;
+use crate::proxy::{Handoff, Proxy, ProxySettings, Transport};
+use arc_swap::ArcSwap;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Rounds of core ↔ HTTP/2 hand-over per call; what is left waits for the
+/// next call (the next event or tick).
+const SETTLE_ROUNDS: usize = 64;
+
+pub struct HttpService<T: Transport> {
+    core: Proxy<Conn<T::Conn>>,
+    http2: Http2<T::Conn>,
+    pipes: Pipes,
+    config: Arc<ArcSwap<GatewayConfig>>,
+    metrics: Arc<ProxyMetrics>,
+    /// The h2c endpoints the backend pools were last opened for.
+    warm: Option<(usize, BTreeSet<SocketAddr>)>,
+}
+
+impl<T: Transport> HttpService<T> {
+    pub fn new(
+        settings: ProxySettings,
+        http2: Http2Settings,
+        config: Arc<ArcSwap<GatewayConfig>>,
+        metrics: Arc<ProxyMetrics>,
+    ) -> Self {
+        let pipes = Pipes::new(settings.buffer);
+        Self {
+            core: Proxy::new(settings, config.clone(), metrics.clone()),
+            http2: Http2::new(http2),
+            pipes,
+            config,
+            metrics,
+            warm: None,
+        }
+    }
+
+    /// Client connections open (HTTP/1.1 and HTTP/2).
+    pub fn clients(&self) -> usize {
+        self.core.clients() + self.http2.clients()
+    }
+
+    /// Whether `conn` is one the service knows.
+    pub fn knows(&self, conn: T::Conn) -> bool {
+        self.core.knows(Conn::Net(conn)) || self.http2.owns(conn)
+    }
+
+    pub fn accept(
+        &mut self,
+        io: &mut T,
+        conn: T::Conn,
+        peer: SocketAddr,
+        local_port: u16,
+        now: Instant,
+    ) {
+        let mut mux = Mux {
+            net: io,
+            pipes: &mut self.pipes,
+        };
+        self.core
+            .accept(&mut mux, Conn::Net(conn), peer, local_port, now);
+        self.settle(io, now);
+    }
+
+    /// `conn` may be readable, writable, connected or closed.
+    pub fn on_io(&mut self, io: &mut T, conn: T::Conn, now: Instant) {
+        if self.http2.owns(conn) {
+            self.http2.on_net(conn);
+        } else {
+            let mut mux = Mux {
+                net: io,
+                pipes: &mut self.pipes,
+            };
+            self.core.on_io(&mut mux, Conn::Net(conn), now);
+        }
+        self.settle(io, now);
+    }
+
+    /// Timeouts, and backend pools kept warm; call every
+    /// [`crate::proxy::TICK_INTERVAL`].
+    pub fn tick(&mut self, io: &mut T, now: Instant) {
+        let mut mux = Mux {
+            net: io,
+            pipes: &mut self.pipes,
+        };
+        self.core.tick(&mut mux, now);
+        let config = self.config.load();
+        let generation = Arc::as_ptr(&config) as usize;
+        if self.warm.as_ref().is_none_or(|(g, _)| *g != generation) {
+            let endpoints = h2c_endpoints(&config);
+            self.http2.prewarm(io, &endpoints, &self.metrics);
+            self.warm = Some((generation, endpoints));
+        }
+        self.settle(io, now);
+    }
+
+    /// Stop taking requests (HTTP/1.1: close idle connections; HTTP/2:
+    /// GOAWAY) and finish those in flight. Returns whether any is still
+    /// in flight.
+    pub fn drain(&mut self, io: &mut T, now: Instant) -> bool {
+        self.http2.drain();
+        let mut mux = Mux {
+            net: io,
+            pipes: &mut self.pipes,
+        };
+        let busy = self.core.drain(&mut mux, now);
+        self.settle(io, now);
+        busy || self.http2.clients() > 0 || self.http2.backend_connections() > 0
+    }
+
+    /// Pass work between the core and the HTTP/2 layer until neither has
+    /// any.
+    fn settle(&mut self, io: &mut T, now: Instant) {
+        for _ in 0..SETTLE_ROUNDS {
+            let mut busy = false;
+            for handoff in self.core.take_handoffs() {
+                // Only sockets open with a preface or an upgrade.
+                let Conn::Net(conn) = handoff.conn else {
+                    continue;
+                };
+                let handoff = Handoff {
+                    conn,
+                    peer: handoff.peer,
+                    local_port: handoff.local_port,
+                    buffered: handoff.buffered,
+                    upgrade: handoff.upgrade,
+                };
+                self.http2.adopt(handoff, &self.metrics);
+                busy = true;
+            }
+            let accepted = std::mem::take(&mut self.pipes.accepted);
+            let ready = std::mem::take(&mut self.pipes.ready);
+            busy |= !accepted.is_empty() || !ready.is_empty();
+            for (pipe, peer, port) in accepted {
+                let mut mux = Mux {
+                    net: io,
+                    pipes: &mut self.pipes,
+                };
+                self.core
+                    .accept_stream(&mut mux, Conn::Pipe(pipe), peer, port, now);
+            }
+            for pipe in ready {
+                let mut mux = Mux {
+                    net: io,
+                    pipes: &mut self.pipes,
+                };
+                self.core.on_io(&mut mux, Conn::Pipe(pipe), now);
+            }
+            busy |= self.http2.run(io, &mut self.pipes, &self.metrics, now);
+            if !busy {
+                return;
+            }
+        }
+    }
+}
+
+/// Every endpoint of every backend that speaks h2c.
+fn h2c_endpoints(config: &GatewayConfig) -> BTreeSet<SocketAddr> {
+    config
+        .actions()
+        .flat_map(|action| &action.backends.backends)
+        .filter(|b| b.protocol == BackendProtocol::H2c && b.invalid.is_none())
+        .flat_map(|b| b.endpoints.iter().copied())
+        .collect()
+}
