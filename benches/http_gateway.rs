@@ -359,9 +359,12 @@ fn h2load_summary(text: &str) -> Summary {
 fn write_configs(dir: &Path, protocol: Protocol) {
     // nginx 1.22 and HAProxy 2.6 take h2c with prior knowledge on a
     // listener marked for it; Rauta tells the protocols apart itself.
-    let (nginx_h2, haproxy_h2) = match protocol {
-        Protocol::Http1 => ("", ""),
-        Protocol::Http2 => (" http2", " proto h2"),
+    // nginx ends an HTTP/2 connection after `keepalive_requests` (1,000)
+    // requests with GOAWAY, and h2load does not reconnect: raised for
+    // HTTP/2, where the other peers keep connections open.
+    let (nginx_h2, nginx_requests, haproxy_h2) = match protocol {
+        Protocol::Http1 => ("", "", ""),
+        Protocol::Http2 => (" http2", "\n    keepalive_requests 1000000;", " proto h2"),
     };
     std::fs::write(
         dir.join("routes.yaml"),
@@ -404,7 +407,7 @@ http {{
   access_log off;
   upstream backend {{ server {BACKEND}; keepalive 1024; }}
   server {{
-    listen {NODE}:80 backlog=4096{nginx_h2};
+    listen {NODE}:80 backlog=4096{nginx_h2};{nginx_requests}
     location / {{
       proxy_pass http://backend;
       proxy_http_version 1.1;

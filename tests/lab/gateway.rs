@@ -393,7 +393,8 @@ fn wrk_summary(out: &str) -> (u64, Vec<String>) {
 
 /// A route file edited under load: no request fails and the new route
 /// answers within a second; a broken edit is rejected while the last good
-/// table keeps serving; SIGTERM drains an upload in flight, then detaches.
+/// table keeps serving; SIGTERM drains uploads in flight (HTTP/1.1, and
+/// HTTP/2 after its GOAWAY), then detaches.
 #[test]
 fn gateway_reloads_routes_under_load_and_drains_on_sigterm() {
     let _serial = serial();
@@ -494,6 +495,32 @@ fn gateway_reloads_routes_under_load_and_drains_on_sigterm() {
             &body_url,
         ],
     );
+    // The same over HTTP/2 to the h2c backend: the drain's GOAWAY must let
+    // the stream finish.
+    let got_h2 = dir.join("got-h2.bin");
+    let (got_h2_arg, h2_url) = (
+        got_h2.to_string_lossy().into_owned(),
+        gw.url("/h2c/echo-body"),
+    );
+    let mut upload_h2 = gw.lab.spawn(
+        "client",
+        &[
+            "curl",
+            "-s",
+            "-m",
+            "30",
+            "--http2-prior-knowledge",
+            "--limit-rate",
+            "200k",
+            "-o",
+            &got_h2_arg,
+            "-w",
+            "%{http_code}",
+            "--data-binary",
+            &sent_arg,
+            &h2_url,
+        ],
+    );
     std::thread::sleep(Duration::from_millis(800));
     let mut gateway = gw.gateway.take().unwrap();
     let status = gateway.terminate();
@@ -509,6 +536,13 @@ fn gateway_reloads_routes_under_load_and_drains_on_sigterm() {
         "the upload in flight did not complete"
     );
     assert_eq!(std::fs::read(&got).unwrap().len(), 512 * 1024);
+    upload_h2.wait(Duration::from_secs(30));
+    assert_eq!(
+        upload_h2.output().join(""),
+        "200",
+        "the HTTP/2 upload in flight did not complete"
+    );
+    assert_eq!(std::fs::read(&got_h2).unwrap(), vec![b'x'; 512 * 1024]);
     let _ = std::fs::remove_dir_all(&dir);
     assert!(gw.lab.xdp_program().is_none(), "XDP program left attached");
     gateway.line_starting("rauta run: drained and stopped; XDP program detached");

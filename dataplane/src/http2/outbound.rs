@@ -334,7 +334,7 @@ impl<C: Copy + Eq + Hash> Outbound<C> {
         };
         if p.core != CoreEnd::Open {
             if let Some(stream) = self.streams.remove(&pipe) {
-                self.finish_stream(stream, true);
+                self.finish_stream(stream, true, wakes);
             }
             pipes.release(pipe);
             return;
@@ -499,7 +499,7 @@ impl<C: Copy + Eq + Hash> Outbound<C> {
         );
         if failed || done {
             let stream = self.streams.remove(&pipe).expect("present");
-            self.finish_stream(stream, failed);
+            self.finish_stream(stream, failed, wakes);
         }
         if failed {
             pipes.reset(pipe);
@@ -508,7 +508,7 @@ impl<C: Copy + Eq + Hash> Outbound<C> {
         }
     }
 
-    fn finish_stream(&mut self, stream: Stream, cancel: bool) {
+    fn finish_stream(&mut self, stream: Stream, cancel: bool, wakes: &WakeList) {
         if cancel {
             if let Exchange::Open {
                 send: Some((out, _)),
@@ -526,6 +526,10 @@ impl<C: Copy + Eq + Hash> Outbound<C> {
             .filter(|c| c.generation == generation)
         {
             conn.active -= 1;
+            if conn.retired && conn.active == 0 {
+                // Its last stream: a retired connection closes now.
+                wakes.push(Task::Outbound(key));
+            }
         }
     }
 
