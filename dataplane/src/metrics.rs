@@ -131,8 +131,9 @@ impl ProxyMetrics {
         self.connections_open.fetch_sub(1, Relaxed);
     }
 
+    /// A client connection the core accepted (and counted) turned out to
+    /// speak HTTP/2.
     pub fn h2_connection_opened(&self) {
-        self.connection_opened();
         self.http2.connections_open.fetch_add(1, Relaxed);
     }
 

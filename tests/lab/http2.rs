@@ -222,6 +222,23 @@ fn serves_http2(io: Io, prefix: &str) {
         metric(&metrics, "rauta_http2_backend_connections_open") >= 1.0,
         "{metrics}"
     );
+    // Every client has gone: the gauges come back to zero.
+    let since = Instant::now();
+    loop {
+        let metrics = gw.admin("/metrics");
+        let open = (
+            metric(&metrics, "rauta_connections_open"),
+            metric(&metrics, "rauta_http2_connections_open"),
+        );
+        if open == (0.0, 0.0) {
+            break;
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(5),
+            "still open: {open:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]

@@ -15,7 +15,7 @@ use super::translate::{
     first_frame_end, h1_to_response, recv_body, request_to_h1, send_body, upgrade_stream_frame,
     BodyError, FromCore, H1Body, Received,
 };
-use super::{fill, flush, Http2Settings, NetState, Windows};
+use super::{Http2Settings, Link, NetState, Windows};
 use crate::http1::{self, Limits};
 use crate::metrics::ProxyMetrics;
 use crate::proxy::{Handoff, Transport};
@@ -39,11 +39,9 @@ enum State {
 }
 
 struct Connection<C> {
-    net: C,
+    link: Link<C>,
     peer: SocketAddr,
     local_port: u16,
-    io: H2Io,
-    net_state: NetState,
     state: State,
     windows: Windows,
     waker: Waker,
@@ -131,12 +129,10 @@ impl<C: Copy + Eq + Hash> Inbound<C> {
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         entry.insert(Connection {
-            net: handoff.conn,
             peer: handoff.peer,
             local_port: handoff.local_port,
             state: State::Handshake(self.builder.handshake(io.clone())),
-            io,
-            net_state: NetState::Open,
+            link: Link::new(handoff.conn, io),
             windows: Windows::new(self.settings.max_window),
             waker: wakes.waker(Task::Inbound(key)),
             upgrade,
@@ -163,16 +159,11 @@ impl<C: Copy + Eq + Hash> Inbound<C> {
             return;
         };
         for _ in 0..16 {
-            let read = fill(
-                net,
-                conn.net,
-                &conn.io,
-                &mut conn.net_state,
-                &mut self.scratch,
-                self.settings.read_buffer,
-            );
+            let read = conn
+                .link
+                .fill(net, &mut self.scratch, self.settings.read_buffer);
             if let Some((held, frame)) = &mut conn.upgrade {
-                let mut b = conn.io.buffers();
+                let mut b = conn.link.io.buffers();
                 held.append(&mut b.rx);
                 if let Some(end) = first_frame_end(held) {
                     let rest = held.split_off(end);
@@ -240,7 +231,7 @@ impl<C: Copy + Eq + Hash> Inbound<C> {
                         Poll::Pending => break,
                     }
                 }
-                if let Some(window) = conn.windows.update(&conn.io, &mut cx, now) {
+                if let Some(window) = conn.windows.update(&conn.link.io, &mut cx, now) {
                     connection.set_target_window_size(window);
                     let _ = connection.set_initial_window_size(window);
                 }
@@ -248,15 +239,15 @@ impl<C: Copy + Eq + Hash> Inbound<C> {
             if ended {
                 conn.state = State::Ended;
             }
-            let unblocked = flush(net, conn.net, &conn.io, &mut conn.net_state);
+            let unblocked = conn.link.flush(net);
             if !read && !unblocked {
                 break;
             }
         }
-        let flushed = conn.io.buffers().tx.is_empty();
+        let flushed = conn.link.flushed();
         let ended =
-            matches!(conn.state, State::Ended) && (flushed || conn.net_state != NetState::Open);
-        if ended || conn.net_state == NetState::Failed {
+            matches!(conn.state, State::Ended) && (flushed || conn.link.state != NetState::Open);
+        if ended || conn.link.state == NetState::Failed {
             self.close(net, pipes, key, metrics);
         }
     }
@@ -269,12 +260,8 @@ impl<C: Copy + Eq + Hash> Inbound<C> {
         metrics: &ProxyMetrics,
     ) {
         let conn = self.conns.remove(key);
-        self.by_net.remove(&conn.net);
-        if conn.net_state == NetState::Failed {
-            net.abort(conn.net);
-        } else {
-            net.close(conn.net);
-        }
+        self.by_net.remove(&conn.link.net);
+        conn.link.close(net);
         let orphans: Vec<usize> = self
             .streams
             .iter()

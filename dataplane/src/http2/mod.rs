@@ -112,60 +112,89 @@ pub enum NetState {
     Failed,
 }
 
-/// Read what the socket has into `io` (up to `limit` buffered). Returns
-/// whether `h2` has more to read than before: bytes arrived, or the buffer
-/// is full and the socket may hold more (an edge-triggered socket will not
-/// say so again).
-fn fill<T: Transport>(
-    net: &mut T,
-    conn: T::Conn,
-    io: &H2Io,
-    state: &mut NetState,
-    scratch: &mut [u8],
-    limit: usize,
-) -> bool {
-    let mut b = io.buffers();
-    let mut read = false;
-    while *state == NetState::Open && b.rx.len() < limit {
-        let room = (limit - b.rx.len()).min(scratch.len());
-        match net.read(conn, &mut scratch[..room]) {
-            ReadOutcome::Data(n) => {
-                b.rx.extend_from_slice(&scratch[..n]);
-                b.received += n;
-                read = true;
-            }
-            ReadOutcome::WouldBlock => break,
-            ReadOutcome::Closed => {
-                *state = NetState::Eof;
-                b.eof = true;
-                read = true;
-            }
-            ReadOutcome::Failed => {
-                *state = NetState::Failed;
-                b.eof = true;
-                read = true;
-            }
-        }
-    }
-    read || (*state == NetState::Open && b.rx.len() >= limit)
+/// The socket under an HTTP/2 connection and the buffers `h2` reads and
+/// writes.
+struct Link<C> {
+    net: C,
+    io: H2Io,
+    state: NetState,
 }
 
-/// Write what `h2` produced to the socket, as far as it takes it. Returns
-/// whether `h2` was held back by a full buffer that now has room: it must
-/// be polled again, as no socket event will come for it.
-fn flush<T: Transport>(net: &mut T, conn: T::Conn, io: &H2Io, state: &mut NetState) -> bool {
-    let mut b = io.buffers();
-    let was_full = b.tx.len() >= b.tx_limit;
-    while !b.tx.is_empty() && *state != NetState::Failed {
-        match net.write(conn, &b.tx) {
-            Ok(0) => break,
-            Ok(n) => {
-                b.tx.drain(..n);
-            }
-            Err(_) => *state = NetState::Failed,
+impl<C: Copy> Link<C> {
+    fn new(net: C, io: H2Io) -> Self {
+        Self {
+            net,
+            io,
+            state: NetState::Open,
         }
     }
-    was_full && b.tx.len() < b.tx_limit
+
+    /// Read what the socket has (up to `limit` buffered). Returns whether
+    /// `h2` has more to read than before: bytes arrived, or the buffer is
+    /// full and the socket may hold more (an edge-triggered socket will not
+    /// say so again).
+    fn fill<T: Transport<Conn = C>>(
+        &mut self,
+        net: &mut T,
+        scratch: &mut [u8],
+        limit: usize,
+    ) -> bool {
+        let mut b = self.io.buffers();
+        let mut read = false;
+        while self.state == NetState::Open && b.rx.len() < limit {
+            let room = (limit - b.rx.len()).min(scratch.len());
+            match net.read(self.net, &mut scratch[..room]) {
+                ReadOutcome::Data(n) => {
+                    b.rx.extend_from_slice(&scratch[..n]);
+                    b.received += n;
+                    read = true;
+                }
+                ReadOutcome::WouldBlock => break,
+                ReadOutcome::Closed => {
+                    self.state = NetState::Eof;
+                    b.eof = true;
+                    read = true;
+                }
+                ReadOutcome::Failed => {
+                    self.state = NetState::Failed;
+                    b.eof = true;
+                    read = true;
+                }
+            }
+        }
+        read || (self.state == NetState::Open && b.rx.len() >= limit)
+    }
+
+    /// Write what `h2` produced, as far as the socket takes it. Returns
+    /// whether `h2` was held back by a full buffer that now has room: it
+    /// must be polled again, as no socket event will come for it.
+    fn flush<T: Transport<Conn = C>>(&mut self, net: &mut T) -> bool {
+        let mut b = self.io.buffers();
+        let was_full = b.tx.len() >= b.tx_limit;
+        while !b.tx.is_empty() && self.state != NetState::Failed {
+            match net.write(self.net, &b.tx) {
+                Ok(0) => break,
+                Ok(n) => {
+                    b.tx.drain(..n);
+                }
+                Err(_) => self.state = NetState::Failed,
+            }
+        }
+        was_full && b.tx.len() < b.tx_limit
+    }
+
+    fn flushed(&self) -> bool {
+        self.io.buffers().tx.is_empty()
+    }
+
+    /// Close the socket: politely, unless it failed.
+    fn close<T: Transport<Conn = C>>(&self, net: &mut T) {
+        if self.state == NetState::Failed {
+            net.abort(self.net);
+        } else {
+            net.close(self.net);
+        }
+    }
 }
 
 /// The HTTP/2 layer of one worker.

@@ -15,7 +15,7 @@ use super::pipe::{CoreEnd, Pipes};
 use super::translate::{
     h1_to_request, recv_body, response_to_h1, send_body, BodyError, FromCore, H1Body, Received,
 };
-use super::{fill, flush, Http2Settings, NetState, Windows};
+use super::{Http2Settings, Link, NetState, Windows};
 use crate::config::BackendProtocol;
 use crate::http1::{self, Limits};
 use crate::metrics::ProxyMetrics;
@@ -51,10 +51,8 @@ enum State {
 }
 
 struct Connection<C> {
-    net: C,
+    link: Link<C>,
     endpoint: SocketAddr,
-    io: H2Io,
-    net_state: NetState,
     state: State,
     windows: Windows,
     waker: Waker,
@@ -190,10 +188,8 @@ impl<C: Copy + Eq + Hash> Outbound<C> {
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         entry.insert(Connection {
-            net: socket,
+            link: Link::new(socket, io),
             endpoint,
-            io,
-            net_state: NetState::Open,
             state: State::Handshake(Box::pin(handshake)),
             windows: Windows::new(self.settings.max_window),
             waker: wakes.waker(Task::Outbound(key)),
@@ -245,14 +241,9 @@ impl<C: Copy + Eq + Hash> Outbound<C> {
             return;
         };
         for _ in 0..16 {
-            let read = fill(
-                net,
-                conn.net,
-                &conn.io,
-                &mut conn.net_state,
-                &mut self.scratch,
-                self.settings.read_buffer,
-            );
+            let read = conn
+                .link
+                .fill(net, &mut self.scratch, self.settings.read_buffer);
             let mut cx = Context::from_waker(&conn.waker);
             if let State::Handshake(handshake) = &mut conn.state {
                 match handshake.as_mut().poll(&mut cx) {
@@ -282,12 +273,12 @@ impl<C: Copy + Eq + Hash> Outbound<C> {
                         tracing::debug!(endpoint = %conn.endpoint, %error, "backend HTTP/2 connection ended");
                     }
                     conn.state = State::Ended;
-                } else if let Some(window) = conn.windows.update(&conn.io, &mut cx, now) {
+                } else if let Some(window) = conn.windows.update(&conn.link.io, &mut cx, now) {
                     connection.set_target_window_size(window);
                     let _ = connection.set_initial_window_size(window);
                 }
             }
-            let unblocked = flush(net, conn.net, &conn.io, &mut conn.net_state);
+            let unblocked = conn.link.flush(net);
             if !read && !unblocked {
                 break;
             }
@@ -295,17 +286,13 @@ impl<C: Copy + Eq + Hash> Outbound<C> {
         if conn.retired && conn.active == 0 {
             conn.state = State::Ended;
         }
-        if matches!(conn.state, State::Ended) || conn.net_state == NetState::Failed {
+        if matches!(conn.state, State::Ended) || conn.link.state == NetState::Failed {
             let conn = self.conns.remove(key);
-            self.by_net.remove(&conn.net);
+            self.by_net.remove(&conn.link.net);
             if let Some(pool) = self.pools.get_mut(&conn.endpoint) {
                 pool.retain(|&k| k != key);
             }
-            if conn.net_state == NetState::Failed {
-                net.abort(conn.net);
-            } else {
-                net.close(conn.net);
-            }
+            conn.link.close(net);
             metrics.h2_backend_connection_closed();
             // Streams that were waiting for it fail now; open ones hear
             // from h2.
