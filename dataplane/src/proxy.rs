@@ -21,8 +21,8 @@ use crate::http1::{
 use crate::metrics::{ProxyMetrics, StatusClass};
 use crate::routes::{host_without_port, PathMatch, RequestView};
 use arc_swap::ArcSwap;
+use foldhash::{HashMap, HashMapExt};
 use slab::Slab;
-use std::collections::HashMap;
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::net::SocketAddr;
