@@ -434,6 +434,13 @@ pub fn is_hop_by_hop(name: &str, connection_tokens: &[String]) -> bool {
             .any(|t| name.eq_ignore_ascii_case(t))
 }
 
+/// Whether the client said it accepts trailers (`TE: trailers`, RFC 9110
+/// §10.1.4). TE is hop-by-hop; a proxy that relays trailers, as this one
+/// does on chunked bodies, says the same to the next hop.
+pub fn accepts_trailers(head: &RequestHead) -> bool {
+    list_tokens(&head.headers, "te").is_ok_and(|t| t.iter().any(|t| t == "trailers"))
+}
+
 /// The `Connection` tokens of a head's fields, lowercase (a head that
 /// parsed has already passed this check).
 pub fn connection_tokens(headers: &Fields) -> Result<Vec<String>, HttpError> {

@@ -1430,6 +1430,10 @@ fn backend_request_head(
     }
     headers.retain(|(n, _)| !n.eq_ignore_ascii_case("x-forwarded-proto"));
     headers.push(("X-Forwarded-Proto".into(), b"http".to_vec()));
+    if http1::accepts_trailers(head) {
+        // gRPC servers want it; trailers are relayed.
+        headers.push(("TE".into(), b"trailers".to_vec()));
+    }
     action.request_headers.apply(&mut headers);
     backend.request_headers.apply(&mut headers);
     let mut out = Vec::with_capacity(256 + target.len());

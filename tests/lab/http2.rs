@@ -137,6 +137,24 @@ fn serves_http2(io: Io, prefix: &str) {
         assert!(r.contains("\"path\":\"/over-h2\""), "{r}");
     }
 
+    // `TE: trailers` (what gRPC servers look for) reaches the backend,
+    // from an HTTP/2 client to an h2c backend and between HTTP/1.1 legs.
+    let r = gw.curl(&[
+        "--http2-prior-knowledge",
+        "-H",
+        "te: trailers",
+        &gw.url("/h2c/te"),
+    ]);
+    assert!(r.contains("\"Te\":[\"trailers\"]"), "{r}");
+    let r = gw.curl(&[
+        "-H",
+        "TE: trailers",
+        "-H",
+        "Connection: TE",
+        &gw.url("/api/te"),
+    ]);
+    assert!(r.contains("\"Te\":[\"trailers\"]"), "{r}");
+
     // 1 MiB up and down, byte-exact, over every protocol pairing.
     let dir = std::env::temp_dir().join(format!("{prefix}-h2-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -32,6 +32,13 @@ pub fn is_connection_specific(name: &str) -> bool {
     .any(|n| name.eq_ignore_ascii_case(n))
 }
 
+/// Whether a field crosses between the protocols: not connection-specific,
+/// except `te: trailers`, the one TE HTTP/2 allows (RFC 9113 §8.2.2).
+fn crosses(name: &str, value: &[u8]) -> bool {
+    !is_connection_specific(name)
+        || (name.eq_ignore_ascii_case("te") && value.eq_ignore_ascii_case(b"trailers"))
+}
+
 /// How an HTTP/2 body is written as HTTP/1.1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum H1Body {
@@ -98,7 +105,7 @@ fn push_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
 
 fn push_fields(out: &mut Vec<u8>, headers: &HeaderMap, skip_host: bool) {
     for (name, value) in headers {
-        if is_connection_specific(name.as_str()) || (skip_host && name == http::header::HOST) {
+        if !crosses(name.as_str(), value.as_bytes()) || (skip_host && name == http::header::HOST) {
             continue;
         }
         push_field(out, name.as_str(), value.as_bytes());
@@ -142,7 +149,7 @@ pub fn response_to_h1(parts: &http::response::Parts, body: H1Body) -> Vec<u8> {
 fn header_map(fields: &[(String, Vec<u8>)], skip: impl Fn(&str) -> bool) -> HeaderMap {
     let mut map = HeaderMap::with_capacity(fields.len());
     for (name, value) in fields {
-        if is_connection_specific(name) || skip(name) {
+        if !crosses(name, value) || skip(name) {
             continue;
         }
         // The core's parser admitted these; a field HTTP/2 cannot carry
@@ -454,7 +461,8 @@ mod tests {
         let host: Vec<&[u8]> = parsed.values("host").collect();
         assert_eq!(host, [b"example.com:8080".as_slice()], ":authority wins");
         assert_eq!(parsed.framing, BodyFraming::Chunked);
-        assert_eq!(parsed.values("te").count(), 0);
+        let te: Vec<&[u8]> = parsed.values("te").collect();
+        assert_eq!(te, [b"trailers".as_slice()], "the one TE HTTP/2 allows");
         assert_eq!(parsed.head_len, head.len());
     }
 
