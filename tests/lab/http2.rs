@@ -293,12 +293,13 @@ fn http2_backend_killed_under_load_fails_streams_and_refills_the_pool() {
     let status = load.wait(Duration::from_secs(30));
     let out = load.output().join("\n");
     assert!(status.success(), "h2load did not finish by itself:\n{out}");
-    let (succeeded, _failed, _errored, timeout) = h2load_requests(&out);
+    let (_succeeded, failed, errored, timeout) = h2load_requests(&out);
     let (ok, server_errors) = h2load_statuses(&out);
     assert_eq!(timeout, 0, "{out}");
     assert!(ok > 1000, "traffic flowed before and after: {out}");
+    // In-flight streams on the dead backend fail: 502s, or streams reset.
     assert!(
-        server_errors > 0 || succeeded < ok,
+        server_errors + failed + errored > 0,
         "the kill was seen: {out}"
     );
     // The pool refills: requests succeed again, on new connections.
@@ -450,7 +451,10 @@ fn http2_abusive_clients_are_cut_off_and_others_keep_being_served() {
             "{mode}:\n{others}"
         );
         let (during, before) = (mean_latency(&others), mean_latency(&baseline));
-        eprintln!("{mode}: {out}; others' mean latency {during:.2} ms (alone {before:.2} ms)");
+        eprintln!(
+            "{mode}: {}; others' mean latency {during:.2} ms (alone {before:.2} ms)",
+            out.trim()
+        );
         assert!(
             during < before * 10.0 + 20.0,
             "{mode}: others slowed from {before:.2} ms to {during:.2} ms"
