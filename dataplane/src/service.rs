@@ -28,8 +28,9 @@ pub struct HttpService<T: Transport> {
     pipes: Pipes,
     config: Arc<ArcSwap<GatewayConfig>>,
     metrics: Arc<ProxyMetrics>,
-    /// The h2c endpoints the backend pools were last opened for.
-    warm: Option<(usize, BTreeSet<SocketAddr>)>,
+    /// The configuration the backend pools were last opened for (held, so
+    /// a new one is never mistaken for it).
+    warm: Option<Arc<GatewayConfig>>,
 }
 
 impl<T: Transport> HttpService<T> {
@@ -99,12 +100,11 @@ impl<T: Transport> HttpService<T> {
             pipes: &mut self.pipes,
         };
         self.core.tick(&mut mux, now);
-        let config = self.config.load();
-        let generation = Arc::as_ptr(&config) as usize;
-        if self.warm.as_ref().is_none_or(|(g, _)| *g != generation) {
-            let endpoints = h2c_endpoints(&config);
-            self.http2.prewarm(io, &endpoints, &self.metrics);
-            self.warm = Some((generation, endpoints));
+        let config = self.config.load_full();
+        if self.warm.as_ref().is_none_or(|w| !Arc::ptr_eq(w, &config)) {
+            self.http2
+                .prewarm(io, &h2c_endpoints(&config), &self.metrics);
+            self.warm = Some(config);
         }
         self.settle(io, now);
     }

@@ -49,7 +49,6 @@ struct Connection<C> {
     /// SETTINGS that must follow the preface) is complete, and the frame
     /// that makes the upgrade request stream 1, to go after it.
     upgrade: Option<(Vec<u8>, Vec<u8>)>,
-    streams: usize,
     /// Client resets in the current second.
     resets: (Instant, u32),
     /// Shut down for abuse or by the drain: no new streams.
@@ -136,7 +135,6 @@ impl<C: Copy + Eq + Hash> Inbound<C> {
             windows: Windows::new(self.settings.max_window),
             waker: wakes.waker(Task::Inbound(key)),
             upgrade,
-            streams: 0,
             resets: (Instant::now(), 0),
             closing: false,
         });
@@ -193,7 +191,7 @@ impl<C: Copy + Eq + Hash> Inbound<C> {
                 loop {
                     match connection.poll_accept(&mut cx) {
                         Poll::Ready(Some(Ok((request, respond)))) => {
-                            let pipe = pipes.open(PipeKind::Inbound { conn: key });
+                            let pipe = pipes.open(PipeKind::Inbound);
                             let (parts, body) = request.into_parts();
                             let coding = H1Body::of(body.is_end_stream(), &parts.headers);
                             let p = pipes.get_mut(pipe).expect("just opened");
@@ -215,7 +213,6 @@ impl<C: Copy + Eq + Hash> Inbound<C> {
                                     reset_counted: false,
                                 },
                             );
-                            conn.streams += 1;
                             metrics.h2_stream_opened();
                             wakes.push(Task::Stream(pipe));
                         }
@@ -427,9 +424,6 @@ impl<C: Copy + Eq + Hash> Inbound<C> {
         if finished {
             self.streams.remove(&pipe);
             pipes.release(pipe);
-            if let Some(conn) = self.conns.get_mut(conn_key) {
-                conn.streams -= 1;
-            }
             wakes.push(Task::Inbound(conn_key));
         }
         if count_reset {

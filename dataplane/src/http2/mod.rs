@@ -223,11 +223,6 @@ impl<C: Copy + Eq + Hash> Http2<C> {
         self.inbound.connections()
     }
 
-    /// Backend streams in flight.
-    pub fn backend_streams(&self) -> usize {
-        self.outbound.streams()
-    }
-
     pub fn backend_connections(&self) -> usize {
         self.outbound.connections()
     }
@@ -274,7 +269,7 @@ impl<C: Copy + Eq + Hash> Http2<C> {
                 }
                 Task::Outbound(key) => self.outbound.service(net, key, &self.wakes, metrics, now),
                 Task::Stream(pipe) => match pipes.get(pipe).map(|p| p.kind) {
-                    Some(PipeKind::Inbound { .. }) => {
+                    Some(PipeKind::Inbound) => {
                         self.inbound
                             .service_stream(pipes, pipe, &self.wakes, metrics, now)
                     }

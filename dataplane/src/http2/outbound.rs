@@ -138,10 +138,6 @@ impl<C: Copy + Eq + Hash> Outbound<C> {
         self.conns.len()
     }
 
-    pub fn streams(&self) -> usize {
-        self.streams.len()
-    }
-
     /// Open connections to `endpoints` up to the pool size, and close the
     /// pools of endpoints no longer among them.
     pub fn prewarm<T: Transport<Conn = C>>(
@@ -221,7 +217,7 @@ impl<C: Copy + Eq + Hash> Outbound<C> {
             .filter(|&k| !self.conns[k].retired)
             .min_by_key(|&k| self.conns[k].active);
         let busy = best.is_none_or(|k| self.conns[k].active >= self.settings.backend_streams);
-        if pool.len() < self.settings.backend_connections && (busy || best.is_none()) {
+        if pool.len() < self.settings.backend_connections && busy {
             if let Some(key) = self.open(net, endpoint, wakes, metrics) {
                 return Some(key);
             }

@@ -33,8 +33,8 @@ pub enum CoreEnd {
 /// Which side of the HTTP/2 layer a pipe belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PipeKind {
-    /// A client's stream on the inbound connection with this key.
-    Inbound { conn: usize },
+    /// A client's stream.
+    Inbound,
     /// Requests from the core to an h2c backend endpoint.
     Outbound { endpoint: SocketAddr },
 }
@@ -104,13 +104,6 @@ impl Pipes {
         self.pipes.get_mut(id)
     }
 
-    /// Room left in `to_core`.
-    pub fn room(&self, id: usize) -> usize {
-        self.pipes
-            .get(id)
-            .map_or(0, |p| self.capacity.saturating_sub(p.to_core.len()))
-    }
-
     /// The HTTP/2 side fails the pipe.
     pub fn reset(&mut self, id: usize) {
         if let Some(pipe) = self.pipes.get_mut(id) {
@@ -131,14 +124,6 @@ impl Pipes {
                 self.ready.push(id);
             }
         }
-    }
-
-    pub fn len(&self) -> usize {
-        self.pipes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.pipes.is_empty()
     }
 
     fn core_end(&mut self, id: usize, end: CoreEnd) {
