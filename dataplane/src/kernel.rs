@@ -97,26 +97,13 @@ impl Transport for KernelIo {
     }
 
     fn connect(&mut self, to: SocketAddr, _: BackendProtocol) -> Option<usize> {
-        let mut stream = match TcpStream::connect(to) {
-            Ok(s) => s,
+        match TcpStream::connect(to) {
+            Ok(stream) => self.add(stream),
             Err(error) => {
                 tracing::debug!(%to, %error, "backend connect failed");
-                return None;
+                None
             }
-        };
-        let _ = stream.set_nodelay(true);
-        let entry = self.streams.vacant_entry();
-        let key = entry.key();
-        self.poll
-            .registry()
-            .register(
-                &mut stream,
-                Token(key),
-                Interest::READABLE | Interest::WRITABLE,
-            )
-            .ok()?;
-        entry.insert(stream);
-        Some(key)
+        }
     }
 
     fn close(&mut self, conn: usize) {

@@ -171,6 +171,21 @@ impl Harness {
         self.proxy.on_io(&mut self.io, self.client, self.now);
     }
 
+    /// A second client connects from `peer` and sends `bytes`.
+    fn another_client(&mut self, peer: &str, bytes: &str) -> u32 {
+        let conn = self.io.open();
+        self.proxy
+            .accept(&mut self.io, conn, peer.parse().unwrap(), 80, self.now);
+        self.io
+            .conns
+            .get_mut(&conn)
+            .unwrap()
+            .inbox
+            .extend_from_slice(bytes.as_bytes());
+        self.proxy.on_io(&mut self.io, conn, self.now);
+        conn
+    }
+
     fn backend_sends(&mut self, backend: u32, bytes: &str) {
         self.io
             .conns
@@ -346,20 +361,7 @@ fn a_client_that_resets_mid_response_ends_only_its_own_exchange() {
     assert_eq!(h.proxy.clients(), 0);
 
     // A neighbour on the same proxy is served as before.
-    let other = h.io.open();
-    h.proxy.accept(
-        &mut h.io,
-        other,
-        "192.0.2.8:40001".parse().unwrap(),
-        80,
-        h.now,
-    );
-    h.io.conns
-        .get_mut(&other)
-        .unwrap()
-        .inbox
-        .extend_from_slice(b"GET /app HTTP/1.1\r\nHost: h\r\n\r\n");
-    h.proxy.on_io(&mut h.io, other, h.now);
+    let other = h.another_client("192.0.2.8:40001", "GET /app HTTP/1.1\r\nHost: h\r\n\r\n");
     let next = h.last_backend();
     h.backend_sends(next, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
     assert!(h.io.take_output(other).starts_with("HTTP/1.1 200 OK"));
@@ -376,20 +378,7 @@ fn a_drain_closes_idle_backend_connections_and_finishes_requests_in_flight() {
     assert!(h.proxy.drain(&mut h.io, h.now), "a request is in flight");
     // The pooled connection was reused for the request in flight; a second
     // client's finished exchange left another one idle in the pool.
-    let other = h.io.open();
-    h.proxy.accept(
-        &mut h.io,
-        other,
-        "192.0.2.9:40002".parse().unwrap(),
-        80,
-        h.now,
-    );
-    h.io.conns
-        .get_mut(&other)
-        .unwrap()
-        .inbox
-        .extend_from_slice(b"GET /app HTTP/1.1\r\nHost: h\r\n\r\n");
-    h.proxy.on_io(&mut h.io, other, h.now);
+    h.another_client("192.0.2.9:40002", "GET /app HTTP/1.1\r\nHost: h\r\n\r\n");
     let idle = h.last_backend();
     h.backend_sends(idle, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
     assert!(h.proxy.drain(&mut h.io, h.now));
