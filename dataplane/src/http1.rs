@@ -137,10 +137,17 @@ impl RequestHead {
     }
 }
 
+/// The largest head taken for an upgrade: it becomes one HEADERS frame of
+/// HPACK literals (a few bytes per field more than the head, and the
+/// pseudo-headers), which must fit the 16,384-byte frame every HTTP/2 peer
+/// accepts before SETTINGS say otherwise (RFC 9113 §4.2).
+pub const MAX_UPGRADE_HEAD: usize = 15 * 1024;
+
 /// Whether `head` asks to switch to HTTP/2 over cleartext (RFC 7540
 /// §3.2): `Upgrade: h2c`, `Connection: Upgrade, HTTP2-Settings`, exactly
-/// one `HTTP2-Settings` field, and no body (a request with a body is
-/// served over HTTP/1.1; a server may ignore an upgrade).
+/// one `HTTP2-Settings` field, and no body. A request with a body, or a
+/// head too large for one frame, is served over HTTP/1.1 (a server may
+/// ignore an upgrade).
 pub fn is_h2c_upgrade(head: &RequestHead) -> bool {
     let (Ok(upgrade), Ok(connection)) = (
         list_tokens(&head.headers, "upgrade"),
@@ -150,6 +157,7 @@ pub fn is_h2c_upgrade(head: &RequestHead) -> bool {
     };
     head.version == Version::Http11
         && head.framing == BodyFraming::Empty
+        && head.head_len <= MAX_UPGRADE_HEAD
         && upgrade.iter().any(|t| t == "h2c")
         && connection.iter().any(|t| t == "upgrade")
         && connection.iter().any(|t| t == "http2-settings")

@@ -579,6 +579,32 @@ mod tests {
     }
 
     #[test]
+    fn an_upgrade_is_taken_only_while_its_frame_fits_the_default_frame_size() {
+        let head_of = |padding: usize| {
+            let fields: String = (0..padding / 100)
+                .map(|i| format!("X-Pad-{i}: {}\r\n", "p".repeat(90)))
+                .collect();
+            let raw = format!(
+                "GET / HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n{fields}\r\n"
+            );
+            let limits = Limits {
+                max_head_bytes: 64 * 1024,
+                max_headers: 1000,
+                ..Limits::default()
+            };
+            parse_request(raw.as_bytes(), &limits).unwrap().unwrap()
+        };
+        let mut padding = 100;
+        while head_of(padding + 100).head_len <= crate::http1::MAX_UPGRADE_HEAD {
+            padding += 100;
+        }
+        let largest = head_of(padding);
+        assert!(crate::http1::is_h2c_upgrade(&largest));
+        assert!(upgrade_stream_frame(&largest).len() - 9 <= 16_384);
+        assert!(!crate::http1::is_h2c_upgrade(&head_of(padding + 100)));
+    }
+
+    #[test]
     fn the_first_frame_after_the_preface_is_found_once_whole() {
         let mut buf = crate::proxy::HTTP2_PREFACE.to_vec();
         buf.extend_from_slice(&[0, 0, 6, 0x4, 0, 0, 0, 0, 0]);
