@@ -9,6 +9,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
+use rauta_controlplane::kubernetes::metrics::ControllerMetrics;
 use rauta_controlplane::source::Published;
 use rauta_dataplane::metrics::{MetricsSnapshot, ProxyMetrics, StatusClass, LATENCY_BUCKETS};
 use std::net::SocketAddr;
@@ -38,6 +39,8 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     pub io: &'static str,
     pub extra: Option<ExtraMetrics>,
+    /// The Kubernetes controller's metrics, when routes come from a cluster.
+    pub controller: Option<ControllerMetrics>,
 }
 
 impl AdminState {
@@ -237,6 +240,9 @@ fn metrics_text(state: &AdminState) -> String {
         generation,
         extra,
     )));
+    if let Some(controller) = &state.controller {
+        controller.register(&mut registry);
+    }
     let mut text = String::new();
     let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
     text

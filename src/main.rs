@@ -181,9 +181,9 @@ struct ProbeArgs {
 
 #[derive(clap::Args)]
 struct SelectionArgs {
-    /// Serve Gateways of this GatewayClass.
-    #[arg(long, default_value = "rauta")]
-    gateway_class: String,
+    /// Serve Gateways of this GatewayClass (repeatable).
+    #[arg(long = "gateway-class", default_value = "rauta")]
+    gateway_classes: Vec<String>,
     /// Serve only this Gateway, NAMESPACE/NAME (repeatable; default: all of
     /// the class).
     #[arg(long = "gateway")]
@@ -193,7 +193,7 @@ struct SelectionArgs {
 impl SelectionArgs {
     fn selection(self) -> rauta_controlplane::Selection {
         rauta_controlplane::Selection {
-            gateway_class: self.gateway_class,
+            gateway_classes: self.gateway_classes,
             gateways: self.gateways,
         }
     }
@@ -214,8 +214,31 @@ struct RunArgs {
     io: IoArg,
     /// Directory of Gateway, HTTPRoute, Service and EndpointSlice manifests
     /// (watched: changes apply without a restart).
+    #[arg(
+        long,
+        required_unless_present = "kubernetes",
+        conflicts_with = "kubernetes"
+    )]
+    config: Option<std::path::PathBuf>,
+    /// Routes from the cluster's Gateway API objects (watched), status
+    /// written back by the elected leader.
     #[arg(long)]
-    config: std::path::PathBuf,
+    kubernetes: bool,
+    /// With --kubernetes: the kubeconfig (default: in-cluster, then
+    /// KUBECONFIG, then ~/.kube/config).
+    #[arg(long, requires = "kubernetes")]
+    kubeconfig: Option<std::path::PathBuf>,
+    /// With --kubernetes: GatewayClasses with this controllerName are served.
+    #[arg(long, default_value = "rauta.dev/gateway-controller")]
+    controller_name: String,
+    /// With --kubernetes: namespace of the leader-election Lease (default
+    /// POD_NAMESPACE, else rauta-system).
+    #[arg(long)]
+    lease_namespace: Option<String>,
+    /// With --kubernetes: this replica's identity in the election (default
+    /// POD_NAME, else the host name).
+    #[arg(long)]
+    identity: Option<String>,
     #[command(flatten)]
     selection: SelectionArgs,
     /// kernel: IP address to listen on (default all); xdp: ADDR/PREFIX the
@@ -258,6 +281,15 @@ struct RunArgs {
     /// xdp: do not try 2 MiB hugepages for the UMEM.
     #[arg(long)]
     no_hugepages: bool,
+}
+
+/// This machine's name, for the leader election's identity.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("rauta-{}", std::process::id()))
 }
 
 fn seconds(value: f64) -> Duration {
@@ -405,9 +437,28 @@ fn run(cli: Cli) -> Result<()> {
             run_cmd::check_config(dir, selection.selection())?;
         }
         Command::Run(args) => {
+            let selection = args.selection.selection();
+            let source = match args.config {
+                Some(dir) => run_cmd::RouteSource::Dir(dir),
+                None => run_cmd::RouteSource::Kubernetes {
+                    kubeconfig: args.kubeconfig,
+                    options: rauta_controlplane::kubernetes::KubeOptions {
+                        controller_name: args.controller_name,
+                        gateways: selection.gateways.clone(),
+                        lease: rauta_controlplane::kubernetes::lease::LeaseSettings::new(
+                            args.lease_namespace
+                                .or_else(|| std::env::var("POD_NAMESPACE").ok())
+                                .unwrap_or_else(|| "rauta-system".into()),
+                            args.identity
+                                .or_else(|| std::env::var("POD_NAME").ok())
+                                .unwrap_or_else(host_name),
+                        ),
+                    },
+                },
+            };
             let options = run_cmd::RunOptions {
-                config_dir: args.config,
-                selection: args.selection.selection(),
+                source,
+                selection,
                 admin: match args.admin.as_str() {
                     "" | "off" => None,
                     a => Some(a.parse().map_err(|_| {

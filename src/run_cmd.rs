@@ -4,6 +4,8 @@
 use crate::admin::{self, AdminState, ExtraSample};
 use crate::xdp_setup::{self, XdpOptions};
 use anyhow::{bail, Context, Result};
+use rauta_controlplane::kubernetes::metrics::ControllerMetrics;
+use rauta_controlplane::kubernetes::{self, Controller, KubeOptions};
 use rauta_controlplane::source::{self, Published};
 use rauta_controlplane::Selection;
 use rauta_dataplane::gateway::GatewayWorker;
@@ -20,9 +22,30 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Where routes come from.
+pub enum RouteSource {
+    /// A directory of manifests, watched.
+    Dir(PathBuf),
+    /// The cluster: `kubeconfig` or, without one, the in-cluster
+    /// configuration.
+    Kubernetes {
+        kubeconfig: Option<PathBuf>,
+        options: KubeOptions,
+    },
+}
+
+impl std::fmt::Display for RouteSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RouteSource::Dir(dir) => write!(f, "{}", dir.display()),
+            RouteSource::Kubernetes { .. } => f.write_str("the cluster's Gateways"),
+        }
+    }
+}
+
 /// What both transports share.
 pub struct RunOptions {
-    pub config_dir: PathBuf,
+    pub source: RouteSource,
     pub selection: Selection,
     pub admin: Option<SocketAddr>,
     pub workers: usize,
@@ -30,47 +53,117 @@ pub struct RunOptions {
     pub drain_timeout: Duration,
 }
 
-/// Load and compile the directory once, printing warnings; the error names
-/// file, object and field.
-pub fn load_config(options: &RunOptions) -> Result<Published> {
-    let compiled = source::load(&options.config_dir, &options.selection)
-        .with_context(|| format!("--config {}", options.config_dir.display()))?;
-    for warning in &compiled.warnings {
-        tracing::warn!("{warning}");
-    }
-    if compiled.config.ports.is_empty() {
-        bail!(
-            "--config {}: no HTTP listener of a Gateway with gatewayClassName {:?}{}",
-            options.config_dir.display(),
-            options.selection.gateway_class,
-            if options.selection.gateways.is_empty() {
-                String::new()
-            } else {
-                format!(" among {}", options.selection.gateways.join(", "))
-            }
-        );
-    }
-    Ok(Published::new(compiled))
+/// A running source of routes: the configuration it publishes, and what
+/// keeps it going.
+pub struct Source {
+    pub published: Published,
+    pub controller: Option<ControllerMetrics>,
+    /// Watches a directory until dropped. (The Kubernetes controller runs on
+    /// its own thread for the life of the process.)
+    _watcher: Option<source::DirWatcher>,
 }
+
+/// Load and compile the first configuration and keep following the source.
+/// A directory must give at least one listener (the error names file,
+/// object and field); a cluster may have none yet.
+pub fn start_source(options: &RunOptions) -> Result<Source> {
+    match &options.source {
+        RouteSource::Dir(dir) => {
+            let compiled = source::load(dir, &options.selection)
+                .with_context(|| format!("--config {}", dir.display()))?;
+            for warning in &compiled.warnings {
+                tracing::warn!("{warning}");
+            }
+            if compiled.config.ports.is_empty() {
+                bail!(
+                    "--config {}: no HTTP listener of a Gateway with gatewayClassName {}{}",
+                    dir.display(),
+                    options.selection.gateway_classes.join(" or "),
+                    if options.selection.gateways.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" among {}", options.selection.gateways.join(", "))
+                    }
+                );
+            }
+            let published = Published::new(compiled);
+            let watcher = source::watch(dir.clone(), options.selection.clone(), published.clone())
+                .context("watching the config directory")?;
+            Ok(Source {
+                published,
+                controller: None,
+                _watcher: Some(watcher),
+            })
+        }
+        RouteSource::Kubernetes {
+            kubeconfig,
+            options: kube_options,
+        } => {
+            let metrics = ControllerMetrics::default();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (kubeconfig, kube_options, thread_metrics) =
+                (kubeconfig.clone(), kube_options.clone(), metrics.clone());
+            std::thread::Builder::new()
+                .name("rauta-kubernetes".into())
+                .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(r) => r,
+                        Err(e) => {
+                            let _ = tx.send(Err(anyhow::Error::from(e)));
+                            return;
+                        }
+                    };
+                    runtime.block_on(async move {
+                        let client = match kubernetes::client(kubeconfig.as_deref()).await {
+                            Ok(c) => c,
+                            Err(e) => {
+                                let _ = tx.send(Err(anyhow::Error::from(e)));
+                                return;
+                            }
+                        };
+                        let (controller, compiled) =
+                            Controller::start(client, kube_options, thread_metrics).await;
+                        let published = Published::new(compiled);
+                        if tx.send(Ok(published.clone())).is_ok() {
+                            controller.run(published).await;
+                        }
+                    });
+                })
+                .context("starting the Kubernetes controller thread")?;
+            let published = match rx.recv_timeout(KUBERNETES_SYNC_TIMEOUT) {
+                Ok(result) => result.context("connecting to the Kubernetes API")?,
+                Err(_) => bail!(
+                    "the Kubernetes API did not list every watched kind within {KUBERNETES_SYNC_TIMEOUT:?} (is it reachable, and does the ServiceAccount have the RBAC in deploy/?)"
+                ),
+            };
+            Ok(Source {
+                published,
+                controller: Some(metrics),
+                _watcher: None,
+            })
+        }
+    }
+}
+
+/// How long `rauta run --kubernetes` waits for the first complete list.
+const KUBERNETES_SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `rauta run --io kernel`.
 pub fn run_kernel(options: RunOptions, address: IpAddr) -> Result<()> {
-    let published = load_config(&options)?;
+    let source = start_source(&options)?;
+    let published = source.published.clone();
     let ports: Vec<u16> = published.config.load().ports.keys().copied().collect();
-    let listen: Vec<SocketAddr> = ports.iter().map(|&p| SocketAddr::new(address, p)).collect();
     // Bind once up front so a taken port fails here, with its address.
-    for &address in &listen {
+    for &port in &ports {
+        let address = SocketAddr::new(address, port);
         drop(
             rauta_dataplane::kernel::reuseport_listener(address)
                 .with_context(|| format!("listening on {address}"))?,
         );
     }
-    let _watcher = source::watch(
-        options.config_dir.clone(),
-        options.selection.clone(),
-        published.clone(),
-    )
-    .context("watching the config directory")?;
     let stop = xdp_setup::stop_flag()?;
     let ready = Arc::new(AtomicBool::new(false));
     let mut metrics = Vec::new();
@@ -79,7 +172,7 @@ pub fn run_kernel(options: RunOptions, address: IpAddr) -> Result<()> {
         let m = Arc::new(ProxyMetrics::default());
         metrics.push(m.clone());
         let w = KernelWorker {
-            listen: listen.clone(),
+            address,
             settings: options.settings.clone(),
             http2: Http2Settings::default(),
             config: published.config.clone(),
@@ -103,13 +196,14 @@ pub fn run_kernel(options: RunOptions, address: IpAddr) -> Result<()> {
                 ready: ready.clone(),
                 io: "kernel",
                 extra: None,
+                controller: source.controller.clone(),
             },
         )?;
     }
     ready.store(true, Ordering::Relaxed);
     println!(
         "rauta run: serving {} on {address} port(s) {ports:?} (io kernel, {} worker(s)){}. SIGTERM drains and stops.",
-        options.config_dir.display(),
+        options.source,
         options.workers,
         options.admin.map(|a| format!("; admin on http://{a}")).unwrap_or_default()
     );
@@ -133,16 +227,11 @@ pub fn run_kernel(options: RunOptions, address: IpAddr) -> Result<()> {
 
 /// `rauta run --io xdp`.
 pub fn run_xdp(options: RunOptions, xdp: XdpOptions, idle: IdlePolicy) -> Result<()> {
-    let published = load_config(&options)?;
+    let source = start_source(&options)?;
+    let published = source.published.clone();
     let ports: Vec<u16> = published.config.load().ports.keys().copied().collect();
     let (iface, address, queues) = (xdp.iface.clone(), xdp.address, xdp.queues);
     let mut runtime = xdp_setup::bring_up(xdp)?;
-    let _watcher = source::watch(
-        options.config_dir.clone(),
-        options.selection.clone(),
-        published.clone(),
-    )
-    .context("watching the config directory")?;
     let stop = xdp_setup::stop_flag()?;
     let ready = Arc::new(AtomicBool::new(false));
     let mut metrics = Vec::new();
@@ -156,7 +245,6 @@ pub fn run_xdp(options: RunOptions, xdp: XdpOptions, idle: IdlePolicy) -> Result
         let report = SharedReport::default();
         reports.push(report.clone());
         let w = GatewayWorker {
-            ports: ports.clone(),
             settings: options.settings.clone(),
             http2: Http2Settings::default(),
             config: published.config.clone(),
@@ -192,13 +280,14 @@ pub fn run_xdp(options: RunOptions, xdp: XdpOptions, idle: IdlePolicy) -> Result
                 ready: ready.clone(),
                 io: "xdp",
                 extra: Some(Arc::new(move || xsk_samples(&extra_reports))),
+                controller: source.controller.clone(),
             },
         )?;
     }
     ready.store(true, Ordering::Relaxed);
     println!(
         "rauta run: serving {} on {address} port(s) {ports:?} (io xdp on {iface}, {} XDP, {queues} queue(s), {workers} worker(s), UMEM on {}){}. SIGTERM drains and stops.",
-        options.config_dir.display(),
+        options.source,
         runtime.program.running_mode(),
         runtime.backing,
         options.admin.map(|a| format!("; admin on http://{a}")).unwrap_or_default()

@@ -11,8 +11,12 @@
 //! warning.
 
 use crate::manifests::{Manifests, Origin, Sourced};
+use crate::verdict::{
+    Check, GatewayVerdict, ListenerVerdict, ObjectRef, ParentVerdict, RouteVerdict, Verdicts,
+};
 use gateway_api::gateways::{
-    Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom as From,
+    Gateway, GatewayListeners, GatewayListenersAllowedRoutesKinds,
+    GatewayListenersAllowedRoutesNamespacesFrom as From,
 };
 use gateway_api::httproutes::{
     HttpRoute, HttpRouteRules, HttpRouteRulesBackendRefs, HttpRouteRulesFilters,
@@ -21,6 +25,7 @@ use gateway_api::httproutes::{
     HttpRouteRulesMatchesQueryParamsType,
 };
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use rauta_dataplane::config::{
     hostname_matches, Backend, BackendProtocol, Backends, GatewayConfig, HeaderModifier, Listener,
@@ -37,19 +42,39 @@ const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 /// Which Gateways this instance serves.
 #[derive(Clone, Debug)]
 pub struct Selection {
-    /// `spec.gatewayClassName` of the Gateways to serve.
-    pub gateway_class: String,
-    /// `namespace/name` of the Gateways to serve; empty: all of the class.
+    /// `spec.gatewayClassName`s of the Gateways to serve.
+    pub gateway_classes: Vec<String>,
+    /// `namespace/name` of the Gateways to serve; empty: all of the classes.
     pub gateways: Vec<String>,
 }
 
 impl Default for Selection {
     fn default() -> Self {
         Self {
-            gateway_class: "rauta".into(),
+            gateway_classes: vec!["rauta".into()],
             gateways: Vec::new(),
         }
     }
+}
+
+impl Selection {
+    fn serves(&self, gateway: &Gateway) -> bool {
+        self.gateway_classes
+            .contains(&gateway.spec.gateway_class_name)
+            && (self.gateways.is_empty() || self.gateways.contains(&object_id(&gateway.metadata)))
+    }
+}
+
+/// What to do with an object whose fields the data path cannot take (an
+/// invalid regular expression, a relative path).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnInvalid {
+    /// Reject the whole set (a directory of files: the user fixes the file
+    /// and the last good set keeps serving meanwhile).
+    RejectAll,
+    /// Leave that object out and report it in its status (a cluster: one
+    /// tenant's mistake must not freeze everyone's routes).
+    Exclude,
 }
 
 /// A field a user must fix; the set is rejected.
@@ -72,62 +97,104 @@ pub struct Compiled {
     pub listeners: Vec<(String, u16)>,
     /// The configuration as JSON, for the admin server's `/config`.
     pub summary: serde_json::Value,
+    /// Per-object outcomes, for status.
+    pub verdicts: Verdicts,
 }
 
+/// HTTPRoute is the only route kind Rauta serves.
+const ROUTE_KIND: &str = "HTTPRoute";
+
 /// Compile `manifests` for the Gateways `selection` picks.
-pub fn compile(manifests: &Manifests, selection: &Selection) -> Result<Compiled, CompileError> {
+pub fn compile(
+    manifests: &Manifests,
+    selection: &Selection,
+    on_invalid: OnInvalid,
+) -> Result<Compiled, CompileError> {
     let world = World::new(manifests);
     let mut warnings = Vec::new();
 
     // Validate every route's rules, attached or not: a typo in a route that
     // attaches nowhere yet is still a typo.
+    let mut invalid_routes: HashMap<String, CompileError> = HashMap::new();
     for route in &manifests.routes {
         for (index, rule) in rules_of(&route.object).iter().enumerate() {
-            compile_rule(&world, route, index, rule, &mut Vec::new())?;
+            if let Err(error) = compile_rule(&world, route, index, rule, &mut Vec::new()) {
+                if on_invalid == OnInvalid::RejectAll {
+                    return Err(error);
+                }
+                warnings.push(format!("{error}; the route is not served"));
+                invalid_routes.insert(object_id(&route.object.metadata), error);
+                break;
+            }
         }
     }
 
     let mut listeners: Vec<ListenerSpec<'_>> = Vec::new();
+    let mut gateway_verdicts = Vec::new();
     for gateway in &manifests.gateways {
         let g = &gateway.object;
-        let id = object_id(&g.metadata);
-        if g.spec.gateway_class_name != selection.gateway_class
-            || (!selection.gateways.is_empty() && !selection.gateways.contains(&id))
-        {
+        if !selection.serves(g) {
             continue;
         }
+        let id = object_id(&g.metadata);
+        let mut verdicts = Vec::new();
         for (index, listener) in g.spec.listeners.iter().enumerate() {
-            if !listener.protocol.eq_ignore_ascii_case("HTTP") {
-                warnings.push(format!(
-                    "Gateway {id}: listener {} ({}) not served: only HTTP listeners are supported",
-                    listener.name, listener.protocol
-                ));
-                continue;
-            }
-            let port = u16::try_from(listener.port)
-                .ok()
-                .filter(|&p| p != 0)
-                .ok_or_else(|| CompileError {
+            let verdict = judge_listener(listener, &g.spec.listeners[..index]);
+            let port = u16::try_from(listener.port).ok().filter(|&p| p != 0);
+            if verdict.serves() {
+                let port = port.ok_or_else(|| CompileError {
                     origin: gateway.origin.clone(),
                     object: format!("Gateway {id}"),
                     field: format!("spec.listeners[{index}].port"),
                     message: format!("{} is not a port", listener.port),
                 })?;
-            listeners.push(ListenerSpec {
-                gateway,
-                listener,
-                port,
-                routes: Vec::new(),
-                described: Vec::new(),
-            });
+                listeners.push(ListenerSpec {
+                    gateway,
+                    listener,
+                    port,
+                    verdict: (gateway_verdicts.len(), index),
+                    routes: Vec::new(),
+                    described: Vec::new(),
+                });
+            } else {
+                warnings.push(format!(
+                    "Gateway {id}: listener {} ({}) not served: {}",
+                    listener.name,
+                    listener.protocol,
+                    if verdict.accepted.ok {
+                        &verdict.conflicted.message
+                    } else {
+                        &verdict.accepted.message
+                    }
+                ));
+            }
+            verdicts.push(verdict);
         }
+        let programmed = verdicts.iter().filter(|l| l.programmed.ok).count();
+        gateway_verdicts.push(GatewayVerdict {
+            object: object_ref(&g.metadata),
+            accepted: if programmed > 0 || verdicts.is_empty() {
+                Check::yes("Accepted", "the Gateway is served by Rauta")
+            } else {
+                Check::no("ListenersNotValid", "no listener can be served")
+            },
+            programmed: if programmed > 0 {
+                Check::yes("Programmed", format!("{programmed} listener(s) served"))
+            } else {
+                Check::no("Invalid", "no listener is served")
+            },
+            listeners: verdicts,
+        });
     }
 
+    let mut route_verdicts = Vec::new();
     for route in &manifests.routes {
         let r = &route.object;
         let route_ns = namespace_of(&r.metadata);
         let route_id = object_id(&r.metadata);
-        let mut attached = 0;
+        let invalid = invalid_routes.get(&route_id);
+        let resolved_refs = judge_refs(&world, r);
+        let mut parents = Vec::new();
         for parent in r.spec.parent_refs.iter().flatten() {
             if parent.group.as_deref().unwrap_or(GATEWAY_GROUP) != GATEWAY_GROUP
                 || parent.kind.as_deref().unwrap_or("Gateway") != "Gateway"
@@ -135,50 +202,115 @@ pub fn compile(manifests: &Manifests, selection: &Selection) -> Result<Compiled,
                 continue;
             }
             let parent_ns = parent.namespace.as_deref().unwrap_or(route_ns);
-            for spec in listeners.iter_mut() {
-                let g = &spec.gateway.object.metadata;
-                if g.name.as_deref() != Some(parent.name.as_str())
-                    || namespace_of(g) != parent_ns
-                    || parent
+            let Some(gateway_index) = gateway_verdicts
+                .iter()
+                .position(|g| g.object.name == parent.name && g.object.namespace == parent_ns)
+            else {
+                // Not a Gateway this instance serves: another controller's
+                // business (or none's), so no status of ours either.
+                continue;
+            };
+            let mut named = 0;
+            let mut allowed = 0;
+            let mut attached = 0;
+            if invalid.is_none() {
+                for spec in listeners.iter_mut() {
+                    if spec.verdict.0 != gateway_index {
+                        continue;
+                    }
+                    if parent
                         .section_name
                         .as_ref()
                         .is_some_and(|s| *s != spec.listener.name)
-                    || parent.port.is_some_and(|p| p != spec.port as i32)
-                    || !world.allows(spec, route_ns)
-                {
-                    continue;
+                        || parent.port.is_some_and(|p| p != spec.port as i32)
+                    {
+                        continue;
+                    }
+                    named += 1;
+                    if !world.allows(spec, route_ns) {
+                        continue;
+                    }
+                    allowed += 1;
+                    let Some(hostnames) = intersect(
+                        spec.listener.hostname.as_deref(),
+                        r.spec.hostnames.as_deref(),
+                    ) else {
+                        continue;
+                    };
+                    let mut rules = Vec::new();
+                    for (index, rule) in rules_of(r).iter().enumerate() {
+                        rules.push(compile_rule(&world, route, index, rule, &mut warnings)?);
+                    }
+                    spec.described
+                        .push(describe_route(&route_id, &hostnames, &rules));
+                    spec.routes.push(Route {
+                        name: route_id.clone(),
+                        created: r
+                            .metadata
+                            .creation_timestamp
+                            .as_ref()
+                            .map_or(0, |t| t.0.as_second()),
+                        hostnames,
+                        rules,
+                    });
+                    gateway_verdicts[gateway_index].listeners[spec.verdict.1].attached_routes += 1;
+                    attached += 1;
                 }
-                let Some(hostnames) = intersect(
-                    spec.listener.hostname.as_deref(),
-                    r.spec.hostnames.as_deref(),
-                ) else {
-                    continue;
-                };
-                let mut rules = Vec::new();
-                for (index, rule) in rules_of(r).iter().enumerate() {
-                    rules.push(compile_rule(&world, route, index, rule, &mut warnings)?);
-                }
-                spec.described
-                    .push(describe_route(&route_id, &hostnames, &rules));
-                spec.routes.push(Route {
-                    name: route_id.clone(),
-                    created: r
-                        .metadata
-                        .creation_timestamp
-                        .as_ref()
-                        .map_or(0, |t| t.0.as_second()),
-                    hostnames,
-                    rules,
-                });
-                attached += 1;
+                // Listeners not served (other protocols, conflicts) still
+                // count as named: the route found its parent, which does not
+                // take it.
+                let g = &gateway_verdicts[gateway_index];
+                let gateway = manifests
+                    .gateways
+                    .iter()
+                    .find(|s| object_ref(&s.object.metadata) == g.object)
+                    .map(|s| &s.object.spec.listeners);
+                named += g
+                    .listeners
+                    .iter()
+                    .zip(gateway.into_iter().flatten())
+                    .filter(|(v, l)| {
+                        !v.serves()
+                            && parent.section_name.as_ref().is_none_or(|s| *s == l.name)
+                            && parent.port.is_none_or(|p| p == l.port)
+                    })
+                    .count();
             }
+            let accepted = match invalid {
+                Some(error) => Check::no(
+                    "UnsupportedValue",
+                    format!("field `{}`: {}", error.field, error.message),
+                ),
+                None if named == 0 => Check::no(
+                    "NoMatchingParent",
+                    "no listener matches the parentRef's sectionName and port",
+                ),
+                None if allowed == 0 => Check::no(
+                    "NotAllowedByListeners",
+                    "no listener the parentRef names allows this route's kind and namespace",
+                ),
+                None if attached == 0 => Check::no(
+                    "NoMatchingListenerHostname",
+                    "no listener's hostname intersects the route's hostnames",
+                ),
+                None => Check::yes("Accepted", format!("attached to {attached} listener(s)")),
+            };
+            parents.push(ParentVerdict {
+                parent: parent.clone(),
+                accepted,
+                resolved_refs: resolved_refs.clone(),
+            });
         }
-        if attached == 0 {
+        if parents.iter().all(|p| !p.accepted.ok) && invalid.is_none() {
             warnings.push(format!(
                 "HTTPRoute {route_id} ({}): attaches to no served listener",
                 route.origin
             ));
         }
+        route_verdicts.push(RouteVerdict {
+            object: object_ref(&r.metadata),
+            parents,
+        });
     }
 
     let mut ports: BTreeMap<u16, Vec<Listener>> = BTreeMap::new();
@@ -215,7 +347,107 @@ pub fn compile(manifests: &Manifests, selection: &Selection) -> Result<Compiled,
         warnings,
         listeners: served,
         summary,
+        verdicts: Verdicts {
+            gateways: gateway_verdicts,
+            routes: route_verdicts,
+        },
     })
+}
+
+/// A listener's conditions. `earlier` are the Gateway's listeners before it:
+/// of two listeners on one port and hostname, the first keeps it.
+fn judge_listener(listener: &GatewayListeners, earlier: &[GatewayListeners]) -> ListenerVerdict {
+    let http = listener.protocol.eq_ignore_ascii_case("HTTP");
+    let kinds = listener
+        .allowed_routes
+        .as_ref()
+        .and_then(|a| a.kinds.as_ref());
+    let is_route_kind = |k: &GatewayListenersAllowedRoutesKinds| {
+        k.kind == ROUTE_KIND && k.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
+    };
+    let supported_kinds = if http && kinds.is_none_or(|k| k.iter().any(is_route_kind)) {
+        vec![ROUTE_KIND]
+    } else {
+        Vec::new()
+    };
+    let accepted = if http {
+        Check::yes("Accepted", "HTTP listener")
+    } else {
+        Check::no(
+            "UnsupportedProtocol",
+            format!("protocol {} is not supported; HTTP is", listener.protocol),
+        )
+    };
+    let resolved_refs = match kinds {
+        Some(k) if http && !k.iter().all(is_route_kind) => Check::no(
+            "InvalidRouteKinds",
+            "only HTTPRoute (gateway.networking.k8s.io) is supported",
+        ),
+        _ => Check::yes("ResolvedRefs", "references resolved"),
+    };
+    let rival = earlier.iter().find(|e| {
+        e.port == listener.port
+            && e.protocol.eq_ignore_ascii_case(&listener.protocol)
+            && e.hostname == listener.hostname
+    });
+    let conflicted = match rival {
+        Some(first) => Check::yes(
+            "HostnameConflict",
+            format!(
+                "listener {} already serves port {} for this hostname",
+                first.name, listener.port
+            ),
+        ),
+        None => Check::no("NoConflicts", "no conflicts"),
+    };
+    let programmed = if accepted.ok && rival.is_none() {
+        Check::yes("Programmed", "served by every worker")
+    } else {
+        Check::no("Invalid", "not served")
+    };
+    ListenerVerdict {
+        name: listener.name.clone(),
+        accepted,
+        resolved_refs,
+        conflicted,
+        programmed,
+        supported_kinds,
+        attached_routes: 0,
+    }
+}
+
+/// A route's ResolvedRefs: the first backendRef that does not resolve.
+fn judge_refs(world: &World<'_>, route: &HttpRoute) -> Check {
+    let route_ns = namespace_of(&route.metadata);
+    for rule in rules_of(route) {
+        for backend in rule.backend_refs.iter().flatten() {
+            if let Err(unresolved) = world.resolve(route_ns, backend) {
+                return Check::no(unresolved.reason, unresolved.message);
+            }
+        }
+    }
+    Check::yes("ResolvedRefs", "every backendRef resolved")
+}
+
+fn object_ref(meta: &ObjectMeta) -> ObjectRef {
+    ObjectRef {
+        namespace: namespace_of(meta).to_owned(),
+        name: meta.name.clone().unwrap_or_default(),
+        generation: meta.generation,
+    }
+}
+
+/// A configuration that serves nothing.
+pub fn empty() -> Compiled {
+    Compiled {
+        config: GatewayConfig {
+            ports: BTreeMap::new().into_iter().collect(),
+        },
+        warnings: Vec::new(),
+        listeners: Vec::new(),
+        summary: serde_json::json!({ "listeners": [], "warnings": [] }),
+        verdicts: Verdicts::default(),
+    }
 }
 
 /// A route as attached to one listener, for `/config`.
@@ -256,6 +488,8 @@ struct ListenerSpec<'m> {
     gateway: &'m Sourced<Gateway>,
     listener: &'m GatewayListeners,
     port: u16,
+    /// Its verdict: (gateway, listener) index into the verdicts.
+    verdict: (usize, usize),
     routes: Vec<Route<RuleAction>>,
     /// What attached, for the summary.
     described: Vec<serde_json::Value>,
@@ -378,32 +612,42 @@ impl<'m> World<'m> {
         &self,
         route_ns: &str,
         backend: &HttpRouteRulesBackendRefs,
-    ) -> Result<(Vec<SocketAddr>, BackendProtocol), String> {
+    ) -> Result<(Vec<SocketAddr>, BackendProtocol), Unresolved> {
         let group = backend.group.as_deref().unwrap_or("");
         let kind = backend.kind.as_deref().unwrap_or("Service");
         if !group.is_empty() || kind != "Service" {
-            return Err(format!("unsupported backend kind {group}/{kind}"));
+            return Err(Unresolved {
+                reason: "InvalidKind",
+                message: format!("unsupported backend kind {group}/{kind}"),
+            });
         }
         let ns = backend.namespace.as_deref().unwrap_or(route_ns);
-        if ns != route_ns && !self.grants(route_ns, ns, &backend.name) {
-            return Err(format!(
-                "Service {ns}/{} in another namespace without a ReferenceGrant",
-                backend.name
-            ));
+        let name = &backend.name;
+        if ns != route_ns && !self.grants(route_ns, ns, name) {
+            return Err(Unresolved {
+                reason: "RefNotPermitted",
+                message: format!(
+                    "Service {ns}/{name} in another namespace without a ReferenceGrant"
+                ),
+            });
         }
+        let not_found = |message| Unresolved {
+            reason: "BackendNotFound",
+            message,
+        };
         let service = self
             .services
-            .get(&(ns, backend.name.as_str()))
-            .ok_or_else(|| format!("Service {ns}/{} not found", backend.name))?;
+            .get(&(ns, name.as_str()))
+            .ok_or_else(|| not_found(format!("Service {ns}/{name} not found")))?;
         let port = backend
             .port
-            .ok_or_else(|| format!("backendRef to Service {ns}/{} has no port", backend.name))?;
+            .ok_or_else(|| not_found(format!("backendRef to Service {ns}/{name} has no port")))?;
         let service_port = service
             .spec
             .as_ref()
             .and_then(|s| s.ports.as_ref())
             .and_then(|ports| ports.iter().find(|p| p.port == port))
-            .ok_or_else(|| format!("Service {ns}/{} has no port {port}", backend.name))?;
+            .ok_or_else(|| not_found(format!("Service {ns}/{name} has no port {port}")))?;
         // Gateway API's BackendProtocolH2C: cleartext HTTP/2 with prior
         // knowledge. Other values (and none) mean HTTP/1.1.
         let protocol = match service_port.app_protocol.as_deref() {
@@ -411,12 +655,7 @@ impl<'m> World<'m> {
             _ => BackendProtocol::Http1,
         };
         let mut endpoints = Vec::new();
-        for slice in self
-            .slices
-            .get(&(ns, backend.name.as_str()))
-            .into_iter()
-            .flatten()
-        {
+        for slice in self.slices.get(&(ns, name.as_str())).into_iter().flatten() {
             // The slice's port of the same name carries the target port.
             let slice_port = slice.ports.iter().flatten().find(|p| {
                 p.name.as_deref().unwrap_or("") == service_port.name.as_deref().unwrap_or("")
@@ -446,11 +685,17 @@ impl<'m> World<'m> {
     }
 }
 
-fn namespace_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> &str {
+/// Why a backendRef does not resolve: the ResolvedRefs reason and a message.
+struct Unresolved {
+    reason: &'static str,
+    message: String,
+}
+
+fn namespace_of(meta: &ObjectMeta) -> &str {
     meta.namespace.as_deref().unwrap_or("default")
 }
 
-fn object_id(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+fn object_id(meta: &ObjectMeta) -> String {
     format!(
         "{}/{}",
         namespace_of(meta),
@@ -767,6 +1012,7 @@ fn compile_rule(
                 b
             }
             Err(why) => {
+                let why = why.message;
                 warnings.push(format!("HTTPRoute {route_id} {at}.backendRefs[{i}]: {why}"));
                 let mut b = Backend::new(name, weight, Vec::new());
                 b.invalid = Some(why);
@@ -835,7 +1081,7 @@ endpoints:
             .map_err(|e| e.to_string())?;
         m.add_text(Path::new("route.yaml"), extra)
             .map_err(|e| e.to_string())?;
-        compile(&m, &Selection::default()).map_err(|e| e.to_string())
+        compile(&m, &Selection::default(), OnInvalid::RejectAll).map_err(|e| e.to_string())
     }
 
     #[test]

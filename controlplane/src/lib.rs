@@ -5,12 +5,16 @@
 //!   the `gateway-api` and `k8s-openapi` types.
 //! - [`compile`]: Gateway API attachment and resolution rules, producing the
 //!   immutable [`rauta_dataplane::config::GatewayConfig`].
+//! - [`kubernetes`]: the Kubernetes source: reflectors, status, leader
+//!   election.
 //! - [`source`]: the file source: watch the directory, recompile, publish
 //!   atomically, keep the last good configuration on errors.
 
 pub mod compile;
+pub mod kubernetes;
 pub mod manifests;
 pub mod source;
+pub mod verdict;
 
-pub use compile::{compile, CompileError, Compiled, Selection};
+pub use compile::{compile, CompileError, Compiled, OnInvalid, Selection};
 pub use manifests::{ManifestError, Manifests};

@@ -17,38 +17,44 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
-/// Where an object came from: the file, the document's index in it and the
-/// line the document starts on.
+/// Where an object came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Origin {
-    pub file: PathBuf,
-    /// 1-based document number within the file.
-    pub document: usize,
-    /// 1-based line of the document's first line.
-    pub line: usize,
+pub enum Origin {
+    /// A file: the document's index in it and the line the document starts
+    /// on.
+    File {
+        file: PathBuf,
+        /// 1-based document number within the file.
+        document: usize,
+        /// 1-based line of the document's first line.
+        line: usize,
+    },
+    /// The Kubernetes API (the object's kind and name say which).
+    Api,
 }
 
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{} (document {})",
-            self.file.display(),
-            self.line,
-            self.document
-        )
+        match self {
+            Origin::File {
+                file,
+                document,
+                line,
+            } => write!(f, "{}:{line} (document {document})", file.display()),
+            Origin::Api => f.write_str("Kubernetes API"),
+        }
     }
 }
 
 /// An object and where it came from.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Sourced<T> {
     pub origin: Origin,
     pub object: T,
 }
 
 /// Every object Rauta reads, as found.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Manifests {
     pub namespaces: Vec<Sourced<Namespace>>,
     pub gateways: Vec<Sourced<Gateway>>,
@@ -106,7 +112,7 @@ impl Manifests {
     /// Parse the documents of one file's `text`.
     pub fn add_text(&mut self, file: &Path, text: &str) -> Result<(), ManifestError> {
         for (index, (line, document)) in documents(text).into_iter().enumerate() {
-            let origin = Origin {
+            let origin = Origin::File {
                 file: file.to_owned(),
                 document: index + 1,
                 line,
@@ -228,6 +234,41 @@ fn describe(document: &serde_json::Value) -> String {
     }
 }
 
+/// A field of a document that does not fit its type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// The Kubernetes field path, `spec.rules[0].matches`.
+    pub field: String,
+    pub message: String,
+}
+
+/// `document` as a `T`, as strictly as the API server's strict field
+/// validation: the first error, or a field `T` does not know, is reported
+/// with its path. The envelope (`apiVersion`, `kind`) is the caller's to
+/// check; `status` is the controller's, never a user's input, and ignored.
+pub fn from_value_strictly<T: DeserializeOwned>(
+    document: &serde_json::Value,
+) -> Result<T, FieldError> {
+    let mut unknown = Vec::new();
+    let mut note_unknown = |path: serde_ignored::Path<'_>| unknown.push(field_path(&path));
+    let parsed: Result<T, _> = serde_path_to_error::deserialize(serde_ignored::Deserializer::new(
+        document,
+        &mut note_unknown,
+    ));
+    let parsed = parsed.map_err(|e| FieldError {
+        field: e.path().to_string(),
+        message: e.inner().to_string(),
+    })?;
+    unknown.retain(|p| !matches!(p.as_str(), "apiVersion" | "kind") && !p.starts_with("status"));
+    match unknown.into_iter().next() {
+        Some(field) => Err(FieldError {
+            field,
+            message: "unknown field".into(),
+        }),
+        None => Ok(parsed),
+    }
+}
+
 /// Deserialize `document` into `T`, strictly: the first error or unknown
 /// field is reported with its path.
 fn typed<T: DeserializeOwned>(
@@ -243,29 +284,12 @@ fn typed<T: DeserializeOwned>(
             message: "missing".into(),
         });
     }
-    let mut unknown = Vec::new();
-    let mut note_unknown = |path: serde_ignored::Path<'_>| unknown.push(field_path(&path));
-    let parsed: Result<T, _> = serde_path_to_error::deserialize(serde_ignored::Deserializer::new(
-        &document,
-        &mut note_unknown,
-    ));
-    let parsed = parsed.map_err(|e| ManifestError::Field {
+    let parsed = from_value_strictly(&document).map_err(|e| ManifestError::Field {
         origin: origin.clone(),
-        object: object.clone(),
-        field: e.path().to_string(),
-        message: e.inner().to_string(),
+        object,
+        field: e.field,
+        message: e.message,
     })?;
-    // The envelope fields are the derive's business; status is the
-    // controller's, never a user's input.
-    unknown.retain(|p| !matches!(p.as_str(), "apiVersion" | "kind") && !p.starts_with("status"));
-    if let Some(field) = unknown.into_iter().next() {
-        return Err(ManifestError::Field {
-            origin,
-            object,
-            field,
-            message: "unknown field".into(),
-        });
-    }
     Ok(Sourced {
         origin,
         object: parsed,
@@ -289,9 +313,11 @@ mod tests {
         .unwrap();
         assert_eq!(m.routes.len(), 1);
         assert_eq!(m.services.len(), 1);
-        assert_eq!(m.routes[0].origin.document, 1);
-        assert_eq!(m.services[0].origin.document, 4);
-        assert_eq!(m.services[0].origin.line, 17);
+        assert_eq!(m.routes[0].origin.to_string(), "routes.yaml:1 (document 1)");
+        assert_eq!(
+            m.services[0].origin.to_string(),
+            "routes.yaml:17 (document 4)"
+        );
     }
 
     #[test]

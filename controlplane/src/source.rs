@@ -6,7 +6,7 @@
 //! serving. Workers read the published configuration per request, so a
 //! swap never interrupts a request in flight.
 
-use crate::compile::{compile, CompileError, Compiled, Selection};
+use crate::compile::{compile, CompileError, Compiled, OnInvalid, Selection};
 use crate::manifests::{ManifestError, Manifests};
 use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher};
@@ -29,7 +29,7 @@ pub enum ConfigError {
 /// Parse and compile the manifests in `dir`.
 pub fn load(dir: &Path, selection: &Selection) -> Result<Compiled, ConfigError> {
     let manifests = Manifests::load_dir(dir)?;
-    Ok(compile(&manifests, selection)?)
+    Ok(compile(&manifests, selection, OnInvalid::RejectAll)?)
 }
 
 /// What the admin server shows about the active configuration.

@@ -10,6 +10,7 @@
 use crate::config::BackendProtocol;
 use crate::config::GatewayConfig;
 use crate::http2::Http2Settings;
+use crate::listeners::ListenerPorts;
 use crate::metrics::ProxyMetrics;
 use crate::proxy::{ConnectionGone, ProxySettings, ReadOutcome, Transport, TICK_INTERVAL};
 use crate::service::HttpService;
@@ -85,7 +86,6 @@ impl Transport for Stack {
 
 /// What an AF_XDP gateway worker needs besides its device and stack.
 pub struct GatewayWorker {
-    pub ports: Vec<u16>,
     pub settings: ProxySettings,
     pub http2: Http2Settings,
     pub config: Arc<ArcSwap<GatewayConfig>>,
@@ -104,7 +104,8 @@ impl GatewayWorker {
     /// Serve on `stack` over `device` until `stop` is set and the drain
     /// ends.
     pub fn run(self, device: &mut XdpDevice, stack: &mut Stack, mailbox: &mut Mailbox) {
-        for &port in &self.ports {
+        let mut ports = ListenerPorts::new(self.config.clone());
+        for &port in ports.current() {
             if let Err(error) = stack.listen_tcp(port) {
                 tracing::error!(port, %error, "cannot listen");
             }
@@ -131,13 +132,25 @@ impl GatewayWorker {
             for &id in &events {
                 if proxy.knows(id) {
                     proxy.on_io(stack, id, wall);
-                } else if let Some((peer, port)) = new_client(stack, id, &self.ports) {
+                } else if let Some((peer, port)) = new_client(stack, id, ports.current()) {
                     proxy.accept(stack, id, peer, port, wall);
                 }
             }
             if wall >= next_tick {
                 proxy.tick(stack, wall);
                 next_tick = wall + TICK_INTERVAL;
+                if let Some(changes) = ports.changes() {
+                    for port in changes.opened {
+                        match stack.listen_tcp(port) {
+                            Ok(()) => tracing::info!(port, "listening"),
+                            Err(error) => tracing::error!(port, %error, "cannot listen"),
+                        }
+                    }
+                    for port in changes.closed {
+                        stack.unlisten_tcp(port);
+                        tracing::info!(port, "no longer listening");
+                    }
+                }
             }
             stack.egress(now, device);
             let sent = device.flush();

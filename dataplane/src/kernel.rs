@@ -9,6 +9,7 @@
 use crate::config::BackendProtocol;
 use crate::config::GatewayConfig;
 use crate::http2::Http2Settings;
+use crate::listeners::{ListenerPorts, PortChanges};
 use crate::metrics::ProxyMetrics;
 use crate::proxy::{ConnectionGone, ProxySettings, ReadOutcome, Transport, TICK_INTERVAL};
 use crate::service::HttpService;
@@ -17,13 +18,14 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use socket2::{Domain, Socket, Type};
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Listener tokens count down from here; connection tokens are slab keys.
+/// Listener tokens are this plus the port; connection tokens are slab keys.
 const LISTENER_BASE: usize = usize::MAX / 2;
 
 /// A listening socket shared out by `SO_REUSEPORT`, non-blocking.
@@ -123,7 +125,8 @@ impl Transport for KernelIo {
 
 /// What a kernel worker needs.
 pub struct KernelWorker {
-    pub listen: Vec<SocketAddr>,
+    /// The address to listen on; the ports are the configuration's.
+    pub address: IpAddr,
     pub settings: ProxySettings,
     pub http2: Http2Settings,
     pub config: Arc<ArcSwap<GatewayConfig>>,
@@ -138,15 +141,14 @@ impl KernelWorker {
     /// Serve until `stop` is set and the drain finishes.
     pub fn run(self) -> io::Result<()> {
         let poll = Poll::new()?;
-        let mut listeners = Vec::new();
-        for (index, &address) in self.listen.iter().enumerate() {
+        let mut ports = ListenerPorts::new(self.config.clone());
+        let mut listeners = HashMap::new();
+        for &port in ports.current() {
+            let address = SocketAddr::new(self.address, port);
             let mut listener = TcpListener::from_std(reuseport_listener(address)?);
-            poll.registry().register(
-                &mut listener,
-                Token(LISTENER_BASE + index),
-                Interest::READABLE,
-            )?;
-            listeners.push((listener, address.port()));
+            poll.registry()
+                .register(&mut listener, listener_token(port), Interest::READABLE)?;
+            listeners.insert(port, listener);
         }
         let mut io = KernelIo {
             poll,
@@ -166,10 +168,11 @@ impl KernelWorker {
             for event in events.iter() {
                 let token = event.token().0;
                 if token >= LISTENER_BASE {
-                    let Some((listener, port)) = listeners.get(token - LISTENER_BASE) else {
+                    let port = (token - LISTENER_BASE) as u16;
+                    let Some(listener) = listeners.get(&port) else {
                         continue;
                     };
-                    accept_all(&mut io, &mut proxy, listener, *port, now);
+                    accept_all(&mut io, &mut proxy, listener, port, now);
                 } else {
                     proxy.on_io(&mut io, token, now);
                 }
@@ -177,11 +180,16 @@ impl KernelWorker {
             if now.duration_since(last_tick) >= TICK_INTERVAL {
                 proxy.tick(&mut io, now);
                 last_tick = now;
+                if drain_deadline.is_none() {
+                    if let Some(changes) = ports.changes() {
+                        follow(self.address, &io, &mut listeners, changes);
+                    }
+                }
             }
             if self.stop.load(Ordering::Relaxed) {
                 let deadline = *drain_deadline.get_or_insert_with(|| {
                     // Stop taking connections; finish what is in flight.
-                    for (listener, _) in &mut listeners {
+                    for listener in listeners.values_mut() {
                         let _ = io.poll.registry().deregister(listener);
                     }
                     listeners.clear();
@@ -193,6 +201,43 @@ impl KernelWorker {
             }
         }
     }
+}
+
+/// Open and close listeners on `ip` as the configuration's ports changed.
+fn follow(
+    ip: IpAddr,
+    io: &KernelIo,
+    listeners: &mut HashMap<u16, TcpListener>,
+    changes: PortChanges,
+) {
+    for port in changes.closed {
+        if let Some(mut listener) = listeners.remove(&port) {
+            let _ = io.poll.registry().deregister(&mut listener);
+            tracing::info!(port, "no longer listening");
+        }
+    }
+    for port in changes.opened {
+        let address = SocketAddr::new(ip, port);
+        let opened = reuseport_listener(address).and_then(|l| {
+            let mut listener = TcpListener::from_std(l);
+            io.poll
+                .registry()
+                .register(&mut listener, listener_token(port), Interest::READABLE)?;
+            Ok(listener)
+        });
+        match opened {
+            Ok(listener) => {
+                listeners.insert(port, listener);
+                tracing::info!(%address, "listening");
+            }
+            Err(error) => tracing::error!(%address, %error, "cannot listen"),
+        }
+    }
+}
+
+/// A listener's poll token: above every connection's.
+fn listener_token(port: u16) -> Token {
+    Token(LISTENER_BASE + usize::from(port))
 }
 
 fn accept_all(

@@ -12,6 +12,7 @@ pub mod gateway;
 pub mod http1;
 pub mod http2;
 pub mod kernel;
+pub mod listeners;
 pub mod metrics;
 pub mod probe;
 pub mod proxy;

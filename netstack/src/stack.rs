@@ -354,6 +354,12 @@ impl Stack {
         Ok(())
     }
 
+    /// Stop taking connections on `port`; connections already accepted go
+    /// on. False if nothing listened there.
+    pub fn unlisten_tcp(&mut self, port: u16) -> bool {
+        self.listeners.remove(&port).is_some()
+    }
+
     /// A UDP socket on `port`, with `packets` slots and `bytes` of payload
     /// each way.
     pub fn bind_udp(

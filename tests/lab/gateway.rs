@@ -17,6 +17,8 @@ pub(crate) struct GatewayLab {
     pub(crate) lab: Lab,
     pub(crate) io: Io,
     pub(crate) config: PathBuf,
+    /// Where `rauta run` takes its routes: `--config DIR` or `--kubernetes …`.
+    source: Vec<String>,
     gateway: Option<Process>,
     pub(crate) backends: Vec<Option<Process>>,
 }
@@ -42,10 +44,17 @@ impl GatewayLab {
         for (name, text) in extra {
             std::fs::write(config.join(name), text).unwrap();
         }
+        let source = vec!["--config".to_owned(), config.to_string_lossy().into_owned()];
+        Self::launch(lab, io, config, source)
+    }
+
+    /// Both backends, then the gateway with its routes from `source`.
+    fn launch(lab: Lab, io: Io, config: PathBuf, source: Vec<String>) -> Self {
         let mut this = Self {
             lab,
             io,
             config,
+            source,
             gateway: None,
             backends: vec![None, None],
         };
@@ -53,6 +62,32 @@ impl GatewayLab {
         this.start_backend(1);
         this.start_gateway();
         this
+    }
+
+    /// A lab whose gateway takes its routes from a Kubernetes API: `api`
+    /// starts one for the lab and returns it with a kubeconfig reaching it
+    /// from the gateway's namespace.
+    pub(crate) fn start_kubernetes<T>(
+        prefix: &str,
+        io: Io,
+        api: impl FnOnce(&Lab) -> (T, PathBuf),
+    ) -> (Self, T) {
+        let lab = Lab::up(prefix, 2);
+        let (server, kubeconfig) = api(&lab);
+        let config = std::env::temp_dir().join(format!("{prefix}-config-{}", std::process::id()));
+        std::fs::create_dir_all(&config).unwrap();
+        let source = [
+            "--kubernetes",
+            "--kubeconfig",
+            &kubeconfig.to_string_lossy(),
+            "--identity",
+            "lab-gateway-0",
+            "--lease-namespace",
+            "rauta-system",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        (Self::launch(lab, io, config, source), server)
     }
 
     pub(crate) fn start_backend(&mut self, index: usize) {
@@ -78,17 +113,10 @@ impl GatewayLab {
     }
 
     pub(crate) fn start_gateway(&mut self) {
-        let config = self.config.to_string_lossy().into_owned();
         let iface = self.lab.gw_iface();
         let address = format!("{GATEWAY}/24");
-        let mut args = vec![
-            RAUTA,
-            "run",
-            "--config",
-            &config,
-            "--admin",
-            "127.0.0.1:9901",
-        ];
+        let mut args = vec![RAUTA, "run", "--admin", "127.0.0.1:9901"];
+        args.extend(self.source.iter().map(String::as_str));
         match self.io {
             Io::Xdp => args.extend([
                 "--io",
@@ -374,7 +402,7 @@ fn gateway_serves_http_on_kernel() {
 }
 
 /// wrk's summary: (requests, failures it reports).
-fn wrk_summary(out: &str) -> (u64, Vec<String>) {
+pub(crate) fn wrk_summary(out: &str) -> (u64, Vec<String>) {
     let requests = out
         .lines()
         .find_map(|l| {

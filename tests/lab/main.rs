@@ -4,7 +4,10 @@
 
 mod common;
 mod conformance;
+#[path = "../fake_apiserver/mod.rs"]
+mod fake_apiserver;
 mod gateway;
 mod grpc;
 mod http2;
+mod kubernetes;
 mod probe;
