@@ -1175,6 +1175,50 @@ spec:
     }
 
     #[test]
+    fn verdicts_give_the_specs_reasons_and_invalid_routes_are_left_out() {
+        let mut m = Manifests::default();
+        m.add_text(Path::new("base.yaml"), BASE).unwrap();
+        let route = |name: &str, parent: &str, path: &str| {
+            format!("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: infra}}\nspec:\n  parentRefs: [{parent}]\n  rules:\n  - matches: [{{path: {{type: RegularExpression, value: '{path}'}}}}]\n    backendRefs: [{{name: web, port: 8080}}]\n")
+        };
+        let routes = [
+            route("ok", "{name: gw, sectionName: http}", "/ok"),
+            route("no-section", "{name: gw, sectionName: nope}", "/x"),
+            route("bad", "{name: gw, sectionName: http}", "/(unclosed"),
+            route("elsewhere", "{name: not-ours}", "/y"),
+        ];
+        m.add_text(Path::new("routes.yaml"), &routes.join("---\n"))
+            .unwrap();
+        assert!(compile(&m, &Selection::default(), OnInvalid::RejectAll).is_err());
+        let c = compile(&m, &Selection::default(), OnInvalid::Exclude).unwrap();
+        let gateway = &c.verdicts.gateways[0];
+        let listener = |name: &str| gateway.listeners.iter().find(|l| l.name == name).unwrap();
+        assert_eq!(listener("http").attached_routes, 1);
+        assert_eq!(listener("tls").accepted.reason, "UnsupportedProtocol");
+        assert!(gateway.accepted.ok && gateway.programmed.ok);
+        let parent = |name: &str| {
+            let route = c
+                .verdicts
+                .routes
+                .iter()
+                .find(|r| r.object.name == name)
+                .unwrap();
+            route
+                .parents
+                .first()
+                .map(|p| (p.accepted.ok, p.accepted.reason))
+        };
+        assert_eq!(parent("ok"), Some((true, "Accepted")));
+        assert_eq!(parent("no-section"), Some((false, "NoMatchingParent")));
+        assert_eq!(parent("bad"), Some((false, "UnsupportedValue")));
+        assert_eq!(parent("elsewhere"), None, "not a Gateway of ours");
+        let served = c.summary["listeners"].to_string();
+        assert!(served.contains("infra/ok"), "{served}");
+        assert!(!served.contains("infra/bad"), "{served}");
+        assert!(c.warnings.iter().any(|w| w.contains("infra/bad")));
+    }
+
+    #[test]
     fn hostname_intersection() {
         let i = |l: Option<&str>, r: &[&str]| {
             intersect(

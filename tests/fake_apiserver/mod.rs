@@ -624,7 +624,7 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
         (&Method::POST, None) => {
             let object = match json_body(&body) {
                 Ok(object) => object,
-                Err(response) => return response,
+                Err((code, reason, message)) => return failure(code, reason, message),
             };
             let key = (kind.kind, namespace.clone(), name_of(&object));
             let mut state = shared.state.lock().unwrap();
@@ -647,7 +647,7 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
                 .as_str()
                 .unwrap_or("");
             if !sent.is_empty() && sent != stored {
-                return Err(failure(
+                return Err((
                     StatusCode::CONFLICT,
                     "Conflict",
                     format!("Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again", kind.plural),
@@ -690,9 +690,12 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
     }
 }
 
-fn json_body(body: &[u8]) -> Result<Value, Response<Body>> {
+/// A request refused: the status code, the Status reason and message.
+type Refusal = (StatusCode, &'static str, String);
+
+fn json_body(body: &[u8]) -> Result<Value, Refusal> {
     serde_json::from_slice(body).map_err(|_| {
-        failure(
+        (
             StatusCode::BAD_REQUEST,
             "BadRequest",
             "body is not JSON".into(),
@@ -707,7 +710,7 @@ fn replace(
     shared: &Shared,
     kind: &'static Kind,
     (namespace, name): (&str, &str),
-    next: impl FnOnce(&Value) -> Result<Value, Response<Body>>,
+    next: impl FnOnce(&Value) -> Result<Value, Refusal>,
 ) -> Response<Body> {
     let key = (kind.kind, namespace.to_owned(), name.to_owned());
     let mut state = shared.state.lock().unwrap();
@@ -716,7 +719,7 @@ fn replace(
     };
     let next = match next(&current) {
         Ok(next) => next,
-        Err(response) => return response,
+        Err((code, reason, message)) => return failure(code, reason, message),
     };
     let mut same = next.clone();
     same["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
