@@ -19,7 +19,7 @@ use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 /// Where routes come from.
@@ -58,9 +58,23 @@ pub struct RunOptions {
 pub struct Source {
     pub published: Published,
     pub controller: Option<ControllerMetrics>,
-    /// Watches a directory until dropped. (The Kubernetes controller runs on
-    /// its own thread for the life of the process.)
+    /// Watches a directory until dropped.
     _watcher: Option<source::DirWatcher>,
+    /// Stops the Kubernetes controller (its thread answers when it has).
+    controller_stop: Option<(tokio::sync::oneshot::Sender<()>, mpsc::Receiver<()>)>,
+}
+
+impl Source {
+    /// Stop following the source. The Kubernetes controller, if it leads,
+    /// hands the Lease back first (waited for up to 3 s), so another replica
+    /// writes status while this one drains.
+    pub fn stop(&mut self) {
+        if let Some((stop, stopped)) = self.controller_stop.take() {
+            if stop.send(()).is_ok() {
+                let _ = stopped.recv_timeout(Duration::from_secs(3));
+            }
+        }
+    }
 }
 
 /// Load and compile the first configuration and keep following the source.
@@ -93,6 +107,7 @@ pub fn start_source(options: &RunOptions) -> Result<Source> {
                 published,
                 controller: None,
                 _watcher: Some(watcher),
+                controller_stop: None,
             })
         }
         RouteSource::Kubernetes {
@@ -100,7 +115,9 @@ pub fn start_source(options: &RunOptions) -> Result<Source> {
             options: kube_options,
         } => {
             let metrics = ControllerMetrics::default();
-            let (tx, rx) = std::sync::mpsc::channel();
+            let (tx, rx) = mpsc::channel();
+            let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            let (stopped_tx, stopped) = mpsc::channel::<()>();
             let (kubeconfig, kube_options, thread_metrics) =
                 (kubeconfig.clone(), kube_options.clone(), metrics.clone());
             std::thread::Builder::new()
@@ -128,7 +145,12 @@ pub fn start_source(options: &RunOptions) -> Result<Source> {
                             Controller::start(client, kube_options, thread_metrics).await;
                         let published = Published::new(compiled);
                         if tx.send(Ok(published.clone())).is_ok() {
-                            controller.run(published).await;
+                            controller
+                                .run(published, async {
+                                    let _ = stop_rx.await;
+                                })
+                                .await;
+                            let _ = stopped_tx.send(());
                         }
                     });
                 })
@@ -136,13 +158,14 @@ pub fn start_source(options: &RunOptions) -> Result<Source> {
             let published = match rx.recv_timeout(KUBERNETES_SYNC_TIMEOUT) {
                 Ok(result) => result.context("connecting to the Kubernetes API")?,
                 Err(_) => bail!(
-                    "the Kubernetes API did not list every watched kind within {KUBERNETES_SYNC_TIMEOUT:?} (is it reachable, and does the ServiceAccount have the RBAC in deploy/?)"
+                    "the Kubernetes API did not list every watched kind within {KUBERNETES_SYNC_TIMEOUT:?}: is it reachable, are the Gateway API v1.5 CRDs installed, does the ServiceAccount have deploy/'s RBAC? (the log above names the kinds that failed)"
                 ),
             };
             Ok(Source {
                 published,
                 controller: Some(metrics),
                 _watcher: None,
+                controller_stop: Some((stop, stopped)),
             })
         }
     }
@@ -153,7 +176,7 @@ const KUBERNETES_SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `rauta run --io kernel`.
 pub fn run_kernel(options: RunOptions, address: IpAddr) -> Result<()> {
-    let source = start_source(&options)?;
+    let mut source = start_source(&options)?;
     let published = source.published.clone();
     let ports: Vec<u16> = published.config.load().ports.keys().copied().collect();
     // Bind once up front so a taken port fails here, with its address.
@@ -210,6 +233,7 @@ pub fn run_kernel(options: RunOptions, address: IpAddr) -> Result<()> {
     let _ = std::io::stdout().flush();
     wait(&stop, &handles);
     ready.store(false, Ordering::Relaxed);
+    source.stop();
     let mut failed = None;
     for handle in handles {
         match handle.join() {
@@ -227,7 +251,7 @@ pub fn run_kernel(options: RunOptions, address: IpAddr) -> Result<()> {
 
 /// `rauta run --io xdp`.
 pub fn run_xdp(options: RunOptions, xdp: XdpOptions, idle: IdlePolicy) -> Result<()> {
-    let source = start_source(&options)?;
+    let mut source = start_source(&options)?;
     let published = source.published.clone();
     let ports: Vec<u16> = published.config.load().ports.keys().copied().collect();
     let (iface, address, queues) = (xdp.iface.clone(), xdp.address, xdp.queues);
@@ -295,6 +319,7 @@ pub fn run_xdp(options: RunOptions, xdp: XdpOptions, idle: IdlePolicy) -> Result
     let _ = std::io::stdout().flush();
     wait(&stop, &handles);
     ready.store(false, Ordering::Relaxed);
+    source.stop();
     let panicked = handles.into_iter().any(|h| h.join().is_err());
     runtime.shut_down();
     if panicked {

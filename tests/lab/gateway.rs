@@ -19,7 +19,7 @@ pub(crate) struct GatewayLab {
     pub(crate) config: PathBuf,
     /// Where `rauta run` takes its routes: `--config DIR` or `--kubernetes …`.
     source: Vec<String>,
-    gateway: Option<Process>,
+    pub(crate) gateway: Option<Process>,
     pub(crate) backends: Vec<Option<Process>>,
 }
 

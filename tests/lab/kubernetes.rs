@@ -33,10 +33,11 @@ spec: {controllerName: example.com/other-controller}
 ";
 
 /// A controller on a thread of its own; dropping it stops it the way a
-/// crash would (no Lease release).
+/// crash would (no Lease release), `stop` the way SIGTERM does.
 struct Replica {
     published: Published,
     metrics: ControllerMetrics,
+    crash: Option<tokio::sync::oneshot::Sender<()>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -55,7 +56,8 @@ impl Replica {
             },
         };
         let (published_tx, published_rx) = std::sync::mpsc::channel();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (crash, crashed) = tokio::sync::oneshot::channel::<()>();
+        let (stop, stopping) = tokio::sync::oneshot::channel::<()>();
         let thread_metrics = metrics.clone();
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -68,9 +70,13 @@ impl Replica {
                     Controller::start(client, options, thread_metrics).await;
                 let published = Published::new(compiled);
                 published_tx.send(published.clone()).unwrap();
+                let shutdown = async {
+                    let _ = stopping.await;
+                };
                 tokio::select! {
-                    _ = controller.run(published) => {}
-                    _ = stopped => {}
+                    biased;
+                    _ = crashed => {}
+                    _ = controller.run(published, shutdown) => {}
                 }
             });
         });
@@ -80,9 +86,16 @@ impl Replica {
         Self {
             published,
             metrics,
+            crash: Some(crash),
             stop: Some(stop),
             thread: Some(thread),
         }
+    }
+
+    /// Stop as on SIGTERM: a leader hands its Lease back.
+    fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        let _ = self.thread.take().unwrap().join();
     }
 
     /// Rules in the published table.
@@ -99,7 +112,7 @@ impl Replica {
 
 impl Drop for Replica {
     fn drop(&mut self) {
-        drop(self.stop.take());
+        drop(self.crash.take());
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -659,10 +672,11 @@ spec:
 }
 
 /// Two replicas: one leads and alone writes status; when it stops renewing,
-/// the other takes over within the Lease's duration and writes from then on.
+/// the other takes over within the Lease's duration and writes from then on;
+/// a leader stopped by SIGTERM hands the Lease over at once.
 #[test]
 fn kubernetes_leader_election_hands_status_over() {
-    let server = FakeApiServer::start(&["replica-a", "replica-b"]);
+    let server = FakeApiServer::start(&["replica-a", "replica-b", "replica-c"]);
     server.apply(CLASSES);
     server.apply(STATUS_CASES);
     let lease_duration = Duration::from_secs(2);
@@ -727,7 +741,26 @@ fn kubernetes_leader_election_hands_status_over() {
         .object("Lease", "rauta-system", "rauta-gateway-controller")
         .unwrap();
     assert_eq!(lease["spec"]["leaseTransitions"], 1, "{lease}");
-    println!("takeover {took:?} after the leader stopped (Lease {lease_duration:?})");
+
+    // A graceful stop releases the Lease: a third replica takes it at its
+    // next look (200 ms here), long before the Lease would expire.
+    let c = Replica::start(&server, "replica-c", lease_duration);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(holder(&server).as_deref(), Some("replica-b"));
+    let stopping = Instant::now();
+    b.stop();
+    server.wait_for("replica-c takes the released Lease", lease_duration, |s| {
+        (holder(s)? == "replica-c").then_some(())
+    });
+    let handover = stopping.elapsed();
+    assert!(
+        handover < Duration::from_secs(1),
+        "handover took {handover:?}"
+    );
+    assert_eq!(c.metrics.leader.get(), 1);
+    println!(
+        "takeover {took:?} after the leader crashed, {handover:?} after a graceful stop (Lease {lease_duration:?})"
+    );
 }
 
 /// A watch broken by compaction resumes with 410 Gone and a relist; the
@@ -963,6 +996,30 @@ fn routes_follow_the_cluster(io: Io, prefix: &str) {
     ] {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
+
+    // SIGTERM: the gateway drains, exits 0 and hands the leader Lease back.
+    let lease_holder = |s: &FakeApiServer| {
+        s.object("Lease", "rauta-system", "rauta-gateway-controller")
+            .map(|l| {
+                l["spec"]["holderIdentity"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned()
+            })
+    };
+    assert_eq!(lease_holder(&server).as_deref(), Some("lab-gateway-0"));
+    let mut gateway = gw.gateway.take().unwrap();
+    let exit = gateway.terminate();
+    assert!(
+        exit.success(),
+        "gateway exit: {exit:?}\n{}",
+        gateway.output().join("\n")
+    );
+    assert_eq!(
+        lease_holder(&server).as_deref(),
+        Some(""),
+        "the Lease was not released"
+    );
     println!(
         "routed {routed:?} after creation; scaled under {requests} requests with no failure; 404 {took:?} after deletion"
     );

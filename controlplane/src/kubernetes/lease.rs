@@ -153,6 +153,43 @@ async fn try_acquire_or_renew(
     )
 }
 
+/// Give the Lease up if this replica holds it (holder cleared, duration
+/// 1 s), so another replica takes it at its next look instead of after
+/// expiry: client-go's ReleaseOnCancel, for rolling updates.
+pub async fn release(client: &Client, settings: &LeaseSettings) {
+    let api: Api<Lease> = Api::namespaced(client.clone(), &settings.namespace);
+    let lease = match api.get_opt(&settings.name).await {
+        Ok(Some(lease)) => lease,
+        Ok(None) => return,
+        Err(error) => {
+            tracing::warn!(lease = %settings.name, %error, "the leader Lease could not be read to release it; it will expire");
+            return;
+        }
+    };
+    let spec = lease.spec.clone().unwrap_or_default();
+    if spec.holder_identity.as_deref() != Some(settings.identity.as_str()) {
+        return;
+    }
+    let released = Lease {
+        metadata: lease.metadata,
+        spec: Some(LeaseSpec {
+            holder_identity: None,
+            lease_duration_seconds: Some(1),
+            renew_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
+            ..spec
+        }),
+    };
+    match api
+        .replace(&settings.name, &PostParams::default(), &released)
+        .await
+    {
+        Ok(_) => tracing::info!(lease = %settings.name, "released the leader Lease"),
+        Err(error) => {
+            tracing::warn!(lease = %settings.name, %error, "the leader Lease could not be released; it will expire")
+        }
+    }
+}
+
 /// A write another replica won (409 Conflict, or the Lease created
 /// meanwhile) means we do not hold it; other errors are errors.
 fn lost_race_is_false(result: Result<Lease, kube::Error>) -> Result<bool, kube::Error> {

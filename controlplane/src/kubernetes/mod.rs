@@ -173,9 +173,15 @@ impl Controller {
         (controller, compiled)
     }
 
-    /// Follow the cluster until dropped: recompile and publish on every
-    /// change, and write status while this replica leads.
-    pub async fn run(mut self, published: Published) {
+    /// Follow the cluster: recompile and publish on every change, and write
+    /// status while this replica leads. Until `shutdown` resolves — then a
+    /// leader hands the Lease back, so another replica takes over at once —
+    /// or until dropped, as in a crash (the Lease then expires).
+    pub async fn run(
+        mut self,
+        published: Published,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
         let leader = Arc::new(AtomicBool::new(false));
         self.tasks.spawn(lease::campaign(
             self.client.clone(),
@@ -184,8 +190,20 @@ impl Controller {
             self.changed.clone(),
             self.metrics.clone(),
         ));
+        let mut shutdown = std::pin::pin!(shutdown);
         loop {
-            self.changed.notified().await;
+            tokio::select! {
+                _ = self.changed.notified() => {}
+                _ = &mut shutdown => {
+                    // No renewal may follow the release.
+                    self.tasks.abort_all();
+                    if leader.load(Ordering::SeqCst) {
+                        lease::release(&self.client, &self.options.lease).await;
+                        self.metrics.leader.set(0);
+                    }
+                    return;
+                }
+            }
             tokio::time::sleep(SETTLE).await;
             self.reconcile(&published);
             if leader.load(Ordering::SeqCst) {
