@@ -79,7 +79,8 @@ impl Published {
         status.generation
     }
 
-    fn reject(&self, error: &ConfigError) {
+    /// Record a rejected change (the active configuration stays).
+    pub(crate) fn reject(&self, error: &impl std::fmt::Display) {
         let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
         status.rejected += 1;
         status.last_error = Some(error.to_string());

@@ -401,8 +401,25 @@ fn gateway_serves_http_on_kernel() {
     serves_http(Io::Kernel, "rtg-b");
 }
 
+/// Wait for a wrk run (of seconds) to end; assert it made real load and
+/// saw no failure `during` what the test did meanwhile. Its request count.
+pub(crate) fn wrk_ends_without_failures(load: &mut Process, during: &str) -> u64 {
+    load.wait(Duration::from_secs(20));
+    let (requests, failures) = wrk_summary(&load.output().join("\n"));
+    assert!(
+        requests > 1000,
+        "wrk made {requests} requests:\n{}",
+        load.output().join("\n")
+    );
+    assert!(
+        failures.is_empty(),
+        "requests failed during {during}: {failures:?}"
+    );
+    requests
+}
+
 /// wrk's summary: (requests, failures it reports).
-pub(crate) fn wrk_summary(out: &str) -> (u64, Vec<String>) {
+fn wrk_summary(out: &str) -> (u64, Vec<String>) {
     let requests = out
         .lines()
         .find_map(|l| {
@@ -481,17 +498,7 @@ fn gateway_reloads_routes_under_load_and_drains_on_sigterm() {
     );
 
     let mut load = load;
-    load.wait(Duration::from_secs(20));
-    let (requests, failures) = wrk_summary(&load.output().join("\n"));
-    assert!(
-        requests > 1000,
-        "wrk made {requests} requests:\n{}",
-        load.output().join("\n")
-    );
-    assert!(
-        failures.is_empty(),
-        "requests failed during the reload: {failures:?}"
-    );
+    wrk_ends_without_failures(&mut load, "the reload");
 
     // SIGTERM with a slow upload in flight: it completes, then the
     // gateway exits and detaches.

@@ -10,7 +10,7 @@
 
 use crate::common::serial;
 use crate::fake_apiserver::FakeApiServer;
-use crate::gateway::{wrk_summary, GatewayLab, Io};
+use crate::gateway::{wrk_ends_without_failures, GatewayLab, Io};
 use rauta_controlplane::kubernetes::lease::LeaseSettings;
 use rauta_controlplane::kubernetes::metrics::ControllerMetrics;
 use rauta_controlplane::kubernetes::{self, Controller, KubeOptions};
@@ -961,17 +961,7 @@ fn routes_follow_the_cluster(io: Io, prefix: &str) {
         pods(&gw).into_iter().collect::<Vec<_>>(),
         vec!["echo-v2-lab-0"]
     );
-    load.wait(Duration::from_secs(20));
-    let (requests, failures) = wrk_summary(&load.output().join("\n"));
-    assert!(
-        requests > 1000,
-        "wrk made {requests} requests:\n{}",
-        load.output().join("\n")
-    );
-    assert!(
-        failures.is_empty(),
-        "requests failed while scaling: {failures:?}"
-    );
+    let requests = wrk_ends_without_failures(&mut load, "the scaling");
 
     // Deleted: 404 within a second.
     let deleted = Instant::now();

@@ -263,6 +263,7 @@ impl Controller {
             }
             Err(error) => {
                 ControllerMetrics::count(&self.metrics.reconciles, "result", "rejected");
+                published.reject(&error);
                 tracing::error!(
                     "cluster change rejected, the last good configuration keeps serving: {error}"
                 );
