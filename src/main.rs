@@ -445,6 +445,15 @@ fn run(cli: Cli) -> Result<()> {
                     options: rauta_controlplane::kubernetes::KubeOptions {
                         controller_name: args.controller_name,
                         gateways: selection.gateways.clone(),
+                        // The address Gateways are reached at: --address
+                        // without its prefix, unless it is "any".
+                        addresses: args
+                            .address
+                            .as_deref()
+                            .and_then(|a| a.split('/').next()?.parse::<std::net::IpAddr>().ok())
+                            .filter(|ip| !ip.is_unspecified())
+                            .into_iter()
+                            .collect(),
                         lease: rauta_controlplane::kubernetes::lease::LeaseSettings::new(
                             args.lease_namespace
                                 .or_else(|| std::env::var("POD_NAMESPACE").ok())

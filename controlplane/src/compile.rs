@@ -385,26 +385,37 @@ fn judge_listener(listener: &GatewayListeners, earlier: &[GatewayListeners]) -> 
         ),
         _ => Check::yes("ResolvedRefs", "references resolved"),
     };
-    let rival = earlier.iter().find(|e| {
-        e.port == listener.port
-            && e.protocol.eq_ignore_ascii_case(&listener.protocol)
-            && e.hostname == listener.hostname
+    // Of two listeners on one port, the first keeps it: another protocol
+    // cannot share the port, the same protocol not the same hostname.
+    let conflict = earlier.iter().find_map(|e| {
+        if e.port != listener.port {
+            None
+        } else if !e.protocol.eq_ignore_ascii_case(&listener.protocol) {
+            Some(Check::yes(
+                "ProtocolConflict",
+                format!(
+                    "listener {} uses port {} for {}",
+                    e.name, e.port, e.protocol
+                ),
+            ))
+        } else if e.hostname == listener.hostname {
+            Some(Check::yes(
+                "HostnameConflict",
+                format!(
+                    "listener {} already serves port {} for this hostname",
+                    e.name, e.port
+                ),
+            ))
+        } else {
+            None
+        }
     });
-    let conflicted = match rival {
-        Some(first) => Check::yes(
-            "HostnameConflict",
-            format!(
-                "listener {} already serves port {} for this hostname",
-                first.name, listener.port
-            ),
-        ),
-        None => Check::no("NoConflicts", "no conflicts"),
-    };
-    let programmed = if accepted.ok && rival.is_none() {
+    let programmed = if accepted.ok && conflict.is_none() {
         Check::yes("Programmed", "served by every worker")
     } else {
         Check::no("Invalid", "not served")
     };
+    let conflicted = conflict.unwrap_or_else(|| Check::no("NoConflicts", "no conflicts"));
     ListenerVerdict {
         name: listener.name.clone(),
         accepted,

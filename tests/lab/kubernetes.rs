@@ -49,6 +49,7 @@ impl Replica {
         let options = KubeOptions {
             controller_name: CONTROLLER.into(),
             gateways: Vec::new(),
+            addresses: vec![[198, 18, 0, 1].into()],
             lease: LeaseSettings {
                 duration: lease_duration,
                 renew_every: Duration::from_millis(200),
@@ -208,6 +209,7 @@ spec:
   - {name: http, port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}
   - {name: foo, port: 80, protocol: HTTP, hostname: foo.example.com}
   - {name: again, port: 80, protocol: HTTP}
+  - {name: other-protocol, port: 80, protocol: TCP}
   - {name: grpc-only, port: 8080, protocol: HTTP, allowedRoutes: {kinds: [{kind: GRPCRoute}]}}
   - {name: tls, port: 443, protocol: TLS, tls: {mode: Passthrough}}
 ---
@@ -329,6 +331,10 @@ fn kubernetes_status_follows_the_gateway_api_spec() {
         condition(&gateway["status"]["conditions"], "Accepted").unwrap(),
         ("True".into(), "Accepted".into(), 1)
     );
+    assert_eq!(
+        gateway["status"]["addresses"],
+        serde_json::json!([{"type": "IPAddress", "value": "198.18.0.1"}])
+    );
     let http = server.wait_for("listener http has 4 routes", Duration::from_secs(5), |s| {
         let l = listener(s, "apps", "gw", "http")?;
         (l["attachedRoutes"] == 4).then_some(l)
@@ -355,6 +361,11 @@ fn kubernetes_status_follows_the_gateway_api_spec() {
     assert_eq!(
         condition(&again["conditions"], "Programmed").unwrap().0,
         "False"
+    );
+    let other = listener(&server, "apps", "gw", "other-protocol").unwrap();
+    assert_eq!(
+        condition(&other["conditions"], "Conflicted").unwrap().1,
+        "ProtocolConflict"
     );
     let grpc = listener(&server, "apps", "gw", "grpc-only").unwrap();
     assert_eq!(
@@ -929,6 +940,7 @@ fn routes_follow_the_cluster(io: Io, prefix: &str) {
         (condition(&g["status"]["conditions"], "Programmed")?.0 == "True").then_some(g)
     });
     assert_eq!(programmed["status"]["listeners"][0]["attachedRoutes"], 1);
+    assert_eq!(programmed["status"]["addresses"][0]["value"], gw.target());
 
     // Scaled under load: up to two pods, then down to the second, whose
     // predecessor then stops.

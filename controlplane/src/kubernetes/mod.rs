@@ -43,6 +43,9 @@ pub struct KubeOptions {
     pub controller_name: String,
     /// `namespace/name` of the Gateways to serve; empty: all of our classes.
     pub gateways: Vec<String>,
+    /// Where served Gateways are reachable (the gateway's own address),
+    /// written to their `status.addresses`.
+    pub addresses: Vec<std::net::IpAddr>,
     pub lease: LeaseSettings,
 }
 
@@ -210,6 +213,7 @@ impl Controller {
                 let mut writer = status::StatusWriter {
                     client: &self.client,
                     controller_name: &self.options.controller_name,
+                    addresses: &self.options.addresses,
                     written: 0,
                     failed: 0,
                 };

@@ -13,7 +13,8 @@ use super::Stores;
 use crate::verdict::{Check, ObjectRef, Verdicts};
 use gateway_api::gatewayclasses::{GatewayClass, GatewayClassStatus};
 use gateway_api::gateways::{
-    Gateway, GatewayStatus, GatewayStatusListeners, GatewayStatusListenersSupportedKinds,
+    Gateway, GatewayStatus, GatewayStatusAddresses, GatewayStatusListeners,
+    GatewayStatusListenersSupportedKinds,
 };
 use gateway_api::httproutes::{HttpRoute, HttpRouteStatus, HttpRouteStatusParents};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -27,6 +28,7 @@ const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 pub(crate) struct StatusWriter<'a> {
     pub client: &'a Client,
     pub controller_name: &'a str,
+    pub addresses: &'a [std::net::IpAddr],
     pub written: usize,
     pub failed: usize,
 }
@@ -99,7 +101,21 @@ impl StatusWriter<'_> {
                     }
                 })
                 .collect();
+            let addresses = if self.addresses.is_empty() {
+                current.addresses.clone()
+            } else {
+                Some(
+                    self.addresses
+                        .iter()
+                        .map(|ip| GatewayStatusAddresses {
+                            r#type: Some("IPAddress".into()),
+                            value: ip.to_string(),
+                        })
+                        .collect(),
+                )
+            };
             let desired = GatewayStatus {
+                addresses,
                 conditions: Some(vec![
                     condition("Accepted", &verdict.accepted, generation, &previous),
                     condition("Programmed", &verdict.programmed, generation, &previous),
