@@ -19,9 +19,10 @@ use gateway_api::gateways::{
     GatewayListenersAllowedRoutesNamespacesFrom as From,
 };
 use gateway_api::httproutes::{
-    HttpRoute, HttpRouteRules, HttpRouteRulesBackendRefs, HttpRouteRulesFilters,
-    HttpRouteRulesFiltersRequestRedirectScheme as Scheme, HttpRouteRulesFiltersType as FilterType,
-    HttpRouteRulesMatches, HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesPathType,
+    HttpRoute, HttpRouteParentRefs, HttpRouteRules, HttpRouteRulesBackendRefs,
+    HttpRouteRulesFilters, HttpRouteRulesFiltersRequestRedirectScheme as Scheme,
+    HttpRouteRulesFiltersType as FilterType, HttpRouteRulesMatches,
+    HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesPathType,
     HttpRouteRulesMatchesQueryParamsType,
 };
 use k8s_openapi::api::core::v1::Service;
@@ -130,6 +131,8 @@ pub fn compile(
     }
 
     let mut listeners: Vec<ListenerSpec<'_>> = Vec::new();
+    // Served Gateways and their verdicts, index for index.
+    let mut served_gateways: Vec<&Gateway> = Vec::new();
     let mut gateway_verdicts = Vec::new();
     for gateway in &manifests.gateways {
         let g = &gateway.object;
@@ -171,6 +174,7 @@ pub fn compile(
             verdicts.push(verdict);
         }
         let programmed = verdicts.iter().filter(|l| l.programmed.ok).count();
+        served_gateways.push(g);
         gateway_verdicts.push(GatewayVerdict {
             object: object_ref(&g.metadata),
             accepted: if programmed > 0 || verdicts.is_empty() {
@@ -210,23 +214,21 @@ pub fn compile(
                 // business (or none's), so no status of ours either.
                 continue;
             };
-            let mut named = 0;
+            // Listeners not served (other protocols, conflicts) count as
+            // named too: the route found its parent, which does not take it.
+            let named = served_gateways[gateway_index]
+                .spec
+                .listeners
+                .iter()
+                .filter(|l| names(parent, l))
+                .count();
             let mut allowed = 0;
             let mut attached = 0;
             if invalid.is_none() {
                 for spec in listeners.iter_mut() {
-                    if spec.verdict.0 != gateway_index {
+                    if spec.verdict.0 != gateway_index || !names(parent, spec.listener) {
                         continue;
                     }
-                    if parent
-                        .section_name
-                        .as_ref()
-                        .is_some_and(|s| *s != spec.listener.name)
-                        || parent.port.is_some_and(|p| p != spec.port as i32)
-                    {
-                        continue;
-                    }
-                    named += 1;
                     if !world.allows(spec, route_ns) {
                         continue;
                     }
@@ -256,25 +258,6 @@ pub fn compile(
                     gateway_verdicts[gateway_index].listeners[spec.verdict.1].attached_routes += 1;
                     attached += 1;
                 }
-                // Listeners not served (other protocols, conflicts) still
-                // count as named: the route found its parent, which does not
-                // take it.
-                let g = &gateway_verdicts[gateway_index];
-                let gateway = manifests
-                    .gateways
-                    .iter()
-                    .find(|s| object_ref(&s.object.metadata) == g.object)
-                    .map(|s| &s.object.spec.listeners);
-                named += g
-                    .listeners
-                    .iter()
-                    .zip(gateway.into_iter().flatten())
-                    .filter(|(v, l)| {
-                        !v.serves()
-                            && parent.section_name.as_ref().is_none_or(|s| *s == l.name)
-                            && parent.port.is_none_or(|p| p == l.port)
-                    })
-                    .count();
             }
             let accepted = match invalid {
                 Some(error) => Check::no(
@@ -352,6 +335,15 @@ pub fn compile(
             routes: route_verdicts,
         },
     })
+}
+
+/// Whether a parentRef's sectionName and port (where given) name `listener`.
+fn names(parent: &HttpRouteParentRefs, listener: &GatewayListeners) -> bool {
+    parent
+        .section_name
+        .as_ref()
+        .is_none_or(|s| *s == listener.name)
+        && parent.port.is_none_or(|p| p == listener.port)
 }
 
 /// A listener's conditions. `earlier` are the Gateway's listeners before it:

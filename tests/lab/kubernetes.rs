@@ -923,18 +923,24 @@ fn routes_follow_the_cluster(io: Io, prefix: &str) {
         "routes before any Gateway exists"
     );
 
+    // How long after `since` the gateway first answers `code` (5 s at most).
+    let answers = |gw: &GatewayLab, code: &[u8], since: Instant| loop {
+        if status(gw) == code {
+            break since.elapsed();
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(5),
+            "never answered {}",
+            String::from_utf8_lossy(code)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+
     // Created: routed within a second.
     let created = Instant::now();
     server.apply(LAB_OBJECTS);
-    let took = loop {
-        if status(&gw) == b"200" {
-            break created.elapsed();
-        }
-        assert!(created.elapsed() < Duration::from_secs(5), "never routed");
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    assert!(took < Duration::from_secs(1), "routing took {took:?}");
-    let routed = took;
+    let routed = answers(&gw, b"200", created);
+    assert!(routed < Duration::from_secs(1), "routing took {routed:?}");
     let programmed = server.wait_for("Gateway lab Programmed", Duration::from_secs(5), |s| {
         let g = s.object("Gateway", "default", "lab")?;
         (condition(&g["status"]["conditions"], "Programmed")?.0 == "True").then_some(g)
@@ -978,16 +984,7 @@ fn routes_follow_the_cluster(io: Io, prefix: &str) {
     // Deleted: 404 within a second.
     let deleted = Instant::now();
     server.delete("HTTPRoute", "default", "echo");
-    let took = loop {
-        if status(&gw) == b"404" {
-            break deleted.elapsed();
-        }
-        assert!(
-            deleted.elapsed() < Duration::from_secs(5),
-            "the deleted route kept serving"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let took = answers(&gw, b"404", deleted);
     assert!(took < Duration::from_secs(1), "404 took {took:?}");
     let metrics = gw.admin("/metrics");
     for name in [

@@ -159,20 +159,25 @@ impl Controller {
             verdicts: Verdicts::default(),
         };
         let started = Instant::now();
-        let (manifests, selection) = controller.snapshot();
         // An object the compiler cannot take is left out (OnInvalid::Exclude),
         // so only a Gateway with an impossible port fails the whole set, and
         // the API server's validation does not let one through.
-        let compiled =
-            compile(&manifests, &selection, OnInvalid::Exclude).unwrap_or_else(|error| {
+        let compiled = match controller.compile_changes() {
+            Some(Ok(compiled)) => compiled,
+            Some(Err(error)) => {
                 tracing::error!(
                     "the cluster's Gateway API objects do not compile, serving none: {error}"
                 );
                 crate::compile::empty()
-            });
-        controller.record(&compiled, started);
-        controller.last = manifests;
-        controller.verdicts = compiled.verdicts.clone();
+            }
+            // An empty cluster: nothing to serve yet.
+            None => crate::compile::empty(),
+        };
+        controller.record(
+            compiled.config.rule_count(),
+            compiled.listeners.len(),
+            started,
+        );
         (controller, compiled)
     }
 
@@ -240,24 +245,19 @@ impl Controller {
         }
     }
 
-    /// Compile the stores if they changed since the last publication.
+    /// Compile and publish the stores if they changed since the last
+    /// publication.
     fn reconcile(&mut self, published: &Published) {
         let started = Instant::now();
-        let (manifests, selection) = self.snapshot();
-        if manifests == self.last {
-            ControllerMetrics::count(&self.metrics.reconciles, "result", "unchanged");
-            return;
-        }
-        match compile(&manifests, &selection, OnInvalid::Exclude) {
-            Ok(compiled) => {
+        match self.compile_changes() {
+            None => ControllerMetrics::count(&self.metrics.reconciles, "result", "unchanged"),
+            Some(Ok(compiled)) => {
                 for warning in &compiled.warnings {
                     tracing::debug!("{warning}");
                 }
-                self.verdicts = compiled.verdicts.clone();
-                self.last = manifests;
-                let rules = compiled.config.rule_count();
-                self.record(&compiled, started);
+                let (rules, listeners) = (compiled.config.rule_count(), compiled.listeners.len());
                 let generation = published.publish(compiled);
+                self.record(rules, listeners, started);
                 tracing::info!(
                     generation,
                     rules,
@@ -265,7 +265,7 @@ impl Controller {
                     "configuration from the cluster published"
                 );
             }
-            Err(error) => {
+            Some(Err(error)) => {
                 ControllerMetrics::count(&self.metrics.reconciles, "result", "rejected");
                 published.reject(&error);
                 tracing::error!(
@@ -275,14 +275,27 @@ impl Controller {
         }
     }
 
-    fn record(&self, compiled: &Compiled, started: Instant) {
+    /// Compile the stores when they differ from the input of the last good
+    /// compilation (`None`: they do not), keeping its verdicts for status.
+    fn compile_changes(&mut self) -> Option<Result<Compiled, crate::CompileError>> {
+        let (manifests, selection) = self.snapshot();
+        if manifests == self.last {
+            return None;
+        }
+        let compiled = compile(&manifests, &selection, OnInvalid::Exclude);
+        if let Ok(compiled) = &compiled {
+            self.verdicts = compiled.verdicts.clone();
+            self.last = manifests;
+        }
+        Some(compiled)
+    }
+
+    /// A table made visible: its size and the time since `started` (compile
+    /// and swap).
+    fn record(&self, rules: usize, listeners: usize, started: Instant) {
         ControllerMetrics::count(&self.metrics.reconciles, "result", "published");
-        self.metrics
-            .table_rules
-            .set(compiled.config.rule_count() as i64);
-        self.metrics
-            .table_listeners
-            .set(compiled.listeners.len() as i64);
+        self.metrics.table_rules.set(rules as i64);
+        self.metrics.table_listeners.set(listeners as i64);
         self.metrics
             .swap_seconds
             .observe(started.elapsed().as_secs_f64());
