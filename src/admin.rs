@@ -11,6 +11,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use rauta_controlplane::kubernetes::metrics::ControllerMetrics;
 use rauta_controlplane::source::Published;
+use rauta_dataplane::error::{Cause, Phase, Side};
 use rauta_dataplane::metrics::{MetricsSnapshot, ProxyMetrics, StatusClass, LATENCY_BUCKETS};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -142,11 +143,46 @@ impl Collector for ProxyCollector {
                 MetricType::Counter,
             )?)?;
         }
-        let gauges: [(&str, &str, i64); 5] = [
+        for (name, help, side) in [
+            (
+                "rauta_upstream_errors",
+                "Requests failed on the way to or at a backend, by cause",
+                Side::Upstream,
+            ),
+            (
+                "rauta_downstream_errors",
+                "Requests failed by the client, by cause",
+                Side::Downstream,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for cause in Cause::ALL.iter().filter(|c| c.side() == side) {
+                let labels = [("cause", cause.label())];
+                ConstCounter::new(s.errors[cause.index()])
+                    .encode(family.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "rauta_timeouts",
+                "Deadlines expired, by the phase they bound",
+                None,
+                MetricType::Counter,
+            )?;
+            for (phase, count) in Phase::LABELS.iter().zip(s.timeouts) {
+                ConstCounter::new(count).encode(family.encode_family(&[("phase", *phase)])?)?;
+            }
+        }
+        let gauges: [(&str, &str, i64); 6] = [
             (
                 "rauta_connections_open",
                 "Client connections open",
                 s.connections_open,
+            ),
+            (
+                "rauta_backend_connections_open",
+                "HTTP/1.1 backend connections open, in use or pooled",
+                s.backend_connections_open,
             ),
             (
                 "rauta_http2_connections_open",

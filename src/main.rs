@@ -48,7 +48,7 @@ enum Command {
     /// Run the gateway: listeners and routes from the Gateway API manifests
     /// in --config, proxied over the userspace stack (--io xdp) or kernel
     /// sockets (--io kernel).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Validate a directory of manifests: errors name file, object and field.
     CheckConfig {
         dir: std::path::PathBuf,
@@ -257,15 +257,29 @@ struct RunArgs {
     /// Admin server address (/metrics, /healthz, /readyz, /config).
     #[arg(long, default_value = "127.0.0.1:9901")]
     admin: String,
+    /// Seconds a request head may take from its first byte (and an HTTP/2
+    /// preface and first SETTINGS frame from the connection's start).
+    #[arg(long, default_value_t = 10.0)]
+    request_head_timeout: f64,
+    /// Longest pause, in seconds, between request body bytes.
+    #[arg(long, default_value_t = 60.0)]
+    request_body_timeout: f64,
     /// Seconds to open a backend connection.
     #[arg(long, default_value_t = 5.0)]
     connect_timeout: f64,
-    /// Seconds from a forwarded request to the response head.
+    /// Seconds from the end of a forwarded request to the response head.
     #[arg(long, default_value_t = 30.0)]
     response_timeout: f64,
-    /// Seconds an idle client connection (or a slow request head) is kept.
+    /// Longest pause, in seconds, in relaying a response body (backend
+    /// silent or client not reading).
+    #[arg(long, default_value_t = 60.0)]
+    response_body_timeout: f64,
+    /// Seconds an idle HTTP/1.1 client connection is kept between requests.
     #[arg(long, default_value_t = 60.0)]
     idle_timeout: f64,
+    /// Seconds an HTTP/2 client connection with no open stream is kept.
+    #[arg(long, default_value_t = 180.0)]
+    h2_idle_timeout: f64,
     /// Seconds SIGTERM waits for requests in flight.
     #[arg(long, default_value_t = 10.0)]
     drain_timeout: f64,
@@ -484,9 +498,15 @@ fn run(cli: Cli) -> Result<()> {
                         max_head_bytes: args.max_header_bytes.max(1024),
                         ..Default::default()
                     },
-                    connect_timeout: seconds(args.connect_timeout),
-                    response_timeout: seconds(args.response_timeout),
-                    client_idle_timeout: seconds(args.idle_timeout),
+                    deadlines: rauta_dataplane::proxy::Deadlines {
+                        request_head: seconds(args.request_head_timeout),
+                        request_body: seconds(args.request_body_timeout),
+                        connect: seconds(args.connect_timeout),
+                        response_head: seconds(args.response_timeout),
+                        response_body: seconds(args.response_body_timeout),
+                        keep_alive: seconds(args.idle_timeout),
+                        http2_idle: seconds(args.h2_idle_timeout),
+                    },
                     ..Default::default()
                 },
                 drain_timeout: seconds(args.drain_timeout),

@@ -1116,7 +1116,7 @@ spec:
             headers: &[],
         };
         let action = foo.routes.lookup(&view("a.foo.com")).unwrap();
-        let backend = action.backends.pick().unwrap();
+        let backend = action.backends.pick(0).unwrap();
         assert_eq!(backend.endpoints, vec!["198.18.0.20:3000".parse().unwrap()]);
         let any = port.select("bar.com").unwrap();
         assert!(any.routes.lookup(&view("bar.com")).is_some());

@@ -4,11 +4,13 @@
 //! publishes it whole; workers load the current one per request and never
 //! see a half-applied change. Nothing here knows Kubernetes types: filters
 //! and backends are already resolved to what the proxy does with them.
+//! Nothing here changes per request either: where each worker's round
+//! robin stands is the worker's own (`proxy::Cursors`), so no counter is
+//! shared between cores.
 
 use crate::routes::{host_without_port, RouteTable};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// Every listener the gateway serves, by port.
@@ -202,28 +204,22 @@ pub struct Backends {
     /// Backend indices interleaved by weight (smooth weighted round robin,
     /// precomputed): request `n` goes to `schedule[n % len]`.
     schedule: Vec<u32>,
-    next: AtomicUsize,
 }
 
 impl Backends {
     pub fn new(backends: Vec<Backend>) -> Self {
         let schedule = smooth_schedule(&backends.iter().map(|b| b.weight).collect::<Vec<_>>());
-        Self {
-            backends,
-            schedule,
-            next: AtomicUsize::new(0),
-        }
+        Self { backends, schedule }
     }
 
-    /// The next backend by weight; `None` when every weight is zero or
-    /// there are none.
-    pub fn pick(&self) -> Option<&Backend> {
+    /// The backend for the `turn`-th request by weight; `None` when every
+    /// weight is zero or there are none.
+    pub fn pick(&self, turn: usize) -> Option<&Backend> {
         if self.schedule.is_empty() {
             return None;
         }
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
         self.backends
-            .get(self.schedule[n % self.schedule.len()] as usize)
+            .get(self.schedule[turn % self.schedule.len()] as usize)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -281,7 +277,6 @@ pub struct Backend {
     pub invalid: Option<String>,
     /// What its endpoints speak (the Service port's `appProtocol`).
     pub protocol: BackendProtocol,
-    next: AtomicUsize,
 }
 
 /// The protocol a backend speaks.
@@ -303,13 +298,12 @@ impl Backend {
         }
     }
 
-    /// The next endpoint, round robin.
-    pub fn endpoint(&self) -> Option<SocketAddr> {
+    /// The endpoint for the `turn`-th request, round robin.
+    pub fn endpoint(&self, turn: usize) -> Option<SocketAddr> {
         if self.endpoints.is_empty() {
             return None;
         }
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        Some(self.endpoints[n % self.endpoints.len()])
+        Some(self.endpoints[turn % self.endpoints.len()])
     }
 }
 

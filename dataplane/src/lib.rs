@@ -8,6 +8,7 @@
 //! comes with the gateway issue.
 
 pub mod config;
+pub mod error;
 pub mod gateway;
 pub mod http1;
 pub mod http2;

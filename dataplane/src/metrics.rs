@@ -4,6 +4,7 @@
 //! bounce between cores on the data path; the admin server sums workers
 //! when scraped.
 
+use crate::error::{Cause, Phase, Side};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -67,7 +68,13 @@ pub struct ProxyMetrics {
     connections_total: AtomicU64,
     backend_requests: AtomicU64,
     backend_errors: AtomicU64,
+    /// HTTP/1.1 backend connections open, in use or pooled.
+    backend_connections_open: AtomicI64,
     pool_idle: AtomicU64,
+    /// Failures per [`Cause`] slot.
+    errors: [AtomicU64; Cause::LABELS.len()],
+    /// Deadline expiries per [`Phase`] slot.
+    timeouts: [AtomicU64; Phase::LABELS.len()],
     /// Per bucket (not cumulative), plus one past the last bound.
     latency: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     latency_sum_micros: AtomicU64,
@@ -102,7 +109,10 @@ pub struct MetricsSnapshot {
     pub connections_total: u64,
     pub backend_requests: u64,
     pub backend_errors: u64,
+    pub backend_connections_open: i64,
     pub pool_idle: u64,
+    pub errors: [u64; Cause::LABELS.len()],
+    pub timeouts: [u64; Phase::LABELS.len()],
     pub latency: [u64; LATENCY_BUCKETS.len() + 1],
     pub latency_sum_seconds: f64,
     pub routes: HashMap<RouteKey, u64>,
@@ -171,8 +181,29 @@ impl ProxyMetrics {
         self.backend_requests.fetch_add(1, Relaxed);
     }
 
-    pub fn backend_error(&self) {
-        self.backend_errors.fetch_add(1, Relaxed);
+    /// A failure, counted by cause (and, for an upstream cause, as a
+    /// backend error; for an expiry, by its phase).
+    pub fn failure(&self, cause: Cause) {
+        self.errors[cause.index()].fetch_add(1, Relaxed);
+        if cause.side() == Side::Upstream && cause.is_backend_failure() {
+            self.backend_errors.fetch_add(1, Relaxed);
+        }
+        if let Some(phase) = cause.phase() {
+            self.timeout(phase);
+        }
+    }
+
+    /// A deadline expired.
+    pub fn timeout(&self, phase: Phase) {
+        self.timeouts[phase.index()].fetch_add(1, Relaxed);
+    }
+
+    pub fn backend_connection_opened(&self) {
+        self.backend_connections_open.fetch_add(1, Relaxed);
+    }
+
+    pub fn backend_connection_closed(&self) {
+        self.backend_connections_open.fetch_sub(1, Relaxed);
     }
 
     pub fn set_pool_idle(&self, idle: usize) {
@@ -200,6 +231,13 @@ impl ProxyMetrics {
         into.backend_requests += self.backend_requests.load(Relaxed);
         into.backend_errors += self.backend_errors.load(Relaxed);
         into.pool_idle += self.pool_idle.load(Relaxed);
+        into.backend_connections_open += self.backend_connections_open.load(Relaxed);
+        for (sum, value) in into.errors.iter_mut().zip(&self.errors) {
+            *sum += value.load(Relaxed);
+        }
+        for (sum, value) in into.timeouts.iter_mut().zip(&self.timeouts) {
+            *sum += value.load(Relaxed);
+        }
         for (sum, value) in into.latency.iter_mut().zip(&self.latency) {
             *sum += value.load(Relaxed);
         }

@@ -14,6 +14,7 @@
 //! the other back instead of growing memory.
 
 use crate::config::{Backend, BackendProtocol, GatewayConfig, HeaderModifier, RuleAction};
+use crate::error::{Cause, Phase, Replay};
 use crate::http1::{
     self, reason_phrase, BodyFraming, Chunk, ChunkedDecoder, HttpError, Limits, RequestHead,
     ResponseFraming, ResponseHead, Version,
@@ -69,17 +70,54 @@ pub trait Transport {
 /// timeout.
 pub const TICK_INTERVAL: Duration = Duration::from_millis(100);
 
+/// How long each phase of an exchange may take; every expiry releases both
+/// legs and is counted by its [`Phase`]. Defaults after Envoy's edge-proxy
+/// guidance and nginx's defaults (docs/operations.md lists them side by
+/// side).
+#[derive(Clone, Debug)]
+pub struct Deadlines {
+    /// A request head, from its first byte (Envoy's
+    /// `request_headers_timeout` at the edge: 10 s); also the HTTP/2
+    /// preface and first SETTINGS frame, from the connection's start.
+    pub request_head: Duration,
+    /// The longest pause between request body bytes, also while a body is
+    /// discarded after a local answer (nginx `client_body_timeout`).
+    pub request_body: Duration,
+    /// Opening a backend connection (Envoy's `connect_timeout`).
+    pub connect: Duration,
+    /// From the end of the request (its last byte delivered to the
+    /// backend) to the response head.
+    pub response_head: Duration,
+    /// The longest pause in relaying a response: the backend silent or the
+    /// client not reading (nginx `proxy_read_timeout` / `send_timeout`).
+    pub response_body: Duration,
+    /// An HTTP/1.1 connection between requests (nginx `keepalive_timeout`
+    /// is 75 s).
+    pub keep_alive: Duration,
+    /// An HTTP/2 connection with no open stream (nginx
+    /// `http2_idle_timeout`: 3 min).
+    pub http2_idle: Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Self {
+            request_head: Duration::from_secs(10),
+            request_body: Duration::from_secs(60),
+            connect: Duration::from_secs(5),
+            response_head: Duration::from_secs(30),
+            response_body: Duration::from_secs(60),
+            keep_alive: Duration::from_secs(60),
+            http2_idle: Duration::from_secs(180),
+        }
+    }
+}
+
 /// Proxy settings.
 #[derive(Clone, Debug)]
 pub struct ProxySettings {
     pub limits: Limits,
-    /// Opening a backend connection.
-    pub connect_timeout: Duration,
-    /// From the request's end to the response head.
-    pub response_timeout: Duration,
-    /// A client connection with no request in flight, and a whole request
-    /// head, must arrive within this.
-    pub client_idle_timeout: Duration,
+    pub deadlines: Deadlines,
     /// Idle pooled backend connections are closed after this.
     pub pool_idle_timeout: Duration,
     /// Idle connections kept per endpoint.
@@ -92,9 +130,7 @@ impl Default for ProxySettings {
     fn default() -> Self {
         Self {
             limits: Limits::default(),
-            connect_timeout: Duration::from_secs(5),
-            response_timeout: Duration::from_secs(30),
-            client_idle_timeout: Duration::from_secs(60),
+            deadlines: Deadlines::default(),
             pool_idle_timeout: Duration::from_secs(30),
             pool_max_idle: 1024,
             buffer: 64 * 1024,
@@ -164,6 +200,14 @@ struct BackendLeg<C> {
     eof: bool,
     /// Any response byte seen.
     answered: bool,
+    /// When the connection was asked for (the connect deadline's start).
+    opened: Instant,
+    /// A byte went through it: it is open (pooled ones are).
+    connected: bool,
+    /// The last time bytes came from the backend.
+    heard: Instant,
+    /// The last time bytes were written to the backend.
+    sent: Instant,
 }
 
 /// The response being relayed.
@@ -194,7 +238,11 @@ struct InFlight<C> {
     /// The request head as sent to the backend, kept while a retry on a
     /// fresh connection is still possible (no body, reused connection).
     replay: Option<Vec<u8>>,
-    deadline: Instant,
+    /// The last time request body bytes came from the client.
+    body_moved: Instant,
+    /// When the whole request reached the backend: the response head's
+    /// deadline runs from here.
+    request_end: Option<Instant>,
     /// The matched route and chosen backend, for metrics.
     route: Option<Arc<str>>,
     backend_name: Option<Arc<str>>,
@@ -216,8 +264,12 @@ struct Exchange<C> {
     /// A stream of the HTTP/2 layer, not a connection of its own.
     is_stream: bool,
     request: Option<InFlight<C>>,
-    /// For the idle/head timeout.
+    /// Since when the connection has had no request (keep-alive idle).
     idle_since: Instant,
+    /// When the first byte of the request head now being read came.
+    head_started: Option<Instant>,
+    /// The last time bytes were written to the client.
+    written: Instant,
 }
 
 /// The proxy core.
@@ -231,7 +283,36 @@ pub struct Proxy<C> {
     pool: HashMap<PoolKey, Vec<(C, Instant)>>,
     /// Client connections found to speak HTTP/2, for that layer to take.
     handoffs: Vec<Handoff<C>>,
+    cursors: Cursors,
     scratch: Vec<u8>,
+}
+
+/// Where this worker's round robins stand, per rule and per backend of the
+/// configuration in force: upstream state is the worker's, the published
+/// table holds only configuration (DESIGN.md decision 2).
+#[derive(Default)]
+struct Cursors {
+    /// The configuration the positions belong to (its address; the
+    /// positions start over when another is published).
+    config: usize,
+    /// Requests so far, by the address of the `Backends` or `Backend` in
+    /// that configuration.
+    turns: HashMap<usize, usize>,
+}
+
+impl Cursors {
+    /// The next turn of `item`, which lives in `config`.
+    fn turn<T>(&mut self, config: &GatewayConfig, item: &T) -> usize {
+        let config = config as *const GatewayConfig as usize;
+        if config != self.config {
+            self.config = config;
+            self.turns.clear();
+        }
+        let turn = self.turns.entry(item as *const T as usize).or_default();
+        let this = *turn;
+        *turn = turn.wrapping_add(1);
+        this
+    }
 }
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
@@ -267,6 +348,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             exchanges: Slab::new(),
             pool: HashMap::new(),
             handoffs: Vec::new(),
+            cursors: Cursors::default(),
             scratch,
         }
     }
@@ -336,6 +418,8 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             is_stream,
             request: None,
             idle_since: now,
+            head_started: None,
+            written: now,
         });
         self.roles.insert(conn, Role::Client(id));
         self.drive(io, id, now);
@@ -375,46 +459,76 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
     pub fn tick<T: Transport<Conn = C>>(&mut self, io: &mut T, now: Instant) {
         let ids: Vec<usize> = self.exchanges.iter().map(|(id, _)| id).collect();
         for id in ids {
-            let Some(exchange) = self.exchanges.get_mut(id) else {
+            let Some(exchange) = self.exchanges.get(id) else {
                 continue;
             };
-            match &exchange.request {
-                Some(request) if now >= request.deadline => {
-                    let status = 504;
-                    if matches!(request.response, ResponseState::Head) {
-                        tracing::debug!(route = ?request.route, "backend timed out");
-                        self.fail_request(io, id, status, now);
-                        self.drive(io, id, now);
-                    }
-                }
-                None if now.duration_since(exchange.idle_since)
-                    >= self.settings.client_idle_timeout =>
-                {
-                    let partial = !exchange.rx.is_empty();
-                    if partial {
-                        // A head that never completed: tell the client.
-                        self.answer_and_close(id, 408);
-                        self.flush_client(io, id);
-                    }
+            match overdue(exchange, &self.settings.deadlines, now) {
+                Some(Overdue::Idle) => {
+                    self.metrics.timeout(Phase::KeepAlive);
                     self.close_exchange(io, id, false);
                 }
-                _ => {}
+                Some(Overdue::Failed(cause)) => self.expire(io, id, cause, now),
+                None => {}
             }
         }
         let idle = self.settings.pool_idle_timeout;
-        for conns in self.pool.values_mut() {
+        let mut expired = Vec::new();
+        for (&(_, protocol), conns) in self.pool.iter_mut() {
             conns.retain(|&(conn, since)| {
                 let keep = now.duration_since(since) < idle;
                 if !keep {
-                    io.close(conn);
-                    self.roles.remove(&conn);
+                    expired.push((conn, protocol));
                 }
                 keep
             });
         }
+        for (conn, protocol) in expired {
+            self.let_go_backend(io, conn, protocol, false);
+        }
         self.pool.retain(|_, c| !c.is_empty());
         self.metrics
             .set_pool_idle(self.pool.values().map(Vec::len).sum());
+    }
+
+    /// End what `cause`, a deadline's expiry, leaves of the exchange.
+    fn expire<T: Transport<Conn = C>>(
+        &mut self,
+        io: &mut T,
+        id: usize,
+        cause: Cause,
+        now: Instant,
+    ) {
+        let exchange = &self.exchanges[id];
+        tracing::debug!(peer = %exchange.peer, %cause, "deadline expired");
+        match &exchange.request {
+            Some(request) if !matches!(request.response, ResponseState::Done) => {
+                self.fail_request(io, id, cause, now);
+                self.drive(io, id, now);
+            }
+            // Answered already: what is left is a body to discard or a
+            // response the client does not take.
+            Some(_) => {
+                self.metrics.failure(cause);
+                let abort = cause == Cause::ClientNotReading;
+                self.close_exchange(io, id, abort);
+            }
+            None if cause == Cause::RequestHeadTimeout => {
+                let seen = exchange.rx.len().min(HTTP2_PREFACE.len());
+                if exchange.rx[..seen] == HTTP2_PREFACE[..seen] {
+                    // Half an HTTP/2 preface: nothing HTTP/1.1 to answer.
+                    self.metrics.timeout(Phase::Http2Preface);
+                } else {
+                    self.metrics.failure(cause);
+                    self.answer_and_close(id, cause.status());
+                    self.flush_client(io, id, now);
+                }
+                self.close_exchange(io, id, false);
+            }
+            None => {
+                self.metrics.failure(cause);
+                self.close_exchange(io, id, true);
+            }
+        }
     }
 
     /// Close every client connection that has no request in flight and
@@ -424,10 +538,10 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
     pub fn drain<T: Transport<Conn = C>>(&mut self, io: &mut T, now: Instant) -> bool {
         // Idle backend connections are closed politely, so the backends do
         // not hold them open after the gateway is gone.
-        for (_, conns) in self.pool.drain() {
+        let pooled: Vec<_> = self.pool.drain().collect();
+        for ((_, protocol), conns) in pooled {
             for (conn, _) in conns {
-                self.roles.remove(&conn);
-                io.close(conn);
+                self.let_go_backend(io, conn, protocol, false);
             }
         }
         let ids: Vec<usize> = self.exchanges.iter().map(|(id, _)| id).collect();
@@ -451,8 +565,27 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             if let Some(conns) = self.pool.get_mut(&key) {
                 conns.retain(|&(c, _)| c != conn);
             }
-            self.roles.remove(&conn);
+            self.let_go_backend(io, conn, key.1, true);
+        }
+    }
+
+    /// Close (FIN) or abort (RST) a backend connection and forget it.
+    fn let_go_backend<T: Transport<Conn = C>>(
+        &mut self,
+        io: &mut T,
+        conn: C,
+        protocol: BackendProtocol,
+        abort: bool,
+    ) {
+        self.roles.remove(&conn);
+        if abort {
             io.abort(conn);
+        } else {
+            io.close(conn);
+        }
+        // h2c requests ride on streams of the HTTP/2 layer's own pool.
+        if protocol == BackendProtocol::Http1 {
+            self.metrics.backend_connection_closed();
         }
     }
 
@@ -476,9 +609,9 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
                     return;
                 }
                 progress |= match step {
-                    Step::FlushClient => self.flush_client(io, id),
-                    Step::FlushBackend => self.flush_backend(io, id),
-                    Step::ReadClient => self.read_client(io, id),
+                    Step::FlushClient => self.flush_client(io, id, now),
+                    Step::FlushBackend => self.flush_backend(io, id, now),
+                    Step::ReadClient => self.read_client(io, id, now),
                     Step::AdvanceRequest => self.advance_request(io, id, now),
                     Step::ReadBackend => self.read_backend(io, id, now),
                     Step::AdvanceResponse => self.advance_response(io, id, now),
@@ -489,10 +622,32 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
                 break;
             }
         }
+        self.note_request_end(id, now);
         self.maybe_close(io, id);
     }
 
-    fn flush_client<T: Transport<Conn = C>>(&mut self, io: &mut T, id: usize) -> bool {
+    /// The whole request reached the backend: the response head's clock
+    /// starts.
+    fn note_request_end(&mut self, id: usize, now: Instant) {
+        let Some(request) = self.exchanges.get_mut(id).and_then(|e| e.request.as_mut()) else {
+            return;
+        };
+        if request.request_end.is_some() || !request.body.is_done() {
+            return;
+        }
+        if let Some(leg) = &request.backend {
+            if leg.connected && leg.tx.is_empty() {
+                request.request_end = Some(now);
+            }
+        }
+    }
+
+    fn flush_client<T: Transport<Conn = C>>(
+        &mut self,
+        io: &mut T,
+        id: usize,
+        now: Instant,
+    ) -> bool {
         let Some(exchange) = self.exchanges.get_mut(id) else {
             return false;
         };
@@ -503,16 +658,22 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             Ok(0) => false,
             Ok(n) => {
                 exchange.tx.drain(..n);
+                exchange.written = now;
                 true
             }
             Err(ConnectionGone) => {
-                self.close_exchange(io, id, true);
+                self.client_gone(io, id);
                 true
             }
         }
     }
 
-    fn flush_backend<T: Transport<Conn = C>>(&mut self, io: &mut T, id: usize) -> bool {
+    fn flush_backend<T: Transport<Conn = C>>(
+        &mut self,
+        io: &mut T,
+        id: usize,
+        now: Instant,
+    ) -> bool {
         let Some(leg) = self
             .exchanges
             .get_mut(id)
@@ -528,6 +689,8 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             Ok(0) => false,
             Ok(n) => {
                 leg.tx.drain(..n);
+                leg.connected = true;
+                leg.sent = now;
                 true
             }
             // Seen again on the read side as a failure.
@@ -538,7 +701,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         }
     }
 
-    fn read_client<T: Transport<Conn = C>>(&mut self, io: &mut T, id: usize) -> bool {
+    fn read_client<T: Transport<Conn = C>>(&mut self, io: &mut T, id: usize, now: Instant) -> bool {
         let cap = self
             .settings
             .buffer
@@ -551,6 +714,12 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         match io.read(exchange.client, &mut self.scratch[..room]) {
             ReadOutcome::Data(n) => {
                 exchange.rx.extend_from_slice(&self.scratch[..n]);
+                match exchange.request.as_mut() {
+                    Some(request) => request.body_moved = now,
+                    None => {
+                        exchange.head_started.get_or_insert(now);
+                    }
+                }
                 true
             }
             ReadOutcome::WouldBlock => false,
@@ -559,7 +728,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
                 true
             }
             ReadOutcome::Failed => {
-                self.close_exchange(io, id, true);
+                self.client_gone(io, id);
                 true
             }
         }
@@ -590,6 +759,8 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             ReadOutcome::Data(n) => {
                 leg.rx.extend_from_slice(&self.scratch[..n]);
                 leg.answered = true;
+                leg.connected = true;
+                leg.heard = now;
                 true
             }
             ReadOutcome::WouldBlock => false,
@@ -662,7 +833,10 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
                 exchange.rx.clear();
                 exchange.eof = true;
                 exchange.closing = true;
-                self.fail_request(io, id, error.status(), now);
+                let cause = Cause::BadRequest {
+                    status: error.status(),
+                };
+                self.fail_request(io, id, cause, now);
                 true
             }
         }
@@ -677,6 +851,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         exchange.eof = true;
         let status = error.status();
         self.metrics.response(StatusClass::of(status));
+        self.metrics.failure(Cause::BadRequest { status });
         self.answer_and_close(id, status);
     }
 
@@ -735,10 +910,12 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             backend: None,
             response: ResponseState::Head,
             replay: None,
-            deadline: now + self.settings.response_timeout,
+            body_moved: now,
+            request_end: None,
             route: None,
             backend_name: None,
         };
+        exchange.head_started = None;
         if !keep_alive {
             exchange.closing = true;
         }
@@ -746,7 +923,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         let hit = listener.and_then(|l| l.routes.find(&view));
         let Some(hit) = hit else {
             exchange.request = Some(request);
-            self.local_response(id, 404, "no route\n", &[]);
+            self.refuse(id, Cause::NoRoute);
             return;
         };
         let action: &RuleAction = hit.action;
@@ -790,22 +967,24 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         if let Some(why) = &action.invalid {
             tracing::debug!(route = %action.route, why, "rule cannot be served");
             exchange.request = Some(request);
-            self.local_response(id, 500, "route not servable\n", &[]);
+            self.refuse(id, Cause::RuleNotServable);
             return;
         }
-        let Some(backend) = action.backends.pick() else {
+        let turn = self.cursors.turn(&config, &action.backends);
+        let Some(backend) = action.backends.pick(turn) else {
             exchange.request = Some(request);
-            self.local_response(id, 500, "no backend\n", &[]);
+            self.refuse(id, Cause::BackendNotResolved);
             return;
         };
         if backend.invalid.is_some() {
             exchange.request = Some(request);
-            self.local_response(id, 500, "backend not resolved\n", &[]);
+            self.refuse(id, Cause::BackendNotResolved);
             return;
         }
-        let Some(endpoint) = backend.endpoint() else {
+        let turn = self.cursors.turn(&config, backend);
+        let Some(endpoint) = backend.endpoint(turn) else {
             exchange.request = Some(request);
-            self.local_response(id, 503, "no healthy endpoint\n", &[]);
+            self.refuse(id, Cause::NoReadyEndpoint);
             return;
         };
         request
@@ -845,7 +1024,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         exchange.request = Some(request);
         let protocol = backend.protocol;
         drop(config);
-        match self.backend_conn(io, id, endpoint, protocol, now) {
+        match self.backend_conn(io, id, endpoint, protocol) {
             Some((conn, reused)) => {
                 let request = self.exchanges[id].request.as_mut().expect("just set");
                 if reused && no_body {
@@ -860,12 +1039,14 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
                     tx: out_head,
                     eof: false,
                     answered: false,
+                    opened: now,
+                    connected: reused,
+                    heard: now,
+                    sent: now,
                 });
                 self.metrics.backend_request();
             }
-            None => {
-                self.local_response(id, 503, "backend unavailable\n", &[]);
-            }
+            None => self.refuse(id, Cause::ConnectFailed),
         }
     }
 
@@ -876,7 +1057,6 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         id: usize,
         endpoint: SocketAddr,
         protocol: BackendProtocol,
-        now: Instant,
     ) -> Option<(C, bool)> {
         if let Some(conns) = self.pool.get_mut(&(endpoint, protocol)) {
             if let Some((conn, _)) = conns.pop() {
@@ -886,8 +1066,9 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         }
         let conn = io.connect(endpoint, protocol)?;
         self.roles.insert(conn, Role::Backend(id));
-        let request = self.exchanges[id].request.as_mut()?;
-        request.deadline = now + self.settings.connect_timeout + self.settings.response_timeout;
+        if protocol == BackendProtocol::Http1 {
+            self.metrics.backend_connection_opened();
+        }
         Some((conn, false))
     }
 
@@ -981,7 +1162,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
                     Ok(None) => return false,
                     Err(error) => {
                         tracing::debug!(%error, endpoint = %leg.endpoint, "bad backend response");
-                        self.fail_request(io, id, 502, now);
+                        self.fail_request(io, id, Cause::UpstreamProtocol, now);
                         return true;
                     }
                 };
@@ -1065,6 +1246,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
                             Err(_) => {
                                 // A broken body from the backend: the client
                                 // cannot be told cleanly any more.
+                                self.metrics.failure(Cause::UpstreamProtocol);
                                 self.close_exchange(io, id, true);
                                 return true;
                             }
@@ -1090,6 +1272,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
                 if !reader.is_done() && leg.eof && leg.rx.is_empty() {
                     // The backend closed mid-body: the client's response is
                     // truncated; the only honest signal left is to abort.
+                    self.metrics.failure(Cause::ResetDuringResponse);
                     self.close_exchange(io, id, true);
                     return true;
                 }
@@ -1113,59 +1296,71 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
     fn backend_failed<T: Transport<Conn = C>>(&mut self, io: &mut T, id: usize, now: Instant) {
         let request = self.exchanges[id].request.as_mut().expect("in flight");
         let leg = request.backend.as_ref().expect("backend leg");
-        if leg.reused && !leg.answered {
+        let cause = if leg.connected {
+            Cause::ResetBeforeResponse
+        } else {
+            Cause::ConnectRefused
+        };
+        // A pooled connection the backend closed while it sat idle: the
+        // request (no body, so still at hand) goes again on a new one —
+        // the one retry a keep-alive race deserves.
+        if leg.reused && !leg.answered && cause.replay() != Replay::Never {
             if let Some(replay) = request.replay.take() {
-                let (endpoint, protocol) = (leg.endpoint, leg.protocol);
-                let old = leg.conn;
-                self.roles.remove(&old);
-                io.abort(old);
+                let (endpoint, protocol, old) = (leg.endpoint, leg.protocol, leg.conn);
                 request.backend = None;
-                // A stale pooled connection: the request never reached a
-                // backend; send it again on a new one.
-                if let Some(conn) = io.connect(endpoint, protocol) {
-                    self.roles.insert(conn, Role::Backend(id));
-                    let request = self.exchanges[id].request.as_mut().expect("in flight");
-                    request.deadline =
-                        now + self.settings.connect_timeout + self.settings.response_timeout;
-                    request.backend = Some(BackendLeg {
-                        conn,
-                        endpoint,
-                        protocol,
-                        reused: false,
-                        rx: Vec::new(),
-                        tx: replay,
-                        eof: false,
-                        answered: false,
-                    });
-                    return;
+                request.request_end = None;
+                self.let_go_backend(io, old, protocol, true);
+                match io.connect(endpoint, protocol) {
+                    Some(conn) => {
+                        self.roles.insert(conn, Role::Backend(id));
+                        if protocol == BackendProtocol::Http1 {
+                            self.metrics.backend_connection_opened();
+                        }
+                        let request = self.exchanges[id].request.as_mut().expect("in flight");
+                        request.backend = Some(BackendLeg {
+                            conn,
+                            endpoint,
+                            protocol,
+                            reused: false,
+                            rx: Vec::new(),
+                            tx: replay,
+                            eof: false,
+                            answered: false,
+                            opened: now,
+                            connected: false,
+                            heard: now,
+                            sent: now,
+                        });
+                    }
+                    None => self.refuse(id, Cause::ConnectFailed),
                 }
-                self.local_response(id, 502, "backend unavailable\n", &[]);
                 return;
             }
         }
-        self.fail_request(io, id, 502, now);
+        self.fail_request(io, id, cause, now);
     }
 
-    /// The request cannot complete: answer `status` if nothing was sent
-    /// yet, otherwise abort the client connection.
+    /// The request cannot complete for `cause`: answer its status if
+    /// nothing was sent yet, otherwise abort the client connection.
     fn fail_request<T: Transport<Conn = C>>(
         &mut self,
         io: &mut T,
         id: usize,
-        status: u16,
+        cause: Cause,
         _now: Instant,
     ) {
         let exchange = &mut self.exchanges[id];
         let Some(request) = exchange.request.as_mut() else {
             return;
         };
+        tracing::debug!(%cause, route = ?request.route, "request failed");
+        self.metrics.failure(cause);
+        let status = cause.status();
         if let Some(leg) = request.backend.take() {
-            self.roles.remove(&leg.conn);
-            io.abort(leg.conn);
+            self.let_go_backend(io, leg.conn, leg.protocol, true);
         }
-        if status >= 500 {
-            self.metrics.backend_error();
-        }
+        let exchange = &mut self.exchanges[id];
+        let request = exchange.request.as_mut().expect("checked");
         if matches!(request.response, ResponseState::Head) {
             // The client's body may be half sent: do not try to find the
             // next request after it.
@@ -1178,6 +1373,13 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         } else {
             self.close_exchange(io, id, true);
         }
+    }
+
+    /// Answer the in-flight request with the status of `cause`, counted.
+    fn refuse(&mut self, id: usize, cause: Cause) {
+        self.metrics.failure(cause);
+        let status = cause.status();
+        self.local_response(id, status, &error_body(status), &[]);
     }
 
     /// Answer the in-flight request from the gateway itself.
@@ -1260,6 +1462,8 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         }
         let request = exchange.request.take().expect("checked");
         exchange.idle_since = now;
+        // A pipelined request already waiting starts its head clock now.
+        exchange.head_started = (!exchange.rx.is_empty()).then_some(now);
         if let Some(leg) = request.backend {
             self.release_backend(io, leg, false, now);
         }
@@ -1280,8 +1484,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
                 .insert(leg.conn, Role::Idle((leg.endpoint, leg.protocol)));
             idle.push((leg.conn, now));
         } else {
-            self.roles.remove(&leg.conn);
-            io.close(leg.conn);
+            self.let_go_backend(io, leg.conn, leg.protocol, false);
         }
     }
 
@@ -1297,6 +1500,14 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         }
     }
 
+    /// The client connection failed (reset): what it had in flight ends.
+    fn client_gone<T: Transport<Conn = C>>(&mut self, io: &mut T, id: usize) {
+        if self.exchanges[id].request.is_some() {
+            self.metrics.failure(Cause::ClientGone);
+        }
+        self.close_exchange(io, id, true);
+    }
+
     fn close_exchange<T: Transport<Conn = C>>(&mut self, io: &mut T, id: usize, abort: bool) {
         let Some(exchange) = self.exchanges.try_remove(id) else {
             return;
@@ -1308,11 +1519,89 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             io.close(exchange.client);
         }
         if let Some(leg) = exchange.request.and_then(|r| r.backend) {
-            self.roles.remove(&leg.conn);
-            io.abort(leg.conn);
+            self.let_go_backend(io, leg.conn, leg.protocol, true);
         }
         if !exchange.is_stream {
             self.metrics.connection_closed();
+        }
+    }
+}
+
+/// What an exchange has waited too long for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Overdue {
+    /// A kept-alive connection with nothing to do: close it quietly.
+    Idle,
+    Failed(Cause),
+}
+
+/// Which deadline of `exchange`, if any, has passed at `now`. Each phase's
+/// clock starts where that phase does, so a long upload never eats into
+/// the response head's time, and a slow but steady body never expires.
+fn overdue<C>(exchange: &Exchange<C>, d: &Deadlines, now: Instant) -> Option<Overdue> {
+    let past = |since: Instant, limit: Duration| now.saturating_duration_since(since) >= limit;
+    let failed = |cause| Some(Overdue::Failed(cause));
+    let Some(request) = &exchange.request else {
+        if !exchange.tx.is_empty() && past(exchange.written, d.response_body) {
+            return failed(Cause::ClientNotReading);
+        }
+        return match exchange.head_started {
+            Some(start) if past(start, d.request_head) => failed(Cause::RequestHeadTimeout),
+            Some(_) => None,
+            None if !exchange.is_stream
+                && exchange.tx.is_empty()
+                && past(exchange.idle_since, d.keep_alive) =>
+            {
+                Some(Overdue::Idle)
+            }
+            None => None,
+        };
+    };
+    let body_open = !request.body.is_done();
+    match (&request.response, &request.backend) {
+        (ResponseState::Head, Some(leg)) => {
+            if !leg.connected {
+                return past(leg.opened, d.connect)
+                    .then_some(Overdue::Failed(Cause::ConnectTimeout));
+            }
+            match request.request_end {
+                Some(end) => past(end, d.response_head)
+                    .then_some(Overdue::Failed(Cause::ResponseHeadTimeout)),
+                // Still sending: a pause is the client's, unless the
+                // backend holds bytes it does not take.
+                None => {
+                    let moved = request.body_moved.max(leg.sent);
+                    if !past(moved, d.request_body) {
+                        None
+                    } else if leg.tx.is_empty() && body_open {
+                        failed(Cause::RequestBodyIdle)
+                    } else {
+                        failed(Cause::ResponseHeadTimeout)
+                    }
+                }
+            }
+        }
+        (ResponseState::Body { .. }, Some(leg)) => {
+            let mut moved = leg.heard.max(exchange.written);
+            if body_open {
+                moved = moved.max(request.body_moved);
+            }
+            if !past(moved, d.response_body) {
+                None
+            } else if exchange.tx.is_empty() {
+                failed(Cause::ResponseBodyIdle)
+            } else {
+                failed(Cause::ClientNotReading)
+            }
+        }
+        _ => {
+            if !exchange.tx.is_empty() && past(exchange.written, d.response_body) {
+                failed(Cause::ClientNotReading)
+            } else if body_open && past(request.body_moved, d.request_body) {
+                failed(Cause::RequestBodyIdle)
+            } else {
+                None
+            }
         }
     }
 }

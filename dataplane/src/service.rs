@@ -42,8 +42,8 @@ impl<T: Transport> HttpService<T> {
     ) -> Self {
         let pipes = Pipes::new(settings.buffer);
         Self {
+            http2: Http2::new(http2, settings.deadlines.clone()),
             core: Proxy::new(settings, config.clone(), metrics.clone()),
-            http2: Http2::new(http2),
             pipes,
             config,
             metrics,
@@ -100,6 +100,7 @@ impl<T: Transport> HttpService<T> {
             pipes: &mut self.pipes,
         };
         self.core.tick(&mut mux, now);
+        self.http2.tick(io, &mut self.pipes, &self.metrics, now);
         let config = self.config.load_full();
         if self.warm.as_ref().is_none_or(|w| !Arc::ptr_eq(w, &config)) {
             self.http2
@@ -113,7 +114,7 @@ impl<T: Transport> HttpService<T> {
     /// GOAWAY) and finish those in flight. Returns whether any is still
     /// in flight.
     pub fn drain(&mut self, io: &mut T, now: Instant) -> bool {
-        self.http2.drain();
+        self.http2.drain(now);
         let mut mux = Mux {
             net: io,
             pipes: &mut self.pipes,
@@ -140,7 +141,7 @@ impl<T: Transport> HttpService<T> {
                     buffered: handoff.buffered,
                     upgrade: handoff.upgrade,
                 };
-                self.http2.adopt(handoff, &self.metrics);
+                self.http2.adopt(handoff, &self.metrics, now);
                 busy = true;
             }
             let accepted = std::mem::take(&mut self.pipes.accepted);

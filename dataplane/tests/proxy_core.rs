@@ -6,8 +6,9 @@ use rauta_dataplane::config::BackendProtocol;
 use rauta_dataplane::config::{
     Backend, Backends, GatewayConfig, Listener, PortListeners, RuleAction,
 };
+use rauta_dataplane::error::Cause;
 use rauta_dataplane::http2::Http2Settings;
-use rauta_dataplane::metrics::ProxyMetrics;
+use rauta_dataplane::metrics::{MetricsSnapshot, ProxyMetrics};
 use rauta_dataplane::proxy::{ConnectionGone, ProxySettings, ReadOutcome, Transport};
 use rauta_dataplane::routes::{PathMatch, Route, RouteMatch, RouteTable};
 use rauta_dataplane::service::HttpService;
@@ -24,6 +25,8 @@ struct FakeConn {
     outbox: Vec<u8>,
     peer_finished: bool,
     failed: bool,
+    /// Takes no bytes: not connected yet, or a peer that does not read.
+    stalled: bool,
     /// Closed (FIN) or aborted (RST) by the proxy.
     closed: Option<&'static str>,
 }
@@ -34,6 +37,8 @@ struct FakeIo {
     next: u32,
     /// Backend connections opened, in order.
     connects: Vec<(u32, SocketAddr)>,
+    /// New backend connections never finish connecting.
+    connects_hang: bool,
 }
 
 impl FakeIo {
@@ -77,12 +82,16 @@ impl Transport for FakeIo {
         if c.failed || c.closed.is_some() {
             return Err(ConnectionGone);
         }
+        if c.stalled {
+            return Ok(0);
+        }
         c.outbox.extend_from_slice(data);
         Ok(data.len())
     }
 
     fn connect(&mut self, to: SocketAddr, _: BackendProtocol) -> Option<u32> {
         let id = self.open();
+        self.conns.get_mut(&id).unwrap().stalled = self.connects_hang;
         self.connects.push((id, to));
         Some(id)
     }
@@ -139,16 +148,18 @@ struct Harness {
     proxy: HttpService<FakeIo>,
     client: u32,
     now: Instant,
+    metrics: Arc<ProxyMetrics>,
 }
 
 impl Harness {
     fn new() -> Self {
         let mut io = FakeIo::default();
+        let metrics = Arc::new(ProxyMetrics::default());
         let mut proxy = HttpService::new(
             ProxySettings::default(),
             Http2Settings::default(),
             Arc::new(ArcSwap::from_pointee(config())),
-            Arc::new(ProxyMetrics::default()),
+            metrics.clone(),
         );
         let client = io.open();
         let now = Instant::now();
@@ -158,7 +169,25 @@ impl Harness {
             proxy,
             client,
             now,
+            metrics,
         }
+    }
+
+    /// `seconds` pass; the proxy's tick runs.
+    fn wait(&mut self, seconds: u64) {
+        self.now += Duration::from_secs(seconds);
+        self.proxy.tick(&mut self.io, self.now);
+    }
+
+    /// Failures counted for `cause` so far.
+    fn failures(&self, cause: Cause) -> u64 {
+        let mut snapshot = MetricsSnapshot::default();
+        self.metrics.add_to(&mut snapshot);
+        snapshot.errors[cause.index()]
+    }
+
+    fn closed(&self, conn: u32) -> Option<&'static str> {
+        self.io.conns[&conn].closed
     }
 
     fn client_sends(&mut self, bytes: &str) {
@@ -395,4 +424,110 @@ fn a_drain_closes_idle_backend_connections_and_finishes_requests_in_flight() {
     );
     assert!(!h.proxy.drain(&mut h.io, h.now), "nothing left in flight");
     assert_eq!(h.proxy.clients(), 0);
+}
+
+#[test]
+fn a_request_head_must_complete_in_time_from_its_first_byte() {
+    let mut h = Harness::new();
+    h.wait(50);
+    assert_eq!(h.closed(h.client), None, "no byte yet: keep-alive time");
+    h.client_sends("GET /app HTTP/1.1\r\nHo");
+    h.wait(9);
+    h.client_sends("st");
+    assert_eq!(h.closed(h.client), None);
+    h.wait(1);
+    assert!(h
+        .client_got()
+        .starts_with("HTTP/1.1 408 Request Timeout\r\n"));
+    assert_eq!(h.closed(h.client), Some("fin"));
+    assert_eq!(h.failures(Cause::RequestHeadTimeout), 1);
+}
+
+#[test]
+fn an_upload_longer_than_the_response_timeout_is_served() {
+    let mut h = Harness::new();
+    h.client_sends("PUT /app HTTP/1.1\r\nHost: h\r\nContent-Length: 9\r\n\r\n");
+    let backend = h.last_backend();
+    // 40 s of body, a byte every 5 s: each pause is short, the whole is
+    // longer than the 30 s response timeout.
+    for _ in 0..8 {
+        h.wait(5);
+        h.client_sends("x");
+    }
+    h.client_sends("y");
+    h.wait(29);
+    assert_eq!(
+        h.closed(backend),
+        None,
+        "the response clock starts at the end"
+    );
+    h.backend_sends(backend, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    assert!(h.client_got().starts_with("HTTP/1.1 200 OK"));
+    assert!(h.io.take_output(backend).ends_with("xxxxxxxxy"));
+    h.client_sends("GET /app HTTP/1.1\r\nHost: h\r\n\r\n");
+    h.wait(30);
+    assert!(h.client_got().starts_with("HTTP/1.1 504 Gateway Timeout"));
+    assert_eq!(h.failures(Cause::ResponseHeadTimeout), 1);
+}
+
+#[test]
+fn a_stalled_request_body_gets_408_and_releases_the_backend() {
+    let mut h = Harness::new();
+    h.client_sends("PUT /app HTTP/1.1\r\nHost: h\r\nContent-Length: 9\r\n\r\nabc");
+    let backend = h.last_backend();
+    h.wait(59);
+    assert_eq!(h.closed(backend), None);
+    h.wait(1);
+    assert!(h.client_got().starts_with("HTTP/1.1 408 Request Timeout"));
+    assert_eq!(h.closed(backend), Some("rst"));
+    assert_eq!(h.closed(h.client), Some("fin"));
+    assert_eq!(h.failures(Cause::RequestBodyIdle), 1);
+}
+
+#[test]
+fn a_connect_that_never_completes_is_504_after_the_connect_timeout() {
+    let mut h = Harness::new();
+    h.io.connects_hang = true;
+    h.client_sends("GET /app HTTP/1.1\r\nHost: h\r\n\r\n");
+    let backend = h.last_backend();
+    h.wait(4);
+    assert_eq!(h.client_got(), "");
+    h.wait(1);
+    assert!(h.client_got().starts_with("HTTP/1.1 504 Gateway Timeout"));
+    assert_eq!(h.closed(backend), Some("rst"));
+    assert_eq!(h.failures(Cause::ConnectTimeout), 1);
+}
+
+#[test]
+fn a_client_that_stops_reading_loses_both_legs() {
+    let mut h = Harness::new();
+    h.client_sends("GET /app/big HTTP/1.1\r\nHost: h\r\n\r\n");
+    let backend = h.last_backend();
+    h.io.conns.get_mut(&h.client).unwrap().stalled = true;
+    h.backend_sends(
+        backend,
+        "HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n",
+    );
+    h.backend_sends(backend, &"z".repeat(100_000));
+    h.wait(59);
+    assert_eq!(h.closed(backend), None);
+    h.wait(1);
+    assert_eq!(h.closed(h.client), Some("rst"));
+    assert_eq!(h.closed(backend), Some("rst"));
+    assert_eq!(h.proxy.clients(), 0);
+    assert_eq!(h.failures(Cause::ClientNotReading), 1);
+}
+
+#[test]
+fn a_body_announced_after_a_local_answer_must_still_come_in_time() {
+    let mut h = Harness::new();
+    h.client_sends("POST /elsewhere HTTP/1.1\r\nHost: h\r\nContent-Length: 100000\r\n\r\n");
+    assert!(h.client_got().starts_with("HTTP/1.1 404 Not Found"));
+    h.wait(59);
+    assert_eq!(h.closed(h.client), None);
+    h.wait(1);
+    assert_eq!(h.closed(h.client), Some("fin"));
+    assert!(h.io.connects.is_empty(), "no backend was involved");
+    assert_eq!(h.failures(Cause::RequestBodyIdle), 1);
+    assert_eq!(h.failures(Cause::NoRoute), 1);
 }

@@ -8,17 +8,25 @@
 //! CVE-2023-44487) gets GOAWAY `ENHANCE_YOUR_CALM`; `h2` itself bounds
 //! header lists (and so CONTINUATION floods), concurrent streams and
 //! streams reset before they were accepted.
+//!
+//! Deadlines of the connection itself live here: the preface and first
+//! SETTINGS frame within the request-head time (an `Upgrade: h2c` client's
+//! first frame is checked as soon as its header arrives, so nothing larger
+//! than a frame is ever held for it), GOAWAY after the idle time with no
+//! open stream, and a stream whose response the client stops taking
+//! (window 0) reset after the response-body time.
 
 use super::io::{H2Io, Task, WakeList};
 use super::pipe::{CoreEnd, PipeKind, Pipes};
 use super::translate::{
-    first_frame_end, h1_to_response, recv_body, request_to_h1, send_body, upgrade_stream_frame,
-    BodyError, FromCore, H1Body, Received,
+    check_first_frame, first_frame_end, h1_to_response, recv_body, request_to_h1, send_body,
+    upgrade_stream_frame, BodyError, FromCore, H1Body, Received,
 };
 use super::{Http2Settings, Link, NetState, Windows};
+use crate::error::{Cause, Phase};
 use crate::http1::{self, Limits};
 use crate::metrics::ProxyMetrics;
-use crate::proxy::{Handoff, Transport};
+use crate::proxy::{Deadlines, Handoff, Transport};
 use bytes::Bytes;
 use foldhash::{HashMap, HashMapExt};
 use h2::server::{self, SendResponse};
@@ -53,6 +61,12 @@ struct Connection<C> {
     resets: (Instant, u32),
     /// Shut down for abuse or by the drain: no new streams.
     closing: bool,
+    /// When the connection was taken over (the preface's deadline).
+    opened: Instant,
+    /// Streams accepted and not finished.
+    open_streams: usize,
+    /// Since when it has had no open stream.
+    idle_since: Instant,
 }
 
 struct Stream {
@@ -70,6 +84,8 @@ struct Stream {
     responded: bool,
     /// The client's reset of it was counted.
     reset_counted: bool,
+    /// The last time response bytes went to `h2` (or the stream began).
+    moved: Instant,
 }
 
 /// Every HTTP/2 client connection of a worker.
@@ -79,13 +95,14 @@ pub struct Inbound<C> {
     streams: HashMap<usize, Stream>,
     builder: server::Builder,
     settings: Http2Settings,
+    deadlines: Deadlines,
     limits: Limits,
     /// Socket reads land here first.
     scratch: Vec<u8>,
 }
 
 impl<C: Copy + Eq + Hash> Inbound<C> {
-    pub fn new(settings: Http2Settings) -> Self {
+    pub fn new(settings: Http2Settings, deadlines: Deadlines) -> Self {
         let mut builder = server::Builder::new();
         builder
             .max_concurrent_streams(settings.max_concurrent_streams)
@@ -98,6 +115,7 @@ impl<C: Copy + Eq + Hash> Inbound<C> {
             streams: HashMap::new(),
             builder,
             settings,
+            deadlines,
             limits: Limits::default(),
             scratch: vec![0; 64 * 1024],
         }
@@ -112,7 +130,13 @@ impl<C: Copy + Eq + Hash> Inbound<C> {
     }
 
     /// Take over a client connection the core found to speak HTTP/2.
-    pub fn adopt(&mut self, handoff: Handoff<C>, wakes: &WakeList, metrics: &ProxyMetrics) {
+    pub fn adopt(
+        &mut self,
+        handoff: Handoff<C>,
+        wakes: &WakeList,
+        metrics: &ProxyMetrics,
+        now: Instant,
+    ) {
         let io = H2Io::new(self.settings.write_buffer);
         let mut upgrade = None;
         if let Some(head) = &handoff.upgrade {
@@ -135,8 +159,11 @@ impl<C: Copy + Eq + Hash> Inbound<C> {
             windows: Windows::new(self.settings.max_window),
             waker: wakes.waker(Task::Inbound(key)),
             upgrade,
-            resets: (Instant::now(), 0),
+            resets: (now, 0),
             closing: false,
+            opened: now,
+            open_streams: 0,
+            idle_since: now,
         });
         self.by_net.insert(handoff.conn, key);
         metrics.h2_connection_opened();
@@ -163,6 +190,14 @@ impl<C: Copy + Eq + Hash> Inbound<C> {
             if let Some((held, frame)) = &mut conn.upgrade {
                 let mut b = conn.link.io.buffers();
                 held.append(&mut b.rx);
+                if let Err(error) = check_first_frame(held) {
+                    // Before any of it is buffered, not after 16 MiB.
+                    tracing::debug!(peer = %conn.peer, error, "bad first frame after an upgrade");
+                    drop(b);
+                    metrics.failure(Cause::BadRequest { status: 400 });
+                    conn.link.state = NetState::Failed;
+                    break;
+                }
                 if let Some(end) = first_frame_end(held) {
                     let rest = held.split_off(end);
                     held.extend_from_slice(frame);
@@ -211,9 +246,11 @@ impl<C: Copy + Eq + Hash> Inbound<C> {
                                     trailers: HeaderMap::new(),
                                     responded: false,
                                     reset_counted: false,
+                                    moved: now,
                                 },
                             );
                             metrics.h2_stream_opened();
+                            conn.open_streams += 1;
                             wakes.push(Task::Stream(pipe));
                         }
                         Poll::Ready(Some(Err(error))) => {
@@ -328,6 +365,7 @@ impl<C: Copy + Eq + Hash> Inbound<C> {
                                 stream.body = body;
                                 stream.responded = end;
                                 stream.respond = None;
+                                stream.moved = now;
                             }
                             Ok(Err(error)) => {
                                 tracing::debug!(%error, "response head not sent");
@@ -368,6 +406,9 @@ impl<C: Copy + Eq + Hash> Inbound<C> {
             ) {
                 Ok(moved) => {
                     for_core |= moved;
+                    if moved {
+                        stream.moved = now;
+                    }
                     stream.responded = stream.body.is_done();
                     if !moved && !stream.responded {
                         if let Poll::Ready(reason) = send.poll_reset(&mut cx) {
@@ -424,11 +465,85 @@ impl<C: Copy + Eq + Hash> Inbound<C> {
         if finished {
             self.streams.remove(&pipe);
             pipes.release(pipe);
-            wakes.push(Task::Inbound(conn_key));
+            self.stream_done(conn_key, wakes, now);
         }
         if count_reset {
             metrics.h2_reset_by_client();
             self.count_reset(conn_key, wakes, metrics, now);
+        }
+    }
+
+    /// A stream of connection `key` is over.
+    fn stream_done(&mut self, key: usize, wakes: &WakeList, now: Instant) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.open_streams = conn.open_streams.saturating_sub(1);
+            if conn.open_streams == 0 {
+                conn.idle_since = now;
+            }
+        }
+        wakes.push(Task::Inbound(key));
+    }
+
+    /// Deadlines: the preface and first frame, connections idle with no
+    /// stream, and streams the core finished whose response the client
+    /// does not take (the core's own deadlines cover streams it still
+    /// serves).
+    pub fn tick<T: Transport<Conn = C>>(
+        &mut self,
+        net: &mut T,
+        pipes: &mut Pipes,
+        wakes: &WakeList,
+        metrics: &ProxyMetrics,
+        now: Instant,
+    ) {
+        let d = self.deadlines.clone();
+        let past = |since: Instant, limit: Duration| now.saturating_duration_since(since) >= limit;
+        let mut late = Vec::new();
+        for (key, conn) in &mut self.conns {
+            let greeting = conn.upgrade.is_some() || matches!(conn.state, State::Handshake(_));
+            if greeting && past(conn.opened, d.request_head) {
+                metrics.timeout(Phase::Http2Preface);
+                late.push(key);
+            } else if conn.open_streams > 0 {
+                continue;
+            } else if !conn.closing && past(conn.idle_since, d.http2_idle) {
+                tracing::debug!(peer = %conn.peer, "idle HTTP/2 connection; GOAWAY");
+                metrics.timeout(Phase::Http2Idle);
+                conn.closing = true;
+                conn.idle_since = now;
+                if let State::Serving(connection) = &mut conn.state {
+                    connection.graceful_shutdown();
+                }
+                wakes.push(Task::Inbound(key));
+            } else if conn.closing && past(conn.idle_since, d.request_head) {
+                // Told to go and still here (its PING never answered, or
+                // the GOAWAY never read): cut it off.
+                late.push(key);
+            }
+        }
+        for key in late {
+            self.close(net, pipes, key, metrics);
+        }
+        let stuck: Vec<usize> = self
+            .streams
+            .iter()
+            .filter(|&(&pipe, stream)| {
+                !stream.responded
+                    && past(stream.moved, d.response_body)
+                    && pipes.get(pipe).is_some_and(|p| p.core != CoreEnd::Open)
+            })
+            .map(|(&pipe, _)| pipe)
+            .collect();
+        for pipe in stuck {
+            let Some(mut stream) = self.streams.remove(&pipe) else {
+                continue;
+            };
+            metrics.failure(Cause::ClientNotReading);
+            if let Some(send) = &mut stream.send {
+                send.send_reset(Reason::CANCEL);
+            }
+            pipes.release(pipe);
+            self.stream_done(stream.conn, wakes, now);
         }
     }
 
@@ -457,10 +572,11 @@ impl<C: Copy + Eq + Hash> Inbound<C> {
 
     /// Stop taking streams on every connection (GOAWAY); streams in flight
     /// finish.
-    pub fn drain(&mut self, wakes: &WakeList) {
+    pub fn drain(&mut self, wakes: &WakeList, now: Instant) {
         for (key, conn) in &mut self.conns {
             if !conn.closing {
                 conn.closing = true;
+                conn.idle_since = now;
                 if let State::Serving(connection) = &mut conn.state {
                     connection.graceful_shutdown();
                 }

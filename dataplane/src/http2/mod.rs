@@ -17,7 +17,7 @@ pub mod translate;
 pub mod window;
 
 use crate::metrics::ProxyMetrics;
-use crate::proxy::{Handoff, ReadOutcome, Transport};
+use crate::proxy::{Deadlines, Handoff, ReadOutcome, Transport};
 use inbound::Inbound;
 use io::{H2Io, Task, WakeList};
 use outbound::Outbound;
@@ -205,9 +205,9 @@ pub struct Http2<C> {
 }
 
 impl<C: Copy + Eq + Hash> Http2<C> {
-    pub fn new(settings: Http2Settings) -> Self {
+    pub fn new(settings: Http2Settings, deadlines: Deadlines) -> Self {
         Self {
-            inbound: Inbound::new(settings.clone()),
+            inbound: Inbound::new(settings.clone(), deadlines),
             outbound: Outbound::new(settings),
             wakes: WakeList::default(),
         }
@@ -227,8 +227,20 @@ impl<C: Copy + Eq + Hash> Http2<C> {
         self.outbound.connections()
     }
 
-    pub fn adopt(&mut self, handoff: Handoff<C>, metrics: &ProxyMetrics) {
-        self.inbound.adopt(handoff, &self.wakes, metrics);
+    pub fn adopt(&mut self, handoff: Handoff<C>, metrics: &ProxyMetrics, now: Instant) {
+        self.inbound.adopt(handoff, &self.wakes, metrics, now);
+    }
+
+    /// The client connections' deadlines; call every
+    /// [`crate::proxy::TICK_INTERVAL`].
+    pub fn tick<T: Transport<Conn = C>>(
+        &mut self,
+        net: &mut T,
+        pipes: &mut Pipes,
+        metrics: &ProxyMetrics,
+        now: Instant,
+    ) {
+        self.inbound.tick(net, pipes, &self.wakes, metrics, now);
     }
 
     /// A socket of this layer may have progressed.
@@ -296,8 +308,8 @@ impl<C: Copy + Eq + Hash> Http2<C> {
     }
 
     /// GOAWAY to every client; backend connections close when idle.
-    pub fn drain(&mut self) {
-        self.inbound.drain(&self.wakes);
+    pub fn drain(&mut self, now: Instant) {
+        self.inbound.drain(&self.wakes, now);
         self.outbound.drain(&self.wakes);
     }
 }

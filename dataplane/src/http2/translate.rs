@@ -425,6 +425,38 @@ fn hpack_string(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(s);
 }
 
+/// The largest frame payload a peer may send before SETTINGS say
+/// otherwise (RFC 9113 §4.2, SETTINGS_MAX_FRAME_SIZE's initial value).
+pub const DEFAULT_MAX_FRAME_SIZE: usize = 16_384;
+
+/// Check what a client sent after `Upgrade: h2c` as far as it has come:
+/// the connection preface, then a SETTINGS frame (RFC 9113 §3.4) no larger
+/// than the default maximum frame size. Judged from the frame header, so a
+/// client announcing 16 MiB is refused before any of it is held.
+pub fn check_first_frame(buf: &[u8]) -> Result<(), &'static str> {
+    let preface = crate::proxy::HTTP2_PREFACE;
+    let seen = buf.len().min(preface.len());
+    if buf[..seen] != preface[..seen] {
+        return Err("not the HTTP/2 connection preface");
+    }
+    let Some(header) = buf.get(preface.len()..preface.len() + 9) else {
+        return Ok(());
+    };
+    let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+    let (kind, flags) = (header[3], header[4]);
+    let stream = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
+    if kind != 0x4 || flags & 0x1 != 0 || stream != 0 {
+        return Err("the first frame is not SETTINGS");
+    }
+    if len > DEFAULT_MAX_FRAME_SIZE {
+        return Err("the first frame is larger than the maximum frame size");
+    }
+    if !len.is_multiple_of(6) {
+        return Err("a SETTINGS frame's length is not a multiple of 6");
+    }
+    Ok(())
+}
+
 /// Where the client's first frame after the connection preface ends, once
 /// it is all in `buf`.
 pub fn first_frame_end(buf: &[u8]) -> Option<usize> {
@@ -602,6 +634,30 @@ mod tests {
         assert!(crate::http1::is_h2c_upgrade(&largest));
         assert!(upgrade_stream_frame(&largest).len() - 9 <= 16_384);
         assert!(!crate::http1::is_h2c_upgrade(&head_of(padding + 100)));
+    }
+
+    #[test]
+    fn the_first_frame_after_an_upgrade_is_judged_by_its_header() {
+        let mut buf = crate::proxy::HTTP2_PREFACE[..10].to_vec();
+        assert_eq!(
+            check_first_frame(&buf),
+            Ok(()),
+            "a partial preface may go on"
+        );
+        buf = crate::proxy::HTTP2_PREFACE.to_vec();
+        let mut settings = buf.clone();
+        settings.extend_from_slice(&[0, 0, 6, 0x4, 0, 0, 0, 0, 0]);
+        assert_eq!(check_first_frame(&settings), Ok(()));
+        let mut huge = buf.clone();
+        huge.extend_from_slice(&[0xff, 0xff, 0xff, 0x4, 0, 0, 0, 0, 0]);
+        assert!(check_first_frame(&huge).is_err(), "16 MiB announced");
+        let mut headers = buf.clone();
+        headers.extend_from_slice(&[0, 0, 6, 0x1, 0x4, 0, 0, 0, 1]);
+        assert!(check_first_frame(&headers).is_err(), "not SETTINGS");
+        let mut odd = buf;
+        odd.extend_from_slice(&[0, 0, 5, 0x4, 0, 0, 0, 0, 0]);
+        assert!(check_first_frame(&odd).is_err());
+        assert!(check_first_frame(b"GET / HTTP/1.1\r\n").is_err());
     }
 
     #[test]
