@@ -2,12 +2,38 @@
 //! fields dropped, forwarding headers, the rule's and backend's header
 //! modifiers, framing restated.
 
+use super::route::{Matched, Target};
 use super::{BodyReader, BodyWriter};
 use crate::config::{Backend, HeaderModifier, RuleAction};
 use crate::http1::{
     self, BodyFraming, ChunkedDecoder, Limits, RequestHead, ResponseFraming, ResponseHead, Version,
 };
 use std::net::SocketAddr;
+
+/// The request as the backend sees it: URLRewrite (host, path) applied,
+/// then [`backend_request_head`].
+pub(super) fn request_to_backend(
+    head: &RequestHead,
+    host: &str,
+    peer: SocketAddr,
+    matched: &Matched,
+    backend: &Backend,
+) -> Vec<u8> {
+    let action = matched.action;
+    let mut target = None;
+    let mut host = host;
+    if let Some(rewrite) = &action.rewrite {
+        if let Some(h) = &rewrite.hostname {
+            host = h;
+        }
+        if let Some(m) = &rewrite.path {
+            let t = Target::of(head);
+            target = Some(t.with_path(m.apply(t.path, matched.prefix)));
+        }
+    }
+    let target = target.as_deref().unwrap_or(&head.target);
+    backend_request_head(head, target, host, peer, action, backend)
+}
 
 /// The request head the backend gets: hop-by-hop fields dropped, filters
 /// applied, X-Forwarded-For/-Proto added, framing restated.

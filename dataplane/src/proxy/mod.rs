@@ -33,13 +33,14 @@ mod upstream;
 
 pub use deadline::Deadlines;
 use deadline::{overdue, Overdue};
-use filters::{backend_request_head, client_response_head, plain_headers, push_field};
+use filters::{client_response_head, plain_headers, push_field};
 use forward::{BodyReader, BodyWriter};
+use route::Routed;
 use upstream::{Cursors, PoolKey};
 
 use crate::config::{BackendProtocol, GatewayConfig, HeaderModifier};
 use crate::error::{Cause, Phase};
-use crate::http1::{Limits, RequestHead, Version};
+use crate::http1::{self, BodyFraming, ChunkedDecoder, Limits, RequestHead, Version};
 use crate::metrics::ProxyMetrics;
 use arc_swap::ArcSwap;
 use foldhash::{HashMap, HashMapExt};
@@ -195,6 +196,33 @@ struct InFlight<C> {
     backend_name: Option<Arc<str>>,
 }
 
+impl<C> InFlight<C> {
+    /// A request whose head just arrived, before any phase ran.
+    fn new(head: &RequestHead, keep_alive: bool, limits: &Limits, now: Instant) -> Self {
+        let body = match head.framing {
+            BodyFraming::Empty => BodyReader::Done,
+            BodyFraming::Length(n) => BodyReader::Length(n),
+            BodyFraming::Chunked => BodyReader::Chunked(ChunkedDecoder::new(limits.clone())),
+        };
+        Self {
+            method: head.method.clone(),
+            version: head.version,
+            keep_alive,
+            started: now,
+            body,
+            body_writer: BodyWriter::Raw,
+            response_headers: Vec::new(),
+            backend: None,
+            response: ResponseState::Head,
+            replay: None,
+            body_moved: now,
+            request_end: None,
+            route: None,
+            backend_name: None,
+        }
+    }
+}
+
 /// A client connection.
 struct Exchange<C> {
     client: C,
@@ -342,6 +370,84 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         });
         self.roles.insert(conn, Role::Client(id));
         self.drive(io, id, now);
+    }
+
+    /// A request head arrived: the phases that start it — route match,
+    /// upstream selection, request filters, connect or pool checkout.
+    fn start_request<T: Transport<Conn = C>>(
+        &mut self,
+        io: &mut T,
+        id: usize,
+        head: RequestHead,
+        now: Instant,
+    ) {
+        let exchange = &mut self.exchanges[id];
+        if !std::mem::replace(&mut exchange.served, true) && http1::is_h2c_upgrade(&head) {
+            self.hand_off(id, Some(head));
+            return;
+        }
+        let host = head
+            .values("host")
+            .next()
+            .map(|h| String::from_utf8_lossy(h).into_owned())
+            .unwrap_or_default();
+        let keep_alive = head.keep_alive && !exchange.closing;
+        exchange.head_started = None;
+        exchange.closing |= !keep_alive;
+        let mut request = InFlight::new(&head, keep_alive, &self.settings.limits, now);
+        let config = self.config.load();
+        let matched = match route::route(&config, &head, &host, exchange.local_port) {
+            Routed::Forward(matched) => matched,
+            Routed::Redirect {
+                route,
+                status,
+                location,
+                response_headers,
+            } => {
+                request.route = Some(route.clone());
+                request.response_headers.push(response_headers.clone());
+                exchange.request = Some(request);
+                self.local_response(id, status, "", &[("Location", location)]);
+                return;
+            }
+            Routed::Refused { route, cause } => {
+                request.route = route.cloned();
+                exchange.request = Some(request);
+                self.refuse(id, cause);
+                return;
+            }
+        };
+        let action = matched.action;
+        request.route = Some(action.route.clone());
+        exchange.request = Some(request);
+        let (backend, endpoint) = match self.cursors.select(&config, action) {
+            Ok(chosen) => chosen,
+            Err(cause) => {
+                self.refuse(id, cause);
+                return;
+            }
+        };
+        let exchange = &mut self.exchanges[id];
+        let out_head = filters::request_to_backend(&head, &host, exchange.peer, &matched, backend);
+        let request = exchange.request.as_mut().expect("just set");
+        request
+            .response_headers
+            .push(action.response_headers.clone());
+        request
+            .response_headers
+            .push(backend.response_headers.clone());
+        request.backend_name = Some(backend.name.clone());
+        if head.framing == BodyFraming::Chunked {
+            request.body_writer = BodyWriter::Chunked;
+        }
+        if head.expect_continue && !request.body.is_done() {
+            exchange
+                .tx
+                .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        }
+        let protocol = backend.protocol;
+        drop(config);
+        self.open_leg(io, id, endpoint, protocol, out_head, now);
     }
 
     /// Client connections to hand to the HTTP/2 layer.

@@ -3,7 +3,7 @@
 //! the one retry a pooled connection closed while idle deserves.
 
 use super::{BackendLeg, Proxy, ReadOutcome, Role, Transport};
-use crate::config::{BackendProtocol, GatewayConfig};
+use crate::config::{Backend, BackendProtocol, GatewayConfig, RuleAction};
 use crate::error::{Cause, Replay};
 use foldhash::HashMap;
 use std::fmt::Debug;
@@ -29,6 +29,26 @@ pub(super) struct Cursors {
 pub(super) type PoolKey = (SocketAddr, BackendProtocol);
 
 impl Cursors {
+    /// Upstream selection: the rule's backend by weight, then one of its
+    /// endpoints, each in this worker's round-robin order.
+    pub(super) fn select<'a>(
+        &mut self,
+        config: &GatewayConfig,
+        action: &'a RuleAction,
+    ) -> Result<(&'a Backend, SocketAddr), Cause> {
+        let turn = self.turn(config, &action.backends);
+        let backend = action
+            .backends
+            .pick(turn)
+            .ok_or(Cause::BackendNotResolved)?;
+        if backend.invalid.is_some() {
+            return Err(Cause::BackendNotResolved);
+        }
+        let turn = self.turn(config, backend);
+        let endpoint = backend.endpoint(turn).ok_or(Cause::NoReadyEndpoint)?;
+        Ok((backend, endpoint))
+    }
+
     /// The next turn of `item`, which lives in `config`.
     pub(super) fn turn<T>(&mut self, config: &GatewayConfig, item: &T) -> usize {
         let config = config as *const GatewayConfig as usize;
@@ -95,6 +115,42 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         if protocol == BackendProtocol::Http1 {
             self.metrics.backend_connection_closed();
         }
+    }
+
+    /// Connect or pool checkout: the leg that takes `head` (and the body
+    /// after it) to `endpoint`; 503 when no connection can be had.
+    pub(super) fn open_leg<T: Transport<Conn = C>>(
+        &mut self,
+        io: &mut T,
+        id: usize,
+        endpoint: SocketAddr,
+        protocol: BackendProtocol,
+        head: Vec<u8>,
+        now: Instant,
+    ) {
+        let Some((conn, reused)) = self.backend_conn(io, id, endpoint, protocol) else {
+            self.refuse(id, Cause::ConnectFailed);
+            return;
+        };
+        let request = self.exchanges[id].request.as_mut().expect("in flight");
+        if reused && request.body.is_done() {
+            request.replay = Some(head.clone());
+        }
+        request.backend = Some(BackendLeg {
+            conn,
+            endpoint,
+            protocol,
+            reused,
+            rx: Vec::new(),
+            tx: head,
+            eof: false,
+            answered: false,
+            opened: now,
+            connected: reused,
+            heard: now,
+            sent: now,
+        });
+        self.metrics.backend_request();
     }
 
     /// A pooled connection to `endpoint`, or a new one.
