@@ -16,7 +16,7 @@
 //! open stream, and a stream whose response the client stops taking
 //! (window 0) reset after the response-body time.
 
-use super::io::{H2Io, Task, WakeList};
+use super::io::{Greeting, H2Io, Task, WakeList};
 use super::pipe::{CoreEnd, PipeKind, Pipes};
 use super::translate::{
     check_first_frame, first_frame_end, h1_to_response, recv_body, request_to_h1, send_body,
@@ -138,6 +138,7 @@ impl<C: Copy + Eq + Hash> Inbound<C> {
         now: Instant,
     ) {
         let io = H2Io::new(self.settings.write_buffer);
+        io.buffers().greeting = Some(Greeting::default());
         let mut upgrade = None;
         if let Some(head) = &handoff.upgrade {
             // RFC 7540 §3.2: 101, then the server's preface; the request
@@ -500,7 +501,9 @@ impl<C: Copy + Eq + Hash> Inbound<C> {
         let past = |since: Instant, limit: Duration| now.saturating_duration_since(since) >= limit;
         let mut late = Vec::new();
         for (key, conn) in &mut self.conns {
-            let greeting = conn.upgrade.is_some() || matches!(conn.state, State::Handshake(_));
+            let greeting = conn.upgrade.is_some()
+                || matches!(conn.state, State::Handshake(_))
+                || !conn.link.io.buffers().greeting.as_ref().is_none_or(Greeting::complete);
             if greeting && past(conn.opened, d.request_head) {
                 metrics.timeout(Phase::Http2Preface);
                 late.push(key);

@@ -31,6 +31,39 @@ pub struct Buffers {
     pub tx: Vec<u8>,
     /// `tx` beyond this makes `h2` wait (the socket is slower than us).
     pub tx_limit: usize,
+    /// A client connection's greeting, watched as `h2` reads it.
+    pub greeting: Option<Greeting>,
+}
+
+/// The client's connection preface and first frame (RFC 9113 §3.4), seen
+/// as `h2` reads them: until both are in, the connection is under the
+/// request-head deadline, not the idle one (a client that sends the
+/// preface and then nothing is cut off as early as a slow request head).
+#[derive(Debug, Default)]
+pub struct Greeting {
+    /// The preface and the first frame's header.
+    head: Vec<u8>,
+    /// Bytes read so far.
+    read: usize,
+}
+
+impl Greeting {
+    const HEAD: usize = 24 + 9;
+
+    fn observe(&mut self, bytes: &[u8]) {
+        let want = Self::HEAD.saturating_sub(self.head.len()).min(bytes.len());
+        self.head.extend_from_slice(&bytes[..want]);
+        self.read += bytes.len();
+    }
+
+    /// The preface and the whole first frame have been read.
+    pub fn complete(&self) -> bool {
+        let Some(header) = self.head.get(24..Self::HEAD) else {
+            return false;
+        };
+        let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+        self.read >= Self::HEAD + len
+    }
 }
 
 impl H2Io {
@@ -63,6 +96,10 @@ impl AsyncRead for H2Io {
         }
         let n = buf.remaining().min(b.rx.len());
         buf.put_slice(&b.rx[..n]);
+        let b = &mut *b;
+        if let Some(greeting) = &mut b.greeting {
+            greeting.observe(&b.rx[..n]);
+        }
         b.rx.drain(..n);
         Poll::Ready(Ok(()))
     }
@@ -146,5 +183,24 @@ impl WakeList {
             .lock()
             .map(|mut list| std::mem::take(&mut *list))
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_greeting_is_complete_once_the_first_frame_is_read_whole() {
+        let mut greeting = Greeting::default();
+        let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        greeting.observe(&preface[..10]);
+        greeting.observe(&preface[10..]);
+        assert!(!greeting.complete(), "the preface alone");
+        greeting.observe(&[0, 0, 12, 0x4, 0, 0, 0, 0]);
+        greeting.observe(&[0, 0, 3, 0, 0, 0]);
+        assert!(!greeting.complete(), "half the SETTINGS payload");
+        greeting.observe(&[0, 0, 0, 0, 0, 0, 0]);
+        assert!(greeting.complete());
     }
 }
