@@ -503,7 +503,7 @@ impl<C: Copy + Eq + Hash> Inbound<C> {
         for (key, conn) in &mut self.conns {
             let greeting = conn.upgrade.is_some()
                 || matches!(conn.state, State::Handshake(_))
-                || !conn.link.io.buffers().greeting.as_ref().is_none_or(Greeting::complete);
+                || !conn.link.io.greeted();
             if greeting && past(conn.opened, d.request_head) {
                 metrics.timeout(Phase::Http2Preface);
                 late.push(key);

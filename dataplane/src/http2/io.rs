@@ -77,6 +77,15 @@ impl H2Io {
     pub fn buffers(&self) -> std::cell::RefMut<'_, Buffers> {
         self.0.borrow_mut()
     }
+
+    /// The peer's greeting, if watched, is all in.
+    pub fn greeted(&self) -> bool {
+        self.0
+            .borrow()
+            .greeting
+            .as_ref()
+            .is_none_or(Greeting::complete)
+    }
 }
 
 impl AsyncRead for H2Io {

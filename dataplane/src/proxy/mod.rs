@@ -158,6 +158,34 @@ struct BackendLeg<C> {
     sent: Instant,
 }
 
+impl<C> BackendLeg<C> {
+    /// A leg about to carry `head` (and the body after it); a pooled
+    /// connection (`reused`) is connected already.
+    fn new(
+        conn: C,
+        endpoint: SocketAddr,
+        protocol: BackendProtocol,
+        reused: bool,
+        head: Vec<u8>,
+        now: Instant,
+    ) -> Self {
+        Self {
+            conn,
+            endpoint,
+            protocol,
+            reused,
+            rx: Vec::new(),
+            tx: head,
+            eof: false,
+            answered: false,
+            opened: now,
+            connected: reused,
+            heard: now,
+            sent: now,
+        }
+    }
+}
+
 /// The response being relayed.
 enum ResponseState {
     /// Waiting for the backend's head.

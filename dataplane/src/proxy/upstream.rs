@@ -136,20 +136,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         if reused && request.body.is_done() {
             request.replay = Some(head.clone());
         }
-        request.backend = Some(BackendLeg {
-            conn,
-            endpoint,
-            protocol,
-            reused,
-            rx: Vec::new(),
-            tx: head,
-            eof: false,
-            answered: false,
-            opened: now,
-            connected: reused,
-            heard: now,
-            sent: now,
-        });
+        request.backend = Some(BackendLeg::new(conn, endpoint, protocol, reused, head, now));
         self.metrics.backend_request();
     }
 
@@ -207,20 +194,9 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
                             self.metrics.backend_connection_opened();
                         }
                         let request = self.exchanges[id].request.as_mut().expect("in flight");
-                        request.backend = Some(BackendLeg {
-                            conn,
-                            endpoint,
-                            protocol,
-                            reused: false,
-                            rx: Vec::new(),
-                            tx: replay,
-                            eof: false,
-                            answered: false,
-                            opened: now,
-                            connected: false,
-                            heard: now,
-                            sent: now,
-                        });
+                        request.backend = Some(BackendLeg::new(
+                            conn, endpoint, protocol, false, replay, now,
+                        ));
                     }
                     None => self.refuse(id, Cause::ConnectFailed),
                 }
