@@ -4,7 +4,9 @@
 //! pod name and namespace (from `POD_NAME` / `NAMESPACE`). A request header
 //! `X-Echo-Set-Header: Name:value,Name2:value2` becomes response headers.
 //! Beyond echo-basic, `/echo-body` answers with the request's own body
-//! (chunked when the query has `chunked`), for byte-exact body tests.
+//! (chunked when the query has `chunked`), for byte-exact body tests, and
+//! `/bytes?n=N` with N bytes of body, streamed as the reader takes them (a
+//! response larger than every buffer on the path, for slow-reader tests).
 //!
 //! A connection that opens with the HTTP/2 preface is served as h2c (the
 //! conformance echo server's port 3001): the same JSON, `proto` HTTP/2.0.
@@ -151,6 +153,19 @@ async fn h2_exchange(
     if let Some(authority) = parts.uri.authority() {
         headers.insert(0, ("host".into(), authority.as_str().as_bytes().to_vec()));
     }
+    if let Some(n) = bytes_requested(target) {
+        let response = http::Response::builder()
+            .status(200)
+            .header("content-type", "application/octet-stream")
+            .header("content-length", n)
+            .body(())?;
+        let head_only = parts.method == http::Method::HEAD || n == 0;
+        let mut send = respond.send_response(response, head_only)?;
+        if !head_only {
+            h2_stream_bytes(&mut send, n).await?;
+        }
+        return Ok(());
+    }
     let (body, content_type, extra) = if target.starts_with("/echo-body") {
         (received, "application/octet-stream", Vec::new())
     } else {
@@ -174,6 +189,73 @@ async fn h2_exchange(
     let mut send = respond.send_response(response.body(())?, head_only)?;
     if !head_only {
         send.send_data(bytes::Bytes::from(body), true)?;
+    }
+    Ok(())
+}
+
+/// `n` bytes of [`pattern`] on `send`, as the peer's window lets them go.
+async fn h2_stream_bytes(send: &mut h2::SendStream<bytes::Bytes>, n: u64) -> Result<()> {
+    let mut sent = 0u64;
+    while sent < n {
+        let want = (n - sent).min(BYTES_CHUNK as u64) as usize;
+        send.reserve_capacity(want);
+        let granted = std::future::poll_fn(|cx| send.poll_capacity(cx))
+            .await
+            .context("stream closed")??;
+        let take = granted.min(want);
+        if take == 0 {
+            continue;
+        }
+        let piece = bytes::Bytes::from(pattern(sent, take));
+        sent += take as u64;
+        send.send_data(piece, sent == n)?;
+    }
+    Ok(())
+}
+
+/// Largest piece `/bytes` writes at once.
+const BYTES_CHUNK: usize = 64 * 1024;
+
+/// The N of `/bytes?n=N` (1 MiB without `n`), if the target is `/bytes`.
+fn bytes_requested(target: &str) -> Option<u64> {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    if path != "/bytes" {
+        return None;
+    }
+    let n = query
+        .split('&')
+        .find_map(|p| p.strip_prefix("n="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1 << 20);
+    Some(n)
+}
+
+/// The body `/bytes` sends, from byte `offset` on: a repeating 0..=250 run,
+/// so a client can check where it is.
+fn pattern(offset: u64, len: usize) -> Vec<u8> {
+    (0..len as u64)
+        .map(|i| ((offset + i) % 251) as u8)
+        .collect()
+}
+
+/// `/bytes`: the head, then `n` bytes written as the socket takes them.
+async fn h1_stream_bytes(stream: &mut TcpStream, head: &RequestHead, n: u64) -> Result<()> {
+    let mut response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {n}\r\n"
+    );
+    if !head.keep_alive {
+        response.push_str("Connection: close\r\n");
+    }
+    response.push_str("\r\n");
+    stream.write_all(response.as_bytes()).await?;
+    if head.method == "HEAD" {
+        return Ok(());
+    }
+    let mut sent = 0u64;
+    while sent < n {
+        let take = (n - sent).min(BYTES_CHUNK as u64) as usize;
+        stream.write_all(&pattern(sent, take)).await?;
+        sent += take as u64;
     }
     Ok(())
 }
@@ -220,9 +302,10 @@ async fn h1_connection(mut stream: TcpStream, identity: Identity) -> Result<()> 
             }
             return Ok(());
         }
-        match body {
-            Some(body) => stream.write_all(&body_response(&head, &body)).await?,
-            None => stream.write_all(&echo_response(&head, &identity)).await?,
+        match (body, bytes_requested(&head.target)) {
+            (Some(body), _) => stream.write_all(&body_response(&head, &body)).await?,
+            (None, Some(n)) => h1_stream_bytes(&mut stream, &head, n).await?,
+            (None, None) => stream.write_all(&echo_response(&head, &identity)).await?,
         }
         if !head.keep_alive {
             stream.shutdown().await?;
@@ -475,6 +558,60 @@ mod tests {
         assert_eq!(echoed[0]["namespace"], "gateway-conformance-infra");
         assert_eq!(echoed[1]["method"], "POST");
         assert_eq!(echoed[2]["path"], "/c");
+    }
+
+    #[test]
+    fn bytes_streams_n_bytes_of_the_pattern_over_http1_and_h2() {
+        let addr = start();
+        let n = 3 * BYTES_CHUNK + 17;
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        write!(
+            stream,
+            "GET /bytes?n={n} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).unwrap();
+        let split = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8_lossy(&response[..split]);
+        assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+        assert!(head.contains(&format!("Content-Length: {n}")), "{head}");
+        let body = &response[split + 4..];
+        assert_eq!(body.len(), n);
+        assert_eq!(body, pattern(0, n).as_slice());
+        assert_eq!(bytes_requested("/bytes"), Some(1 << 20));
+        assert_eq!(bytes_requested("/bytes?x=1&n=5"), Some(5));
+        assert_eq!(bytes_requested("/bytesx?n=5"), None);
+
+        // Over h2c, within the client's flow-control window as it opens.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let got = runtime.block_on(async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+            tokio::spawn(connection);
+            let request = http::Request::get(format!("http://h/bytes?n={n}"))
+                .body(())
+                .unwrap();
+            let (response, _) = client.send_request(request, true).unwrap();
+            let response = response.await.unwrap();
+            assert_eq!(response.status(), 200);
+            let mut body = response.into_body();
+            let mut got = Vec::new();
+            while let Some(data) = body.data().await {
+                let data = data.unwrap();
+                let _ = body.flow_control().release_capacity(data.len());
+                got.extend_from_slice(&data);
+            }
+            got
+        });
+        assert_eq!(got.len(), n);
+        assert_eq!(got, pattern(0, n));
     }
 
     #[test]

@@ -19,11 +19,21 @@ pub(crate) struct GatewayLab {
     pub(crate) config: PathBuf,
     /// Where `rauta run` takes its routes: `--config DIR` or `--kubernetes …`.
     source: Vec<String>,
+    run: RunWith,
     pub(crate) gateway: Option<Process>,
     pub(crate) backends: Vec<Option<Process>>,
 }
 
 pub(crate) const BACKEND: &str = "198.18.0.20";
+
+/// How `rauta run` starts beyond the defaults.
+#[derive(Clone, Default)]
+pub(crate) struct RunWith {
+    /// `NAME=value` pairs for the gateway's environment alone.
+    pub(crate) env: Vec<String>,
+    /// More flags (timeouts, limits).
+    pub(crate) flags: Vec<String>,
+}
 
 impl GatewayLab {
     pub(crate) fn start(prefix: &str, io: Io) -> Self {
@@ -32,6 +42,16 @@ impl GatewayLab {
 
     /// With `extra` manifests (file name, text) beside the examples.
     pub(crate) fn start_with(prefix: &str, io: Io, extra: &[(&str, &str)]) -> Self {
+        Self::start_with_run(prefix, io, extra, RunWith::default())
+    }
+
+    /// With `extra` manifests, `rauta run` started as `run` says.
+    pub(crate) fn start_with_run(
+        prefix: &str,
+        io: Io,
+        extra: &[(&str, &str)],
+        run: RunWith,
+    ) -> Self {
         let lab = Lab::up(prefix, 2);
         let config = std::env::temp_dir().join(format!("{prefix}-config-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&config);
@@ -45,16 +65,17 @@ impl GatewayLab {
             std::fs::write(config.join(name), text).unwrap();
         }
         let source = vec!["--config".to_owned(), config.to_string_lossy().into_owned()];
-        Self::launch(lab, io, config, source)
+        Self::launch(lab, io, config, source, run)
     }
 
     /// Both backends, then the gateway with its routes from `source`.
-    fn launch(lab: Lab, io: Io, config: PathBuf, source: Vec<String>) -> Self {
+    fn launch(lab: Lab, io: Io, config: PathBuf, source: Vec<String>, run: RunWith) -> Self {
         let mut this = Self {
             lab,
             io,
             config,
             source,
+            run,
             gateway: None,
             backends: vec![None, None],
         };
@@ -87,7 +108,10 @@ impl GatewayLab {
         ]
         .map(str::to_owned)
         .to_vec();
-        (Self::launch(lab, io, config, source), server)
+        (
+            Self::launch(lab, io, config, source, RunWith::default()),
+            server,
+        )
     }
 
     pub(crate) fn start_backend(&mut self, index: usize) {
@@ -115,8 +139,15 @@ impl GatewayLab {
     pub(crate) fn start_gateway(&mut self) {
         let iface = self.lab.gw_iface();
         let address = format!("{GATEWAY}/24");
-        let mut args = vec![RAUTA, "run", "--admin", "127.0.0.1:9901"];
+        let mut args = Vec::new();
+        if !self.run.env.is_empty() {
+            // `env` execs the gateway: the process's PID stays the gateway's.
+            args.push("env");
+            args.extend(self.run.env.iter().map(String::as_str));
+        }
+        args.extend([RAUTA, "run", "--admin", "127.0.0.1:9901"]);
         args.extend(self.source.iter().map(String::as_str));
+        args.extend(self.run.flags.iter().map(String::as_str));
         match self.io {
             Io::Xdp => args.extend([
                 "--io",

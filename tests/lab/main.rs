@@ -11,3 +11,4 @@ mod grpc;
 mod http2;
 mod kubernetes;
 mod probe;
+mod timeouts;
