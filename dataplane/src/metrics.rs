@@ -4,7 +4,7 @@
 //! bounce between cores on the data path; the admin server sums workers
 //! when scraped.
 
-use crate::error::{Cause, Phase, Side};
+use crate::error::{Cause, Phase};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -181,11 +181,11 @@ impl ProxyMetrics {
         self.backend_requests.fetch_add(1, Relaxed);
     }
 
-    /// A failure, counted by cause (and, for an upstream cause, as a
+    /// A failure, counted by cause (and, for a backend failure, as a
     /// backend error; for an expiry, by its phase).
     pub fn failure(&self, cause: Cause) {
         self.errors[cause.index()].fetch_add(1, Relaxed);
-        if cause.side() == Side::Upstream && cause.is_backend_failure() {
+        if cause.is_backend_failure() {
             self.backend_errors.fetch_add(1, Relaxed);
         }
         if let Some(phase) = cause.phase() {
