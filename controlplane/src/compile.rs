@@ -1113,7 +1113,7 @@ spec:
             method: "GET",
             path: "/app/x",
             query: &[],
-            headers: &[],
+            headers: Box::leak(Box::default()),
         };
         let action = foo.routes.lookup(&view("a.foo.com")).unwrap();
         let backend = action.backends.pick(0).unwrap();

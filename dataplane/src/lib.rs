@@ -14,6 +14,7 @@ pub mod http1;
 pub mod http2;
 pub mod kernel;
 pub mod listeners;
+pub mod message;
 pub mod metrics;
 pub mod probe;
 pub mod proxy;

@@ -80,8 +80,8 @@ pub struct RequestView<'a> {
     pub path: &'a str,
     /// Query parameters in order (decoded by the caller).
     pub query: &'a [(String, String)],
-    /// Header fields (names in any case).
-    pub headers: &'a [(String, String)],
+    /// Header fields.
+    pub headers: &'a http::HeaderMap,
 }
 
 impl RouteMatch {
@@ -98,9 +98,9 @@ impl RouteMatch {
                 // implementation-specific in the spec).
                 request
                     .headers
-                    .iter()
-                    .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                    .is_some_and(|(_, v)| value.matches(v))
+                    .get(name.to_ascii_lowercase().as_str())
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| value.matches(v))
             })
             && self.query.iter().all(|(name, value)| {
                 request
@@ -326,7 +326,7 @@ mod tests {
             method,
             path,
             query: &[],
-            headers: &[],
+            headers: Box::leak(Box::default()),
         }
     }
 
@@ -414,13 +414,15 @@ mod tests {
                 vec![(vec![with_header], "header"), (vec![with_method], "method")],
             ),
         ]);
-        let headers = [("Version".to_string(), "2".to_string())];
+        let mut headers = http::HeaderMap::new();
+        headers.insert("version", http::HeaderValue::from_static("2"));
+        let empty = http::HeaderMap::new();
         let mut request = view("x", "POST", "/");
         assert_eq!(table.lookup(&request).map(|a| **a), Some("method"));
         request.method = "GET";
         request.headers = &headers;
         assert_eq!(table.lookup(&request).map(|a| **a), Some("header"));
-        request.headers = &[];
+        request.headers = &empty;
         // ns/a and ns/b are the same age: the name decides.
         assert_eq!(table.lookup(&request).map(|a| **a), Some("a-same-age"));
     }

@@ -5,13 +5,12 @@
 //! [`HttpService`] as they would the core: accept, I/O, tick, drain. It
 //! hands client connections that open with the HTTP/2 preface or ask for
 //! `Upgrade: h2c` to the HTTP/2 layer, gives the core its streams as
-//! pipes, and runs both until neither has anything left to do.
+//! message pipes, and runs both until neither has anything left to do.
 
 use crate::config::{BackendProtocol, GatewayConfig};
-use crate::http2::pipe::{Conn, Mux, Pipes};
 use crate::http2::{Http2, Http2Settings};
 use crate::metrics::ProxyMetrics;
-use crate::proxy::{Handoff, Proxy, ProxySettings, Transport};
+use crate::proxy::{Proxy, ProxySettings, Transport};
 use arc_swap::ArcSwap;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -23,9 +22,8 @@ use std::time::Instant;
 const SETTLE_ROUNDS: usize = 64;
 
 pub struct HttpService<T: Transport> {
-    core: Proxy<Conn<T::Conn>>,
+    core: Proxy<T::Conn>,
     http2: Http2<T::Conn>,
-    pipes: Pipes,
     config: Arc<ArcSwap<GatewayConfig>>,
     metrics: Arc<ProxyMetrics>,
     /// The configuration the backend pools were last opened for (held, so
@@ -40,11 +38,9 @@ impl<T: Transport> HttpService<T> {
         config: Arc<ArcSwap<GatewayConfig>>,
         metrics: Arc<ProxyMetrics>,
     ) -> Self {
-        let pipes = Pipes::new(settings.buffer);
         Self {
             http2: Http2::new(http2, settings.deadlines.clone()),
             core: Proxy::new(settings, config.clone(), metrics.clone()),
-            pipes,
             config,
             metrics,
             warm: None,
@@ -58,7 +54,7 @@ impl<T: Transport> HttpService<T> {
 
     /// Whether `conn` is one the service knows.
     pub fn knows(&self, conn: T::Conn) -> bool {
-        self.core.knows(Conn::Net(conn)) || self.http2.owns(conn)
+        self.core.knows(conn) || self.http2.owns(conn)
     }
 
     pub fn accept(
@@ -69,12 +65,7 @@ impl<T: Transport> HttpService<T> {
         local_port: u16,
         now: Instant,
     ) {
-        let mut mux = Mux {
-            net: io,
-            pipes: &mut self.pipes,
-        };
-        self.core
-            .accept(&mut mux, Conn::Net(conn), peer, local_port, now);
+        self.core.accept(io, conn, peer, local_port, now);
         self.settle(io, now);
     }
 
@@ -83,11 +74,7 @@ impl<T: Transport> HttpService<T> {
         if self.http2.owns(conn) {
             self.http2.on_net(conn);
         } else {
-            let mut mux = Mux {
-                net: io,
-                pipes: &mut self.pipes,
-            };
-            self.core.on_io(&mut mux, Conn::Net(conn), now);
+            self.core.on_io(io, conn, now);
         }
         self.settle(io, now);
     }
@@ -95,12 +82,9 @@ impl<T: Transport> HttpService<T> {
     /// Timeouts, and backend pools kept warm; call every
     /// [`crate::proxy::TICK_INTERVAL`].
     pub fn tick(&mut self, io: &mut T, now: Instant) {
-        let mut mux = Mux {
-            net: io,
-            pipes: &mut self.pipes,
-        };
-        self.core.tick(&mut mux, now);
-        self.http2.tick(io, &mut self.pipes, &self.metrics, now);
+        self.core.tick(io, now);
+        self.http2
+            .tick(io, &mut self.core.pipes, &self.metrics, now);
         let config = self.config.load_full();
         if self.warm.as_ref().is_none_or(|w| !Arc::ptr_eq(w, &config)) {
             self.http2
@@ -115,11 +99,7 @@ impl<T: Transport> HttpService<T> {
     /// in flight.
     pub fn drain(&mut self, io: &mut T, now: Instant) -> bool {
         self.http2.drain(now);
-        let mut mux = Mux {
-            net: io,
-            pipes: &mut self.pipes,
-        };
-        let busy = self.core.drain(&mut mux, now);
+        let busy = self.core.drain(io, now);
         self.settle(io, now);
         busy || self.http2.clients() > 0 || self.http2.backend_connections() > 0
     }
@@ -130,39 +110,19 @@ impl<T: Transport> HttpService<T> {
         for _ in 0..SETTLE_ROUNDS {
             let mut busy = false;
             for handoff in self.core.take_handoffs() {
-                // Only sockets open with a preface or an upgrade.
-                let Conn::Net(conn) = handoff.conn else {
-                    continue;
-                };
-                let handoff = Handoff {
-                    conn,
-                    peer: handoff.peer,
-                    local_port: handoff.local_port,
-                    buffered: handoff.buffered,
-                    upgrade: handoff.upgrade,
-                };
                 self.http2.adopt(handoff, &self.metrics, now);
                 busy = true;
             }
-            let accepted = std::mem::take(&mut self.pipes.accepted);
-            let ready = std::mem::take(&mut self.pipes.ready);
+            let accepted = std::mem::take(&mut self.core.pipes.accepted);
+            let ready = std::mem::take(&mut self.core.pipes.ready);
             busy |= !accepted.is_empty() || !ready.is_empty();
             for (pipe, peer, port) in accepted {
-                let mut mux = Mux {
-                    net: io,
-                    pipes: &mut self.pipes,
-                };
-                self.core
-                    .accept_stream(&mut mux, Conn::Pipe(pipe), peer, port, now);
+                self.core.accept_stream(io, pipe, peer, port, now);
             }
             for pipe in ready {
-                let mut mux = Mux {
-                    net: io,
-                    pipes: &mut self.pipes,
-                };
-                self.core.on_io(&mut mux, Conn::Pipe(pipe), now);
+                self.core.on_pipe(io, pipe, now);
             }
-            busy |= self.http2.run(io, &mut self.pipes, &self.metrics, now);
+            busy |= self.http2.run(io, &mut self.core.pipes, &self.metrics, now);
             if !busy {
                 return;
             }

@@ -241,14 +241,14 @@ fn forwards_with_forwarding_headers_and_reuses_the_backend_connection() {
     let backend = h.last_backend();
     let request = h.io.take_output(backend);
     assert!(
-        request.starts_with("GET /app/x?q=1 HTTP/1.1\r\nHost: example.com\r\n"),
+        request.starts_with("GET /app/x?q=1 HTTP/1.1\r\nhost: example.com\r\n"),
         "{request}"
     );
     assert!(
-        request.contains("X-Forwarded-For: 192.0.2.7\r\n"),
+        request.contains("x-forwarded-for: 192.0.2.7\r\n"),
         "{request}"
     );
-    assert!(request.contains("X-Forwarded-Proto: http\r\n"), "{request}");
+    assert!(request.contains("x-forwarded-proto: http\r\n"), "{request}");
     assert!(
         !request.contains("X-Hop"),
         "hop-by-hop field named by Connection forwarded: {request}"
@@ -256,7 +256,7 @@ fn forwards_with_forwarding_headers_and_reuses_the_backend_connection() {
     h.backend_sends(backend, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
     assert_eq!(
         h.client_got(),
-        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
     );
 
     h.client_sends("GET /app/y HTTP/1.1\r\nHost: example.com\r\n\r\n");
@@ -273,7 +273,7 @@ fn pipelined_requests_are_answered_in_order_and_chunked_bodies_re_framed() {
     let backend = h.last_backend();
     let first = h.io.take_output(backend);
     assert!(
-        first.contains("Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
+        first.contains("transfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
         "{first}"
     );
     assert!(
@@ -287,7 +287,7 @@ fn pipelined_requests_are_answered_in_order_and_chunked_bodies_re_framed() {
     let got = h.client_got();
     assert!(
         got.starts_with(
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
         ),
         "{got}"
     );
@@ -308,7 +308,7 @@ fn no_route_is_404_and_smuggling_is_400_with_the_connection_closed() {
     h.client_sends("POST /app HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /app HTTP/1.1\r\nHost: h\r\n\r\n");
     let got = h.client_got();
     assert!(
-        got.starts_with("HTTP/1.1 400 Bad Request\r\n") && got.contains("Connection: close"),
+        got.starts_with("HTTP/1.1 400 Bad Request\r\n") && got.contains("connection: close"),
         "{got}"
     );
     assert!(
@@ -374,7 +374,7 @@ fn expect_continue_is_answered_before_the_body() {
     let request = h.io.take_output(backend);
     assert!(!request.contains("Expect"), "{request}");
     assert!(
-        request.ends_with("Content-Length: 4\r\n\r\ndata"),
+        request.ends_with("content-length: 4\r\n\r\ndata"),
         "{request}"
     );
 }
@@ -419,7 +419,7 @@ fn a_drain_closes_idle_backend_connections_and_finishes_requests_in_flight() {
     h.backend_sends(pooled, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
     let got = h.client_got();
     assert!(
-        got.starts_with("HTTP/1.1 200 OK") && got.contains("Connection: close"),
+        got.starts_with("HTTP/1.1 200 OK") && got.contains("connection: close"),
         "{got}"
     );
     assert!(!h.proxy.drain(&mut h.io, h.now), "nothing left in flight");
@@ -506,7 +506,7 @@ fn a_client_that_stops_reading_loses_both_legs() {
     h.io.conns.get_mut(&h.client).unwrap().stalled = true;
     h.backend_sends(
         backend,
-        "HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-length: 1000000\r\n\r\n",
     );
     h.backend_sends(backend, &"z".repeat(100_000));
     h.wait(59);

@@ -1,9 +1,9 @@
 //! Client connections that speak HTTP/2 (server role).
 //!
-//! Each accepted stream becomes a pipe the core serves as one HTTP/1.1
-//! exchange; its request body flows in as the core makes room (the
-//! client's window follows), its response flows out as the client's window
-//! allows. Abuse is cut off here: a client that resets streams faster than
+//! Each accepted stream becomes a pipe the core serves as one exchange:
+//! the request head and body events go to it as the core makes room (the
+//! client's window follows), the response comes back as the client's
+//! window allows. Abuse is cut off here: a client that resets streams faster than
 //! [`Http2Settings::max_resets_per_second`] (the rapid-reset attack,
 //! CVE-2023-44487) gets GOAWAY `ENHANCE_YOUR_CALM`; `h2` itself bounds
 //! header lists (and so CONTINUATION floods), concurrent streams and
@@ -16,22 +16,20 @@
 //! open stream, and a stream whose response the client stops taking
 //! (window 0) reset after the response-body time.
 
-use super::io::{Greeting, H2Io, Task, WakeList};
-use super::pipe::{CoreEnd, PipeKind, Pipes};
-use super::translate::{
-    check_first_frame, first_frame_end, h1_to_response, recv_body, request_to_h1, send_body,
-    upgrade_stream_frame, BodyError, FromCore, H1Body, Received,
+use super::codec::{
+    check_first_frame, first_frame_end, recv_events, request_from_h2, response_to_h2, send_events,
+    upgrade_stream_frame, Received,
 };
+use super::io::{Greeting, H2Io, Task, WakeList};
+use super::pipe::{CoreEnd, Message, PipeKind, Pipes};
 use super::{Http2Settings, Link, NetState, Windows};
 use crate::error::{Cause, Phase};
-use crate::http1::{self, Limits};
 use crate::metrics::ProxyMetrics;
 use crate::proxy::{Deadlines, Handoff, Transport};
 use bytes::Bytes;
 use foldhash::{HashMap, HashMapExt};
 use h2::server::{self, SendResponse};
 use h2::{Reason, RecvStream, SendStream};
-use http::{HeaderMap, Method};
 use slab::Slab;
 use std::future::Future;
 use std::hash::Hash;
@@ -72,14 +70,11 @@ struct Connection<C> {
 struct Stream {
     conn: usize,
     waker: Waker,
-    method: Method,
-    /// The request body still coming, and how it is written to the core.
-    request: Option<(RecvStream, H1Body)>,
+    /// The request body still coming.
+    request: Option<RecvStream>,
     /// Until the response head is sent.
     respond: Option<SendResponse<Bytes>>,
     send: Option<SendStream<Bytes>>,
-    body: FromCore,
-    trailers: HeaderMap,
     /// The whole response was handed to `h2`.
     responded: bool,
     /// The client's reset of it was counted.
@@ -96,7 +91,6 @@ pub struct Inbound<C> {
     builder: server::Builder,
     settings: Http2Settings,
     deadlines: Deadlines,
-    limits: Limits,
     /// Socket reads land here first.
     scratch: Vec<u8>,
 }
@@ -116,7 +110,6 @@ impl<C: Copy + Eq + Hash> Inbound<C> {
             builder,
             settings,
             deadlines,
-            limits: Limits::default(),
             scratch: vec![0; 64 * 1024],
         }
     }
@@ -229,22 +222,19 @@ impl<C: Copy + Eq + Hash> Inbound<C> {
                         Poll::Ready(Some(Ok((request, respond)))) => {
                             let pipe = pipes.open(PipeKind::Inbound);
                             let (parts, body) = request.into_parts();
-                            let coding = H1Body::of(body.is_end_stream(), &parts.headers);
+                            let end = body.is_end_stream();
+                            let message = request_from_h2(parts, end);
                             let p = pipes.get_mut(pipe).expect("just opened");
-                            p.to_core = request_to_h1(&parts, coding);
-                            p.fin = coding == H1Body::None;
+                            p.to_core.push(Message::Request(Box::new(message)));
                             pipes.accepted.push((pipe, conn.peer, conn.local_port));
                             self.streams.insert(
                                 pipe,
                                 Stream {
                                     conn: key,
                                     waker: wakes.waker(Task::Stream(pipe)),
-                                    method: parts.method,
-                                    request: (coding != H1Body::None).then_some((body, coding)),
+                                    request: (!end).then_some(body),
                                     respond: Some(respond),
                                     send: None,
-                                    body: FromCore::Done,
-                                    trailers: HeaderMap::new(),
                                     responded: false,
                                     reset_counted: false,
                                     moved: now,
@@ -331,11 +321,10 @@ impl<C: Copy + Eq + Hash> Inbound<C> {
         let mut client_reset = false;
         let mut failed = false;
         let mut for_core = false;
-        if let Some((body, coding)) = &mut stream.request {
-            match recv_body(body, *coding, &mut p.to_core, capacity, &mut cx) {
+        if let Some(body) = &mut stream.request {
+            match recv_events(body, &mut p.to_core, capacity, &mut cx) {
                 Received::Some(moved) => for_core |= moved,
                 Received::Ended => {
-                    p.fin = true;
                     stream.request = None;
                     for_core = true;
                 }
@@ -347,70 +336,45 @@ impl<C: Copy + Eq + Hash> Inbound<C> {
             }
         }
         if let Some(respond) = &mut stream.respond {
-            loop {
-                match http1::parse_response(&p.from_core, stream.method.as_str(), &self.limits) {
-                    Ok(Some(head)) => {
-                        p.from_core.drain(..head.head_len);
-                        if (100..200).contains(&head.status) {
-                            continue;
+            match p.from_core.pop() {
+                Some(Message::Response(response)) => {
+                    let (response, end) = response_to_h2(*response);
+                    match respond.send_response(response, end) {
+                        Ok(send) => {
+                            stream.send = Some(send);
+                            stream.responded = end;
+                            stream.respond = None;
+                            stream.moved = now;
                         }
-                        let body = if stream.method == Method::HEAD {
-                            FromCore::Done
-                        } else {
-                            FromCore::response(head.framing)
-                        };
-                        let end = body.is_done();
-                        match h1_to_response(&head).map(|r| respond.send_response(r, end)) {
-                            Ok(Ok(send)) => {
-                                stream.send = Some(send);
-                                stream.body = body;
-                                stream.responded = end;
-                                stream.respond = None;
-                                stream.moved = now;
-                            }
-                            Ok(Err(error)) => {
-                                tracing::debug!(%error, "response head not sent");
-                                client_reset |= error.is_reset();
-                                failed = true;
-                            }
-                            Err(error) => {
-                                tracing::warn!(%error, "core response not expressible in HTTP/2");
-                                respond.send_reset(Reason::INTERNAL_ERROR);
-                                failed = true;
-                            }
-                        }
-                        for_core = true;
-                    }
-                    Ok(None) => {
-                        if let Poll::Ready(reason) = respond.poll_reset(&mut cx) {
-                            tracing::debug!(?reason, "client reset a stream awaiting its response");
-                            client_reset |= reason.is_ok();
+                        Err(error) => {
+                            tracing::debug!(%error, "response head not sent");
+                            client_reset |= error.is_reset();
                             failed = true;
                         }
                     }
-                    Err(error) => {
-                        tracing::warn!(%error, "core response unreadable");
-                        respond.send_reset(Reason::INTERNAL_ERROR);
+                    for_core = true;
+                }
+                Some(other) => {
+                    tracing::warn!(?other, "the core answered a stream with no head");
+                    respond.send_reset(Reason::INTERNAL_ERROR);
+                    failed = true;
+                }
+                None => {
+                    if let Poll::Ready(reason) = respond.poll_reset(&mut cx) {
+                        tracing::debug!(?reason, "client reset a stream awaiting its response");
+                        client_reset |= reason.is_ok();
                         failed = true;
                     }
                 }
-                break;
             }
         }
         if let Some(send) = stream.send.as_mut().filter(|_| !stream.responded) {
-            match send_body(
-                send,
-                &mut stream.body,
-                &mut p.from_core,
-                &mut stream.trailers,
-                &mut cx,
-            ) {
+            match send_events(send, &mut p.from_core, &mut stream.responded, &mut cx) {
                 Ok(moved) => {
                     for_core |= moved;
                     if moved {
                         stream.moved = now;
                     }
-                    stream.responded = stream.body.is_done();
                     if !moved && !stream.responded {
                         if let Poll::Ready(reason) = send.poll_reset(&mut cx) {
                             tracing::debug!(?reason, "client reset a stream being answered");
@@ -419,14 +383,9 @@ impl<C: Copy + Eq + Hash> Inbound<C> {
                         }
                     }
                 }
-                Err(BodyError::Stream(error)) => {
+                Err(error) => {
                     tracing::debug!(%error, "response body not sent");
                     client_reset |= error.is_reset();
-                    failed = true;
-                }
-                Err(BodyError::Framing(error)) => {
-                    tracing::warn!(%error, "core response body unreadable");
-                    send.send_reset(Reason::INTERNAL_ERROR);
                     failed = true;
                 }
             }
@@ -446,7 +405,7 @@ impl<C: Copy + Eq + Hash> Inbound<C> {
             CoreEnd::Closed if stream.responded => true,
             // Closed after writing: what it wrote still goes out, as a
             // socket's send buffer would after a close.
-            CoreEnd::Closed if unsent && stream.send.is_some() && !failed => false,
+            CoreEnd::Closed if unsent && !failed => false,
             // The core gave up (or closed without a whole response): the
             // client must not take a truncated body for a whole one.
             _ => {

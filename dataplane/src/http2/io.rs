@@ -66,6 +66,22 @@ impl Greeting {
     }
 }
 
+/// What a connection's buffer keeps between bursts: one that grew past it
+/// gives the rest back once it is empty, so a burst on a long-lived
+/// connection (a pooled backend one) does not hold memory for good.
+const KEPT_BUFFER: usize = 64 * 1024;
+
+impl Buffers {
+    /// Give back what a burst grew, where the buffers are empty.
+    pub fn trim(&mut self) {
+        for buffer in [&mut self.rx, &mut self.tx] {
+            if buffer.is_empty() && buffer.capacity() > KEPT_BUFFER {
+                buffer.shrink_to(KEPT_BUFFER);
+            }
+        }
+    }
+}
+
 impl H2Io {
     pub fn new(tx_limit: usize) -> Self {
         Self(Rc::new(RefCell::new(Buffers {

@@ -4,16 +4,17 @@
 //! states. It runs here without a runtime: each connection's bytes sit in
 //! an [`io::H2Io`] the worker fills from and empties into its socket, and
 //! `h2`'s wakers name the connection or stream to poll next
-//! ([`io::WakeList`]). Streams reach the proxy core as HTTP/1.1 on
-//! in-memory pipes ([`pipe`]), so routing, filters, timeouts, pools and
-//! error responses are the core's, once, whatever the protocols on either
-//! side.
+//! ([`io::WakeList`]). Streams reach the proxy core as messages — heads
+//! and body events ([`crate::message`]) — on in-memory pipes ([`pipe`]),
+//! decoded and encoded by [`codec`], so routing, filters, timeouts, pools
+//! and error responses are the core's, once, whatever the protocols on
+//! either side.
 
+pub mod codec;
 pub mod inbound;
 pub mod io;
 pub mod outbound;
 pub mod pipe;
-pub mod translate;
 pub mod window;
 
 use crate::metrics::ProxyMetrics;
@@ -180,6 +181,7 @@ impl<C: Copy> Link<C> {
                 Err(_) => self.state = NetState::Failed,
             }
         }
+        b.trim();
         was_full && b.tx.len() < b.tx_limit
     }
 

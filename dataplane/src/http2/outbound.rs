@@ -1,30 +1,26 @@
 //! HTTP/2 to h2c backends (client role): a pool of multiplexed connections
 //! per endpoint.
 //!
-//! The core opens a pipe where it would open a TCP connection and writes
-//! HTTP/1.1 requests on it, one after another, as on a kept-alive
-//! connection. Each request becomes a stream on the least busy pooled
+//! The core opens a pipe where it would open a TCP connection and puts one
+//! request on it, head and body events. Each becomes a stream on the least busy pooled
 //! connection to the endpoint; the pool grows to
 //! [`Http2Settings::backend_connections`] and is opened ahead of the first
 //! request when an endpoint appears. A connection that fails or is told
 //! GOAWAY leaves the pool; its streams fail (the core answers 502), and
 //! the next request opens a replacement.
 
+use super::codec::{recv_events, request_to_h2, response_from_h2, send_events, Received};
 use super::io::{H2Io, Task, WakeList};
-use super::pipe::{CoreEnd, Pipes};
-use super::translate::{
-    h1_to_request, recv_body, response_to_h1, send_body, BodyError, FromCore, H1Body, Received,
-};
+use super::pipe::{CoreEnd, Message, Pipes};
 use super::{Http2Settings, Link, NetState, Windows};
 use crate::config::BackendProtocol;
-use crate::http1::{self, Limits};
 use crate::metrics::ProxyMetrics;
 use crate::proxy::Transport;
 use bytes::Bytes;
 use foldhash::{HashMap, HashMapExt};
 use h2::client::{self, ResponseFuture, SendRequest};
 use h2::{Reason, RecvStream, SendStream};
-use http::{HeaderMap, Request};
+use http::Request;
 use slab::Slab;
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -67,7 +63,7 @@ struct Connection<C> {
 
 enum Response {
     Waiting(ResponseFuture),
-    Body(RecvStream, H1Body),
+    Body(RecvStream),
     Done,
 }
 
@@ -75,11 +71,12 @@ enum Exchange {
     /// Waiting for the connection to take a new stream.
     Opening {
         request: Request<()>,
-        body: FromCore,
+        /// The head ends the stream.
+        end: bool,
     },
     Open {
         /// The request body still going out.
-        send: Option<(SendStream<Bytes>, FromCore)>,
+        send: Option<SendStream<Bytes>>,
         response: Response,
     },
 }
@@ -89,7 +86,6 @@ struct Stream {
     conn: (usize, u64),
     waker: Waker,
     exchange: Exchange,
-    trailers: HeaderMap,
 }
 
 /// Every backend HTTP/2 connection of a worker.
@@ -100,7 +96,6 @@ pub struct Outbound<C> {
     streams: HashMap<usize, Stream>,
     builder: client::Builder,
     settings: Http2Settings,
-    limits: Limits,
     /// Socket reads land here first.
     scratch: Vec<u8>,
     generation: u64,
@@ -113,10 +108,6 @@ impl<C: Copy + Eq + Hash> Outbound<C> {
             .header_table_size(settings.header_table_size)
             .max_header_list_size(settings.max_header_list_size)
             .enable_push(false);
-        let limits = Limits {
-            max_body: u64::MAX,
-            ..Limits::default()
-        };
         Self {
             conns: Slab::new(),
             by_net: HashMap::new(),
@@ -124,7 +115,6 @@ impl<C: Copy + Eq + Hash> Outbound<C> {
             streams: HashMap::new(),
             builder,
             settings,
-            limits,
             scratch: vec![0; 64 * 1024],
             generation: 0,
         }
@@ -324,43 +314,30 @@ impl<C: Copy + Eq + Hash> Outbound<C> {
             return;
         }
         if !self.streams.contains_key(&pipe) {
-            match http1::parse_request(&p.from_core, &self.limits) {
-                Ok(Some(head)) => {
-                    p.from_core.drain(..head.head_len);
-                    let request = match h1_to_request(&head) {
-                        Ok(request) => request,
-                        Err(error) => {
-                            tracing::warn!(%error, "request not expressible in HTTP/2");
-                            pipes.reset(pipe);
-                            return;
-                        }
-                    };
-                    let Some(key) = self.pick(net, endpoint, wakes, metrics) else {
-                        pipes.reset(pipe);
-                        return;
-                    };
-                    let conn = &mut self.conns[key];
-                    conn.active += 1;
-                    self.streams.insert(
-                        pipe,
-                        Stream {
-                            conn: (key, conn.generation),
-                            waker: wakes.waker(Task::Stream(pipe)),
-                            exchange: Exchange::Opening {
-                                request,
-                                body: FromCore::request(head.framing),
-                            },
-                            trailers: HeaderMap::new(),
-                        },
-                    );
-                }
-                Ok(None) => return,
-                Err(error) => {
-                    tracing::warn!(%error, "core request unreadable");
+            let request = match p.from_core.pop() {
+                Some(Message::Request(request)) => request,
+                Some(other) => {
+                    tracing::warn!(?other, "a backend stream began with no request head");
                     pipes.reset(pipe);
                     return;
                 }
-            }
+                None => return,
+            };
+            let (request, end) = request_to_h2(*request);
+            let Some(key) = self.pick(net, endpoint, wakes, metrics) else {
+                pipes.reset(pipe);
+                return;
+            };
+            let conn = &mut self.conns[key];
+            conn.active += 1;
+            self.streams.insert(
+                pipe,
+                Stream {
+                    conn: (key, conn.generation),
+                    waker: wakes.waker(Task::Stream(pipe)),
+                    exchange: Exchange::Opening { request, end },
+                },
+            );
         }
         let Some(p) = pipes.get_mut(pipe) else {
             return;
@@ -380,7 +357,7 @@ impl<C: Copy + Eq + Hash> Outbound<C> {
                 Some((State::Ready { sender, .. }, retired)) => match sender.poll_ready(&mut cx) {
                     Poll::Pending => return,
                     Poll::Ready(Ok(())) => {
-                        let Exchange::Opening { request, body } = std::mem::replace(
+                        let Exchange::Opening { request, end } = std::mem::replace(
                             &mut stream.exchange,
                             Exchange::Open {
                                 send: None,
@@ -389,12 +366,11 @@ impl<C: Copy + Eq + Hash> Outbound<C> {
                         ) else {
                             unreachable!("matched above")
                         };
-                        let end = body.is_done();
                         match sender.send_request(request, end) {
                             Ok((response, send)) => {
                                 metrics.h2_backend_stream_opened();
                                 stream.exchange = Exchange::Open {
-                                    send: (!end).then_some((send, body)),
+                                    send: (!end).then_some(send),
                                     response: Response::Waiting(response),
                                 };
                             }
@@ -415,22 +391,18 @@ impl<C: Copy + Eq + Hash> Outbound<C> {
             }
         }
         if let Exchange::Open { send, response } = &mut stream.exchange {
-            if let Some((out, body)) = send {
-                match send_body(out, body, &mut p.from_core, &mut stream.trailers, &mut cx) {
+            if let Some(out) = send {
+                let mut done = false;
+                match send_events(out, &mut p.from_core, &mut done, &mut cx) {
                     Ok(moved) => {
-                        // Room in the pipe: the core may write more.
+                        // Room on the pipe: the core may queue more.
                         for_core |= moved;
-                        if body.is_done() {
+                        if done {
                             *send = None;
                         }
                     }
-                    Err(BodyError::Stream(error)) => {
+                    Err(error) => {
                         tracing::debug!(%error, "backend stream failed sending");
-                        failed = true;
-                    }
-                    Err(BodyError::Framing(error)) => {
-                        tracing::warn!(%error, "core request body unreadable");
-                        out.send_reset(Reason::INTERNAL_ERROR);
                         failed = true;
                     }
                 }
@@ -440,13 +412,14 @@ impl<C: Copy + Eq + Hash> Outbound<C> {
                     Response::Waiting(future) => match Pin::new(future).poll(&mut cx) {
                         Poll::Ready(Ok(head)) => {
                             let (parts, body) = head.into_parts();
-                            let coding = H1Body::of(body.is_end_stream(), &parts.headers);
-                            p.to_core.extend_from_slice(&response_to_h1(&parts, coding));
+                            let end = body.is_end_stream();
+                            let message = response_from_h2(parts, end);
+                            p.to_core.push(Message::Response(Box::new(message)));
                             for_core = true;
-                            *response = if coding == H1Body::None {
+                            *response = if end {
                                 Response::Done
                             } else {
-                                Response::Body(body, coding)
+                                Response::Body(body)
                             };
                             continue;
                         }
@@ -456,8 +429,8 @@ impl<C: Copy + Eq + Hash> Outbound<C> {
                         }
                         Poll::Pending => {}
                     },
-                    Response::Body(body, coding) => {
-                        match recv_body(body, *coding, &mut p.to_core, capacity, &mut cx) {
+                    Response::Body(body) => {
+                        match recv_events(body, &mut p.to_core, capacity, &mut cx) {
                             Received::Some(moved) => for_core |= moved,
                             Received::Ended => {
                                 for_core = true;
@@ -495,8 +468,7 @@ impl<C: Copy + Eq + Hash> Outbound<C> {
     fn finish_stream(&mut self, stream: Stream, cancel: bool, wakes: &WakeList) {
         if cancel {
             if let Exchange::Open {
-                send: Some((out, _)),
-                ..
+                send: Some(out), ..
             } = stream.exchange
             {
                 let mut out = out;

@@ -1,32 +1,41 @@
-//! In-memory connections between the HTTP/2 layer and the proxy core.
+//! Message queues between the HTTP/2 layer and the proxy core.
 //!
 //! Each HTTP/2 stream the gateway serves, and each stream it opens to an
-//! h2c backend, reaches the core as a [`Pipe`]: HTTP/1.1 bytes one way and
-//! the other, with the same end-of-stream and reset signals a socket gives.
-//! [`Mux`] is the core's [`Transport`]: sockets go to the driver's
-//! transport, pipes stay here.
+//! h2c backend, reaches the core as a [`Pipe`]: the head and body events of
+//! the message model ([`crate::message`]) one way and the other, each
+//! direction bounded in body bytes so a slow side holds the other back.
+//! Nothing on a pipe is serialised: the `h2` crate's heads and data frames
+//! pass through as they are.
 
-use crate::config::BackendProtocol;
-use crate::proxy::{ConnectionGone, ReadOutcome, Transport};
+use crate::message::{BodyEvent, Request, Response};
 use slab::Slab;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 
-/// A connection handle as the core sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Conn<C> {
-    /// A socket of the driver's transport.
-    Net(C),
-    /// A pipe to the HTTP/2 layer.
-    Pipe(usize),
+/// One item on a pipe.
+#[derive(Debug)]
+pub enum Message {
+    Request(Box<Request>),
+    Response(Box<Response>),
+    Body(BodyEvent),
+}
+
+impl Message {
+    fn len(&self) -> usize {
+        match self {
+            Self::Body(event) => event.len(),
+            Self::Request(_) | Self::Response(_) => 0,
+        }
+    }
 }
 
 /// What the core did with its end of a pipe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CoreEnd {
     Open,
-    /// Closed after everything written (a finished response or request).
+    /// Done: everything it sent is the whole message.
     Closed,
-    /// Dropped: the stream must be reset.
+    /// Gave up: the stream must be reset.
     Aborted,
 }
 
@@ -35,38 +44,75 @@ pub enum CoreEnd {
 pub enum PipeKind {
     /// A client's stream.
     Inbound,
-    /// Requests from the core to an h2c backend endpoint.
+    /// A request from the core to an h2c backend endpoint.
     Outbound { endpoint: SocketAddr },
 }
 
-/// One in-memory connection.
+/// A bounded queue of messages, one direction.
+#[derive(Debug, Default)]
+pub struct Queue {
+    items: VecDeque<Message>,
+    /// Body bytes queued.
+    bytes: usize,
+}
+
+impl Queue {
+    pub fn push(&mut self, message: Message) {
+        self.bytes += message.len();
+        self.items.push_back(message);
+    }
+
+    pub fn pop(&mut self) -> Option<Message> {
+        let message = self.items.pop_front()?;
+        self.bytes -= message.len();
+        Some(message)
+    }
+
+    /// Put back what was taken and could not be passed on yet.
+    pub fn unpop(&mut self, message: Message) {
+        self.bytes += message.len();
+        self.items.push_front(message);
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
+/// One stream's two queues.
 #[derive(Debug)]
 pub struct Pipe {
     pub kind: PipeKind,
-    /// HTTP/1.1 bytes for the core to read.
-    pub to_core: Vec<u8>,
-    /// Nothing more will be added to `to_core` (the core reads `Closed`).
-    pub fin: bool,
+    /// For the core.
+    pub to_core: Queue,
     /// The HTTP/2 side failed (stream reset, connection lost): the core
-    /// reads `Failed` and its writes fail.
+    /// sees the stream gone.
     pub reset: bool,
-    /// HTTP/1.1 bytes the core wrote.
-    pub from_core: Vec<u8>,
+    /// From the core.
+    pub from_core: Queue,
     pub core: CoreEnd,
     /// The HTTP/2 side is done with the pipe; it is freed once the core is
     /// too.
     pub released: bool,
 }
 
+/// The stream behind a pipe is gone (reset, or its connection lost).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamGone;
+
 /// Every pipe of a worker, and what changed on them.
 #[derive(Debug)]
 pub struct Pipes {
     pipes: Slab<Pipe>,
-    /// Bytes buffered per direction before the writer is held back.
+    /// Body bytes queued per direction before the sender is held back.
     pub capacity: usize,
-    /// Pipes the core read from, wrote to, opened or closed.
+    /// Pipes the core put messages on, took from, opened or closed.
     pub touched: Vec<usize>,
-    /// Pipes with news for the core (bytes, end, reset).
+    /// Pipes with news for the core (messages, reset).
     pub ready: Vec<usize>,
     /// New inbound streams for the core to accept: pipe, client address,
     /// listener port.
@@ -85,15 +131,16 @@ impl Pipes {
     }
 
     pub fn open(&mut self, kind: PipeKind) -> usize {
-        self.pipes.insert(Pipe {
+        let id = self.pipes.insert(Pipe {
             kind,
-            to_core: Vec::new(),
-            fin: false,
+            to_core: Queue::default(),
             reset: false,
-            from_core: Vec::new(),
+            from_core: Queue::default(),
             core: CoreEnd::Open,
             released: false,
-        })
+        });
+        self.touched.push(id);
+        id
     }
 
     pub fn get(&self, id: usize) -> Option<&Pipe> {
@@ -119,14 +166,66 @@ impl Pipes {
             if pipe.core != CoreEnd::Open {
                 self.pipes.remove(id);
             } else {
-                // The core still holds it: it must see the end.
-                pipe.reset |= !pipe.fin;
                 self.ready.push(id);
             }
         }
     }
 
-    fn core_end(&mut self, id: usize, end: CoreEnd) {
+    // The core's end.
+
+    /// The next message for the core; `Ok(None)`: none yet.
+    pub fn take(&mut self, id: usize) -> Result<Option<Message>, StreamGone> {
+        let pipe = self.pipes.get_mut(id).ok_or(StreamGone)?;
+        if pipe.reset {
+            return Err(StreamGone);
+        }
+        let message = pipe.to_core.pop();
+        if message.is_some() {
+            // Room freed: the HTTP/2 side may move more.
+            self.touched.push(id);
+        } else if pipe.released {
+            return Err(StreamGone);
+        }
+        Ok(message)
+    }
+
+    /// Give back a message the core took and cannot use yet.
+    pub fn untake(&mut self, id: usize, message: Message) {
+        if let Some(pipe) = self.pipes.get_mut(id) {
+            pipe.to_core.unpop(message);
+        }
+    }
+
+    /// Whether the stream behind `id` is gone: reset, or let go by the
+    /// HTTP/2 side before the core was done with it.
+    pub fn gone(&self, id: usize) -> bool {
+        self.pipes.get(id).is_none_or(|p| p.reset || p.released)
+    }
+
+    /// Queue a message from the core.
+    pub fn send(&mut self, id: usize, message: Message) -> Result<(), StreamGone> {
+        let pipe = self.pipes.get_mut(id).ok_or(StreamGone)?;
+        if pipe.reset || pipe.released {
+            return Err(StreamGone);
+        }
+        pipe.from_core.push(message);
+        self.touched.push(id);
+        Ok(())
+    }
+
+    /// Body bytes the core may still queue on `id`.
+    pub fn room(&self, id: usize) -> usize {
+        self.pipes
+            .get(id)
+            .map_or(0, |p| self.capacity.saturating_sub(p.from_core.bytes()))
+    }
+
+    /// Bytes the core queued that the HTTP/2 side has not taken.
+    pub fn backlog(&self, id: usize) -> usize {
+        self.pipes.get(id).map_or(0, |p| p.from_core.bytes())
+    }
+
+    pub fn core_end(&mut self, id: usize, end: CoreEnd) {
         if let Some(pipe) = self.pipes.get_mut(id) {
             pipe.core = end;
             if pipe.released {
@@ -134,86 +233,6 @@ impl Pipes {
             } else {
                 self.touched.push(id);
             }
-        }
-    }
-}
-
-/// The core's transport: the driver's sockets and this worker's pipes.
-pub struct Mux<'a, T> {
-    pub net: &'a mut T,
-    pub pipes: &'a mut Pipes,
-}
-
-impl<T: Transport> Transport for Mux<'_, T> {
-    type Conn = Conn<T::Conn>;
-
-    fn read(&mut self, conn: Self::Conn, buf: &mut [u8]) -> ReadOutcome {
-        let id = match conn {
-            Conn::Net(c) => return self.net.read(c, buf),
-            Conn::Pipe(id) => id,
-        };
-        let Some(pipe) = self.pipes.pipes.get_mut(id) else {
-            return ReadOutcome::Failed;
-        };
-        if pipe.reset {
-            return ReadOutcome::Failed;
-        }
-        if pipe.to_core.is_empty() {
-            return if pipe.fin {
-                ReadOutcome::Closed
-            } else {
-                ReadOutcome::WouldBlock
-            };
-        }
-        let n = buf.len().min(pipe.to_core.len());
-        buf[..n].copy_from_slice(&pipe.to_core[..n]);
-        pipe.to_core.drain(..n);
-        // Room freed: the HTTP/2 side may move more.
-        self.pipes.touched.push(id);
-        ReadOutcome::Data(n)
-    }
-
-    fn write(&mut self, conn: Self::Conn, data: &[u8]) -> Result<usize, ConnectionGone> {
-        let id = match conn {
-            Conn::Net(c) => return self.net.write(c, data),
-            Conn::Pipe(id) => id,
-        };
-        let capacity = self.pipes.capacity;
-        let pipe = self.pipes.pipes.get_mut(id).ok_or(ConnectionGone)?;
-        if pipe.reset || pipe.released {
-            return Err(ConnectionGone);
-        }
-        let n = data
-            .len()
-            .min(capacity.saturating_sub(pipe.from_core.len()));
-        if n > 0 {
-            pipe.from_core.extend_from_slice(&data[..n]);
-            self.pipes.touched.push(id);
-        }
-        Ok(n)
-    }
-
-    fn connect(&mut self, to: SocketAddr, protocol: BackendProtocol) -> Option<Self::Conn> {
-        match protocol {
-            BackendProtocol::Http1 => self.net.connect(to, protocol).map(Conn::Net),
-            BackendProtocol::H2c => {
-                let id = self.pipes.open(PipeKind::Outbound { endpoint: to });
-                Some(Conn::Pipe(id))
-            }
-        }
-    }
-
-    fn close(&mut self, conn: Self::Conn) {
-        match conn {
-            Conn::Net(c) => self.net.close(c),
-            Conn::Pipe(id) => self.pipes.core_end(id, CoreEnd::Closed),
-        }
-    }
-
-    fn abort(&mut self, conn: Self::Conn) {
-        match conn {
-            Conn::Net(c) => self.net.abort(c),
-            Conn::Pipe(id) => self.pipes.core_end(id, CoreEnd::Aborted),
         }
     }
 }

@@ -2,10 +2,15 @@
 //! and failures, each answered with the status of its [`Cause`] or, once a
 //! response has begun, by aborting.
 
-use super::{plain_headers, push_field, Proxy, ResponseState, Transport};
+use super::h1::{self, ClientFraming};
+use super::{write_event, Proxy, ResponseState, Transport};
 use crate::error::Cause;
-use crate::http1::reason_phrase;
+use crate::http1::{reason_phrase, Version};
+use crate::message::{BodyEvent, BodyLength, Response};
 use crate::metrics::StatusClass;
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
+use http::StatusCode;
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::time::Instant;
@@ -28,7 +33,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         self.metrics.failure(cause);
         let status = cause.status();
         if let Some(leg) = request.backend.take() {
-            self.let_go_backend(io, leg.conn, leg.protocol, true);
+            self.let_go_backend(io, leg.wire, true);
         }
         let exchange = &mut self.exchanges[id];
         let request = exchange.request.as_mut().expect("checked");
@@ -59,7 +64,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         id: usize,
         status: u16,
         body: &str,
-        extra: &[(&str, String)],
+        extra: &[(&'static str, String)],
     ) {
         self.metrics.response(StatusClass::of(status));
         let exchange = &mut self.exchanges[id];
@@ -69,24 +74,26 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             self.metrics
                 .route_response(route, backend, StatusClass::of(status));
         }
-        let close = !request.keep_alive || exchange.closing;
         let modifiers = std::mem::take(&mut request.response_headers);
         request.response = ResponseState::Done;
-        let is_head = request.method.eq_ignore_ascii_case("HEAD");
-        let mut headers = plain_headers(extra);
+        let mut response = plain_response(status, body, extra);
         for m in &modifiers {
-            m.apply(&mut headers);
+            m.apply(&mut response.head.headers);
         }
-        write_response(
-            &mut exchange.tx,
-            status,
-            &headers,
-            if is_head { "" } else { body },
-            body.len(),
-            close,
-        );
-        if close {
-            exchange.closing = true;
+        let writer = self.send_response_head(id, response);
+        let exchange = &mut self.exchanges[id];
+        for event in [
+            BodyEvent::Data(Bytes::copy_from_slice(body.as_bytes())),
+            BodyEvent::End,
+        ] {
+            // A stream gone is seen on the next read of it.
+            let _ = write_event(
+                &mut self.pipes,
+                exchange.client,
+                &mut exchange.tx,
+                writer,
+                event,
+            );
         }
     }
 
@@ -95,36 +102,34 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
     pub(super) fn answer_and_close(&mut self, id: usize, status: u16) {
         let exchange = &mut self.exchanges[id];
         let body = error_body(status);
-        write_response(
-            &mut exchange.tx,
-            status,
-            &plain_headers(&[]),
-            &body,
-            body.len(),
-            true,
-        );
+        let response = plain_response(status, &body, &[]);
+        let framing = ClientFraming {
+            version: Version::Http11,
+            keep_alive: false,
+            head_request: false,
+        };
+        h1::encode_response(&response, framing, &mut exchange.tx);
+        exchange.tx.extend_from_slice(body.as_bytes());
         exchange.closing = true;
     }
 }
 
-pub(super) fn write_response(
-    out: &mut Vec<u8>,
-    status: u16,
-    headers: &[(String, Vec<u8>)],
-    body: &str,
-    length: usize,
-    close: bool,
-) {
-    out.extend_from_slice(format!("HTTP/1.1 {status} {}\r\n", reason_phrase(status)).as_bytes());
-    for (name, value) in headers {
-        push_field(out, name, value);
+/// A response the gateway writes itself: `extra` fields, then a plain-text
+/// content type, and `body`'s length.
+fn plain_response(status: u16, body: &str, extra: &[(&'static str, String)]) -> Response {
+    let mut response = http::Response::new(());
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let headers = response.headers_mut();
+    for (name, value) in extra {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.append(HeaderName::from_static(name), value);
+        }
     }
-    out.extend_from_slice(format!("Content-Length: {length}\r\n").as_bytes());
-    if close {
-        out.extend_from_slice(b"Connection: close\r\n");
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    Response {
+        head: response.into_parts().0,
+        body: BodyLength::Exactly(body.len() as u64),
     }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body.as_bytes());
 }
 
 /// The short body of an error the gateway answers itself: the reason, no

@@ -47,18 +47,24 @@ pub(super) enum Overdue {
 /// Which deadline of `exchange`, if any, has passed at `now`. Each phase's
 /// clock starts where that phase does, so a long upload never eats into
 /// the response head's time, and a slow but steady body never expires.
-pub(super) fn overdue<C>(exchange: &Exchange<C>, d: &Deadlines, now: Instant) -> Option<Overdue> {
+/// `backlog`: what was sent toward the client is not all taken yet.
+pub(super) fn overdue<C>(
+    exchange: &Exchange<C>,
+    backlog: bool,
+    d: &Deadlines,
+    now: Instant,
+) -> Option<Overdue> {
     let past = |since: Instant, limit: Duration| now.saturating_duration_since(since) >= limit;
     let failed = |cause| Some(Overdue::Failed(cause));
     let Some(request) = &exchange.request else {
-        if !exchange.tx.is_empty() && past(exchange.written, d.response_body) {
+        if backlog && past(exchange.written, d.response_body) {
             return failed(Cause::ClientNotReading);
         }
         return match exchange.head_started {
             Some(start) if past(start, d.request_head) => failed(Cause::RequestHeadTimeout),
             Some(_) => None,
-            None if !exchange.is_stream
-                && exchange.tx.is_empty()
+            None if !exchange.is_stream()
+                && !backlog
                 && past(exchange.idle_since, d.keep_alive) =>
             {
                 Some(Overdue::Idle)
@@ -97,14 +103,14 @@ pub(super) fn overdue<C>(exchange: &Exchange<C>, d: &Deadlines, now: Instant) ->
             }
             if !past(moved, d.response_body) {
                 None
-            } else if exchange.tx.is_empty() {
+            } else if !backlog {
                 failed(Cause::ResponseBodyIdle)
             } else {
                 failed(Cause::ClientNotReading)
             }
         }
         _ => {
-            if !exchange.tx.is_empty() && past(exchange.written, d.response_body) {
+            if backlog && past(exchange.written, d.response_body) {
                 failed(Cause::ClientNotReading)
             } else if body_open && past(request.body_moved, d.request_body) {
                 failed(Cause::RequestBodyIdle)

@@ -1,116 +1,24 @@
-//! Forward: request and response bodies relayed between the legs, bounded
-//! and re-framed (chunked decoded strictly and re-encoded, trailers kept),
-//! and the end of an exchange's request.
+//! Forward: the response head from the backend (decoded from HTTP/1.1 or
+//! taken off the pipe), response filters, and the response body relayed to
+//! the client event by event, bounded both ways; then the end of an
+//! exchange's request.
 
-use super::{client_response_head, Proxy, ResponseState, Transport};
+use super::body::{BodyReader, ReadError};
+use super::{h1, read_event, room, write_event, Proxy, ResponseState, Transport, Wire};
 use crate::error::Cause;
-use crate::http1::{self, Chunk, ChunkedDecoder, HttpError};
+use crate::http1::{self, ResponseFraming};
+use crate::http2::pipe::Message;
+use crate::message::Response;
 use crate::metrics::StatusClass;
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::time::Instant;
 
-/// How a body is being consumed.
-#[derive(Debug)]
-pub(super) enum BodyReader {
-    /// Bytes left.
-    Length(u64),
-    Chunked(ChunkedDecoder),
-    /// Until the sender closes.
-    UntilClose,
-    Done,
-}
-
-/// How a body is written out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum BodyWriter {
-    Raw,
-    Chunked,
-    /// Chunked, past the last chunk: writing trailer fields.
-    ChunkedTrailers,
-}
-
-/// Read past a body nobody forwards; too much of it closes the connection.
-pub(super) fn discard_body(body: &mut BodyReader, rx: &mut Vec<u8>, closing: &mut bool) -> bool {
-    let before = rx.len();
-    match body {
-        BodyReader::Length(left) => {
-            let n = (rx.len() as u64).min(*left) as usize;
-            rx.drain(..n);
-            *left -= n as u64;
-            if *left == 0 {
-                *body = BodyReader::Done;
-            }
-        }
-        BodyReader::Chunked(decoder) => loop {
-            match decoder.decode(rx) {
-                Ok((0, None)) => break,
-                Ok((used, chunk)) => {
-                    let end = chunk == Some(Chunk::End);
-                    rx.drain(..used);
-                    if end {
-                        *body = BodyReader::Done;
-                        break;
-                    }
-                }
-                Err(_) => {
-                    rx.clear();
-                    *closing = true;
-                    *body = BodyReader::Done;
-                    break;
-                }
-            }
-        },
-        BodyReader::UntilClose | BodyReader::Done => {}
-    }
-    rx.len() != before
-}
-
-pub(super) fn write_chunk(out: &mut Vec<u8>, data: &[u8]) {
-    if data.is_empty() {
-        return;
-    }
-    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-    out.extend_from_slice(data);
-    out.extend_from_slice(b"\r\n");
-}
-
-pub(super) fn emit_body(out: &mut Vec<u8>, writer: BodyWriter, data: &[u8]) {
-    match writer {
-        BodyWriter::Raw => out.extend_from_slice(data),
-        BodyWriter::Chunked | BodyWriter::ChunkedTrailers => write_chunk(out, data),
-    }
-}
-
-/// A trailer field passes through to a chunked body; a body sent with a
-/// length or until close has nowhere to carry it.
-pub(super) fn emit_trailer(out: &mut Vec<u8>, writer: &mut BodyWriter, line: &[u8]) {
-    match writer {
-        BodyWriter::Raw => return,
-        BodyWriter::Chunked => {
-            out.extend_from_slice(b"0\r\n");
-            *writer = BodyWriter::ChunkedTrailers;
-        }
-        BodyWriter::ChunkedTrailers => {}
-    }
-    out.extend_from_slice(line);
-    out.extend_from_slice(b"\r\n");
-}
-
-/// The end of a body: the last chunk (if no trailer wrote it) and the
-/// empty line.
-pub(super) fn emit_end(out: &mut Vec<u8>, writer: &mut BodyWriter) {
-    match writer {
-        BodyWriter::Raw => {}
-        BodyWriter::Chunked => out.extend_from_slice(b"0\r\n\r\n"),
-        BodyWriter::ChunkedTrailers => out.extend_from_slice(b"\r\n"),
-    }
-}
-
-impl BodyReader {
-    pub(super) fn is_done(&self) -> bool {
-        matches!(self, Self::Done)
-    }
+/// A response head from the backend, and how its body is read.
+struct Answer {
+    response: Response,
+    reader: BodyReader,
+    backend_keep_alive: bool,
 }
 
 impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
@@ -130,120 +38,113 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         }
     }
 
-    /// Move request body bytes from the client buffer toward the backend.
-    pub(super) fn pump_request_body(&mut self, id: usize) -> Result<bool, HttpError> {
-        let cap = self.settings.buffer;
-        let exchange = &mut self.exchanges[id];
-        let Some(request) = exchange.request.as_mut() else {
-            return Ok(false);
+    /// Take the backend's response head, if it has come: `Ok(None)` until
+    /// then; `Err` when the backend failed the request.
+    fn response_head<T: Transport<Conn = C>>(
+        &mut self,
+        io: &mut T,
+        id: usize,
+        now: Instant,
+    ) -> Result<Option<Answer>, ()> {
+        let limits = crate::http1::Limits {
+            max_body: u64::MAX,
+            ..self.settings.limits.clone()
         };
-        let Some(leg) = request.backend.as_mut() else {
-            // Answered locally: swallow the body so the next request can be
-            // read (up to the limit; the connection closes anyway if not).
-            return Ok(discard_body(
-                &mut request.body,
-                &mut exchange.rx,
-                &mut exchange.closing,
-            ));
-        };
-        let mut progress = false;
-        while !request.body.is_done() && leg.tx.len() < cap && !exchange.rx.is_empty() {
-            match &mut request.body {
-                BodyReader::Length(left) => {
-                    let n = (exchange.rx.len() as u64).min(*left) as usize;
-                    let n = n.min(cap - leg.tx.len());
-                    leg.tx.extend_from_slice(&exchange.rx[..n]);
-                    exchange.rx.drain(..n);
-                    *left -= n as u64;
-                    if *left == 0 {
-                        request.body = BodyReader::Done;
+        let request = self.exchanges[id].request.as_mut().expect("in flight");
+        let leg = request.backend.as_mut().expect("backend leg");
+        match leg.wire {
+            Wire::Socket(_) => loop {
+                let head = match http1::parse_response(&leg.rx, request.method.as_str(), &limits) {
+                    Ok(Some(head)) => head,
+                    Ok(None) if leg.eof => {
+                        self.backend_failed(io, id, now);
+                        return Err(());
                     }
-                    progress = true;
+                    Ok(None) => return Ok(None),
+                    Err(error) => {
+                        tracing::debug!(%error, endpoint = %leg.endpoint, "bad backend response");
+                        self.fail_request(io, id, Cause::UpstreamProtocol, now);
+                        return Err(());
+                    }
+                };
+                let _ = leg.rx.split_to(head.head_len);
+                if (100..200).contains(&head.status) {
+                    // Interim responses (we already answered 100 ourselves).
+                    continue;
                 }
-                BodyReader::Chunked(decoder) => match decoder.decode(&exchange.rx) {
-                    Ok((0, None)) => break,
-                    Ok((used, chunk)) => {
-                        let writer = &mut request.body_writer;
-                        match chunk {
-                            Some(Chunk::Data(data)) => write_chunk(&mut leg.tx, data),
-                            Some(Chunk::Trailer(line)) => emit_trailer(&mut leg.tx, writer, line),
-                            Some(Chunk::End) => {
-                                emit_end(&mut leg.tx, writer);
-                                request.body = BodyReader::Done;
-                            }
-                            None => {}
-                        }
-                        exchange.rx.drain(..used);
-                        progress = true;
+                let chunked = head.framing == ResponseFraming::Chunked;
+                let backend_keep_alive = head.keep_alive;
+                let response = match h1::decode_response(head) {
+                    Ok(response) => response,
+                    Err(error) => {
+                        tracing::debug!(%error, endpoint = %leg.endpoint, "bad backend response");
+                        self.fail_request(io, id, Cause::UpstreamProtocol, now);
+                        return Err(());
                     }
-                    Err(error) => return Err(error),
-                },
-                BodyReader::UntilClose | BodyReader::Done => break,
-            }
+                };
+                let reader = BodyReader::bytes(response.body, chunked, &limits);
+                return Ok(Some(Answer {
+                    response,
+                    reader,
+                    backend_keep_alive,
+                }));
+            },
+            Wire::Pipe(pipe) => match self.pipes.take(pipe) {
+                Ok(Some(Message::Response(response))) => {
+                    leg.answered = true;
+                    leg.heard = now;
+                    let reader = BodyReader::events(response.body);
+                    Ok(Some(Answer {
+                        response: *response,
+                        reader,
+                        backend_keep_alive: false,
+                    }))
+                }
+                Ok(Some(other)) => {
+                    tracing::warn!(?other, "a backend stream answered with no head");
+                    self.fail_request(io, id, Cause::UpstreamProtocol, now);
+                    Err(())
+                }
+                Ok(None) => Ok(None),
+                Err(_) => {
+                    self.fail_request(io, id, Cause::ResetBeforeResponse, now);
+                    Err(())
+                }
+            },
         }
-        if !request.body.is_done() && exchange.eof && exchange.rx.is_empty() {
-            // The client stopped halfway through its body.
-            exchange.closing = true;
-            request.keep_alive = false;
-            request.body = BodyReader::Done;
-            leg.eof = true;
-            progress = true;
-        }
-        Ok(progress)
     }
 
-    /// Parse the backend's response head, then relay body bytes.
+    /// Take the backend's response head and send it on, then relay body
+    /// events.
     pub(super) fn advance_response<T: Transport<Conn = C>>(
         &mut self,
         io: &mut T,
         id: usize,
         now: Instant,
     ) -> bool {
-        let cap = self.settings.buffer;
-        let limits = self.settings.limits.clone();
-        let exchange = &mut self.exchanges[id];
-        let Some(request) = exchange.request.as_mut() else {
+        let Some(request) = self.exchanges[id].request.as_mut() else {
             return false;
         };
-        let Some(leg) = request.backend.as_mut() else {
+        if request.backend.is_none() {
             return false;
-        };
-        match &mut request.response {
+        }
+        match request.response {
             ResponseState::Done => false,
             ResponseState::Head => {
-                let head = match http1::parse_response(&leg.rx, &request.method, &limits) {
-                    Ok(Some(head)) => head,
-                    Ok(None) if leg.eof => {
-                        self.backend_failed(io, id, now);
-                        return true;
-                    }
+                let Answer {
+                    mut response,
+                    reader,
+                    backend_keep_alive,
+                } = match self.response_head(io, id, now) {
+                    Ok(Some(answer)) => answer,
                     Ok(None) => return false,
-                    Err(error) => {
-                        tracing::debug!(%error, endpoint = %leg.endpoint, "bad backend response");
-                        self.fail_request(io, id, Cause::UpstreamProtocol, now);
-                        return true;
-                    }
+                    Err(()) => return true,
                 };
-                leg.rx.drain(..head.head_len);
-                if (100..200).contains(&head.status) {
-                    // Interim responses (we already answered 100 ourselves).
-                    return true;
+                let request = self.exchanges[id].request.as_mut().expect("in flight");
+                for modifier in &request.response_headers {
+                    modifier.apply(&mut response.head.headers);
                 }
-                let status = head.status;
-                let (bytes, reader, writer) = client_response_head(
-                    &head,
-                    request.version,
-                    request.keep_alive && !exchange.closing,
-                    &request.response_headers,
-                );
-                if writer == BodyWriter::Raw && matches!(reader, BodyReader::UntilClose) {
-                    request.keep_alive = false;
-                    exchange.closing = true;
-                }
-                if !request.keep_alive {
-                    exchange.closing = true;
-                }
-                exchange.tx.extend_from_slice(&bytes);
+                let status = response.head.status.as_u16();
                 self.metrics.response(StatusClass::of(status));
                 if let Some(route) = &request.route {
                     let backend = request.backend_name.as_ref();
@@ -253,99 +154,110 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
                 self.metrics
                     .observe_latency(now.duration_since(request.started));
                 request.replay = None;
+                let writer = self.send_response_head(id, response);
+                let request = self.exchanges[id].request.as_mut().expect("in flight");
                 request.response = ResponseState::Body {
                     reader,
                     writer,
-                    backend_keep_alive: head.keep_alive,
+                    backend_keep_alive,
                 };
                 true
             }
-            ResponseState::Body {
+            ResponseState::Body { .. } => self.relay_response_body(io, id, now),
+        }
+    }
+
+    /// Move response body events from the backend to the client, as far
+    /// as the client takes them.
+    fn relay_response_body<T: Transport<Conn = C>>(
+        &mut self,
+        io: &mut T,
+        id: usize,
+        now: Instant,
+    ) -> bool {
+        let cap = self.settings.buffer;
+        let exchange = &mut self.exchanges[id];
+        let request = exchange.request.as_mut().expect("in flight");
+        let leg = request.backend.as_mut().expect("backend leg");
+        let ResponseState::Body {
+            reader,
+            writer,
+            backend_keep_alive,
+        } = &mut request.response
+        else {
+            return false;
+        };
+        let mut progress = false;
+        let mut failure = None;
+        while !reader.is_done() {
+            let max = room(&self.pipes, exchange.client, &exchange.tx, cap);
+            if max == 0 {
+                break;
+            }
+            let event = match read_event(
+                &mut self.pipes,
+                leg.wire,
+                exchange.client,
                 reader,
-                writer,
-                backend_keep_alive,
-            } => {
-                let mut progress = false;
-                while !reader.is_done() && exchange.tx.len() < cap {
-                    match reader {
-                        BodyReader::Length(left) => {
-                            if leg.rx.is_empty() {
-                                break;
-                            }
-                            let n = (leg.rx.len() as u64).min(*left) as usize;
-                            let n = n.min(cap - exchange.tx.len());
-                            exchange.tx.extend_from_slice(&leg.rx[..n]);
-                            leg.rx.drain(..n);
-                            *left -= n as u64;
-                            if *left == 0 {
-                                *reader = BodyReader::Done;
-                            }
-                            progress = true;
-                        }
-                        BodyReader::Chunked(decoder) => match decoder.decode(&leg.rx) {
-                            Ok((0, None)) => break,
-                            Ok((used, chunk)) => {
-                                match chunk {
-                                    Some(Chunk::Data(data)) => {
-                                        emit_body(&mut exchange.tx, *writer, data)
-                                    }
-                                    Some(Chunk::Trailer(line)) => {
-                                        emit_trailer(&mut exchange.tx, writer, line)
-                                    }
-                                    Some(Chunk::End) => {
-                                        emit_end(&mut exchange.tx, writer);
-                                        *reader = BodyReader::Done;
-                                    }
-                                    None => {}
-                                }
-                                leg.rx.drain(..used);
-                                progress = true;
-                            }
-                            Err(_) => {
-                                // A broken body from the backend: the client
-                                // cannot be told cleanly any more.
-                                self.metrics.failure(Cause::UpstreamProtocol);
-                                self.close_exchange(io, id, true);
-                                return true;
-                            }
-                        },
-                        BodyReader::UntilClose => {
-                            if leg.rx.is_empty() {
-                                if leg.eof {
-                                    emit_end(&mut exchange.tx, writer);
-                                    *reader = BodyReader::Done;
-                                    *backend_keep_alive = false;
-                                    progress = true;
-                                }
-                                break;
-                            }
-                            let n = leg.rx.len().min(cap - exchange.tx.len());
-                            emit_body(&mut exchange.tx, *writer, &leg.rx[..n]);
-                            leg.rx.drain(..n);
-                            progress = true;
-                        }
-                        BodyReader::Done => break,
-                    }
+                &mut leg.rx,
+                leg.eof,
+                max,
+            ) {
+                Ok(Some(event)) => event,
+                Ok(None) => break,
+                Err(ReadError::Framing(_)) => {
+                    // A broken body from the backend: the client cannot be
+                    // told cleanly any more.
+                    failure = Some(Cause::UpstreamProtocol);
+                    break;
                 }
-                if !reader.is_done() && leg.eof && leg.rx.is_empty() {
-                    // The backend closed mid-body: the client's response is
-                    // truncated; the only honest signal left is to abort.
-                    self.metrics.failure(Cause::ResetDuringResponse);
-                    self.close_exchange(io, id, true);
-                    return true;
+                Err(ReadError::Gone) => {
+                    failure = Some(Cause::ResetDuringResponse);
+                    break;
                 }
-                if reader.is_done() {
-                    let reusable = *backend_keep_alive && leg.rx.is_empty() && !leg.eof;
-                    request.response = ResponseState::Done;
-                    let reusable = reusable && request.body.is_done();
-                    if let Some(leg) = request.backend.take() {
-                        self.release_backend(io, leg, reusable, now);
-                    }
-                    return true;
-                }
-                progress
+            };
+            progress = true;
+            leg.heard = now;
+            let sent = write_event(
+                &mut self.pipes,
+                exchange.client,
+                &mut exchange.tx,
+                *writer,
+                event,
+            );
+            if sent.is_err() {
+                self.client_gone(io, id);
+                return true;
+            }
+            if matches!(exchange.client, Wire::Pipe(_)) {
+                // Taken by the stream's queue, within its bound.
+                exchange.written = now;
             }
         }
+        let truncated = !reader.is_done()
+            && matches!(leg.wire, Wire::Socket(_))
+            && leg.eof
+            && leg.rx.is_empty();
+        if truncated {
+            // The backend closed mid-body: the client's response is
+            // truncated; the only honest signal left is to abort.
+            failure = Some(Cause::ResetDuringResponse);
+        }
+        if let Some(cause) = failure {
+            self.metrics.failure(cause);
+            self.close_exchange(io, id, true);
+            return true;
+        }
+        if reader.is_done() {
+            let reusable = *backend_keep_alive && leg.rx.is_empty() && !leg.eof;
+            let reusable = reusable && request.body.is_done();
+            request.response = ResponseState::Done;
+            if let Some(leg) = request.backend.take() {
+                self.release_backend(io, leg, reusable, now);
+            }
+            return true;
+        }
+        progress
     }
 
     /// Both directions of the in-flight request are done: release it.
@@ -356,6 +268,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         now: Instant,
     ) -> bool {
         let exchange = &mut self.exchanges[id];
+        let is_stream = exchange.is_stream();
         let Some(request) = exchange.request.as_mut() else {
             return false;
         };
@@ -366,17 +279,12 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             // Answered before the body ended (an error, a redirect): the
             // rest of the body must still be read past, or the connection
             // closed.
-            if request.backend.is_none() {
-                discard_body(&mut request.body, &mut exchange.rx, &mut exchange.closing);
-            }
-            if !request.body.is_done() {
-                if exchange.closing {
-                    exchange.rx.clear();
-                    exchange.eof = true;
-                    request.body = BodyReader::Done;
-                } else {
-                    return false;
-                }
+            if exchange.closing || is_stream {
+                exchange.rx.clear();
+                exchange.eof = true;
+                request.body = BodyReader::Done;
+            } else {
+                return false;
             }
         }
         let request = exchange.request.take().expect("checked");

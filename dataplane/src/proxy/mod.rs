@@ -1,4 +1,4 @@
-//! The HTTP/1.1 reverse proxy, one core for both transports.
+//! The reverse proxy, one core for both transports and both protocols.
 //!
 //! [`Proxy`] owns no socket and no clock: a driver (the AF_XDP worker on the
 //! userspace stack, or the kernel-socket worker) implements [`Transport`],
@@ -7,11 +7,14 @@
 //! ([`Proxy::tick`]). Everything between — framing, routing, filters,
 //! backend pools, timeouts, error responses — happens here, once.
 //!
-//! Each client connection is an [`Exchange`]: at most one request in flight
-//! at a time (pipelined requests wait in the buffer and are answered in
-//! order), its body streamed to one backend connection and the response
-//! streamed back, with bounded buffers on both legs so a slow side holds
-//! the other back instead of growing memory.
+//! Each client connection (or HTTP/2 stream) is an [`Exchange`]: at most
+//! one request in flight at a time (pipelined requests wait in the buffer
+//! and are answered in order), its body streamed to one backend and the
+//! response streamed back, with bounded buffers on both legs so a slow
+//! side holds the other back instead of growing memory. Every phase works
+//! on the message model ([`crate::message`]): the HTTP/1.1 codec
+//! ([`h1`], [`body`]) decodes sockets' bytes into it and encodes it back,
+//! and HTTP/2 streams arrive as messages on pipes ([`crate::http2::pipe`]).
 //!
 //! The phases, a module each, in the order a request meets them:
 //! [`decode`] (the next head, or the hand-over to HTTP/2) → [`route`]
@@ -24,26 +27,32 @@
 //! the socket steps and the loop that runs them.
 
 mod answer;
+mod body;
 mod deadline;
 mod decode;
 mod filters;
 mod forward;
+mod h1;
 mod route;
 mod upstream;
 
+use body::{BodyReader, ReadError};
 pub use deadline::Deadlines;
 use deadline::{overdue, Overdue};
-use filters::{client_response_head, plain_headers, push_field};
-use forward::{BodyReader, BodyWriter};
+use h1::{ClientFraming, Coding};
 use route::Routed;
 use upstream::{Cursors, PoolKey};
 
 use crate::config::{BackendProtocol, GatewayConfig, HeaderModifier};
 use crate::error::{Cause, Phase};
-use crate::http1::{self, BodyFraming, ChunkedDecoder, Limits, RequestHead, Version};
+use crate::http1::{Limits, RequestHead};
+use crate::http2::pipe::{CoreEnd, Message, Pipes, StreamGone};
+use crate::message::{BodyEvent, Request, Response};
 use crate::metrics::ProxyMetrics;
 use arc_swap::ArcSwap;
+use bytes::BytesMut;
 use foldhash::{HashMap, HashMapExt};
+use http::Method;
 use slab::Slab;
 use std::fmt::Debug;
 use std::hash::Hash;
@@ -128,7 +137,16 @@ enum Step {
     FinishRequest,
 }
 
-/// Where a connection belongs.
+/// What carries one side of an exchange.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Wire<C> {
+    /// A socket of the driver's transport, speaking HTTP/1.x.
+    Socket(C),
+    /// A pipe to an HTTP/2 stream.
+    Pipe(usize),
+}
+
+/// Where a connection or pipe belongs.
 #[derive(Clone, Copy, Debug)]
 enum Role {
     Client(usize),
@@ -136,21 +154,41 @@ enum Role {
     Idle(PoolKey),
 }
 
-/// The backend side of a request.
+/// How a body is written to the other side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BodyWriter {
+    /// As HTTP/1.1 bytes on a socket.
+    Bytes(Coding),
+    /// As events on a pipe.
+    Events,
+    /// Not at all (a response to HEAD, a head with no body).
+    Nothing,
+}
+
+impl BodyWriter {
+    fn of(coding: Coding) -> Self {
+        match coding {
+            Coding::Nothing => Self::Nothing,
+            coding => Self::Bytes(coding),
+        }
+    }
+}
+
+/// The backend side of a request: one attempt at an upstream.
 struct BackendLeg<C> {
-    conn: C,
+    wire: Wire<C>,
     endpoint: SocketAddr,
     protocol: BackendProtocol,
     /// From the pool: may have been closed by the backend meanwhile.
     reused: bool,
-    rx: Vec<u8>,
+    rx: BytesMut,
     tx: Vec<u8>,
     eof: bool,
     /// Any response byte seen.
     answered: bool,
     /// When the connection was asked for (the connect deadline's start).
     opened: Instant,
-    /// A byte went through it: it is open (pooled ones are).
+    /// A byte went through it: it is open (pooled ones and pipes are).
     connected: bool,
     /// The last time bytes came from the backend.
     heard: Instant,
@@ -159,10 +197,11 @@ struct BackendLeg<C> {
 }
 
 impl<C> BackendLeg<C> {
-    /// A leg about to carry `head` (and the body after it); a pooled
-    /// connection (`reused`) is connected already.
+    /// A leg about to carry a request whose head, if the wire takes bytes,
+    /// is `head`; a pooled connection (`reused`) or a pipe is connected
+    /// already.
     fn new(
-        conn: C,
+        wire: Wire<C>,
         endpoint: SocketAddr,
         protocol: BackendProtocol,
         reused: bool,
@@ -170,16 +209,16 @@ impl<C> BackendLeg<C> {
         now: Instant,
     ) -> Self {
         Self {
-            conn,
+            connected: reused || matches!(wire, Wire::Pipe(_)),
+            wire,
             endpoint,
             protocol,
             reused,
-            rx: Vec::new(),
+            rx: BytesMut::new(),
             tx: head,
             eof: false,
             answered: false,
             opened: now,
-            connected: reused,
             heard: now,
             sent: now,
         }
@@ -201,11 +240,13 @@ enum ResponseState {
 
 /// One request in flight.
 struct InFlight<C> {
-    method: String,
-    version: Version,
-    keep_alive: bool,
+    method: Method,
+    /// What the client's connection allows the response (HTTP/1.x).
+    framing: ClientFraming,
     started: Instant,
+    /// The request body from the client.
     body: BodyReader,
+    /// The request body to the backend.
     body_writer: BodyWriter,
     /// Response header changes (rule, then backend).
     response_headers: Vec<HeaderModifier>,
@@ -226,19 +267,13 @@ struct InFlight<C> {
 
 impl<C> InFlight<C> {
     /// A request whose head just arrived, before any phase ran.
-    fn new(head: &RequestHead, keep_alive: bool, limits: &Limits, now: Instant) -> Self {
-        let body = match head.framing {
-            BodyFraming::Empty => BodyReader::Done,
-            BodyFraming::Length(n) => BodyReader::Length(n),
-            BodyFraming::Chunked => BodyReader::Chunked(ChunkedDecoder::new(limits.clone())),
-        };
+    fn new(method: Method, framing: ClientFraming, body: BodyReader, now: Instant) -> Self {
         Self {
-            method: head.method.clone(),
-            version: head.version,
-            keep_alive,
+            method,
+            framing,
             started: now,
             body,
-            body_writer: BodyWriter::Raw,
+            body_writer: BodyWriter::Nothing,
             response_headers: Vec::new(),
             backend: None,
             response: ResponseState::Head,
@@ -251,12 +286,13 @@ impl<C> InFlight<C> {
     }
 }
 
-/// A client connection.
+/// A client connection, or an HTTP/2 stream.
 struct Exchange<C> {
-    client: C,
+    client: Wire<C>,
     peer: SocketAddr,
     local_port: u16,
-    rx: Vec<u8>,
+    /// A socket's bytes, each way.
+    rx: BytesMut,
     tx: Vec<u8>,
     eof: bool,
     /// Close once `tx` is flushed: no further requests.
@@ -264,8 +300,6 @@ struct Exchange<C> {
     /// A request was read: the connection speaks HTTP/1.x and is no longer
     /// a candidate for HTTP/2.
     served: bool,
-    /// A stream of the HTTP/2 layer, not a connection of its own.
-    is_stream: bool,
     request: Option<InFlight<C>>,
     /// Since when the connection has had no request (keep-alive idle).
     idle_since: Instant,
@@ -275,17 +309,25 @@ struct Exchange<C> {
     written: Instant,
 }
 
+impl<C> Exchange<C> {
+    fn is_stream(&self) -> bool {
+        matches!(self.client, Wire::Pipe(_))
+    }
+}
+
 /// The proxy core.
 pub struct Proxy<C> {
     settings: ProxySettings,
     config: Arc<ArcSwap<GatewayConfig>>,
     metrics: Arc<ProxyMetrics>,
-    roles: HashMap<C, Role>,
+    roles: HashMap<Wire<C>, Role>,
     exchanges: Slab<Exchange<C>>,
     /// Idle backend connections per endpoint, with when they went idle.
     pool: HashMap<PoolKey, Vec<(C, Instant)>>,
     /// Client connections found to speak HTTP/2, for that layer to take.
     handoffs: Vec<Handoff<C>>,
+    /// The HTTP/2 layer's streams, as the core sees them.
+    pub pipes: Pipes,
     cursors: Cursors,
     scratch: Vec<u8>,
 }
@@ -316,6 +358,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
     ) -> Self {
         let scratch = vec![0; settings.buffer];
         Self {
+            pipes: Pipes::new(settings.buffer),
             settings,
             config,
             metrics,
@@ -330,7 +373,10 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
 
     /// Client connections open.
     pub fn clients(&self) -> usize {
-        self.exchanges.len()
+        self.exchanges
+            .iter()
+            .filter(|(_, e)| !e.is_stream())
+            .count()
     }
 
     /// Requests in flight.
@@ -343,7 +389,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
 
     /// Whether `conn` is one the proxy knows.
     pub fn knows(&self, conn: C) -> bool {
-        self.roles.contains_key(&conn)
+        self.roles.contains_key(&Wire::Socket(conn))
     }
 
     /// A client connected to `local_port` from `peer`.
@@ -356,47 +402,46 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         now: Instant,
     ) {
         self.metrics.connection_opened();
-        self.open_exchange(io, conn, peer, local_port, false, now);
+        self.open_exchange(io, Wire::Socket(conn), peer, local_port, now);
     }
 
-    /// A request arrived on a stream of the HTTP/2 layer: `conn` carries it
-    /// as HTTP/1.1, and carries one request only.
+    /// A request arrived on a stream of the HTTP/2 layer: pipe `pipe`
+    /// carries it, and carries one request only.
     pub fn accept_stream<T: Transport<Conn = C>>(
         &mut self,
         io: &mut T,
-        conn: C,
+        pipe: usize,
         peer: SocketAddr,
         local_port: u16,
         now: Instant,
     ) {
-        self.open_exchange(io, conn, peer, local_port, true, now);
+        self.open_exchange(io, Wire::Pipe(pipe), peer, local_port, now);
     }
 
     fn open_exchange<T: Transport<Conn = C>>(
         &mut self,
         io: &mut T,
-        conn: C,
+        client: Wire<C>,
         peer: SocketAddr,
         local_port: u16,
-        is_stream: bool,
         now: Instant,
     ) {
+        let is_stream = matches!(client, Wire::Pipe(_));
         let id = self.exchanges.insert(Exchange {
-            client: conn,
+            client,
             peer,
             local_port,
-            rx: Vec::new(),
+            rx: BytesMut::new(),
             tx: Vec::new(),
             eof: false,
-            closing: false,
-            served: is_stream,
-            is_stream,
+            closing: is_stream,
+            served: false,
             request: None,
             idle_since: now,
             head_started: None,
             written: now,
         });
-        self.roles.insert(conn, Role::Client(id));
+        self.roles.insert(client, Role::Client(id));
         self.drive(io, id, now);
     }
 
@@ -406,25 +451,23 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         &mut self,
         io: &mut T,
         id: usize,
-        head: RequestHead,
+        mut request: Request,
+        mut in_flight: InFlight<C>,
+        expect_continue: bool,
         now: Instant,
     ) {
         let exchange = &mut self.exchanges[id];
-        if !std::mem::replace(&mut exchange.served, true) && http1::is_h2c_upgrade(&head) {
-            self.hand_off(id, Some(head));
-            return;
-        }
-        let host = head
-            .values("host")
-            .next()
-            .map(|h| String::from_utf8_lossy(h).into_owned())
-            .unwrap_or_default();
-        let keep_alive = head.keep_alive && !exchange.closing;
         exchange.head_started = None;
-        exchange.closing |= !keep_alive;
-        let mut request = InFlight::new(&head, keep_alive, &self.settings.limits, now);
+        exchange.closing |= !in_flight.framing.keep_alive;
         let config = self.config.load();
-        let matched = match route::route(&config, &head, &host, exchange.local_port) {
+        let host = request
+            .head
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let matched = match route::route(&config, &request.head, &host, exchange.local_port) {
             Routed::Forward(matched) => matched,
             Routed::Redirect {
                 route,
@@ -432,22 +475,22 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
                 location,
                 response_headers,
             } => {
-                request.route = Some(route.clone());
-                request.response_headers.push(response_headers.clone());
-                exchange.request = Some(request);
-                self.local_response(id, status, "", &[("Location", location)]);
+                in_flight.route = Some(route.clone());
+                in_flight.response_headers.push(response_headers.clone());
+                exchange.request = Some(in_flight);
+                self.local_response(id, status, "", &[("location", location)]);
                 return;
             }
             Routed::Refused { route, cause } => {
-                request.route = route.cloned();
-                exchange.request = Some(request);
+                in_flight.route = route.cloned();
+                exchange.request = Some(in_flight);
                 self.refuse(id, cause);
                 return;
             }
         };
         let action = matched.action;
-        request.route = Some(action.route.clone());
-        exchange.request = Some(request);
+        in_flight.route = Some(action.route.clone());
+        exchange.request = Some(in_flight);
         let (backend, endpoint) = match self.cursors.select(&config, action) {
             Ok(chosen) => chosen,
             Err(cause) => {
@@ -456,26 +499,23 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             }
         };
         let exchange = &mut self.exchanges[id];
-        let out_head = filters::request_to_backend(&head, &host, exchange.peer, &matched, backend);
-        let request = exchange.request.as_mut().expect("just set");
-        request
+        filters::request_to_backend(&mut request, &host, exchange.peer, &matched, backend);
+        let in_flight = exchange.request.as_mut().expect("just set");
+        in_flight
             .response_headers
             .push(action.response_headers.clone());
-        request
+        in_flight
             .response_headers
             .push(backend.response_headers.clone());
-        request.backend_name = Some(backend.name.clone());
-        if head.framing == BodyFraming::Chunked {
-            request.body_writer = BodyWriter::Chunked;
-        }
-        if head.expect_continue && !request.body.is_done() {
+        in_flight.backend_name = Some(backend.name.clone());
+        if expect_continue && !in_flight.body.is_done() {
             exchange
                 .tx
                 .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
         }
         let protocol = backend.protocol;
         drop(config);
-        self.open_leg(io, id, endpoint, protocol, out_head, now);
+        self.open_leg(io, id, endpoint, protocol, request, now);
     }
 
     /// Client connections to hand to the HTTP/2 layer.
@@ -488,22 +528,38 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         let Some(exchange) = self.exchanges.try_remove(id) else {
             return;
         };
+        let Wire::Socket(conn) = exchange.client else {
+            return;
+        };
         // Still open: the HTTP/2 layer counts it closed when it is.
         self.roles.remove(&exchange.client);
         self.handoffs.push(Handoff {
-            conn: exchange.client,
+            conn,
             peer: exchange.peer,
             local_port: exchange.local_port,
-            buffered: exchange.rx,
+            buffered: exchange.rx.to_vec(),
             upgrade,
         });
     }
 
     /// `conn` may be readable, writable, connected or closed.
     pub fn on_io<T: Transport<Conn = C>>(&mut self, io: &mut T, conn: C, now: Instant) {
-        match self.roles.get(&conn).copied() {
+        self.on_wire(io, Wire::Socket(conn), now);
+    }
+
+    /// Pipe `pipe` has news from the HTTP/2 layer.
+    pub fn on_pipe<T: Transport<Conn = C>>(&mut self, io: &mut T, pipe: usize, now: Instant) {
+        self.on_wire(io, Wire::Pipe(pipe), now);
+    }
+
+    fn on_wire<T: Transport<Conn = C>>(&mut self, io: &mut T, wire: Wire<C>, now: Instant) {
+        match self.roles.get(&wire).copied() {
             Some(Role::Client(id)) | Some(Role::Backend(id)) => self.drive(io, id, now),
-            Some(Role::Idle(key)) => self.check_idle(io, conn, key),
+            Some(Role::Idle(key)) => {
+                if let Wire::Socket(conn) = wire {
+                    self.check_idle(io, conn, key);
+                }
+            }
             None => {}
         }
     }
@@ -515,7 +571,8 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             let Some(exchange) = self.exchanges.get(id) else {
                 continue;
             };
-            match overdue(exchange, &self.settings.deadlines, now) {
+            let backlog = self.client_backlog(exchange);
+            match overdue(exchange, backlog, &self.settings.deadlines, now) {
                 Some(Overdue::Idle) => {
                     self.metrics.timeout(Phase::KeepAlive);
                     self.close_exchange(io, id, false);
@@ -535,9 +592,9 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         // Idle backend connections are closed politely, so the backends do
         // not hold them open after the gateway is gone.
         let pooled: Vec<_> = self.pool.drain().collect();
-        for ((_, protocol), conns) in pooled {
+        for (_, conns) in pooled {
             for (conn, _) in conns {
-                self.let_go_backend(io, conn, protocol, false);
+                self.let_go_backend(io, Wire::Socket(conn), false);
             }
         }
         let ids: Vec<usize> = self.exchanges.iter().map(|(id, _)| id).collect();
@@ -599,10 +656,13 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         let Some(exchange) = self.exchanges.get_mut(id) else {
             return false;
         };
+        let Wire::Socket(conn) = exchange.client else {
+            return false;
+        };
         if exchange.tx.is_empty() {
             return false;
         }
-        match io.write(exchange.client, &exchange.tx) {
+        match io.write(conn, &exchange.tx) {
             Ok(0) => false,
             Ok(n) => {
                 exchange.tx.drain(..n);
@@ -630,10 +690,13 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         else {
             return false;
         };
+        let Wire::Socket(conn) = leg.wire else {
+            return false;
+        };
         if leg.tx.is_empty() {
             return false;
         }
-        match io.write(leg.conn, &leg.tx) {
+        match io.write(conn, &leg.tx) {
             Ok(0) => false,
             Ok(n) => {
                 leg.tx.drain(..n);
@@ -649,17 +712,31 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         }
     }
 
-    fn read_client<T: Transport<Conn = C>>(&mut self, io: &mut T, id: usize, now: Instant) -> bool {
-        let cap = self
-            .settings
+    /// How much a socket's receive buffer holds before reading pauses.
+    fn read_cap(&self) -> usize {
+        self.settings
             .buffer
-            .max(self.settings.limits.max_head_bytes + 1);
+            .max(self.settings.limits.max_head_bytes + 1)
+    }
+
+    fn read_client<T: Transport<Conn = C>>(&mut self, io: &mut T, id: usize, now: Instant) -> bool {
+        let cap = self.read_cap();
         let exchange = &mut self.exchanges[id];
+        let conn = match exchange.client {
+            Wire::Socket(conn) => conn,
+            // A stream's messages are taken where they are used; only its
+            // end is looked for here.
+            Wire::Pipe(pipe) if self.pipes.gone(pipe) => {
+                self.client_gone(io, id);
+                return true;
+            }
+            Wire::Pipe(_) => return false,
+        };
         if exchange.eof || exchange.rx.len() >= cap {
             return false;
         }
         let room = (cap - exchange.rx.len()).min(self.scratch.len());
-        match io.read(exchange.client, &mut self.scratch[..room]) {
+        match io.read(conn, &mut self.scratch[..room]) {
             ReadOutcome::Data(n) => {
                 exchange.rx.extend_from_slice(&self.scratch[..n]);
                 match exchange.request.as_mut() {
@@ -688,10 +765,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         id: usize,
         now: Instant,
     ) -> bool {
-        let cap = self
-            .settings
-            .buffer
-            .max(self.settings.limits.max_head_bytes + 1);
+        let cap = self.read_cap();
         let Some(leg) = self.exchanges[id]
             .request
             .as_mut()
@@ -699,11 +773,14 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         else {
             return false;
         };
+        let Wire::Socket(conn) = leg.wire else {
+            return false;
+        };
         if leg.eof || leg.rx.len() >= cap {
             return false;
         }
         let room = (cap - leg.rx.len()).min(self.scratch.len());
-        match io.read(leg.conn, &mut self.scratch[..room]) {
+        match io.read(conn, &mut self.scratch[..room]) {
             ReadOutcome::Data(n) => {
                 leg.rx.extend_from_slice(&self.scratch[..n]);
                 leg.answered = true;
@@ -722,6 +799,14 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
                 self.backend_failed(io, id, now);
                 true
             }
+        }
+    }
+
+    /// Bytes or events sent toward the client and not yet taken by it.
+    fn client_backlog(&self, exchange: &Exchange<C>) -> bool {
+        match exchange.client {
+            Wire::Socket(_) => !exchange.tx.is_empty(),
+            Wire::Pipe(pipe) => self.pipes.backlog(pipe) > 0,
         }
     }
 
@@ -750,16 +835,105 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             return;
         };
         self.roles.remove(&exchange.client);
-        if abort {
-            io.abort(exchange.client);
-        } else {
-            io.close(exchange.client);
+        match (exchange.client, abort) {
+            (Wire::Socket(conn), true) => io.abort(conn),
+            (Wire::Socket(conn), false) => io.close(conn),
+            (Wire::Pipe(pipe), true) => self.pipes.core_end(pipe, CoreEnd::Aborted),
+            (Wire::Pipe(pipe), false) => self.pipes.core_end(pipe, CoreEnd::Closed),
         }
+        let is_stream = exchange.is_stream();
         if let Some(leg) = exchange.request.and_then(|r| r.backend) {
-            self.let_go_backend(io, leg.conn, leg.protocol, true);
+            self.let_go_backend(io, leg.wire, true);
         }
-        if !exchange.is_stream {
+        if !is_stream {
             self.metrics.connection_closed();
         }
+    }
+
+    /// Send a response head to the client of exchange `id`, whose request
+    /// is in flight; returns how its body goes.
+    fn send_response_head(&mut self, id: usize, mut response: Response) -> BodyWriter {
+        let exchange = &mut self.exchanges[id];
+        let request = exchange.request.as_mut().expect("in flight");
+        match exchange.client {
+            Wire::Socket(_) => {
+                request.framing.keep_alive &= !exchange.closing;
+                let (coding, close) =
+                    h1::encode_response(&response, request.framing, &mut exchange.tx);
+                if close {
+                    request.framing.keep_alive = false;
+                    exchange.closing = true;
+                }
+                BodyWriter::of(coding)
+            }
+            Wire::Pipe(pipe) => {
+                let head_request = request.method == Method::HEAD;
+                if head_request {
+                    if let crate::message::BodyLength::Exactly(n) = response.body {
+                        response
+                            .head
+                            .headers
+                            .insert(http::header::CONTENT_LENGTH, n.into());
+                    }
+                    response.body = crate::message::BodyLength::None;
+                }
+                let writer = match response.body {
+                    crate::message::BodyLength::None => BodyWriter::Nothing,
+                    _ => BodyWriter::Events,
+                };
+                // A stream gone is seen on the next read of it.
+                let _ = self.pipes.send(pipe, Message::Response(Box::new(response)));
+                writer
+            }
+        }
+    }
+}
+
+/// Write a body event to a wire: as bytes into `tx`, or onto the pipe.
+fn write_event<C>(
+    pipes: &mut Pipes,
+    wire: Wire<C>,
+    tx: &mut Vec<u8>,
+    writer: BodyWriter,
+    event: BodyEvent,
+) -> Result<(), StreamGone> {
+    match (writer, wire) {
+        (BodyWriter::Nothing, _) => Ok(()),
+        (BodyWriter::Bytes(coding), _) => {
+            body::write_bytes(coding, &event, tx);
+            Ok(())
+        }
+        (BodyWriter::Events, Wire::Pipe(pipe)) => pipes.send(pipe, Message::Body(event)),
+        (BodyWriter::Events, Wire::Socket(_)) => Err(StreamGone),
+    }
+}
+
+/// Body bytes a wire takes now.
+fn room<C>(pipes: &Pipes, wire: Wire<C>, tx: &[u8], cap: usize) -> usize {
+    match wire {
+        Wire::Socket(_) => cap.saturating_sub(tx.len()),
+        Wire::Pipe(pipe) => pipes.room(pipe),
+    }
+}
+
+/// The next body event from a wire: decoded from `rx`, or off the pipe;
+/// `to`: the wire it goes to.
+fn read_event<C>(
+    pipes: &mut Pipes,
+    wire: Wire<C>,
+    to: Wire<C>,
+    reader: &mut BodyReader,
+    rx: &mut BytesMut,
+    eof: bool,
+    max: usize,
+) -> Result<Option<BodyEvent>, ReadError> {
+    match wire {
+        Wire::Socket(_) => {
+            let queued = matches!(to, Wire::Pipe(_));
+            reader
+                .next_from_bytes(rx, eof, max, queued)
+                .map_err(ReadError::Framing)
+        }
+        Wire::Pipe(pipe) => reader.next_from_pipe(pipes, pipe),
     }
 }

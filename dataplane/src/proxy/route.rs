@@ -5,8 +5,8 @@
 
 use crate::config::{GatewayConfig, HeaderModifier, RuleAction};
 use crate::error::Cause;
-use crate::http1::RequestHead;
 use crate::routes::{host_without_port, PathMatch, RequestView};
+use http::Uri;
 use std::sync::Arc;
 
 /// The request's path and query, split once.
@@ -16,9 +16,11 @@ pub(super) struct Target<'h> {
 }
 
 impl<'h> Target<'h> {
-    pub fn of(head: &'h RequestHead) -> Self {
-        let (path, query) = head.target.split_once('?').unwrap_or((&head.target, ""));
-        Self { path, query }
+    pub fn of(uri: &'h Uri) -> Self {
+        Self {
+            path: uri.path(),
+            query: uri.query().unwrap_or(""),
+        }
     }
 
     /// `path` with the query, if any, after it.
@@ -59,23 +61,18 @@ pub(super) struct Matched<'a> {
 /// The rule for `head`, arriving on `local_port` with Host `host`.
 pub(super) fn route<'a>(
     config: &'a GatewayConfig,
-    head: &RequestHead,
+    head: &http::request::Parts,
     host: &str,
     local_port: u16,
 ) -> Routed<'a> {
-    let target = Target::of(head);
-    let headers: Vec<(String, String)> = head
-        .headers
-        .iter()
-        .map(|(n, v)| (n.clone(), String::from_utf8_lossy(v).into_owned()))
-        .collect();
+    let target = Target::of(&head.uri);
     let query = parse_query(target.query);
     let view = RequestView {
         host,
-        method: &head.method,
+        method: head.method.as_str(),
         path: target.path,
         query: &query,
-        headers: &headers,
+        headers: &head.headers,
     };
     let hit = config
         .listener(local_port, host)

@@ -2,9 +2,12 @@
 //! positions, the keep-alive pool per endpoint and protocol, connect, and
 //! the one retry a pooled connection closed while idle deserves.
 
-use super::{BackendLeg, Proxy, ReadOutcome, Role, Transport};
+use super::h1;
+use super::{BackendLeg, BodyWriter, Proxy, ReadOutcome, Role, Transport, Wire};
 use crate::config::{Backend, BackendProtocol, GatewayConfig, RuleAction};
 use crate::error::{Cause, Replay};
+use crate::http2::pipe::{CoreEnd, Message, PipeKind};
+use crate::message::{BodyLength, Request};
 use foldhash::HashMap;
 use std::fmt::Debug;
 use std::hash::Hash;
@@ -24,9 +27,9 @@ pub(super) struct Cursors {
     turns: HashMap<usize, usize>,
 }
 
-/// Idle backend connections are kept per endpoint and protocol: one
-/// address may serve HTTP/1.1 and h2c on the same port.
-pub(super) type PoolKey = (SocketAddr, BackendProtocol);
+/// Idle HTTP/1.1 backend connections are kept per endpoint (h2c streams
+/// ride on the HTTP/2 layer's own connections).
+pub(super) type PoolKey = SocketAddr;
 
 impl Cursors {
     /// Upstream selection: the rule's backend by weight, then one of its
@@ -68,17 +71,17 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
     pub(super) fn expire_idle_pool<T: Transport<Conn = C>>(&mut self, io: &mut T, now: Instant) {
         let idle = self.settings.pool_idle_timeout;
         let mut expired = Vec::new();
-        for (&(_, protocol), conns) in self.pool.iter_mut() {
+        for conns in self.pool.values_mut() {
             conns.retain(|&(conn, since)| {
                 let keep = now.duration_since(since) < idle;
                 if !keep {
-                    expired.push((conn, protocol));
+                    expired.push(conn);
                 }
                 keep
             });
         }
-        for (conn, protocol) in expired {
-            self.let_go_backend(io, conn, protocol, false);
+        for conn in expired {
+            self.let_go_backend(io, Wire::Socket(conn), false);
         }
         self.pool.retain(|_, c| !c.is_empty());
         self.metrics
@@ -93,73 +96,105 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             if let Some(conns) = self.pool.get_mut(&key) {
                 conns.retain(|&(c, _)| c != conn);
             }
-            self.let_go_backend(io, conn, key.1, true);
+            self.let_go_backend(io, Wire::Socket(conn), true);
         }
     }
 
-    /// Close (FIN) or abort (RST) a backend connection and forget it.
+    /// Close (FIN) or abort (RST) a backend connection or stream and
+    /// forget it.
     pub(super) fn let_go_backend<T: Transport<Conn = C>>(
         &mut self,
         io: &mut T,
-        conn: C,
-        protocol: BackendProtocol,
+        wire: Wire<C>,
         abort: bool,
     ) {
-        self.roles.remove(&conn);
-        if abort {
-            io.abort(conn);
-        } else {
-            io.close(conn);
+        self.roles.remove(&wire);
+        match (wire, abort) {
+            (Wire::Socket(conn), true) => io.abort(conn),
+            (Wire::Socket(conn), false) => io.close(conn),
+            (Wire::Pipe(pipe), true) => self.pipes.core_end(pipe, CoreEnd::Aborted),
+            (Wire::Pipe(pipe), false) => self.pipes.core_end(pipe, CoreEnd::Closed),
         }
         // h2c requests ride on streams of the HTTP/2 layer's own pool.
-        if protocol == BackendProtocol::Http1 {
+        if let Wire::Socket(_) = wire {
             self.metrics.backend_connection_closed();
         }
     }
 
-    /// Connect or pool checkout: the leg that takes `head` (and the body
-    /// after it) to `endpoint`; 503 when no connection can be had.
+    /// Connect or pool checkout: the leg that takes `request` (and the
+    /// body after it) to `endpoint` — an HTTP/1.1 connection, or a stream
+    /// of the HTTP/2 layer for an h2c backend; 503 when no connection can
+    /// be had.
     pub(super) fn open_leg<T: Transport<Conn = C>>(
         &mut self,
         io: &mut T,
         id: usize,
         endpoint: SocketAddr,
         protocol: BackendProtocol,
-        head: Vec<u8>,
+        request: Request,
         now: Instant,
     ) {
-        let Some((conn, reused)) = self.backend_conn(io, id, endpoint, protocol) else {
-            self.refuse(id, Cause::ConnectFailed);
-            return;
+        let leg = match protocol {
+            BackendProtocol::H2c => {
+                let pipe = self.pipes.open(PipeKind::Outbound { endpoint });
+                let body = request.body;
+                let _ = self.pipes.send(pipe, Message::Request(Box::new(request)));
+                self.roles.insert(Wire::Pipe(pipe), Role::Backend(id));
+                let in_flight = self.exchanges[id].request.as_mut().expect("in flight");
+                in_flight.body_writer = match body {
+                    BodyLength::None => BodyWriter::Nothing,
+                    _ => BodyWriter::Events,
+                };
+                BackendLeg::new(Wire::Pipe(pipe), endpoint, protocol, false, Vec::new(), now)
+            }
+            BackendProtocol::Http1 => {
+                let Some((conn, reused)) = self.backend_conn(io, id, endpoint) else {
+                    self.refuse(id, Cause::ConnectFailed);
+                    return;
+                };
+                let mut head = Vec::with_capacity(512);
+                let coding = h1::encode_request(&request, &mut head);
+                let in_flight = self.exchanges[id].request.as_mut().expect("in flight");
+                in_flight.body_writer = BodyWriter::of(coding);
+                if reused && in_flight.body.is_done() {
+                    in_flight.replay = Some(head.clone());
+                }
+                BackendLeg::new(Wire::Socket(conn), endpoint, protocol, reused, head, now)
+            }
         };
-        let request = self.exchanges[id].request.as_mut().expect("in flight");
-        if reused && request.body.is_done() {
-            request.replay = Some(head.clone());
-        }
-        request.backend = Some(BackendLeg::new(conn, endpoint, protocol, reused, head, now));
+        let in_flight = self.exchanges[id].request.as_mut().expect("in flight");
+        in_flight.backend = Some(leg);
         self.metrics.backend_request();
     }
 
-    /// A pooled connection to `endpoint`, or a new one.
-    pub(super) fn backend_conn<T: Transport<Conn = C>>(
+    /// A pooled HTTP/1.1 connection to `endpoint`, or a new one.
+    fn backend_conn<T: Transport<Conn = C>>(
         &mut self,
         io: &mut T,
         id: usize,
         endpoint: SocketAddr,
-        protocol: BackendProtocol,
     ) -> Option<(C, bool)> {
-        if let Some(conns) = self.pool.get_mut(&(endpoint, protocol)) {
+        if let Some(conns) = self.pool.get_mut(&endpoint) {
             if let Some((conn, _)) = conns.pop() {
-                self.roles.insert(conn, Role::Backend(id));
+                self.roles.insert(Wire::Socket(conn), Role::Backend(id));
                 return Some((conn, true));
             }
         }
-        let conn = io.connect(endpoint, protocol)?;
-        self.roles.insert(conn, Role::Backend(id));
-        if protocol == BackendProtocol::Http1 {
-            self.metrics.backend_connection_opened();
-        }
+        let conn = self.connect(io, id, endpoint)?;
         Some((conn, false))
+    }
+
+    /// A new HTTP/1.1 connection to `endpoint` for exchange `id`.
+    fn connect<T: Transport<Conn = C>>(
+        &mut self,
+        io: &mut T,
+        id: usize,
+        endpoint: SocketAddr,
+    ) -> Option<C> {
+        let conn = io.connect(endpoint, BackendProtocol::Http1)?;
+        self.roles.insert(Wire::Socket(conn), Role::Backend(id));
+        self.metrics.backend_connection_opened();
+        Some(conn)
     }
 
     /// The backend connection failed or closed before a complete response
@@ -183,19 +218,20 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         // the one retry a keep-alive race deserves.
         if leg.reused && !leg.answered && cause.replay() != Replay::Never {
             if let Some(replay) = request.replay.take() {
-                let (endpoint, protocol, old) = (leg.endpoint, leg.protocol, leg.conn);
+                let (endpoint, protocol, old) = (leg.endpoint, leg.protocol, leg.wire);
                 request.backend = None;
                 request.request_end = None;
-                self.let_go_backend(io, old, protocol, true);
-                match io.connect(endpoint, protocol) {
+                self.let_go_backend(io, old, true);
+                match self.connect(io, id, endpoint) {
                     Some(conn) => {
-                        self.roles.insert(conn, Role::Backend(id));
-                        if protocol == BackendProtocol::Http1 {
-                            self.metrics.backend_connection_opened();
-                        }
                         let request = self.exchanges[id].request.as_mut().expect("in flight");
                         request.backend = Some(BackendLeg::new(
-                            conn, endpoint, protocol, false, replay, now,
+                            Wire::Socket(conn),
+                            endpoint,
+                            protocol,
+                            false,
+                            replay,
+                            now,
                         ));
                     }
                     None => self.refuse(id, Cause::ConnectFailed),
@@ -206,7 +242,8 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         self.fail_request(io, id, cause, now);
     }
 
-    /// Return a backend connection to the pool, or close it.
+    /// Return a backend connection to the pool, or close it (a stream to
+    /// an h2c backend is over with its response).
     pub(super) fn release_backend<T: Transport<Conn = C>>(
         &mut self,
         io: &mut T,
@@ -214,13 +251,18 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         reusable: bool,
         now: Instant,
     ) {
-        let idle = self.pool.entry((leg.endpoint, leg.protocol)).or_default();
+        let Wire::Socket(conn) = leg.wire else {
+            // The HTTP/2 layer cancels the stream if its request was not
+            // all sent.
+            self.let_go_backend(io, leg.wire, false);
+            return;
+        };
+        let idle = self.pool.entry(leg.endpoint).or_default();
         if reusable && leg.tx.is_empty() && idle.len() < self.settings.pool_max_idle {
-            self.roles
-                .insert(leg.conn, Role::Idle((leg.endpoint, leg.protocol)));
-            idle.push((leg.conn, now));
+            self.roles.insert(leg.wire, Role::Idle(leg.endpoint));
+            idle.push((conn, now));
         } else {
-            self.let_go_backend(io, leg.conn, leg.protocol, false);
+            self.let_go_backend(io, leg.wire, false);
         }
     }
 }
