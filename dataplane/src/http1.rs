@@ -239,12 +239,24 @@ fn keep_alive(version: Version, connection: &[String]) -> bool {
     }
 }
 
+/// Header slots kept on the stack while parsing a request head.
+const STACK_SLOTS: usize = 128;
+
 /// Parse a request head from the start of `buf`. `Ok(None)`: incomplete,
 /// read more (the limits are enforced on what is there already).
 pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>, HttpError> {
-    let mut slots = vec![httparse::EMPTY_HEADER; limits.max_headers];
-    let mut request = httparse::Request::new(&mut slots);
-    let parsed = request.parse(buf);
+    // Slots on the stack for the usual limit: no allocation, and httparse
+    // writes only the ones it fills.
+    let mut stack = [const { std::mem::MaybeUninit::uninit() }; STACK_SLOTS];
+    let mut heap = Vec::new();
+    let slots = if limits.max_headers <= STACK_SLOTS {
+        &mut stack[..limits.max_headers]
+    } else {
+        heap.resize_with(limits.max_headers, std::mem::MaybeUninit::uninit);
+        &mut heap[..]
+    };
+    let mut request = httparse::Request::new(&mut []);
+    let parsed = request.parse_with_uninit_headers(buf, slots);
     let Some(head_len) = head_end(
         parsed,
         buf.len(),

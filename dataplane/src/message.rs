@@ -83,10 +83,21 @@ const CONNECTION_SPECIFIC: [HeaderName; 9] = [
     header::TE,
 ];
 
+/// Whether `name` describes the connection (or is `te`, which only
+/// `trailers` crosses as).
+pub fn is_connection_specific(name: &HeaderName) -> bool {
+    CONNECTION_SPECIFIC.contains(name)
+}
+
 /// Drop what `headers` says of its connection: the fields
 /// `Connection` names, the connection-specific ones, and `te` unless it is
 /// `trailers` (the one TE a message carries across, RFC 9113 §8.2.2).
 pub fn strip_connection_fields(headers: &mut HeaderMap) {
+    // Most heads have none: one pass over the names instead of a lookup
+    // per connection-specific name.
+    if !headers.keys().any(|n| CONNECTION_SPECIFIC.contains(n)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()

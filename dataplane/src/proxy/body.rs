@@ -9,7 +9,6 @@ use crate::message::{BodyEvent, BodyLength};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
-use std::io::Write;
 
 /// How a body is being read.
 #[derive(Debug)]
@@ -199,7 +198,8 @@ pub(super) fn write_bytes(coding: Coding, event: &BodyEvent, out: &mut Vec<u8>) 
         (Coding::Raw, _) => {}
         (Coding::Chunked, BodyEvent::Data(data)) => {
             if !data.is_empty() {
-                let _ = write!(out, "{:x}\r\n", data.len());
+                push_hex(out, data.len());
+                out.extend_from_slice(b"\r\n");
                 out.extend_from_slice(data);
                 out.extend_from_slice(b"\r\n");
             }
@@ -216,4 +216,19 @@ pub(super) fn write_bytes(coding: Coding, event: &BodyEvent, out: &mut Vec<u8>) 
         }
         (Coding::Chunked, BodyEvent::End) => out.extend_from_slice(b"0\r\n\r\n"),
     }
+}
+
+/// A chunk size in hexadecimal (RFC 9112 §7.1).
+fn push_hex(out: &mut Vec<u8>, mut n: usize) {
+    let mut digits = [0u8; 16];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b"0123456789abcdef"[n % 16];
+        n /= 16;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }

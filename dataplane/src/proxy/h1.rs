@@ -6,22 +6,54 @@
 use crate::http1::{
     reason_phrase, BodyFraming, HttpError, RequestHead, ResponseFraming, ResponseHead, Version,
 };
-use crate::message::{strip_connection_fields, BodyLength, Request, Response};
+use crate::message::{
+    is_connection_specific, strip_connection_fields, BodyLength, Request, Response,
+};
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode, Uri};
-use std::io::Write;
 
-/// Header fields as parsed into a map; a field the `http` crate cannot
-/// hold (httparse admitted it) is an error for the caller to answer.
-fn field_map(fields: Vec<(String, Vec<u8>)>) -> Result<HeaderMap, HttpError> {
-    let mut map = HeaderMap::with_capacity(fields.len());
+/// Header fields as parsed into a map, without the connection-specific
+/// ones (RFC 9110 §7.6.1) and those in `skip` (framing the codec
+/// restates); a field the `http` crate cannot hold (httparse admitted it)
+/// is an error for the caller to answer.
+fn field_map(fields: Vec<(String, Vec<u8>)>, skip: &[HeaderName]) -> Result<HeaderMap, HttpError> {
+    // Room for what the filters add (forwarding fields, modifiers)
+    // without growing the map again.
+    let mut map = HeaderMap::with_capacity(fields.len() + 4);
+    let mut connection = false;
+    let mut trailers = false;
     for (name, value) in fields {
         let name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| HttpError::Malformed("header field name"))?;
+        if skip.contains(&name) {
+            continue;
+        }
+        if is_connection_specific(&name) {
+            // What they say is the parser's: only what they name, and
+            // `te: trailers`, matter here.
+            connection |= name == header::CONNECTION;
+            trailers |= name == header::TE
+                && value
+                    .split(|&b| b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
+            if name == header::CONNECTION {
+                let value = HeaderValue::from_maybe_shared(Bytes::from(value))
+                    .map_err(|_| HttpError::Malformed("header field value"))?;
+                map.append(name, value);
+            }
+            continue;
+        }
         let value = HeaderValue::from_maybe_shared(Bytes::from(value))
             .map_err(|_| HttpError::Malformed("header field value"))?;
         map.append(name, value);
+    }
+    if connection {
+        // The fields `Connection` names go too.
+        strip_connection_fields(&mut map);
+    }
+    if trailers {
+        map.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     Ok(map)
 }
@@ -32,10 +64,7 @@ pub(super) fn decode_request(head: RequestHead) -> Result<Request, HttpError> {
     let method =
         Method::from_bytes(head.method.as_bytes()).map_err(|_| HttpError::Malformed("method"))?;
     let uri = Uri::try_from(head.target).map_err(|_| HttpError::Malformed("request target"))?;
-    let mut headers = field_map(head.headers)?;
-    strip_connection_fields(&mut headers);
-    headers.remove(header::CONTENT_LENGTH);
-    headers.remove(header::EXPECT);
+    let headers = field_map(head.headers, &[header::CONTENT_LENGTH, header::EXPECT])?;
     let mut request = http::Request::new(());
     *request.method_mut() = method;
     *request.uri_mut() = uri;
@@ -54,17 +83,17 @@ pub(super) fn decode_request(head: RequestHead) -> Result<Request, HttpError> {
 /// A backend's response head as a message.
 pub(super) fn decode_response(head: ResponseHead) -> Result<Response, HttpError> {
     let status = StatusCode::from_u16(head.status).map_err(|_| HttpError::Malformed("status"))?;
-    let mut headers = field_map(head.headers)?;
-    strip_connection_fields(&mut headers);
     let body = match head.framing {
         // A HEAD, 204 or 304 response keeps its length as metadata.
         ResponseFraming::Empty => BodyLength::None,
         ResponseFraming::Length(n) => BodyLength::Exactly(n),
         ResponseFraming::Chunked | ResponseFraming::UntilClose => BodyLength::Unknown,
     };
-    if body != BodyLength::None {
-        headers.remove(header::CONTENT_LENGTH);
-    }
+    let skip: &[HeaderName] = match body {
+        BodyLength::None => &[],
+        _ => &[header::CONTENT_LENGTH],
+    };
+    let headers = field_map(head.headers, skip)?;
     let mut response = http::Response::new(());
     *response.status_mut() = status;
     *response.headers_mut() = headers;
@@ -126,7 +155,9 @@ pub(super) fn encode_request(request: &Request, out: &mut Vec<u8>) -> Coding {
             Coding::Raw
         }
         BodyLength::Exactly(n) => {
-            let _ = write!(out, "content-length: {n}\r\n");
+            out.extend_from_slice(b"content-length: ");
+            push_decimal(out, n);
+            out.extend_from_slice(b"\r\n");
             Coding::Raw
         }
         BodyLength::Unknown => {
@@ -157,7 +188,11 @@ pub(super) fn encode_response(
     out: &mut Vec<u8>,
 ) -> (Coding, bool) {
     let status = response.head.status.as_u16();
-    let _ = write!(out, "HTTP/1.1 {status} {}\r\n", reason(response));
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(response.head.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason(response).as_bytes());
+    out.extend_from_slice(b"\r\n");
     push_fields(out, &response.head.headers);
     let (coding, until_close) = match response.body {
         BodyLength::None => {
@@ -168,7 +203,9 @@ pub(super) fn encode_response(
             (Coding::Nothing, false)
         }
         BodyLength::Exactly(n) => {
-            let _ = write!(out, "content-length: {n}\r\n");
+            out.extend_from_slice(b"content-length: ");
+            push_decimal(out, n);
+            out.extend_from_slice(b"\r\n");
             (Coding::Raw, false)
         }
         BodyLength::Unknown if client.version == Version::Http11 => {
@@ -190,6 +227,21 @@ pub(super) fn encode_response(
         coding
     };
     (coding, close)
+}
+
+/// `n` in decimal, without the formatting machinery.
+pub(super) fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 fn reason(response: &Response) -> &'static str {
