@@ -435,32 +435,6 @@ pub fn parse_response(
     }))
 }
 
-/// Hop-by-hop fields (RFC 9110 §7.6.1): a proxy drops them, and the ones
-/// `Connection` names, before forwarding.
-pub fn is_hop_by_hop(name: &str, connection_tokens: &[String]) -> bool {
-    const HOP: [&str; 8] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "proxy-authenticate",
-    ];
-    HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
-        || connection_tokens
-            .iter()
-            .any(|t| name.eq_ignore_ascii_case(t))
-}
-
-/// Whether the client said it accepts trailers (`TE: trailers`, RFC 9110
-/// §10.1.4). TE is hop-by-hop; a proxy that relays trailers, as this one
-/// does on chunked bodies, says the same to the next hop.
-pub fn accepts_trailers(head: &RequestHead) -> bool {
-    list_tokens(&head.headers, "te").is_ok_and(|t| t.iter().any(|t| t == "trailers"))
-}
-
 /// The `Connection` tokens of a head's fields, lowercase (a head that
 /// parsed has already passed this check).
 pub fn connection_tokens(headers: &Fields) -> Result<Vec<String>, HttpError> {
@@ -784,15 +758,6 @@ mod tests {
             parse_response(b"HTTP/1.1 200 OK\r\n", "GET", &Limits::default()),
             Ok(None)
         );
-    }
-
-    #[test]
-    fn hop_by_hop_fields_include_those_connection_names() {
-        let headers = vec![("Connection".to_string(), b"close, X-Secret".to_vec())];
-        let tokens = connection_tokens(&headers).unwrap();
-        assert!(is_hop_by_hop("x-secret", &tokens));
-        assert!(is_hop_by_hop("Transfer-Encoding", &tokens));
-        assert!(!is_hop_by_hop("X-Forwarded-For", &tokens));
     }
 
     fn decode_all(body: &[u8], step: usize) -> Result<(Vec<u8>, usize), HttpError> {

@@ -137,9 +137,12 @@ mod tests {
         headers.insert("keep-alive", HeaderValue::from_static("5"));
         headers.insert("te", HeaderValue::from_static("gzip, trailers"));
         headers.insert("x-end", HeaderValue::from_static("2"));
+        headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        headers.insert("x-forwarded-for", HeaderValue::from_static("192.0.2.1"));
         strip_connection_fields(&mut headers);
-        assert_eq!(headers.len(), 2, "{headers:?}");
+        assert_eq!(headers.len(), 3, "{headers:?}");
         assert_eq!(headers["te"], "trailers");
         assert_eq!(headers["x-end"], "2");
+        assert_eq!(headers["x-forwarded-for"], "192.0.2.1");
     }
 }

@@ -45,16 +45,7 @@ const SLACK: f64 = 1.0;
 const ALLOCATOR_RETURNS_AT_ONCE: &str = "_RJEM_MALLOC_CONF=dirty_decay_ms:0,muzzy_decay_ms:0";
 
 /// `rauta_timeouts_total` phases.
-const PHASES: [&str; 8] = [
-    "request_head",
-    "request_body",
-    "connect",
-    "response_head",
-    "response_body",
-    "keep_alive",
-    "h2_idle",
-    "h2_preface",
-];
+const PHASES: [&str; 8] = rauta_dataplane::error::Phase::LABELS;
 
 /// A route whose backend does not exist: the gateway answers 500 itself.
 const NO_BACKEND: &str = "apiVersion: gateway.networking.k8s.io/v1
@@ -425,6 +416,14 @@ impl Matrix {
     }
 
     /// The end of a case: the gauges agree with `ss`.
+    /// Both legs let go within `bound` + [`SLACK`] of `reference`
+    /// (asserted): how, then the legs once settled.
+    fn released(&self, samples: &[Sample], base: &Sample, reference: f64, bound: f64) -> String {
+        let release = Release::of(samples, base, reference);
+        release.assert_within(bound, samples);
+        format!("{}; {}", release.describe(), self.settled().legs())
+    }
+
     fn settled(&self) -> Sample {
         self.agreeing().unwrap_or_else(|e| panic!("{e}"))
     }
@@ -837,10 +836,7 @@ fn body_never_sent(m: &Matrix) -> String {
         let t = waited(r).unwrap_or_else(|| panic!("never closed: {r}"));
         assert!(t <= REQUEST_BODY + SLACK, "closed after {t:.2} s: {r}");
     }
-    let release = Release::of(&samples, &base, reference);
-    release.assert_within(REQUEST_BODY, &samples);
-    let released = release.describe();
-    let end = m.settled();
+    let released = m.released(&samples, &base, reference, REQUEST_BODY);
     // A gateway that waited out the body counted it.
     let waited_out = all
         .iter()
@@ -848,7 +844,7 @@ fn body_never_sent(m: &Matrix) -> String {
     if waited_out {
         assert!(moved["request_body"] >= 1.0, "{moved:?}");
     }
-    format!("{line}; {released}; {}", end.legs())
+    format!("{line}; {released}")
 }
 
 /// Case 3: connections with nothing open. HTTP/1.1 keep-alive after one
@@ -916,13 +912,10 @@ fn idle_connections(m: &Matrix) -> String {
             assert_eq!(text(r, "streams_left"), "0", "{r}");
         }
     }
-    let release = Release::of(&samples, &base, reference);
-    release.assert_within(H2_IDLE.max(IDLE), &samples);
-    let released = release.describe();
-    let end = m.settled();
+    let released = m.released(&samples, &base, reference, H2_IDLE.max(IDLE));
     assert!(moved["keep_alive"] >= 1.0, "{moved:?}");
     assert!(moved["h2_idle"] >= 3.0, "{moved:?}");
-    format!("{line}; {released}; {}", end.legs())
+    format!("{line}; {released}")
 }
 
 /// Case 4: half the preface; the preface and no SETTINGS; an `Upgrade:
@@ -978,16 +971,13 @@ fn partial_preface(m: &Matrix) -> String {
             _ => {}
         }
     }
-    let release = Release::of(&samples, &base, reference);
-    release.assert_within(REQUEST_HEAD, &samples);
-    let released = release.describe();
-    let end = m.settled();
+    let released = m.released(&samples, &base, reference, REQUEST_HEAD);
     assert!(moved["h2_preface"] >= 1.0, "{moved:?}");
     assert!(
         moved["h2_preface"] + moved["request_head"] >= 3.0,
         "{moved:?}"
     );
-    format!("{line}; {released}; {}", end.legs())
+    format!("{line}; {released}")
 }
 
 /// Case 5: the first frame announces 16 MiB - 1 (after `Upgrade: h2c`, and
@@ -1069,12 +1059,9 @@ fn slowloris(m: &Matrix) -> String {
     );
     let t = waited(&r).unwrap_or_else(|| panic!("never closed: {r}"));
     assert!(t <= REQUEST_HEAD + SLACK, "closed after {t:.2} s: {r}");
-    let release = Release::of(&samples, &base, num(&r, "ref").unwrap());
-    release.assert_within(REQUEST_HEAD, &samples);
-    let released = release.describe();
-    let end = m.settled();
+    let released = m.released(&samples, &base, num(&r, "ref").unwrap(), REQUEST_HEAD);
     assert!(moved["request_head"] >= 1.0, "{moved:?}");
-    format!("{line}; {released}; {}", end.legs())
+    format!("{line}; {released}")
 }
 
 /// Case 6: uploads of 40 s, under the 30 s response timeout (which now

@@ -10,10 +10,12 @@
 
 use super::pipe::{Message, Queue};
 use crate::http1::RequestHead;
-use crate::message::{strip_connection_fields, BodyEvent, BodyLength, Request, Response};
+use crate::message::{
+    is_connection_specific, strip_connection_fields, BodyEvent, BodyLength, Request, Response,
+};
 use bytes::Bytes;
 use h2::{RecvStream, SendStream};
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{Authority, Scheme};
 use http::{HeaderMap, Uri};
 use std::task::{Context, Poll};
@@ -220,21 +222,6 @@ pub fn recv_events(
     Received::Some(moved)
 }
 
-/// Fields that describe a connection, not a message (RFC 9113 §8.2.2).
-fn is_connection_specific(name: &str) -> bool {
-    [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "upgrade",
-        "http2-settings",
-        "te",
-    ]
-    .iter()
-    .any(|n| name.eq_ignore_ascii_case(n))
-}
-
 /// The HEADERS frame (RFC 9113 §6.2) that makes an `Upgrade: h2c` request
 /// stream 1 of the new connection (RFC 7540 §3.2). Fields are HPACK
 /// literals without indexing (RFC 7541 §6.2.2): a frame `h2` decodes like
@@ -251,7 +238,9 @@ pub fn upgrade_stream_frame(head: &RequestHead) -> Vec<u8> {
         hpack_literal(&mut block, name.as_bytes(), value);
     }
     for (name, value) in &head.headers {
-        if is_connection_specific(name) || name.eq_ignore_ascii_case("host") {
+        let dropped = HeaderName::from_bytes(name.as_bytes())
+            .map_or(true, |n| n == header::HOST || is_connection_specific(&n));
+        if dropped {
             continue;
         }
         hpack_literal(&mut block, name.to_ascii_lowercase().as_bytes(), value);

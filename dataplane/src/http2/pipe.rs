@@ -189,13 +189,6 @@ impl Pipes {
         Ok(message)
     }
 
-    /// Give back a message the core took and cannot use yet.
-    pub fn untake(&mut self, id: usize, message: Message) {
-        if let Some(pipe) = self.pipes.get_mut(id) {
-            pipe.to_core.unpop(message);
-        }
-    }
-
     /// Whether the stream behind `id` is gone: reset, or let go by the
     /// HTTP/2 side before the core was done with it.
     pub fn gone(&self, id: usize) -> bool {

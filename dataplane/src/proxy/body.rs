@@ -206,12 +206,7 @@ pub(super) fn write_bytes(coding: Coding, event: &BodyEvent, out: &mut Vec<u8>) 
         }
         (Coding::Chunked, BodyEvent::Trailers(fields)) => {
             out.extend_from_slice(b"0\r\n");
-            for (name, value) in fields {
-                out.extend_from_slice(name.as_str().as_bytes());
-                out.extend_from_slice(b": ");
-                out.extend_from_slice(value.as_bytes());
-                out.extend_from_slice(b"\r\n");
-            }
+            super::h1::push_fields(out, fields, None);
             out.extend_from_slice(b"\r\n");
         }
         (Coding::Chunked, BodyEvent::End) => out.extend_from_slice(b"0\r\n\r\n"),

@@ -103,13 +103,21 @@ pub(super) fn decode_response(head: ResponseHead) -> Result<Response, HttpError>
     })
 }
 
-fn push_fields(out: &mut Vec<u8>, headers: &HeaderMap) {
+/// Every field of `headers` but `except`, one `name: value` line each
+/// (also a chunked body's trailer section).
+pub(super) fn push_fields(out: &mut Vec<u8>, headers: &HeaderMap, except: Option<&HeaderName>) {
     for (name, value) in headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        if Some(name) != except {
+            push_field(out, name, value);
+        }
     }
+}
+
+fn push_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// How a body is written on an HTTP/1.1 connection.
@@ -131,18 +139,9 @@ pub(super) fn encode_request(request: &Request, out: &mut Vec<u8>) -> Coding {
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     if let Some(host) = head.headers.get(header::HOST) {
-        out.extend_from_slice(b"host: ");
-        out.extend_from_slice(host.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        push_field(out, &header::HOST, host);
     }
-    for (name, value) in &head.headers {
-        if name != header::HOST {
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-    }
+    push_fields(out, &head.headers, Some(&header::HOST));
     let coding = match request.body {
         BodyLength::None => {
             let bodyless = matches!(
@@ -193,7 +192,7 @@ pub(super) fn encode_response(
     out.push(b' ');
     out.extend_from_slice(reason(response).as_bytes());
     out.extend_from_slice(b"\r\n");
-    push_fields(out, &response.head.headers);
+    push_fields(out, &response.head.headers, None);
     let (coding, until_close) = match response.body {
         BodyLength::None => {
             let stated = response.head.headers.contains_key(header::CONTENT_LENGTH);

@@ -867,8 +867,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
                 BodyWriter::of(coding)
             }
             Wire::Pipe(pipe) => {
-                let head_request = request.method == Method::HEAD;
-                if head_request {
+                if request.framing.head_request {
                     if let crate::message::BodyLength::Exactly(n) = response.body {
                         response
                             .head
