@@ -93,7 +93,7 @@ impl Collector for ProxyCollector {
                 ConstCounter::new(*count).encode(family.encode_family(&labels)?)?;
             }
         }
-        let counters: [(&str, &str, u64); 8] = [
+        let counters: [(&str, &str, u64); 9] = [
             (
                 "rauta_connections",
                 "Client connections accepted",
@@ -108,6 +108,11 @@ impl Collector for ProxyCollector {
                 "rauta_backend_errors",
                 "Requests failed by a backend (connect, reset, timeout, bad response)",
                 s.backend_errors,
+            ),
+            (
+                "rauta_upstream_retries",
+                "Attempts begun after a failed one (connect refused or timed out, a pooled connection closed)",
+                s.retries,
             ),
             (
                 "rauta_http2_streams",

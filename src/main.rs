@@ -267,6 +267,10 @@ struct RunArgs {
     /// Seconds to open a backend connection.
     #[arg(long, default_value_t = 5.0)]
     connect_timeout: f64,
+    /// Endpoints a request may try, the first included, when connecting is
+    /// refused or times out (each next one in the backend's order).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..))]
+    connect_attempts: u8,
     /// Seconds from the end of a forwarded request to the response head.
     #[arg(long, default_value_t = 30.0)]
     response_timeout: f64,
@@ -507,6 +511,7 @@ fn run(cli: Cli) -> Result<()> {
                         keep_alive: seconds(args.idle_timeout),
                         http2_idle: seconds(args.h2_idle_timeout),
                     },
+                    connect_attempts: args.connect_attempts,
                     ..Default::default()
                 },
                 drain_timeout: seconds(args.drain_timeout),

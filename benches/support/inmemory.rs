@@ -248,6 +248,7 @@ fn gateway_turn(
             GatewayEvent::Io(conn) => gateway.on_io(net, conn, now),
         }
     }
+    gateway.flush(net, now);
 }
 
 /// `/app` on port 80 to the one backend, speaking `protocol`.

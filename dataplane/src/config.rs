@@ -235,11 +235,16 @@ impl Backends {
     /// The backend for the `turn`-th request by weight; `None` when every
     /// weight is zero or there are none.
     pub fn pick(&self, turn: usize) -> Option<&Backend> {
+        self.pick_index(turn).map(|i| &self.backends[i])
+    }
+
+    /// The index of [`Self::pick`]'s backend.
+    pub fn pick_index(&self, turn: usize) -> Option<usize> {
         if self.schedule.is_empty() {
             return None;
         }
-        self.backends
-            .get(self.schedule[turn % self.schedule.len()] as usize)
+        let index = self.schedule[turn % self.schedule.len()] as usize;
+        (index < self.backends.len()).then_some(index)
     }
 
     pub fn is_empty(&self) -> bool {

@@ -136,6 +136,9 @@ impl GatewayWorker {
                     proxy.accept(stack, id, peer, port, wall);
                 }
             }
+            if !events.is_empty() {
+                proxy.flush(stack, wall);
+            }
             if wall >= next_tick {
                 proxy.tick(stack, wall);
                 next_tick = wall + TICK_INTERVAL;

@@ -239,8 +239,25 @@ fn keep_alive(version: Version, connection: &[String]) -> bool {
     }
 }
 
-/// Header slots kept on the stack while parsing a request head.
+/// Header slots kept on the stack while parsing a head.
 const STACK_SLOTS: usize = 128;
+
+type Slot<'b> = std::mem::MaybeUninit<httparse::Header<'b>>;
+
+/// `max` header slots for httparse: on the stack for the usual limit, on
+/// the heap beyond it.
+fn header_slots<'s, 'b>(
+    stack: &'s mut [Slot<'b>; STACK_SLOTS],
+    heap: &'s mut Vec<Slot<'b>>,
+    max: usize,
+) -> &'s mut [Slot<'b>] {
+    if max <= STACK_SLOTS {
+        &mut stack[..max]
+    } else {
+        heap.resize_with(max, std::mem::MaybeUninit::uninit);
+        &mut heap[..]
+    }
+}
 
 /// Parse a request head from the start of `buf`. `Ok(None)`: incomplete,
 /// read more (the limits are enforced on what is there already).
@@ -249,12 +266,7 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<RequestHead>,
     // writes only the ones it fills.
     let mut stack = [const { std::mem::MaybeUninit::uninit() }; STACK_SLOTS];
     let mut heap = Vec::new();
-    let slots = if limits.max_headers <= STACK_SLOTS {
-        &mut stack[..limits.max_headers]
-    } else {
-        heap.resize_with(limits.max_headers, std::mem::MaybeUninit::uninit);
-        &mut heap[..]
-    };
+    let slots = header_slots(&mut stack, &mut heap, limits.max_headers);
     let mut request = httparse::Request::new(&mut []);
     let parsed = request.parse_with_uninit_headers(buf, slots);
     let Some(head_len) = head_end(
@@ -384,9 +396,18 @@ pub fn parse_response(
     method: &str,
     limits: &Limits,
 ) -> Result<Option<ResponseHead>, HttpError> {
-    let mut slots = vec![httparse::EMPTY_HEADER; limits.max_headers];
-    let mut response = httparse::Response::new(&mut slots);
-    let parsed = response.parse(buf);
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    let mut stack = [const { std::mem::MaybeUninit::uninit() }; STACK_SLOTS];
+    let mut heap = Vec::new();
+    let slots = header_slots(&mut stack, &mut heap, limits.max_headers);
+    let mut response = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buf,
+        slots,
+    );
     let Some(head_len) = head_end(
         parsed,
         buf.len(),

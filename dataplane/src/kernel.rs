@@ -177,6 +177,7 @@ impl KernelWorker {
                     proxy.on_io(&mut io, token, now);
                 }
             }
+            proxy.flush(&mut io, now);
             if now.duration_since(last_tick) >= TICK_INTERVAL {
                 proxy.tick(&mut io, now);
                 last_tick = now;

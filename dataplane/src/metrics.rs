@@ -60,6 +60,14 @@ pub const LATENCY_BUCKETS: [f64; 14] = [
 /// gateway itself) and status class.
 pub type RouteKey = (Arc<str>, Option<Arc<str>>, StatusClass);
 
+/// Responses of one (route, backend, status class).
+#[derive(Debug)]
+struct RouteCount {
+    route: Arc<str>,
+    backend: Option<Arc<str>>,
+    count: u64,
+}
+
 /// Counters of one worker's proxy.
 #[derive(Debug, Default)]
 pub struct ProxyMetrics {
@@ -68,6 +76,8 @@ pub struct ProxyMetrics {
     connections_total: AtomicU64,
     backend_requests: AtomicU64,
     backend_errors: AtomicU64,
+    /// Attempts begun after a failed one.
+    retries: AtomicU64,
     /// HTTP/1.1 backend connections open, in use or pooled.
     backend_connections_open: AtomicI64,
     pool_idle: AtomicU64,
@@ -78,8 +88,11 @@ pub struct ProxyMetrics {
     /// Per bucket (not cumulative), plus one past the last bound.
     latency: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     latency_sum_micros: AtomicU64,
-    /// Responses per (route, backend, status class).
-    routes: Mutex<HashMap<RouteKey, u64>>,
+    /// Responses per (route, backend, status class), keyed by where the
+    /// names live: a count hashes three words and clones nothing. Each
+    /// entry holds its names, so their addresses are not reused while it
+    /// exists.
+    routes: Mutex<foldhash::HashMap<(usize, usize, StatusClass), RouteCount>>,
     http2: Http2Counters<AtomicU64, AtomicI64>,
 }
 
@@ -109,6 +122,7 @@ pub struct MetricsSnapshot {
     pub connections_total: u64,
     pub backend_requests: u64,
     pub backend_errors: u64,
+    pub retries: u64,
     pub backend_connections_open: i64,
     pub pool_idle: u64,
     pub errors: [u64; Cause::LABELS.len()],
@@ -125,10 +139,17 @@ impl ProxyMetrics {
     }
 
     pub fn route_response(&self, route: &Arc<str>, backend: Option<&Arc<str>>, class: StatusClass) {
+        let at = |name: &Arc<str>| Arc::as_ptr(name) as *const u8 as usize;
+        let key = (at(route), backend.map_or(0, at), class);
         if let Ok(mut routes) = self.routes.lock() {
-            *routes
-                .entry((route.clone(), backend.cloned(), class))
-                .or_default() += 1;
+            routes
+                .entry(key)
+                .or_insert_with(|| RouteCount {
+                    route: route.clone(),
+                    backend: backend.cloned(),
+                    count: 0,
+                })
+                .count += 1;
         }
     }
 
@@ -181,6 +202,11 @@ impl ProxyMetrics {
         self.backend_requests.fetch_add(1, Relaxed);
     }
 
+    /// Another attempt began after a failed one.
+    pub fn retry(&self) {
+        self.retries.fetch_add(1, Relaxed);
+    }
+
     /// A failure, counted by cause (and, for a backend failure, as a
     /// backend error; for an expiry, by its phase).
     pub fn failure(&self, cause: Cause) {
@@ -230,6 +256,7 @@ impl ProxyMetrics {
         into.connections_total += self.connections_total.load(Relaxed);
         into.backend_requests += self.backend_requests.load(Relaxed);
         into.backend_errors += self.backend_errors.load(Relaxed);
+        into.retries += self.retries.load(Relaxed);
         into.pool_idle += self.pool_idle.load(Relaxed);
         into.backend_connections_open += self.backend_connections_open.load(Relaxed);
         for (sum, value) in into.errors.iter_mut().zip(&self.errors) {
@@ -251,8 +278,9 @@ impl ProxyMetrics {
         into_h.backend_connections += h.backend_connections.load(Relaxed);
         into_h.backend_streams += h.backend_streams.load(Relaxed);
         if let Ok(routes) = self.routes.lock() {
-            for (key, count) in routes.iter() {
-                *into.routes.entry(key.clone()).or_default() += count;
+            for (&(_, _, class), entry) in routes.iter() {
+                let key = (entry.route.clone(), entry.backend.clone(), class);
+                *into.routes.entry(key).or_default() += entry.count;
             }
         }
     }

@@ -2,10 +2,17 @@
 //! transport.
 //!
 //! Drivers (the AF_XDP worker, the kernel-socket worker, tests) call
-//! [`HttpService`] as they would the core: accept, I/O, tick, drain. It
-//! hands client connections that open with the HTTP/2 preface or ask for
-//! `Upgrade: h2c` to the HTTP/2 layer, gives the core its streams as
-//! message pipes, and runs both until neither has anything left to do.
+//! [`HttpService`] as they would the core: accept, I/O, tick, drain, and
+//! [`HttpService::flush`] after each batch of events. It hands client
+//! connections that open with the HTTP/2 preface or ask for `Upgrade: h2c`
+//! to the HTTP/2 layer, gives the core its streams as message pipes, and
+//! runs both until neither has anything left to do.
+//!
+//! HTTP/2 connections are polled at the flush, once per batch, not once
+//! per event: when ten backend responses arrive in one batch for streams
+//! of one client connection, `h2` encodes them in one poll and they leave
+//! in one write, where a poll per event cost a full connection poll (and a
+//! segment) per response.
 
 use crate::config::{BackendProtocol, GatewayConfig};
 use crate::http2::{Http2, Http2Settings};
@@ -66,16 +73,21 @@ impl<T: Transport> HttpService<T> {
         now: Instant,
     ) {
         self.core.accept(io, conn, peer, local_port, now);
-        self.settle(io, now);
     }
 
-    /// `conn` may be readable, writable, connected or closed.
+    /// `conn` may be readable, writable, connected or closed. What it
+    /// means for HTTP/2 is done at the next [`Self::flush`].
     pub fn on_io(&mut self, io: &mut T, conn: T::Conn, now: Instant) {
         if self.http2.owns(conn) {
             self.http2.on_net(conn);
         } else {
             self.core.on_io(io, conn, now);
         }
+    }
+
+    /// Finish what the events since the last call started: call after
+    /// each batch of [`Self::accept`] and [`Self::on_io`] calls.
+    pub fn flush(&mut self, io: &mut T, now: Instant) {
         self.settle(io, now);
     }
 

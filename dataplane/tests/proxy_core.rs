@@ -108,11 +108,16 @@ impl Transport for FakeIo {
 const BACKEND: &str = "10.0.0.1:8080";
 
 fn config() -> GatewayConfig {
+    config_with(&[BACKEND])
+}
+
+/// `/app` to one backend with `endpoints`.
+fn config_with(endpoints: &[&str]) -> GatewayConfig {
     let backend = || {
         Backends::new(vec![Backend::new(
             "ns/svc:80",
             1,
-            vec![BACKEND.parse().unwrap()],
+            endpoints.iter().map(|e| e.parse().unwrap()).collect(),
         )])
     };
     let routes = RouteTable::new(vec![Route {
@@ -153,17 +158,22 @@ struct Harness {
 
 impl Harness {
     fn new() -> Self {
+        Self::with(config())
+    }
+
+    fn with(config: GatewayConfig) -> Self {
         let mut io = FakeIo::default();
         let metrics = Arc::new(ProxyMetrics::default());
         let mut proxy = HttpService::new(
             ProxySettings::default(),
             Http2Settings::default(),
-            Arc::new(ArcSwap::from_pointee(config())),
+            Arc::new(ArcSwap::from_pointee(config)),
             metrics.clone(),
         );
         let client = io.open();
         let now = Instant::now();
         proxy.accept(&mut io, client, "192.0.2.7:40000".parse().unwrap(), 80, now);
+        proxy.flush(&mut io, now);
         Self {
             io,
             proxy,
@@ -198,6 +208,7 @@ impl Harness {
             .inbox
             .extend_from_slice(bytes.as_bytes());
         self.proxy.on_io(&mut self.io, self.client, self.now);
+        self.proxy.flush(&mut self.io, self.now);
     }
 
     /// A second client connects from `peer` and sends `bytes`.
@@ -212,6 +223,7 @@ impl Harness {
             .inbox
             .extend_from_slice(bytes.as_bytes());
         self.proxy.on_io(&mut self.io, conn, self.now);
+        self.proxy.flush(&mut self.io, self.now);
         conn
     }
 
@@ -223,6 +235,26 @@ impl Harness {
             .inbox
             .extend_from_slice(bytes.as_bytes());
         self.proxy.on_io(&mut self.io, backend, self.now);
+        self.proxy.flush(&mut self.io, self.now);
+    }
+
+    fn snapshot(&self) -> MetricsSnapshot {
+        let mut snapshot = MetricsSnapshot::default();
+        self.metrics.add_to(&mut snapshot);
+        snapshot
+    }
+
+    /// The last backend connection opened, and where to.
+    fn last_connect(&self) -> (u32, String) {
+        let (conn, to) = self.io.connects.last().expect("a backend connection");
+        (*conn, to.to_string())
+    }
+
+    /// Backend connection `conn` is refused (reset before it connected).
+    fn refuse(&mut self, conn: u32) {
+        self.io.conns.get_mut(&conn).unwrap().failed = true;
+        self.proxy.on_io(&mut self.io, conn, self.now);
+        self.proxy.flush(&mut self.io, self.now);
     }
 
     fn last_backend(&self) -> u32 {
@@ -284,6 +316,7 @@ fn pipelined_requests_are_answered_in_order_and_chunked_bodies_re_framed() {
     h.backend_sends(backend, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nhello");
     h.io.conns.get_mut(&backend).unwrap().peer_finished = true;
     h.proxy.on_io(&mut h.io, backend, h.now);
+    h.proxy.flush(&mut h.io, h.now);
     let got = h.client_got();
     assert!(
         got.starts_with(
@@ -325,6 +358,7 @@ fn a_failed_backend_is_502_and_a_stale_pooled_connection_is_retried() {
     let first = h.last_backend();
     h.io.conns.get_mut(&first).unwrap().failed = true;
     h.proxy.on_io(&mut h.io, first, h.now);
+    h.proxy.flush(&mut h.io, h.now);
     let got = h.client_got();
     assert!(got.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{got}");
     assert!(!got.contains("rror"), "no internal error text: {got}");
@@ -340,11 +374,78 @@ fn a_failed_backend_is_502_and_a_stale_pooled_connection_is_retried() {
     assert_eq!(h.last_backend(), second, "reused from the pool");
     h.io.conns.get_mut(&second).unwrap().peer_finished = true;
     h.proxy.on_io(&mut h.io, second, h.now);
+    h.proxy.flush(&mut h.io, h.now);
     let third = h.last_backend();
     assert_ne!(third, second, "retried on a new connection");
     assert!(h.io.take_output(third).starts_with("GET /app/again "));
     h.backend_sends(third, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
     assert!(h.client_got().starts_with("HTTP/1.1 200 OK"));
+}
+
+const SECOND: &str = "10.0.0.2:8080";
+const THIRD: &str = "10.0.0.3:8080";
+
+#[test]
+fn a_refused_connect_is_tried_on_the_next_endpoint_and_the_client_never_notices() {
+    let mut h = Harness::with(config_with(&[BACKEND, SECOND, THIRD]));
+    // Writes are not taken until a connection is up: nothing reaches a
+    // backend that refuses.
+    h.io.connects_hang = true;
+    h.client_sends("GET /app HTTP/1.1\r\nHost: h\r\n\r\n");
+    let (first, to) = h.last_connect();
+    assert_eq!(to, BACKEND);
+    h.io.connects_hang = false;
+    h.refuse(first);
+    assert_eq!(h.closed(first), Some("rst"));
+    let (second, to) = h.last_connect();
+    assert_eq!(to, SECOND, "the next endpoint");
+    assert!(h
+        .io
+        .take_output(second)
+        .starts_with("GET /app HTTP/1.1\r\n"));
+    h.backend_sends(second, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    let got = h.client_got();
+    assert!(
+        got.starts_with("HTTP/1.1 200 OK\r\n") && got.ends_with("ok"),
+        "{got}"
+    );
+    assert_eq!(h.failures(Cause::ConnectRefused), 1, "counted");
+    assert_eq!(h.snapshot().retries, 1);
+}
+
+#[test]
+fn every_endpoint_refusing_is_502_after_each_was_tried_once() {
+    let mut h = Harness::with(config_with(&[BACKEND, SECOND]));
+    h.io.connects_hang = true;
+    h.client_sends("GET /app HTTP/1.1\r\nHost: h\r\n\r\n");
+    let (first, _) = h.last_connect();
+    h.refuse(first);
+    let (second, to) = h.last_connect();
+    assert_eq!(to, SECOND);
+    h.refuse(second);
+    assert_eq!(h.io.connects.len(), 2, "not the first one again");
+    assert!(h.client_got().starts_with("HTTP/1.1 502 Bad Gateway\r\n"));
+    assert_eq!(h.failures(Cause::ConnectRefused), 2);
+}
+
+#[test]
+fn a_connect_timeout_moves_on_to_the_next_endpoint() {
+    let mut h = Harness::with(config_with(&[BACKEND, SECOND]));
+    h.io.connects_hang = true;
+    h.client_sends("GET /app HTTP/1.1\r\nHost: h\r\n\r\n");
+    let (first, _) = h.last_connect();
+    h.io.connects_hang = false;
+    h.wait(5);
+    assert_eq!(h.closed(first), Some("rst"));
+    let (second, to) = h.last_connect();
+    assert_eq!(to, SECOND);
+    assert!(h
+        .io
+        .take_output(second)
+        .starts_with("GET /app HTTP/1.1\r\n"));
+    h.backend_sends(second, "HTTP/1.1 204 No Content\r\n\r\n");
+    assert!(h.client_got().starts_with("HTTP/1.1 204 No Content\r\n"));
+    assert_eq!(h.failures(Cause::ConnectTimeout), 1);
 }
 
 #[test]

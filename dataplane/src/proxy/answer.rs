@@ -3,7 +3,7 @@
 //! response has begun, by aborting.
 
 use super::h1::{self, ClientFraming};
-use super::{write_event, Proxy, ResponseState, Transport};
+use super::{write_event, Proxy, ResponseState, Transport, Upstream};
 use crate::error::Cause;
 use crate::http1::{reason_phrase, Version};
 use crate::message::{BodyEvent, BodyLength, Response};
@@ -29,10 +29,11 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         let Some(request) = exchange.request.as_mut() else {
             return;
         };
-        tracing::debug!(%cause, route = ?request.route, "request failed");
+        let route = request.upstream.as_ref().map(Upstream::route);
+        tracing::debug!(%cause, ?route, "request failed");
         self.metrics.failure(cause);
         let status = cause.status();
-        if let Some(leg) = request.backend.take() {
+        if let Some(leg) = request.attempt.take() {
             self.let_go_backend(io, leg.wire, true);
         }
         let exchange = &mut self.exchanges[id];
@@ -69,16 +70,17 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         self.metrics.response(StatusClass::of(status));
         let exchange = &mut self.exchanges[id];
         let request = exchange.request.as_mut().expect("in flight");
-        if let Some(route) = &request.route {
-            let backend = request.backend_name.as_ref();
-            self.metrics
-                .route_response(route, backend, StatusClass::of(status));
+        if let Some(upstream) = &request.upstream {
+            self.metrics.route_response(
+                upstream.route(),
+                upstream.backend_name(),
+                StatusClass::of(status),
+            );
         }
-        let modifiers = std::mem::take(&mut request.response_headers);
         request.response = ResponseState::Done;
         let mut response = plain_response(status, body, extra);
-        for m in &modifiers {
-            m.apply(&mut response.head.headers);
+        if let Some(upstream) = &request.upstream {
+            upstream.modify_response(&mut response.head.headers);
         }
         let writer = self.send_response_head(id, response);
         let exchange = &mut self.exchanges[id];

@@ -73,7 +73,7 @@ pub(super) fn overdue<C>(
         };
     };
     let body_open = !request.body.is_done();
-    match (&request.response, &request.backend) {
+    match (&request.response, &request.attempt) {
         (ResponseState::Head, Some(leg)) => {
             if !leg.connected {
                 return past(leg.opened, d.connect)
@@ -148,7 +148,12 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         tracing::debug!(peer = %exchange.peer, %cause, "deadline expired");
         match &exchange.request {
             Some(request) if !matches!(request.response, ResponseState::Done) => {
-                self.fail_request(io, id, cause, now);
+                if cause == Cause::ConnectTimeout {
+                    // On the next endpoint, if there is one to try.
+                    self.retry_or_fail(io, id, cause, now);
+                } else {
+                    self.fail_request(io, id, cause, now);
+                }
                 self.drive(io, id, now);
             }
             // Answered already: what is left is a body to discard or a

@@ -134,7 +134,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             if request.body.is_done() {
                 break Ok(());
             }
-            let max = match &request.backend {
+            let max = match &request.attempt {
                 Some(leg) => room(&self.pipes, leg.wire, &leg.tx, cap),
                 // Answered locally: swallow the body so the next request
                 // can be read (the connection closes if it is not read).
@@ -144,7 +144,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
                 break Ok(());
             }
             let to = request
-                .backend
+                .attempt
                 .as_ref()
                 .map_or(exchange.client, |leg| leg.wire);
             let event = read_event(
@@ -163,7 +163,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             };
             progress = true;
             request.body_moved = now;
-            let Some(leg) = request.backend.as_mut() else {
+            let Some(leg) = request.attempt.as_mut() else {
                 continue;
             };
             if write_event(
@@ -199,7 +199,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
                 let cause = Cause::BadRequest {
                     status: error.status(),
                 };
-                if request.backend.is_none() {
+                if request.attempt.is_none() {
                     self.metrics.failure(cause);
                 } else {
                     self.fail_request(io, id, cause, now);
@@ -214,7 +214,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             exchange.closing = true;
             request.framing.keep_alive = false;
             request.body = BodyReader::Done;
-            if let Some(leg) = request.backend.as_mut() {
+            if let Some(leg) = request.attempt.as_mut() {
                 leg.eof = true;
             }
             progress = true;

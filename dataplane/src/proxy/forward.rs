@@ -31,7 +31,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         if request.request_end.is_some() || !request.body.is_done() {
             return;
         }
-        if let Some(leg) = &request.backend {
+        if let Some(leg) = &request.attempt {
             if leg.connected && leg.tx.is_empty() {
                 request.request_end = Some(now);
             }
@@ -51,13 +51,13 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             ..self.settings.limits.clone()
         };
         let request = self.exchanges[id].request.as_mut().expect("in flight");
-        let leg = request.backend.as_mut().expect("backend leg");
+        let leg = request.attempt.as_mut().expect("backend leg");
         match leg.wire {
             Wire::Socket(_) => loop {
                 let head = match http1::parse_response(&leg.rx, request.method.as_str(), &limits) {
                     Ok(Some(head)) => head,
                     Ok(None) if leg.eof => {
-                        self.backend_failed(io, id, now);
+                        self.attempt_failed(io, id, now);
                         return Err(());
                     }
                     Ok(None) => return Ok(None),
@@ -125,7 +125,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         let Some(request) = self.exchanges[id].request.as_mut() else {
             return false;
         };
-        if request.backend.is_none() {
+        if request.attempt.is_none() {
             return false;
         }
         match request.response {
@@ -141,15 +141,17 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
                     Err(()) => return true,
                 };
                 let request = self.exchanges[id].request.as_mut().expect("in flight");
-                for modifier in &request.response_headers {
-                    modifier.apply(&mut response.head.headers);
+                if let Some(upstream) = &request.upstream {
+                    upstream.modify_response(&mut response.head.headers);
                 }
                 let status = response.head.status.as_u16();
                 self.metrics.response(StatusClass::of(status));
-                if let Some(route) = &request.route {
-                    let backend = request.backend_name.as_ref();
-                    self.metrics
-                        .route_response(route, backend, StatusClass::of(status));
+                if let Some(upstream) = &request.upstream {
+                    self.metrics.route_response(
+                        upstream.route(),
+                        upstream.backend_name(),
+                        StatusClass::of(status),
+                    );
                 }
                 self.metrics
                     .observe_latency(now.duration_since(request.started));
@@ -178,7 +180,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         let cap = self.settings.buffer;
         let exchange = &mut self.exchanges[id];
         let request = exchange.request.as_mut().expect("in flight");
-        let leg = request.backend.as_mut().expect("backend leg");
+        let leg = request.attempt.as_mut().expect("backend leg");
         let ResponseState::Body {
             reader,
             writer,
@@ -252,7 +254,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             let reusable = *backend_keep_alive && leg.rx.is_empty() && !leg.eof;
             let reusable = reusable && request.body.is_done();
             request.response = ResponseState::Done;
-            if let Some(leg) = request.backend.take() {
+            if let Some(leg) = request.attempt.take() {
                 self.release_backend(io, leg, reusable, now);
             }
             return true;
@@ -291,7 +293,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         exchange.idle_since = now;
         // A pipelined request already waiting starts its head clock now.
         exchange.head_started = (!exchange.rx.is_empty()).then_some(now);
-        if let Some(leg) = request.backend {
+        if let Some(leg) = request.attempt {
             self.release_backend(io, leg, false, now);
         }
         true

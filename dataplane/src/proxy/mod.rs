@@ -27,6 +27,7 @@
 //! the socket steps and the loop that runs them.
 
 mod answer;
+mod attempt;
 mod body;
 mod deadline;
 mod decode;
@@ -36,6 +37,7 @@ mod h1;
 mod route;
 mod upstream;
 
+use attempt::{Attempt, Upstream};
 use body::{BodyReader, ReadError};
 pub use deadline::Deadlines;
 use deadline::{overdue, Overdue};
@@ -43,7 +45,7 @@ use h1::{ClientFraming, Coding};
 use route::Routed;
 use upstream::{Cursors, PoolKey};
 
-use crate::config::{BackendProtocol, GatewayConfig, HeaderModifier};
+use crate::config::{BackendProtocol, GatewayConfig};
 use crate::error::{Cause, Phase};
 use crate::http1::{Limits, RequestHead};
 use crate::http2::pipe::{CoreEnd, Message, Pipes, StreamGone};
@@ -111,6 +113,10 @@ pub struct ProxySettings {
     pub pool_max_idle: usize,
     /// Buffered bytes per direction and leg before reading pauses.
     pub buffer: usize,
+    /// Endpoints a request may try when connecting fails (refused, timed
+    /// out), the first included: nginx's `proxy_next_upstream error
+    /// timeout`, bounded.
+    pub connect_attempts: u8,
 }
 
 impl Default for ProxySettings {
@@ -121,6 +127,7 @@ impl Default for ProxySettings {
             pool_idle_timeout: Duration::from_secs(30),
             pool_max_idle: 1024,
             buffer: 64 * 1024,
+            connect_attempts: 3,
         }
     }
 }
@@ -174,57 +181,6 @@ impl BodyWriter {
     }
 }
 
-/// The backend side of a request: one attempt at an upstream.
-struct BackendLeg<C> {
-    wire: Wire<C>,
-    endpoint: SocketAddr,
-    protocol: BackendProtocol,
-    /// From the pool: may have been closed by the backend meanwhile.
-    reused: bool,
-    rx: BytesMut,
-    tx: Vec<u8>,
-    eof: bool,
-    /// Any response byte seen.
-    answered: bool,
-    /// When the connection was asked for (the connect deadline's start).
-    opened: Instant,
-    /// A byte went through it: it is open (pooled ones and pipes are).
-    connected: bool,
-    /// The last time bytes came from the backend.
-    heard: Instant,
-    /// The last time bytes were written to the backend.
-    sent: Instant,
-}
-
-impl<C> BackendLeg<C> {
-    /// A leg about to carry a request whose head, if the wire takes bytes,
-    /// is `head`; a pooled connection (`reused`) or a pipe is connected
-    /// already.
-    fn new(
-        wire: Wire<C>,
-        endpoint: SocketAddr,
-        protocol: BackendProtocol,
-        reused: bool,
-        head: Vec<u8>,
-        now: Instant,
-    ) -> Self {
-        Self {
-            connected: reused || matches!(wire, Wire::Pipe(_)),
-            wire,
-            endpoint,
-            protocol,
-            reused,
-            rx: BytesMut::new(),
-            tx: head,
-            eof: false,
-            answered: false,
-            opened: now,
-            heard: now,
-            sent: now,
-        }
-    }
-}
-
 /// The response being relayed.
 enum ResponseState {
     /// Waiting for the backend's head.
@@ -248,9 +204,14 @@ struct InFlight<C> {
     body: BodyReader,
     /// The request body to the backend.
     body_writer: BodyWriter,
-    /// Response header changes (rule, then backend).
-    response_headers: Vec<HeaderModifier>,
-    backend: Option<BackendLeg<C>>,
+    /// The rule and backend, once matched and chosen.
+    upstream: Option<Upstream>,
+    /// The live attempt at an endpoint.
+    attempt: Option<Attempt<C>>,
+    /// Attempts begun, the live one included.
+    attempts: u8,
+    /// Endpoints this request failed on: another attempt avoids them.
+    failed: Vec<SocketAddr>,
     response: ResponseState,
     /// The request head as sent to the backend, kept while a retry on a
     /// fresh connection is still possible (no body, reused connection).
@@ -260,9 +221,6 @@ struct InFlight<C> {
     /// When the whole request reached the backend: the response head's
     /// deadline runs from here.
     request_end: Option<Instant>,
-    /// The matched route and chosen backend, for metrics.
-    route: Option<Arc<str>>,
-    backend_name: Option<Arc<str>>,
 }
 
 impl<C> InFlight<C> {
@@ -274,14 +232,14 @@ impl<C> InFlight<C> {
             started: now,
             body,
             body_writer: BodyWriter::Nothing,
-            response_headers: Vec::new(),
-            backend: None,
+            upstream: None,
+            attempt: None,
+            attempts: 0,
+            failed: Vec::new(),
             response: ResponseState::Head,
             replay: None,
             body_moved: now,
             request_end: None,
-            route: None,
-            backend_name: None,
         }
     }
 }
@@ -470,44 +428,48 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         let matched = match route::route(&config, &request.head, &host, exchange.local_port) {
             Routed::Forward(matched) => matched,
             Routed::Redirect {
-                route,
+                rule,
                 status,
                 location,
-                response_headers,
             } => {
-                in_flight.route = Some(route.clone());
-                in_flight.response_headers.push(response_headers.clone());
+                in_flight.upstream = Some(Upstream {
+                    rule: rule.clone(),
+                    backend: None,
+                });
                 exchange.request = Some(in_flight);
                 self.local_response(id, status, "", &[("location", location)]);
                 return;
             }
-            Routed::Refused { route, cause } => {
-                in_flight.route = route.cloned();
+            Routed::Refused { rule, cause } => {
+                in_flight.upstream = rule.map(|rule| Upstream {
+                    rule: rule.clone(),
+                    backend: None,
+                });
                 exchange.request = Some(in_flight);
                 self.refuse(id, cause);
                 return;
             }
         };
         let action = matched.action;
-        in_flight.route = Some(action.route.clone());
+        in_flight.upstream = Some(Upstream {
+            rule: action.clone(),
+            backend: None,
+        });
         exchange.request = Some(in_flight);
-        let (backend, endpoint) = match self.cursors.select(&config, action) {
+        let (index, endpoint) = match self.cursors.select(&config, action) {
             Ok(chosen) => chosen,
             Err(cause) => {
                 self.refuse(id, cause);
                 return;
             }
         };
+        let backend = &action.backends.backends[index];
         let exchange = &mut self.exchanges[id];
         filters::request_to_backend(&mut request, &host, exchange.peer, &matched, backend);
         let in_flight = exchange.request.as_mut().expect("just set");
-        in_flight
-            .response_headers
-            .push(action.response_headers.clone());
-        in_flight
-            .response_headers
-            .push(backend.response_headers.clone());
-        in_flight.backend_name = Some(backend.name.clone());
+        if let Some(upstream) = &mut in_flight.upstream {
+            upstream.backend = Some(index);
+        }
         if expect_continue && !in_flight.body.is_done() {
             exchange
                 .tx
@@ -686,7 +648,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             .exchanges
             .get_mut(id)
             .and_then(|e| e.request.as_mut())
-            .and_then(|r| r.backend.as_mut())
+            .and_then(|r| r.attempt.as_mut())
         else {
             return false;
         };
@@ -769,7 +731,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         let Some(leg) = self.exchanges[id]
             .request
             .as_mut()
-            .and_then(|r| r.backend.as_mut())
+            .and_then(|r| r.attempt.as_mut())
         else {
             return false;
         };
@@ -796,7 +758,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             ReadOutcome::Failed => {
                 leg.eof = true;
                 leg.rx.clear();
-                self.backend_failed(io, id, now);
+                self.attempt_failed(io, id, now);
                 true
             }
         }
@@ -842,7 +804,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             (Wire::Pipe(pipe), false) => self.pipes.core_end(pipe, CoreEnd::Closed),
         }
         let is_stream = exchange.is_stream();
-        if let Some(leg) = exchange.request.and_then(|r| r.backend) {
+        if let Some(leg) = exchange.request.and_then(|r| r.attempt) {
             self.let_go_backend(io, leg.wire, true);
         }
         if !is_stream {

@@ -3,7 +3,7 @@
 //! redirect (answered here), refuse, or forward. A pure function of the
 //! head and the table in force.
 
-use crate::config::{GatewayConfig, HeaderModifier, RuleAction};
+use crate::config::{GatewayConfig, RuleAction};
 use crate::error::Cause;
 use crate::routes::{host_without_port, PathMatch, RequestView};
 use http::Uri;
@@ -36,16 +36,15 @@ impl<'h> Target<'h> {
 
 /// What the route phase decided.
 pub(super) enum Routed<'a> {
-    /// Answered here with a RequestRedirect.
+    /// Answered here with the rule's RequestRedirect.
     Redirect {
-        route: &'a Arc<str>,
+        rule: &'a Arc<RuleAction>,
         status: u16,
         location: String,
-        response_headers: &'a HeaderModifier,
     },
     /// Answered here with an error.
     Refused {
-        route: Option<&'a Arc<str>>,
+        rule: Option<&'a Arc<RuleAction>>,
         cause: Cause,
     },
     Forward(Matched<'a>),
@@ -53,7 +52,7 @@ pub(super) enum Routed<'a> {
 
 /// A rule that forwards, and what of the request it matched.
 pub(super) struct Matched<'a> {
-    pub action: &'a RuleAction,
+    pub action: &'a Arc<RuleAction>,
     /// The PathPrefix the rule matched (ReplacePrefixMatch rewrites it).
     pub prefix: Option<&'a str>,
 }
@@ -79,11 +78,11 @@ pub(super) fn route<'a>(
         .and_then(|l| l.routes.find(&view));
     let Some(hit) = hit else {
         return Routed::Refused {
-            route: None,
+            rule: None,
             cause: Cause::NoRoute,
         };
     };
-    let action: &'a RuleAction = hit.action;
+    let action: &'a Arc<RuleAction> = hit.action;
     let prefix = match &hit.matched.path {
         PathMatch::Prefix(p) => Some(p.as_str()),
         _ => None,
@@ -110,16 +109,15 @@ pub(super) fn route<'a>(
         }
         location.push_str(&target.with_path(path));
         return Routed::Redirect {
-            route: &action.route,
+            rule: action,
             status: redirect.status,
             location,
-            response_headers: &action.response_headers,
         };
     }
     if let Some(why) = &action.invalid {
         tracing::debug!(route = %action.route, why, "rule cannot be served");
         return Routed::Refused {
-            route: Some(&action.route),
+            rule: Some(action),
             cause: Cause::RuleNotServable,
         };
     }

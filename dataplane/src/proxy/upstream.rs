@@ -1,11 +1,11 @@
 //! Upstream selection and connections: the worker's own round-robin
-//! positions, the keep-alive pool per endpoint and protocol, connect, and
-//! the one retry a pooled connection closed while idle deserves.
+//! positions, the keep-alive pool per endpoint and protocol, and connect
+//! (what follows a failed attempt is [`super::attempt`]'s).
 
 use super::h1;
-use super::{BackendLeg, BodyWriter, Proxy, ReadOutcome, Role, Transport, Wire};
-use crate::config::{Backend, BackendProtocol, GatewayConfig, RuleAction};
-use crate::error::{Cause, Replay};
+use super::{Attempt, BodyWriter, Proxy, ReadOutcome, Role, Transport, Wire};
+use crate::config::{BackendProtocol, GatewayConfig, RuleAction};
+use crate::error::Cause;
 use crate::http2::pipe::{CoreEnd, Message, PipeKind};
 use crate::message::{BodyLength, Request};
 use foldhash::HashMap;
@@ -32,24 +32,26 @@ pub(super) struct Cursors {
 pub(super) type PoolKey = SocketAddr;
 
 impl Cursors {
-    /// Upstream selection: the rule's backend by weight, then one of its
-    /// endpoints, each in this worker's round-robin order.
-    pub(super) fn select<'a>(
+    /// Upstream selection: the rule's backend by weight (its index among
+    /// the rule's), then one of its endpoints, each in this worker's
+    /// round-robin order.
+    pub(super) fn select(
         &mut self,
         config: &GatewayConfig,
-        action: &'a RuleAction,
-    ) -> Result<(&'a Backend, SocketAddr), Cause> {
+        action: &RuleAction,
+    ) -> Result<(usize, SocketAddr), Cause> {
         let turn = self.turn(config, &action.backends);
-        let backend = action
+        let index = action
             .backends
-            .pick(turn)
+            .pick_index(turn)
             .ok_or(Cause::BackendNotResolved)?;
+        let backend = &action.backends.backends[index];
         if backend.invalid.is_some() {
             return Err(Cause::BackendNotResolved);
         }
         let turn = self.turn(config, backend);
         let endpoint = backend.endpoint(turn).ok_or(Cause::NoReadyEndpoint)?;
-        Ok((backend, endpoint))
+        Ok((index, endpoint))
     }
 
     /// The next turn of `item`, which lives in `config`.
@@ -145,7 +147,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
                     BodyLength::None => BodyWriter::Nothing,
                     _ => BodyWriter::Events,
                 };
-                BackendLeg::new(Wire::Pipe(pipe), endpoint, protocol, false, Vec::new(), now)
+                Attempt::new(Wire::Pipe(pipe), endpoint, protocol, false, Vec::new(), now)
             }
             BackendProtocol::Http1 => {
                 let Some((conn, reused)) = self.backend_conn(io, id, endpoint) else {
@@ -159,11 +161,12 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
                 if reused && in_flight.body.is_done() {
                     in_flight.replay = Some(head.clone());
                 }
-                BackendLeg::new(Wire::Socket(conn), endpoint, protocol, reused, head, now)
+                Attempt::new(Wire::Socket(conn), endpoint, protocol, reused, head, now)
             }
         };
         let in_flight = self.exchanges[id].request.as_mut().expect("in flight");
-        in_flight.backend = Some(leg);
+        in_flight.attempt = Some(leg);
+        in_flight.attempts += 1;
         self.metrics.backend_request();
     }
 
@@ -185,7 +188,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
     }
 
     /// A new HTTP/1.1 connection to `endpoint` for exchange `id`.
-    fn connect<T: Transport<Conn = C>>(
+    pub(super) fn connect<T: Transport<Conn = C>>(
         &mut self,
         io: &mut T,
         id: usize,
@@ -197,57 +200,12 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         Some(conn)
     }
 
-    /// The backend connection failed or closed before a complete response
-    /// head: retry once on a fresh connection if the request may be
-    /// replayed, else answer 502.
-    pub(super) fn backend_failed<T: Transport<Conn = C>>(
-        &mut self,
-        io: &mut T,
-        id: usize,
-        now: Instant,
-    ) {
-        let request = self.exchanges[id].request.as_mut().expect("in flight");
-        let leg = request.backend.as_ref().expect("backend leg");
-        let cause = if leg.connected {
-            Cause::ResetBeforeResponse
-        } else {
-            Cause::ConnectRefused
-        };
-        // A pooled connection the backend closed while it sat idle: the
-        // request (no body, so still at hand) goes again on a new one —
-        // the one retry a keep-alive race deserves.
-        if leg.reused && !leg.answered && cause.replay() != Replay::Never {
-            if let Some(replay) = request.replay.take() {
-                let (endpoint, protocol, old) = (leg.endpoint, leg.protocol, leg.wire);
-                request.backend = None;
-                request.request_end = None;
-                self.let_go_backend(io, old, true);
-                match self.connect(io, id, endpoint) {
-                    Some(conn) => {
-                        let request = self.exchanges[id].request.as_mut().expect("in flight");
-                        request.backend = Some(BackendLeg::new(
-                            Wire::Socket(conn),
-                            endpoint,
-                            protocol,
-                            false,
-                            replay,
-                            now,
-                        ));
-                    }
-                    None => self.refuse(id, Cause::ConnectFailed),
-                }
-                return;
-            }
-        }
-        self.fail_request(io, id, cause, now);
-    }
-
     /// Return a backend connection to the pool, or close it (a stream to
     /// an h2c backend is over with its response).
     pub(super) fn release_backend<T: Transport<Conn = C>>(
         &mut self,
         io: &mut T,
-        leg: BackendLeg<C>,
+        leg: Attempt<C>,
         reusable: bool,
         now: Instant,
     ) {
