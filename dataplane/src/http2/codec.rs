@@ -150,8 +150,14 @@ pub fn send_events(
                 }
                 let n = send.capacity().min(data.len());
                 let rest = data.split_off(n);
-                send.send_data(data, false)?;
-                if !rest.is_empty() {
+                // The last data of the body ends the stream itself: no
+                // empty DATA frame after it.
+                let last = rest.is_empty() && queue.next_ends_body();
+                send.send_data(data, last)?;
+                if last {
+                    queue.pop();
+                    *done = true;
+                } else if !rest.is_empty() {
                     queue.unpop(Message::Body(BodyEvent::Data(rest)));
                 }
             }

@@ -74,6 +74,11 @@ impl Queue {
         self.items.push_front(message);
     }
 
+    /// The next message is the end of a body (no trailers).
+    pub fn next_ends_body(&self) -> bool {
+        matches!(self.items.front(), Some(Message::Body(BodyEvent::End)))
+    }
+
     pub fn bytes(&self) -> usize {
         self.bytes
     }
