@@ -93,7 +93,7 @@ impl Collector for ProxyCollector {
                 ConstCounter::new(*count).encode(family.encode_family(&labels)?)?;
             }
         }
-        let counters: [(&str, &str, u64); 9] = [
+        let counters: [(&str, &str, u64); 10] = [
             (
                 "rauta_connections",
                 "Client connections accepted",
@@ -113,6 +113,11 @@ impl Collector for ProxyCollector {
                 "rauta_upstream_retries",
                 "Attempts begun after a failed one (connect refused or timed out, a pooled connection closed)",
                 s.retries,
+            ),
+            (
+                "rauta_upstream_ejections",
+                "Endpoints taken out of a worker's rotation after a refused or timed-out connect",
+                s.ejections,
             ),
             (
                 "rauta_http2_streams",

@@ -267,10 +267,11 @@ struct RunArgs {
     /// Seconds to open a backend connection.
     #[arg(long, default_value_t = 5.0)]
     connect_timeout: f64,
-    /// Endpoints a request may try, the first included, when connecting is
-    /// refused or times out (each next one in the backend's order).
+    /// Attempts a request may make, the first included, when a backend
+    /// refuses or times out a connection, or resets one before answering
+    /// (idempotent requests without a body): each on the next endpoint.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..))]
-    connect_attempts: u8,
+    max_attempts: u8,
     /// Seconds from the end of a forwarded request to the response head.
     #[arg(long, default_value_t = 30.0)]
     response_timeout: f64,
@@ -511,7 +512,7 @@ fn run(cli: Cli) -> Result<()> {
                         keep_alive: seconds(args.idle_timeout),
                         http2_idle: seconds(args.h2_idle_timeout),
                     },
-                    connect_attempts: args.connect_attempts,
+                    max_attempts: args.max_attempts,
                     ..Default::default()
                 },
                 drain_timeout: seconds(args.drain_timeout),

@@ -78,6 +78,8 @@ pub struct ProxyMetrics {
     backend_errors: AtomicU64,
     /// Attempts begun after a failed one.
     retries: AtomicU64,
+    /// Endpoints taken out of a worker's rotation.
+    ejections: AtomicU64,
     /// HTTP/1.1 backend connections open, in use or pooled.
     backend_connections_open: AtomicI64,
     pool_idle: AtomicU64,
@@ -123,6 +125,7 @@ pub struct MetricsSnapshot {
     pub backend_requests: u64,
     pub backend_errors: u64,
     pub retries: u64,
+    pub ejections: u64,
     pub backend_connections_open: i64,
     pub pool_idle: u64,
     pub errors: [u64; Cause::LABELS.len()],
@@ -207,6 +210,11 @@ impl ProxyMetrics {
         self.retries.fetch_add(1, Relaxed);
     }
 
+    /// An endpoint left a worker's rotation (passive health).
+    pub fn ejection(&self) {
+        self.ejections.fetch_add(1, Relaxed);
+    }
+
     /// A failure, counted by cause (and, for a backend failure, as a
     /// backend error; for an expiry, by its phase).
     pub fn failure(&self, cause: Cause) {
@@ -257,6 +265,7 @@ impl ProxyMetrics {
         into.backend_requests += self.backend_requests.load(Relaxed);
         into.backend_errors += self.backend_errors.load(Relaxed);
         into.retries += self.retries.load(Relaxed);
+        into.ejections += self.ejections.load(Relaxed);
         into.pool_idle += self.pool_idle.load(Relaxed);
         into.backend_connections_open += self.backend_connections_open.load(Relaxed);
         for (sum, value) in into.errors.iter_mut().zip(&self.errors) {

@@ -250,8 +250,9 @@ impl Harness {
         (*conn, to.to_string())
     }
 
-    /// Backend connection `conn` is refused (reset before it connected).
-    fn refuse(&mut self, conn: u32) {
+    /// Backend connection `conn` fails: refused if it had not connected
+    /// yet, reset if it had.
+    fn fail_backend(&mut self, conn: u32) {
         self.io.conns.get_mut(&conn).unwrap().failed = true;
         self.proxy.on_io(&mut self.io, conn, self.now);
         self.proxy.flush(&mut self.io, self.now);
@@ -395,7 +396,7 @@ fn a_refused_connect_is_tried_on_the_next_endpoint_and_the_client_never_notices(
     let (first, to) = h.last_connect();
     assert_eq!(to, BACKEND);
     h.io.connects_hang = false;
-    h.refuse(first);
+    h.fail_backend(first);
     assert_eq!(h.closed(first), Some("rst"));
     let (second, to) = h.last_connect();
     assert_eq!(to, SECOND, "the next endpoint");
@@ -414,15 +415,88 @@ fn a_refused_connect_is_tried_on_the_next_endpoint_and_the_client_never_notices(
 }
 
 #[test]
+fn a_refusing_endpoint_leaves_the_rotation_until_its_ejection_ends() {
+    let mut h = Harness::with(config_with(&[BACKEND, SECOND]));
+    let ok = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    h.io.connects_hang = true;
+    h.client_sends("GET /app/1 HTTP/1.1\r\nHost: h\r\n\r\n");
+    let (first, _) = h.last_connect();
+    h.io.connects_hang = false;
+    h.fail_backend(first);
+    let (second, to) = h.last_connect();
+    assert_eq!(to, SECOND);
+    h.io.take_output(second);
+    h.backend_sends(second, ok);
+    assert!(h.client_got().starts_with("HTTP/1.1 200"));
+    assert_eq!(h.snapshot().ejections, 1);
+    // Its turns go to the other endpoint, on the pooled connection.
+    for n in 2..=3 {
+        h.client_sends(&format!("GET /app/{n} HTTP/1.1\r\nHost: h\r\n\r\n"));
+        assert_eq!(h.io.connects.len(), 2, "request {n}: no new connection");
+        assert!(h
+            .io
+            .take_output(second)
+            .starts_with(&format!("GET /app/{n} ")));
+        h.backend_sends(second, ok);
+        assert!(h.client_got().starts_with("HTTP/1.1 200"));
+    }
+    // A second on: back in the rotation, tried again.
+    h.wait(1);
+    for n in 4..=5 {
+        h.client_sends(&format!("GET /app/{n} HTTP/1.1\r\nHost: h\r\n\r\n"));
+        let (conn, to) = h.last_connect();
+        if to == BACKEND {
+            assert!(h
+                .io
+                .take_output(conn)
+                .starts_with(&format!("GET /app/{n} ")));
+            return;
+        }
+        h.io.take_output(second);
+        h.backend_sends(second, ok);
+        h.client_got();
+    }
+    panic!("the ejected endpoint never came back: {:?}", h.io.connects);
+}
+
+#[test]
+fn a_reset_before_any_answer_resends_a_get_to_the_next_endpoint_but_never_a_post() {
+    let mut h = Harness::with(config_with(&[BACKEND, SECOND]));
+    h.client_sends("GET /app HTTP/1.1\r\nHost: h\r\n\r\n");
+    let (first, _) = h.last_connect();
+    assert!(h.io.take_output(first).starts_with("GET /app "), "sent");
+    h.fail_backend(first);
+    let (second, to) = h.last_connect();
+    assert_eq!(to, SECOND);
+    assert!(h.io.take_output(second).starts_with("GET /app "));
+    h.backend_sends(second, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    assert!(h.client_got().starts_with("HTTP/1.1 200"));
+    assert_eq!(h.failures(Cause::ResetBeforeResponse), 1);
+    assert_eq!(h.snapshot().ejections, 0, "a reset is no connect failure");
+
+    let mut h = Harness::with(config_with(&[BACKEND, SECOND]));
+    h.client_sends("POST /app HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\nx");
+    let (first, _) = h.last_connect();
+    assert!(h.io.take_output(first).starts_with("POST /app "), "sent");
+    h.fail_backend(first);
+    assert_eq!(
+        h.io.connects.len(),
+        1,
+        "a POST the backend may have seen is not sent again"
+    );
+    assert!(h.client_got().starts_with("HTTP/1.1 502 Bad Gateway\r\n"));
+}
+
+#[test]
 fn every_endpoint_refusing_is_502_after_each_was_tried_once() {
     let mut h = Harness::with(config_with(&[BACKEND, SECOND]));
     h.io.connects_hang = true;
     h.client_sends("GET /app HTTP/1.1\r\nHost: h\r\n\r\n");
     let (first, _) = h.last_connect();
-    h.refuse(first);
+    h.fail_backend(first);
     let (second, to) = h.last_connect();
     assert_eq!(to, SECOND);
-    h.refuse(second);
+    h.fail_backend(second);
     assert_eq!(h.io.connects.len(), 2, "not the first one again");
     assert!(h.client_got().starts_with("HTTP/1.1 502 Bad Gateway\r\n"));
     assert_eq!(h.failures(Cause::ConnectRefused), 2);

@@ -432,6 +432,16 @@ fn gateway_serves_http_on_kernel() {
     serves_http(Io::Kernel, "rtg-b");
 }
 
+/// The value of the unlabelled series `name` in a Prometheus text page.
+pub(crate) fn metric(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
 /// Wait for a wrk run (of seconds) to end; assert it made real load and
 /// saw no failure `during` what the test did meanwhile. Its request count.
 pub(crate) fn wrk_ends_without_failures(load: &mut Process, during: &str) -> u64 {

@@ -5,7 +5,7 @@
 //! tight loop or flood CONTINUATION frames.
 
 use crate::common::serial;
-use crate::gateway::{GatewayLab, Io, BACKEND};
+use crate::gateway::{metric, GatewayLab, Io, BACKEND};
 use crate::grpc::{self, GrpcServer};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -79,15 +79,6 @@ fn h2load_statuses(out: &str) -> (u64, u64) {
             .unwrap_or_else(|| panic!("no '{what}' in {line}"))
     };
     (count("2xx"), count("5xx"))
-}
-
-fn metric(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(name))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics"))
 }
 
 fn serves_http2(io: Io, prefix: &str) {

@@ -11,4 +11,5 @@ mod grpc;
 mod http2;
 mod kubernetes;
 mod probe;
+mod resilience;
 mod timeouts;

@@ -1,5 +1,5 @@
 //! Attempts: each try of a request at an upstream endpoint, and the next
-//! one when a try fails before the backend could have seen the request.
+//! one when a try fails before the backend answered.
 //!
 //! A request in flight knows where it is going ([`Upstream`]: the rule that
 //! matched and the backend chosen) and holds its live [`Attempt`]. When an
@@ -7,13 +7,17 @@
 //! [`Cause`] whether another may follow:
 //!
 //! - refused or timed out while connecting (nothing of the request reached
-//!   the backend): on the backend's next endpoint this request has not
-//!   failed on, up to [`super::ProxySettings::connect_attempts`] in all —
-//!   nginx's `proxy_next_upstream error timeout`;
+//!   the backend): the endpoint is ejected ([`super::health`]) and the
+//!   request, body included, goes to the backend's next endpoint it has not
+//!   failed on, a pooled connection if there is one — nginx's
+//!   `proxy_next_upstream error timeout`;
 //! - a pooled connection closed by the backend while it sat idle, before
 //!   any answer: once more on a fresh connection, if the request had no
-//!   body (the keep-alive race every proxy retries).
+//!   body (the keep-alive race every proxy retries);
+//! - any other connection reset before an answer: an idempotent request
+//!   without a body (its head kept for this) on the next endpoint.
 //!
+//! Each request makes at most [`super::ProxySettings::max_attempts`].
 //! Anything else answers the client with the cause's status. An h2c
 //! attempt is a stream of the HTTP/2 layer's own pool, which reconnects by
 //! itself; its failures are not retried here.
@@ -119,19 +123,6 @@ impl<C> Attempt<C> {
     }
 }
 
-/// The endpoint after `failed` in `endpoints`' order that is not among
-/// `avoid`; `None` when every one is.
-pub(super) fn next_endpoint(
-    endpoints: &[SocketAddr],
-    failed: SocketAddr,
-    avoid: &[SocketAddr],
-) -> Option<SocketAddr> {
-    let start = endpoints.iter().position(|&e| e == failed).unwrap_or(0);
-    (1..=endpoints.len())
-        .map(|k| endpoints[(start + k) % endpoints.len()])
-        .find(|e| *e != failed && !avoid.contains(e))
-}
-
 /// What the next attempt sends, and where.
 struct Retry {
     endpoint: SocketAddr,
@@ -166,7 +157,14 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         cause: Cause,
         now: Instant,
     ) {
-        let Some(retry) = self.next_attempt(id, cause) else {
+        if matches!(cause, Cause::ConnectRefused | Cause::ConnectTimeout) {
+            let request = self.exchanges[id].request.as_ref().expect("in flight");
+            let endpoint = request.attempt.as_ref().expect("live attempt").endpoint;
+            let period = self.health.connect_failed(endpoint, now);
+            self.metrics.ejection();
+            tracing::debug!(%endpoint, %cause, ?period, "endpoint ejected");
+        }
+        let Some(retry) = self.next_attempt(id, cause, now) else {
             self.fail_request(io, id, cause, now);
             return;
         };
@@ -175,78 +173,84 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         let protocol = old.protocol;
         request.request_end = None;
         request.attempts += 1;
-        if old.endpoint != retry.endpoint {
-            request.failed.push(old.endpoint);
-        }
         self.let_go_backend(io, old.wire, true);
         // Counted, as every failed attempt is; the client may not see it.
         self.metrics.failure(cause);
         self.metrics.retry();
         tracing::debug!(%cause, from = %old.endpoint, to = %retry.endpoint, "another attempt");
-        match self.connect(io, id, retry.endpoint) {
-            Some(conn) => {
-                let request = self.exchanges[id].request.as_mut().expect("in flight");
-                request.attempt = Some(Attempt::new(
-                    Wire::Socket(conn),
-                    retry.endpoint,
-                    protocol,
-                    false,
-                    retry.bytes,
-                    now,
-                ));
-            }
-            None => self.refuse(id, Cause::ConnectFailed),
+        // Another endpoint: a pooled connection if there is one. The same
+        // one again (its pooled connection went stale): a new connection.
+        let conn = if retry.endpoint == old.endpoint {
+            self.connect(io, id, retry.endpoint).map(|c| (c, false))
+        } else {
+            self.backend_conn(io, id, retry.endpoint)
+        };
+        let Some((conn, reused)) = conn else {
+            self.refuse(id, Cause::ConnectFailed);
+            return;
+        };
+        let request = self.exchanges[id].request.as_mut().expect("in flight");
+        if request.body.is_done() && (reused || request.method.is_idempotent()) {
+            request.replay = Some(retry.bytes.clone());
         }
+        request.attempt = Some(Attempt::new(
+            Wire::Socket(conn),
+            retry.endpoint,
+            protocol,
+            reused,
+            retry.bytes,
+            now,
+        ));
     }
 
     /// Where and what the next attempt after a failure for `cause` sends,
     /// if there may be one. Takes what it needs from the request.
-    fn next_attempt(&mut self, id: usize, cause: Cause) -> Option<Retry> {
-        let limit = self.settings.connect_attempts;
+    fn next_attempt(&mut self, id: usize, cause: Cause, now: Instant) -> Option<Retry> {
+        let limit = self.settings.max_attempts;
         let request = self.exchanges[id].request.as_mut()?;
         let attempt = request.attempt.as_mut()?;
-        if !matches!(attempt.wire, Wire::Socket(_)) || cause.replay() == Replay::Never {
+        let replay = cause.replay();
+        if !matches!(attempt.wire, Wire::Socket(_))
+            || replay == Replay::Never
+            || request.attempts >= limit
+        {
             return None;
         }
-        if !attempt.connected && cause.replay() == Replay::Safe {
+        let endpoints = &request.upstream.as_ref()?.backend()?.endpoints;
+        // From the one after the failed endpoint, in rotation order.
+        let after = endpoints
+            .iter()
+            .position(|&e| e == attempt.endpoint)
+            .map_or(0, |i| i + 1);
+        if !attempt.connected && replay == Replay::Safe {
             // Nothing reached the backend: what the socket never took is
             // the whole request so far.
-            if request.attempts >= limit {
-                return None;
-            }
-            let endpoints = &request.upstream.as_ref()?.backend()?.endpoints;
-            let endpoint = next_endpoint(endpoints, attempt.endpoint, &request.failed)?;
+            request.failed.push(attempt.endpoint);
+            let endpoint = self.health.pick(endpoints, after, &request.failed, now)?;
             let bytes = std::mem::take(&mut attempt.tx);
             return Some(Retry { endpoint, bytes });
         }
-        // A pooled connection the backend closed while it sat idle: the
-        // request (no body, so still at hand) goes again on a new one —
-        // the one retry a keep-alive race deserves.
-        if attempt.reused && !attempt.answered {
+        if attempt.answered {
+            return None;
+        }
+        if attempt.reused {
+            // A pooled connection the backend closed while it sat idle: the
+            // request (no body, so still at hand) goes again on a new one —
+            // the retry a keep-alive race deserves.
             let bytes = request.replay.take()?;
             return Some(Retry {
                 endpoint: attempt.endpoint,
                 bytes,
             });
         }
+        if request.method.is_idempotent() {
+            // Reset before any answer: an idempotent request without a
+            // body goes to another endpoint (this one is likely going).
+            let bytes = request.replay.take()?;
+            request.failed.push(attempt.endpoint);
+            let endpoint = self.health.pick(endpoints, after, &request.failed, now)?;
+            return Some(Retry { endpoint, bytes });
+        }
         None
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_next_endpoint_skips_the_failed_ones_and_wraps() {
-        let e: Vec<SocketAddr> = ["198.18.0.1:80", "198.18.0.2:80", "198.18.0.3:80"]
-            .iter()
-            .map(|s| s.parse().unwrap())
-            .collect();
-        assert_eq!(next_endpoint(&e, e[0], &[]), Some(e[1]));
-        assert_eq!(next_endpoint(&e, e[2], &[]), Some(e[0]), "wraps");
-        assert_eq!(next_endpoint(&e, e[1], &[e[2]]), Some(e[0]));
-        assert_eq!(next_endpoint(&e, e[1], &[e[0], e[2]]), None);
-        assert_eq!(next_endpoint(&e[..1], e[0], &[]), None, "no other");
     }
 }

@@ -141,6 +141,9 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
                     Err(()) => return true,
                 };
                 let request = self.exchanges[id].request.as_mut().expect("in flight");
+                if let Some(attempt) = &request.attempt {
+                    self.health.succeeded(attempt.endpoint);
+                }
                 if let Some(upstream) = &request.upstream {
                     upstream.modify_response(&mut response.head.headers);
                 }

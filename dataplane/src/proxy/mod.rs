@@ -34,6 +34,7 @@ mod decode;
 mod filters;
 mod forward;
 mod h1;
+mod health;
 mod route;
 mod upstream;
 
@@ -42,6 +43,7 @@ use body::{BodyReader, ReadError};
 pub use deadline::Deadlines;
 use deadline::{overdue, Overdue};
 use h1::{ClientFraming, Coding};
+use health::PassiveHealth;
 use route::Routed;
 use upstream::{Cursors, PoolKey};
 
@@ -113,10 +115,10 @@ pub struct ProxySettings {
     pub pool_max_idle: usize,
     /// Buffered bytes per direction and leg before reading pauses.
     pub buffer: usize,
-    /// Endpoints a request may try when connecting fails (refused, timed
-    /// out), the first included: nginx's `proxy_next_upstream error
-    /// timeout`, bounded.
-    pub connect_attempts: u8,
+    /// Attempts a request may make, the first included, when a backend
+    /// refuses or times out a connection or resets one before answering
+    /// (nginx's `proxy_next_upstream error timeout`, bounded).
+    pub max_attempts: u8,
 }
 
 impl Default for ProxySettings {
@@ -127,7 +129,7 @@ impl Default for ProxySettings {
             pool_idle_timeout: Duration::from_secs(30),
             pool_max_idle: 1024,
             buffer: 64 * 1024,
-            connect_attempts: 3,
+            max_attempts: 3,
         }
     }
 }
@@ -213,8 +215,9 @@ struct InFlight<C> {
     /// Endpoints this request failed on: another attempt avoids them.
     failed: Vec<SocketAddr>,
     response: ResponseState,
-    /// The request head as sent to the backend, kept while a retry on a
-    /// fresh connection is still possible (no body, reused connection).
+    /// The request head as sent to the backend, kept while another
+    /// attempt could send it again: no body, and an idempotent method or a
+    /// pooled connection (which may turn out closed).
     replay: Option<Vec<u8>>,
     /// The last time request body bytes came from the client.
     body_moved: Instant,
@@ -287,6 +290,7 @@ pub struct Proxy<C> {
     /// The HTTP/2 layer's streams, as the core sees them.
     pub pipes: Pipes,
     cursors: Cursors,
+    health: PassiveHealth,
     scratch: Vec<u8>,
 }
 
@@ -325,6 +329,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             pool: HashMap::new(),
             handoffs: Vec::new(),
             cursors: Cursors::default(),
+            health: PassiveHealth::default(),
             scratch,
         }
     }
@@ -456,7 +461,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             backend: None,
         });
         exchange.request = Some(in_flight);
-        let (index, endpoint) = match self.cursors.select(&config, action) {
+        let (index, endpoint) = match self.cursors.select(&config, action, &self.health, now) {
             Ok(chosen) => chosen,
             Err(cause) => {
                 self.refuse(id, cause);
@@ -544,6 +549,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             }
         }
         self.expire_idle_pool(io, now);
+        self.health.expire(now);
     }
 
     /// Close every client connection that has no request in flight and

@@ -3,6 +3,7 @@
 //! (what follows a failed attempt is [`super::attempt`]'s).
 
 use super::h1;
+use super::health::PassiveHealth;
 use super::{Attempt, BodyWriter, Proxy, ReadOutcome, Role, Transport, Wire};
 use crate::config::{BackendProtocol, GatewayConfig, RuleAction};
 use crate::error::Cause;
@@ -39,6 +40,8 @@ impl Cursors {
         &mut self,
         config: &GatewayConfig,
         action: &RuleAction,
+        health: &PassiveHealth,
+        now: Instant,
     ) -> Result<(usize, SocketAddr), Cause> {
         let turn = self.turn(config, &action.backends);
         let index = action
@@ -50,7 +53,10 @@ impl Cursors {
             return Err(Cause::BackendNotResolved);
         }
         let turn = self.turn(config, backend);
-        let endpoint = backend.endpoint(turn).ok_or(Cause::NoReadyEndpoint)?;
+        // This worker's rotation, past the endpoints it has ejected.
+        let endpoint = health
+            .pick(&backend.endpoints, turn, &[], now)
+            .ok_or(Cause::NoReadyEndpoint)?;
         Ok((index, endpoint))
     }
 
@@ -158,7 +164,9 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
                 let coding = h1::encode_request(&request, &mut head);
                 let in_flight = self.exchanges[id].request.as_mut().expect("in flight");
                 in_flight.body_writer = BodyWriter::of(coding);
-                if reused && in_flight.body.is_done() {
+                // Kept while another attempt could send it again.
+                let idempotent = request.head.method.is_idempotent();
+                if in_flight.body.is_done() && (reused || idempotent) {
                     in_flight.replay = Some(head.clone());
                 }
                 Attempt::new(Wire::Socket(conn), endpoint, protocol, reused, head, now)
@@ -171,7 +179,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
     }
 
     /// A pooled HTTP/1.1 connection to `endpoint`, or a new one.
-    fn backend_conn<T: Transport<Conn = C>>(
+    pub(super) fn backend_conn<T: Transport<Conn = C>>(
         &mut self,
         io: &mut T,
         id: usize,

@@ -1,0 +1,162 @@
+//! Passive health: an endpoint that refuses a connection, or does not
+//! answer one in time, leaves this worker's rotation for a while (outlier
+//! ejection), so a killed pod costs one failed connect per worker and
+//! ejection period instead of one per request sent its way.
+//!
+//! As nginx's `max_fails=1`: one connect failure ejects. The period starts
+//! at [`BASE_EJECTION`] and doubles with each ejection that follows without
+//! a success in between, up to [`MAX_EJECTION`]; a response from the
+//! endpoint clears its record. Ejection never empties a backend: when every
+//! endpoint of a backend is ejected, selection ignores ejection (Envoy's
+//! panic mode), so a backend whose only pod restarts is tried again at once.
+
+use foldhash::{HashMap, HashMapExt};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// The first ejection's length.
+pub(super) const BASE_EJECTION: Duration = Duration::from_secs(1);
+/// The longest an ejection lasts.
+pub(super) const MAX_EJECTION: Duration = Duration::from_secs(30);
+
+/// What is known against one endpoint.
+#[derive(Debug)]
+struct Record {
+    /// Ejections since its last success.
+    ejections: u32,
+    /// Out of the rotation until then.
+    until: Instant,
+}
+
+/// This worker's view of its endpoints' health.
+#[derive(Debug)]
+pub(super) struct PassiveHealth {
+    records: HashMap<SocketAddr, Record>,
+}
+
+impl Default for PassiveHealth {
+    fn default() -> Self {
+        Self {
+            records: HashMap::new(),
+        }
+    }
+}
+
+impl PassiveHealth {
+    /// A connection to `endpoint` was refused or timed out: eject it.
+    /// Returns how long for.
+    pub fn connect_failed(&mut self, endpoint: SocketAddr, now: Instant) -> Duration {
+        let record = self.records.entry(endpoint).or_insert(Record {
+            ejections: 0,
+            until: now,
+        });
+        let doublings = record.ejections.min(5);
+        record.ejections += 1;
+        let period = (BASE_EJECTION * 2u32.pow(doublings)).min(MAX_EJECTION);
+        record.until = now + period;
+        period
+    }
+
+    /// `endpoint` answered: it is healthy again.
+    pub fn succeeded(&mut self, endpoint: SocketAddr) {
+        if !self.records.is_empty() {
+            self.records.remove(&endpoint);
+        }
+    }
+
+    /// Whether `endpoint` is out of the rotation at `now`.
+    pub fn is_ejected(&self, endpoint: SocketAddr, now: Instant) -> bool {
+        !self.records.is_empty()
+            && self
+                .records
+                .get(&endpoint)
+                .is_some_and(|record| now < record.until)
+    }
+
+    /// The first endpoint from `start` on, in `endpoints`' rotation order,
+    /// that is neither ejected nor in `avoid`; failing that, the first not
+    /// in `avoid` (every one ejected: ejection is ignored).
+    pub fn pick(
+        &self,
+        endpoints: &[SocketAddr],
+        start: usize,
+        avoid: &[SocketAddr],
+        now: Instant,
+    ) -> Option<SocketAddr> {
+        let len = endpoints.len();
+        let order = (0..len).map(|k| endpoints[(start + k) % len]);
+        let mut fallback = None;
+        for endpoint in order.filter(|e| !avoid.contains(e)) {
+            if !self.is_ejected(endpoint, now) {
+                return Some(endpoint);
+            }
+            fallback.get_or_insert(endpoint);
+        }
+        fallback
+    }
+
+    /// Forget records whose ejection ended long ago (endpoints gone from
+    /// the configuration leave no trace).
+    pub fn expire(&mut self, now: Instant) {
+        self.records
+            .retain(|_, record| now.saturating_duration_since(record.until) < MAX_EJECTION);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoints() -> Vec<SocketAddr> {
+        ["198.18.0.1:80", "198.18.0.2:80", "198.18.0.3:80"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn an_ejected_endpoint_is_skipped_until_its_period_ends() {
+        let e = endpoints();
+        let now = Instant::now();
+        let mut health = PassiveHealth::default();
+        assert_eq!(health.pick(&e, 1, &[], now), Some(e[1]));
+        assert_eq!(health.connect_failed(e[1], now), BASE_EJECTION);
+        assert_eq!(health.pick(&e, 1, &[], now), Some(e[2]), "skipped");
+        assert_eq!(health.pick(&e, 1, &[e[2]], now), Some(e[0]));
+        let later = now + BASE_EJECTION;
+        assert_eq!(health.pick(&e, 1, &[], later), Some(e[1]), "back");
+    }
+
+    #[test]
+    fn periods_double_until_a_success_and_never_exceed_the_cap() {
+        let e = endpoints();
+        let now = Instant::now();
+        let mut health = PassiveHealth::default();
+        let periods: Vec<Duration> = (0..8).map(|_| health.connect_failed(e[0], now)).collect();
+        assert_eq!(periods[0], Duration::from_secs(1));
+        assert_eq!(periods[1], Duration::from_secs(2));
+        assert_eq!(periods[4], Duration::from_secs(16));
+        assert_eq!(periods[7], MAX_EJECTION);
+        health.succeeded(e[0]);
+        assert!(!health.is_ejected(e[0], now));
+        assert_eq!(
+            health.connect_failed(e[0], now),
+            BASE_EJECTION,
+            "starts over"
+        );
+    }
+
+    #[test]
+    fn when_every_endpoint_is_ejected_ejection_is_ignored() {
+        let e = endpoints();
+        let now = Instant::now();
+        let mut health = PassiveHealth::default();
+        for &endpoint in &e {
+            health.connect_failed(endpoint, now);
+        }
+        assert_eq!(health.pick(&e, 2, &[], now), Some(e[2]));
+        assert_eq!(health.pick(&e, 2, &e, now), None, "all avoided");
+        health.expire(now + BASE_EJECTION + MAX_EJECTION);
+        assert!(health.records.is_empty());
+    }
+}
