@@ -72,7 +72,7 @@ fn wrk_counts(out: &str) -> (u64, u64) {
 
 fn endpoint_killed_under_load(io: Io, prefix: &str) {
     let _serial = serial();
-    let mut gw = GatewayLab::start_with(prefix, io, &[("pair.yaml", PAIR)]);
+    let gw = GatewayLab::start_with(prefix, io, &[("pair.yaml", PAIR)]);
     let iface = format!("{}-be", gw.lab.prefix);
     gw.lab.exec_ok(
         "backend",
