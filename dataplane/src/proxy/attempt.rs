@@ -160,9 +160,15 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         if matches!(cause, Cause::ConnectRefused | Cause::ConnectTimeout) {
             let request = self.exchanges[id].request.as_ref().expect("in flight");
             let endpoint = request.attempt.as_ref().expect("live attempt").endpoint;
-            let period = self.health.connect_failed(endpoint, now);
-            self.metrics.ejection();
-            tracing::debug!(%endpoint, %cause, ?period, "endpoint ejected");
+            let peers = request
+                .upstream
+                .as_ref()
+                .and_then(Upstream::backend)
+                .map_or(&[][..], |b| &b.endpoints[..]);
+            if let Some(period) = self.health.connect_failed(endpoint, peers, now) {
+                self.metrics.ejection();
+                tracing::debug!(%endpoint, %cause, ?period, "endpoint ejected");
+            }
         }
         let Some(retry) = self.next_attempt(id, cause, now) else {
             self.fail_request(io, id, cause, now);

@@ -6,9 +6,12 @@
 //! As nginx's `max_fails=1`: one connect failure ejects. The period starts
 //! at [`BASE_EJECTION`] and doubles with each ejection that follows without
 //! a success in between, up to [`MAX_EJECTION`]; a response from the
-//! endpoint clears its record. Ejection never empties a backend: when every
-//! endpoint of a backend is ejected, selection ignores ejection (Envoy's
-//! panic mode), so a backend whose only pod restarts is tried again at once.
+//! endpoint clears its record. Ejection never takes out more than half of a
+//! backend's endpoints (Envoy's `max_ejection_percent`, at 50%; one may
+//! always go), so a wave of transient failures does not pile the load onto
+//! the few left; and when every endpoint a request could use is ejected,
+//! selection ignores ejection (Envoy's panic mode), so a backend whose only
+//! pod restarts is tried again at once.
 
 use foldhash::{HashMap, HashMapExt};
 use std::net::SocketAddr;
@@ -43,9 +46,22 @@ impl Default for PassiveHealth {
 }
 
 impl PassiveHealth {
-    /// A connection to `endpoint` was refused or timed out: eject it.
-    /// Returns how long for.
-    pub fn connect_failed(&mut self, endpoint: SocketAddr, now: Instant) -> Duration {
+    /// A connection to `endpoint`, one of `endpoints`, was refused or
+    /// timed out: eject it, unless that would take out more than half of
+    /// them (one may always go). Returns how long for, if it was.
+    pub fn connect_failed(
+        &mut self,
+        endpoint: SocketAddr,
+        endpoints: &[SocketAddr],
+        now: Instant,
+    ) -> Option<Duration> {
+        let others = endpoints
+            .iter()
+            .filter(|&&e| e != endpoint && self.is_ejected(e, now))
+            .count();
+        if others + 1 > (endpoints.len() / 2).max(1) {
+            return None;
+        }
         let record = self.records.entry(endpoint).or_insert(Record {
             ejections: 0,
             until: now,
@@ -54,7 +70,7 @@ impl PassiveHealth {
         record.ejections += 1;
         let period = (BASE_EJECTION * 2u32.pow(doublings)).min(MAX_EJECTION);
         record.until = now + period;
-        period
+        Some(period)
     }
 
     /// `endpoint` answered: it is healthy again.
@@ -120,7 +136,7 @@ mod tests {
         let now = Instant::now();
         let mut health = PassiveHealth::default();
         assert_eq!(health.pick(&e, 1, &[], now), Some(e[1]));
-        assert_eq!(health.connect_failed(e[1], now), BASE_EJECTION);
+        assert_eq!(health.connect_failed(e[1], &e, now), Some(BASE_EJECTION));
         assert_eq!(health.pick(&e, 1, &[], now), Some(e[2]), "skipped");
         assert_eq!(health.pick(&e, 1, &[e[2]], now), Some(e[0]));
         let later = now + BASE_EJECTION;
@@ -132,7 +148,9 @@ mod tests {
         let e = endpoints();
         let now = Instant::now();
         let mut health = PassiveHealth::default();
-        let periods: Vec<Duration> = (0..8).map(|_| health.connect_failed(e[0], now)).collect();
+        let periods: Vec<Duration> = (0..8)
+            .filter_map(|_| health.connect_failed(e[0], &e, now))
+            .collect();
         assert_eq!(periods[0], Duration::from_secs(1));
         assert_eq!(periods[1], Duration::from_secs(2));
         assert_eq!(periods[4], Duration::from_secs(16));
@@ -140,9 +158,23 @@ mod tests {
         health.succeeded(e[0]);
         assert!(!health.is_ejected(e[0], now));
         assert_eq!(
-            health.connect_failed(e[0], now),
-            BASE_EJECTION,
+            health.connect_failed(e[0], &e, now),
+            Some(BASE_EJECTION),
             "starts over"
+        );
+    }
+
+    #[test]
+    fn at_most_half_of_a_backend_is_ejected_and_one_may_always_go() {
+        let e = endpoints();
+        let now = Instant::now();
+        let mut health = PassiveHealth::default();
+        assert!(health.connect_failed(e[0], &e, now).is_some());
+        assert_eq!(health.connect_failed(e[1], &e, now), None, "2 of 3");
+        assert!(!health.is_ejected(e[1], now));
+        assert!(
+            health.connect_failed(e[0], &e[..1], now).is_some(),
+            "1 of 1"
         );
     }
 
@@ -152,7 +184,8 @@ mod tests {
         let now = Instant::now();
         let mut health = PassiveHealth::default();
         for &endpoint in &e {
-            health.connect_failed(endpoint, now);
+            // Each alone, as workers of different backends would see them.
+            health.connect_failed(endpoint, &[endpoint], now);
         }
         assert_eq!(health.pick(&e, 2, &[], now), Some(e[2]));
         assert_eq!(health.pick(&e, 2, &e, now), None, "all avoided");
