@@ -322,14 +322,6 @@ impl Backend {
             ..Self::default()
         }
     }
-
-    /// The endpoint for the `turn`-th request, round robin.
-    pub fn endpoint(&self, turn: usize) -> Option<SocketAddr> {
-        if self.endpoints.is_empty() {
-            return None;
-        }
-        Some(self.endpoints[turn % self.endpoints.len()])
-    }
 }
 
 #[cfg(test)]

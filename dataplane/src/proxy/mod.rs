@@ -482,7 +482,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         }
         let protocol = backend.protocol;
         drop(config);
-        self.open_leg(io, id, endpoint, protocol, request, now);
+        self.open_attempt(io, id, endpoint, protocol, request, now);
     }
 
     /// Client connections to hand to the HTTP/2 layer.

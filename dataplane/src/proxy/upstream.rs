@@ -129,11 +129,11 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         }
     }
 
-    /// Connect or pool checkout: the leg that takes `request` (and the
+    /// Connect or pool checkout: the first attempt, taking `request` (and the
     /// body after it) to `endpoint` — an HTTP/1.1 connection, or a stream
     /// of the HTTP/2 layer for an h2c backend; 503 when no connection can
     /// be had.
-    pub(super) fn open_leg<T: Transport<Conn = C>>(
+    pub(super) fn open_attempt<T: Transport<Conn = C>>(
         &mut self,
         io: &mut T,
         id: usize,
