@@ -22,7 +22,7 @@ use super::codec::{
 };
 use super::io::{Greeting, H2Io, Task, WakeList};
 use super::pipe::{CoreEnd, Message, PipeKind, Pipes};
-use super::{Http2Settings, Link, NetState, Windows};
+use super::{Http2Settings, Link, NetState, Windows, PASSES};
 use crate::error::{Cause, Phase};
 use crate::metrics::ProxyMetrics;
 use crate::proxy::{Deadlines, Handoff, Transport};
@@ -177,7 +177,11 @@ impl<C: Copy + Eq + Hash> Inbound<C> {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        for _ in 0..16 {
+        // Whether the connection must be polled again: bytes came in, or
+        // `h2` was held back by a full buffer that now has room. Neither
+        // will be reported by an edge-triggered socket or a waker.
+        let mut again = false;
+        for _ in 0..PASSES {
             let read = conn
                 .link
                 .fill(net, &mut self.scratch, self.settings.read_buffer);
@@ -265,9 +269,14 @@ impl<C: Copy + Eq + Hash> Inbound<C> {
                 conn.state = State::Ended;
             }
             let unblocked = conn.link.flush(net);
-            if !read && !unblocked {
+            again = read || unblocked;
+            if !again {
                 break;
             }
+        }
+        if again {
+            // Out of passes with work left (a fast peer): the next round.
+            wakes.push(Task::Inbound(key));
         }
         let flushed = conn.link.flushed();
         let ended =

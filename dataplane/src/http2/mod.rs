@@ -73,6 +73,10 @@ impl Default for Http2Settings {
     }
 }
 
+/// Read, poll and write rounds of one connection per service call; a
+/// connection with more to do is woken for the next.
+const PASSES: usize = 16;
+
 /// A connection's receive-window estimate and the PING handle it uses.
 struct Windows {
     bdp: window::Bdp,

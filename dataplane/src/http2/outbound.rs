@@ -12,7 +12,7 @@
 use super::codec::{recv_events, request_to_h2, response_from_h2, send_events, Received};
 use super::io::{H2Io, Task, WakeList};
 use super::pipe::{CoreEnd, Message, Pipes};
-use super::{Http2Settings, Link, NetState, Windows};
+use super::{Http2Settings, Link, NetState, Windows, PASSES};
 use crate::config::BackendProtocol;
 use crate::metrics::ProxyMetrics;
 use crate::proxy::Transport;
@@ -227,7 +227,11 @@ impl<C: Copy + Eq + Hash> Outbound<C> {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        for _ in 0..16 {
+        // Whether the connection must be polled again: bytes came in, or
+        // `h2` was held back by a full buffer that now has room. Neither
+        // will be reported by an edge-triggered socket or a waker.
+        let mut again = false;
+        for _ in 0..PASSES {
             let read = conn
                 .link
                 .fill(net, &mut self.scratch, self.settings.read_buffer);
@@ -266,9 +270,14 @@ impl<C: Copy + Eq + Hash> Outbound<C> {
                 }
             }
             let unblocked = conn.link.flush(net);
-            if !read && !unblocked {
+            again = read || unblocked;
+            if !again {
                 break;
             }
+        }
+        if again {
+            // Out of passes with work left (a fast peer): the next round.
+            wakes.push(Task::Outbound(key));
         }
         if conn.retired && conn.active == 0 {
             conn.state = State::Ended;
