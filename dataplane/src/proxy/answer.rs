@@ -71,11 +71,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         let exchange = &mut self.exchanges[id];
         let request = exchange.request.as_mut().expect("in flight");
         if let Some(upstream) = &request.upstream {
-            self.metrics.route_response(
-                upstream.route(),
-                upstream.backend_name(),
-                StatusClass::of(status),
-            );
+            upstream.count_response(&self.metrics, status);
         }
         request.response = ResponseState::Done;
         let mut response = plain_response(status, body, extra);

@@ -25,6 +25,7 @@
 use super::{Proxy, Transport, Wire};
 use crate::config::{Backend, BackendProtocol, RuleAction};
 use crate::error::{Cause, Replay};
+use crate::metrics::{ProxyMetrics, StatusClass};
 use bytes::BytesMut;
 use std::fmt::Debug;
 use std::hash::Hash;
@@ -43,6 +44,14 @@ pub(super) struct Upstream {
 }
 
 impl Upstream {
+    /// Matched to `rule`, no backend chosen yet.
+    pub fn new(rule: &Arc<RuleAction>) -> Self {
+        Self {
+            rule: rule.clone(),
+            backend: None,
+        }
+    }
+
     pub fn route(&self) -> &Arc<str> {
         &self.rule.route
     }
@@ -54,6 +63,12 @@ impl Upstream {
 
     pub fn backend_name(&self) -> Option<&Arc<str>> {
         self.backend().map(|b| &b.name)
+    }
+
+    /// Count a response of `status` to a request going here.
+    pub fn count_response(&self, metrics: &ProxyMetrics, status: u16) {
+        let class = StatusClass::of(status);
+        metrics.route_response(self.route(), self.backend_name(), class);
     }
 
     /// Response filters: the rule's ResponseHeaderModifier, then the
@@ -196,9 +211,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             return;
         };
         let request = self.exchanges[id].request.as_mut().expect("in flight");
-        if request.body.is_done() && (reused || request.method.is_idempotent()) {
-            request.replay = Some(retry.bytes.clone());
-        }
+        request.keep_for_replay(&retry.bytes, reused);
         request.attempt = Some(Attempt::new(
             Wire::Socket(conn),
             retry.endpoint,
@@ -222,41 +235,38 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         {
             return None;
         }
+        let (bytes, same_endpoint) = if !attempt.connected && replay == Replay::Safe {
+            // Nothing reached the backend: what the socket never took is
+            // the whole request so far.
+            (std::mem::take(&mut attempt.tx), false)
+        } else if attempt.answered {
+            return None;
+        } else if attempt.reused {
+            // A pooled connection the backend closed while it sat idle: the
+            // request (no body, so still at hand) goes again on a new one —
+            // the retry a keep-alive race deserves.
+            (request.replay.take()?, true)
+        } else if request.method.is_idempotent() {
+            // Reset before any answer: an idempotent request without a
+            // body goes to another endpoint (this one is likely going).
+            (request.replay.take()?, false)
+        } else {
+            return None;
+        };
+        if same_endpoint {
+            return Some(Retry {
+                endpoint: attempt.endpoint,
+                bytes,
+            });
+        }
+        request.failed.push(attempt.endpoint);
         let endpoints = &request.upstream.as_ref()?.backend()?.endpoints;
         // From the one after the failed endpoint, in rotation order.
         let after = endpoints
             .iter()
             .position(|&e| e == attempt.endpoint)
             .map_or(0, |i| i + 1);
-        if !attempt.connected && replay == Replay::Safe {
-            // Nothing reached the backend: what the socket never took is
-            // the whole request so far.
-            request.failed.push(attempt.endpoint);
-            let endpoint = self.health.pick(endpoints, after, &request.failed, now)?;
-            let bytes = std::mem::take(&mut attempt.tx);
-            return Some(Retry { endpoint, bytes });
-        }
-        if attempt.answered {
-            return None;
-        }
-        if attempt.reused {
-            // A pooled connection the backend closed while it sat idle: the
-            // request (no body, so still at hand) goes again on a new one —
-            // the retry a keep-alive race deserves.
-            let bytes = request.replay.take()?;
-            return Some(Retry {
-                endpoint: attempt.endpoint,
-                bytes,
-            });
-        }
-        if request.method.is_idempotent() {
-            // Reset before any answer: an idempotent request without a
-            // body goes to another endpoint (this one is likely going).
-            let bytes = request.replay.take()?;
-            request.failed.push(attempt.endpoint);
-            let endpoint = self.health.pick(endpoints, after, &request.failed, now)?;
-            return Some(Retry { endpoint, bytes });
-        }
-        None
+        let endpoint = self.health.pick(endpoints, after, &request.failed, now)?;
+        Some(Retry { endpoint, bytes })
     }
 }

@@ -150,11 +150,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
                 let status = response.head.status.as_u16();
                 self.metrics.response(StatusClass::of(status));
                 if let Some(upstream) = &request.upstream {
-                    self.metrics.route_response(
-                        upstream.route(),
-                        upstream.backend_name(),
-                        StatusClass::of(status),
-                    );
+                    upstream.count_response(&self.metrics, status);
                 }
                 self.metrics
                     .observe_latency(now.duration_since(request.started));

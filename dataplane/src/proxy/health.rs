@@ -100,6 +100,8 @@ impl PassiveHealth {
         now: Instant,
     ) -> Option<SocketAddr> {
         let len = endpoints.len();
+        // `start` is a free-running turn: reduced first, so it never overflows.
+        let start = if len == 0 { 0 } else { start % len };
         let order = (0..len).map(|k| endpoints[(start + k) % len]);
         let mut fallback = None;
         for endpoint in order.filter(|e| !avoid.contains(e)) {
@@ -141,6 +143,8 @@ mod tests {
         assert_eq!(health.pick(&e, 1, &[e[2]], now), Some(e[0]));
         let later = now + BASE_EJECTION;
         assert_eq!(health.pick(&e, 1, &[], later), Some(e[1]), "back");
+        assert_eq!(health.pick(&e, usize::MAX, &[], later), Some(e[0]));
+        assert_eq!(health.pick(&[], 7, &[], later), None);
     }
 
     #[test]

@@ -216,8 +216,7 @@ struct InFlight<C> {
     failed: Vec<SocketAddr>,
     response: ResponseState,
     /// The request head as sent to the backend, kept while another
-    /// attempt could send it again: no body, and an idempotent method or a
-    /// pooled connection (which may turn out closed).
+    /// attempt could send it again ([`Self::keep_for_replay`]).
     replay: Option<Vec<u8>>,
     /// The last time request body bytes came from the client.
     body_moved: Instant,
@@ -227,6 +226,15 @@ struct InFlight<C> {
 }
 
 impl<C> InFlight<C> {
+    /// Keep the request as `head` sends it while another attempt could
+    /// send it again: no body, and an idempotent method or a pooled
+    /// connection (which may turn out closed).
+    fn keep_for_replay(&mut self, head: &[u8], reused: bool) {
+        if self.body.is_done() && (reused || self.method.is_idempotent()) {
+            self.replay = Some(head.to_vec());
+        }
+    }
+
     /// A request whose head just arrived, before any phase ran.
     fn new(method: Method, framing: ClientFraming, body: BodyReader, now: Instant) -> Self {
         Self {
@@ -437,29 +445,20 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
                 status,
                 location,
             } => {
-                in_flight.upstream = Some(Upstream {
-                    rule: rule.clone(),
-                    backend: None,
-                });
+                in_flight.upstream = Some(Upstream::new(rule));
                 exchange.request = Some(in_flight);
                 self.local_response(id, status, "", &[("location", location)]);
                 return;
             }
             Routed::Refused { rule, cause } => {
-                in_flight.upstream = rule.map(|rule| Upstream {
-                    rule: rule.clone(),
-                    backend: None,
-                });
+                in_flight.upstream = rule.map(Upstream::new);
                 exchange.request = Some(in_flight);
                 self.refuse(id, cause);
                 return;
             }
         };
         let action = matched.action;
-        in_flight.upstream = Some(Upstream {
-            rule: action.clone(),
-            backend: None,
-        });
+        in_flight.upstream = Some(Upstream::new(action));
         exchange.request = Some(in_flight);
         let (index, endpoint) = match self.cursors.select(&config, action, &self.health, now) {
             Ok(chosen) => chosen,

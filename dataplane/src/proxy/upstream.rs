@@ -164,11 +164,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
                 let coding = h1::encode_request(&request, &mut head);
                 let in_flight = self.exchanges[id].request.as_mut().expect("in flight");
                 in_flight.body_writer = BodyWriter::of(coding);
-                // Kept while another attempt could send it again.
-                let idempotent = request.head.method.is_idempotent();
-                if in_flight.body.is_done() && (reused || idempotent) {
-                    in_flight.replay = Some(head.clone());
-                }
+                in_flight.keep_for_replay(&head, reused);
                 Attempt::new(Wire::Socket(conn), endpoint, protocol, reused, head, now)
             }
         };
