@@ -116,7 +116,14 @@ impl GatewayLab {
 
     pub(crate) fn start_backend(&mut self, index: usize) {
         let listen = format!("{BACKEND}:{}", 3000 + index);
-        let pod = format!("POD_NAME=echo-v{}-lab-0", index + 1);
+        let pod = format!("echo-v{}-lab-0", index + 1);
+        self.backends[index] = Some(self.spawn_echo(&pod, &listen));
+    }
+
+    /// `rauta echo` as pod `pod` on `listen` in the backend namespace,
+    /// once it listens.
+    pub(crate) fn spawn_echo(&self, pod: &str, listen: &str) -> Process {
+        let pod = format!("POD_NAME={pod}");
         let p = self.lab.spawn(
             "backend",
             &[
@@ -126,14 +133,14 @@ impl GatewayLab {
                 RAUTA,
                 "echo",
                 "--listen",
-                &listen,
+                listen,
             ],
         );
         p.wait_for_line(
             |l| l.starts_with("rauta echo: listening"),
             Duration::from_secs(10),
         );
-        self.backends[index] = Some(p);
+        p
     }
 
     pub(crate) fn start_gateway(&mut self) {
@@ -459,22 +466,37 @@ pub(crate) fn wrk_ends_without_failures(load: &mut Process, during: &str) -> u64
     requests
 }
 
-/// wrk's summary: (requests, failures it reports).
+/// wrk's summary: (requests, the lines where it reports failures).
 fn wrk_summary(out: &str) -> (u64, Vec<String>) {
-    let requests = out
-        .lines()
-        .find_map(|l| {
-            l.trim()
-                .split_once(" requests in ")
-                .map(|(n, _)| n.trim().parse().unwrap_or(0))
-        })
-        .unwrap_or(0);
     let failures = out
         .lines()
         .filter(|l| l.contains("Socket errors") || l.contains("Non-2xx"))
         .map(str::to_owned)
         .collect();
-    (requests, failures)
+    (wrk_counts(out).0, failures)
+}
+
+/// wrk's summary as numbers: requests made, and those that failed
+/// (non-2xx/3xx responses and socket errors of every kind).
+pub(crate) fn wrk_counts(out: &str) -> (u64, u64) {
+    let number = |s: &str| s.trim().trim_end_matches(',').parse::<u64>().unwrap_or(0);
+    let mut requests = 0;
+    let mut failed = 0;
+    for line in out.lines().map(str::trim) {
+        if let Some((n, _)) = line.split_once(" requests in ") {
+            requests = number(n);
+        } else if let Some(n) = line.strip_prefix("Non-2xx or 3xx responses:") {
+            failed += number(n);
+        } else if let Some(errors) = line.strip_prefix("Socket errors:") {
+            // "connect 0, read 12, write 0, timeout 0"
+            failed += errors
+                .split(',')
+                .filter_map(|part| part.split_whitespace().nth(1))
+                .map(number)
+                .sum::<u64>();
+        }
+    }
+    (requests, failed)
 }
 
 /// A route file edited under load: no request fails and the new route

@@ -3,8 +3,8 @@
 //! connections and refuses new ones; the gateway must send what was bound
 //! for it to the other endpoint without the client seeing a failure.
 
-use crate::common::{serial, RAUTA};
-use crate::gateway::{metric, GatewayLab, Io};
+use crate::common::serial;
+use crate::gateway::{metric, wrk_counts, GatewayLab, Io};
 use std::time::Duration;
 
 /// The second endpoint's address, beside `gateway::BACKEND` (the first,
@@ -47,29 +47,6 @@ spec:
     - {name: echo-pair, port: 80}
 "#;
 
-/// wrk's summary: requests made, and those that failed (non-2xx/3xx
-/// responses and socket errors of every kind).
-fn wrk_counts(out: &str) -> (u64, u64) {
-    let number = |s: &str| s.trim().trim_end_matches(',').parse::<u64>().unwrap_or(0);
-    let mut requests = 0;
-    let mut failed = 0;
-    for line in out.lines().map(str::trim) {
-        if let Some((n, _)) = line.split_once(" requests in ") {
-            requests = number(n);
-        } else if let Some(n) = line.strip_prefix("Non-2xx or 3xx responses:") {
-            failed += number(n);
-        } else if let Some(errors) = line.strip_prefix("Socket errors:") {
-            // "connect 0, read 12, write 0, timeout 0"
-            failed += errors
-                .split(',')
-                .filter_map(|part| part.split_whitespace().nth(1))
-                .map(number)
-                .sum::<u64>();
-        }
-    }
-    (requests, failed)
-}
-
 fn endpoint_killed_under_load(io: Io, prefix: &str) {
     let _serial = serial();
     let gw = GatewayLab::start_with(prefix, io, &[("pair.yaml", PAIR)]);
@@ -78,23 +55,7 @@ fn endpoint_killed_under_load(io: Io, prefix: &str) {
         "backend",
         &["ip", "addr", "add", &format!("{SECOND}/24"), "dev", &iface],
     );
-    let listen = format!("{SECOND}:3000");
-    let mut second = gw.lab.spawn(
-        "backend",
-        &[
-            "env",
-            "POD_NAME=echo-pair-b",
-            "NAMESPACE=default",
-            RAUTA,
-            "echo",
-            "--listen",
-            &listen,
-        ],
-    );
-    second.wait_for_line(
-        |l| l.starts_with("rauta echo: listening"),
-        Duration::from_secs(10),
-    );
+    let mut second = gw.spawn_echo("echo-pair-b", &format!("{SECOND}:3000"));
     // Both endpoints serve before the kill.
     let answers: Vec<String> = (0..6).map(|_| gw.curl(&[&gw.url("/pair")])).collect();
     assert!(
