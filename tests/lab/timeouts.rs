@@ -9,8 +9,8 @@
 //! gauges and `ss` in both namespaces agree), that the matching
 //! `rauta_timeouts_total{phase}` moved, and at the end that the gateway's
 //! RSS is no more than 5% above its value after warm-up (traffic like the
-//! cases', then one round of the two stalls that buffer the most; jemalloc runs
-//! without decay here, so RSS is what the gateway holds, not what its
+//! cases', then the uploads started and, beside them, two rounds of the two
+//! stalls that buffer the most; jemalloc runs without decay here, so RSS is what the gateway holds, not what its
 //! allocator caches).
 //!
 //! The clients are `timeouts_client.py` (raw sockets: the test needs to
@@ -518,24 +518,11 @@ fn timeout_matrix(io: Io, prefix: &str) {
     let m = Matrix { gw, pid };
 
     warm_up(&m);
-    // One round of the stalls with the most buffered (60 streams and
-    // connections each holding a full relay buffer, and the oversized
-    // frames): the allocator keeps some of that first peak as its own
-    // high-water mark, which belongs to the working size. The check at the
-    // end then catches what stalls leave behind and accumulates.
-    oversized_first_frame(&m);
-    slow_reader(&m);
-    let rss_start = m.quiet_rss(|_| false);
-    let counters_start = m.counters();
-    let tag = format!("timeouts[{io:?}]");
-    println!(
-        "{tag} warm-up done ({:.1} s in): rss {rss_start} kB",
-        started.elapsed().as_secs_f64()
-    );
-
     let mut failures = Vec::new();
     // The uploads run through every other case (40 s each, both client
-    // protocols, to HTTP/1.1 and h2c backends).
+    // protocols, to HTTP/1.1 and h2c backends). They start before the
+    // baseline is taken: the cases then run beside them, and the working
+    // size the RSS is compared with is that of the same concurrency.
     let uploads = std::panic::catch_unwind(AssertUnwindSafe(|| Uploads::start(&m)));
     let uploads = match uploads {
         Ok(u) => Some(u),
@@ -544,6 +531,26 @@ fn timeout_matrix(io: Io, prefix: &str) {
             None
         }
     };
+    // Rounds of the stalls with the most buffered (60 streams and
+    // connections each holding a full relay buffer, and the oversized
+    // frames), beside the uploads: the allocator keeps some of that first
+    // peak as its own high-water mark, which belongs to the working size.
+    // The check at the end then catches what stalls leave behind and
+    // accumulates.
+    // Two rounds: the first peak's high-water mark is where the allocator
+    // starts from, the second is where it settles.
+    for _ in 0..2 {
+        oversized_first_frame(&m);
+        slow_reader(&m);
+    }
+    let rss_start = m.quiet_rss(|_| false);
+    let counters_start = m.counters();
+    let tag = format!("timeouts[{io:?}]");
+    println!(
+        "{tag} warm-up done ({:.1} s in): rss {rss_start} kB",
+        started.elapsed().as_secs_f64()
+    );
+
     let mut run = |name: &str, case: &dyn Fn(&Matrix) -> String| {
         let t = Instant::now();
         match std::panic::catch_unwind(AssertUnwindSafe(|| case(&m))) {
