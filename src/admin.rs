@@ -93,7 +93,7 @@ impl Collector for ProxyCollector {
                 ConstCounter::new(*count).encode(family.encode_family(&labels)?)?;
             }
         }
-        let counters: [(&str, &str, u64); 10] = [
+        let counters: [(&str, &str, u64); 11] = [
             (
                 "rauta_connections",
                 "Client connections accepted",
@@ -111,8 +111,13 @@ impl Collector for ProxyCollector {
             ),
             (
                 "rauta_upstream_retries",
-                "Attempts begun after a failed one (connect refused or timed out, a pooled connection closed)",
+                "Attempts begun after a failed one (connect refused or timed out, a pooled connection closed, a route's retry)",
                 s.retries,
+            ),
+            (
+                "rauta_upstream_retries_budget_exhausted",
+                "Retries not made because the retry budget was spent",
+                s.retries_budget_exhausted,
             ),
             (
                 "rauta_upstream_ejections",

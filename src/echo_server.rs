@@ -8,6 +8,12 @@
 //! `/bytes?n=N` with N bytes of body, streamed as the reader takes them (a
 //! response larger than every buffer on the path, for slow-reader tests).
 //!
+//! Like echo-basic, a `delay` query parameter (a Go duration) holds the
+//! answer back, and paths under `/retry/` simulate a failing backend: for
+//! each `uuid` the first `succeedAfter` requests fail — with status
+//! `responseCode`, or by resetting the connection — each after waiting
+//! `delayRetry`; later ones are echoed.
+//!
 //! A connection that opens with the HTTP/2 preface is served as h2c (the
 //! conformance echo server's port 3001): the same JSON, `proto` HTTP/2.0.
 //!
@@ -22,8 +28,10 @@ use rauta_dataplane::http1::{
     RequestHead, Version,
 };
 use serde_json::json;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::{LazyLock, Mutex};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -302,6 +310,25 @@ async fn h1_connection(mut stream: TcpStream, identity: Identity) -> Result<()> 
             }
             return Ok(());
         }
+        match plan(&head.target) {
+            Plan::Echo { delay } => tokio::time::sleep(delay).await,
+            Plan::Fail { delay, status } => {
+                tokio::time::sleep(delay).await;
+                let Some(status) = status else {
+                    // A reset, not a close: SO_LINGER 0 sends RST.
+                    stream.set_zero_linger()?;
+                    return Ok(());
+                };
+                let reason = reason_phrase(status);
+                let body = format!("{status} {reason}\n");
+                let response = format!(
+                    "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                stream.write_all(response.as_bytes()).await?;
+                continue;
+            }
+        }
         match (body, bytes_requested(&head.target)) {
             (Some(body), _) => stream.write_all(&body_response(&head, &body)).await?,
             (None, Some(n)) => h1_stream_bytes(&mut stream, &head, n).await?,
@@ -312,6 +339,87 @@ async fn h1_connection(mut stream: TcpStream, identity: Identity) -> Result<()> 
             return Ok(());
         }
     }
+}
+
+/// What a request's query asks of the echo server (echo-basic's).
+#[derive(Debug, PartialEq, Eq)]
+enum Plan {
+    /// Echo, after `delay`.
+    Echo { delay: Duration },
+    /// Fail after `delay`: answer `status`, or reset the connection.
+    Fail {
+        delay: Duration,
+        status: Option<u16>,
+    },
+}
+
+/// Requests seen per `uuid` under `/retry/` (process-wide, as echo-basic's
+/// simulator is: every connection of the pod counts).
+static RETRY_ATTEMPTS: LazyLock<Mutex<HashMap<String, u32>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+fn plan(target: &str) -> Plan {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let param = |name: &str| {
+        query
+            .split('&')
+            .filter_map(|p| p.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+    };
+    let delay = param("delay").and_then(go_duration).unwrap_or_default();
+    if !path.starts_with("/retry/") {
+        return Plan::Echo { delay };
+    }
+    let (Some(uuid), Some(succeed_after)) = (
+        param("uuid"),
+        param("succeedAfter").and_then(|n| n.parse::<u32>().ok()),
+    ) else {
+        return Plan::Echo { delay };
+    };
+    let seen = {
+        let mut attempts = RETRY_ATTEMPTS.lock().unwrap_or_else(|e| e.into_inner());
+        let seen = attempts.entry(uuid.to_owned()).or_default();
+        *seen += 1;
+        *seen
+    };
+    if seen > succeed_after {
+        return Plan::Echo { delay };
+    }
+    Plan::Fail {
+        delay: param("delayRetry")
+            .and_then(go_duration)
+            .unwrap_or_default(),
+        status: param("responseCode").and_then(|c| c.parse().ok()),
+    }
+}
+
+/// A Go duration: numbers with units (`1s`, `300ms`, `1m30s`).
+fn go_duration(text: &str) -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let seconds = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        total += Duration::from_secs_f64(number * seconds);
+        rest = &rest[unit_len..];
+    }
+    Some(total)
 }
 
 /// Read the body into `keep` (or discard it), leaving what follows it in
@@ -612,6 +720,40 @@ mod tests {
         });
         assert_eq!(got.len(), n);
         assert_eq!(got, pattern(0, n));
+    }
+
+    #[test]
+    fn delay_and_the_retry_simulator_follow_the_query() {
+        assert_eq!(go_duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(go_duration("300ms"), Some(Duration::from_millis(300)));
+        assert_eq!(go_duration("3 parsecs"), None);
+        assert_eq!(
+            plan("/x?delay=1s"),
+            Plan::Echo {
+                delay: Duration::from_secs(1)
+            }
+        );
+        let target = "/retry/a?responseCode=503&succeedAfter=2&delayRetry=5ms&uuid=u1";
+        let fail = Plan::Fail {
+            delay: Duration::from_millis(5),
+            status: Some(503),
+        };
+        assert_eq!(plan(target), fail);
+        assert_eq!(plan(target), fail);
+        assert_eq!(
+            plan(target),
+            Plan::Echo {
+                delay: Duration::ZERO
+            }
+        );
+        let reset = plan("/retry/b?succeedAfter=1&uuid=u2");
+        assert_eq!(
+            reset,
+            Plan::Fail {
+                delay: Duration::ZERO,
+                status: None
+            }
+        );
     }
 
     #[test]

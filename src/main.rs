@@ -272,6 +272,17 @@ struct RunArgs {
     /// (idempotent requests without a body): each on the next endpoint.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..))]
     max_attempts: u8,
+    /// Bytes of a request (head and body) kept to send it again under a
+    /// route's `retry`; a larger request is not retried.
+    #[arg(long, default_value_t = 64 * 1024)]
+    retry_buffer: usize,
+    /// Retries a worker allows per request it saw over the last 10 s
+    /// (the retry budget), on top of --retry-budget-min-per-second.
+    #[arg(long, default_value_t = 0.2)]
+    retry_budget_ratio: f64,
+    /// Retries a second each worker allows whatever the traffic.
+    #[arg(long, default_value_t = 10)]
+    retry_budget_min_per_second: u32,
     /// Seconds from the end of a forwarded request to the response head.
     #[arg(long, default_value_t = 30.0)]
     response_timeout: f64,
@@ -513,6 +524,11 @@ fn run(cli: Cli) -> Result<()> {
                         http2_idle: seconds(args.h2_idle_timeout),
                     },
                     max_attempts: args.max_attempts,
+                    retry_buffer: args.retry_buffer,
+                    retry_budget: rauta_dataplane::proxy::RetryBudgetSettings {
+                        ratio: args.retry_budget_ratio.max(0.0),
+                        min_per_second: args.retry_budget_min_per_second,
+                    },
                     ..Default::default()
                 },
                 drain_timeout: seconds(args.drain_timeout),

@@ -14,28 +14,29 @@ use crate::manifests::{Manifests, Origin, Sourced};
 use crate::verdict::{
     Check, GatewayVerdict, ListenerVerdict, ObjectRef, ParentVerdict, RouteVerdict, Verdicts,
 };
-use gateway_api::gateways::{
+use gateway_api::experimental::gateways::{
     Gateway, GatewayListeners, GatewayListenersAllowedRoutesKinds,
     GatewayListenersAllowedRoutesNamespacesFrom as From,
 };
-use gateway_api::httproutes::{
+use gateway_api::experimental::httproutes::{
     HttpRoute, HttpRouteParentRefs, HttpRouteRules, HttpRouteRulesBackendRefs,
     HttpRouteRulesFilters, HttpRouteRulesFiltersRequestRedirectScheme as Scheme,
     HttpRouteRulesFiltersType as FilterType, HttpRouteRulesMatches,
     HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesPathType,
-    HttpRouteRulesMatchesQueryParamsType,
+    HttpRouteRulesMatchesQueryParamsType, HttpRouteRulesRetry, HttpRouteRulesTimeouts,
 };
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use rauta_dataplane::config::{
     hostname_matches, Backend, BackendProtocol, Backends, GatewayConfig, HeaderModifier, Listener,
-    PathModifier, PortListeners, Redirect, RuleAction, UrlRewrite,
+    PathModifier, PortListeners, Redirect, RetryPolicy, RouteTimeouts, RuleAction, UrlRewrite,
 };
 use rauta_dataplane::routes::{PathMatch, Route, RouteMatch, RouteTable, ValueMatch};
 use regex::Regex;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 use thiserror::Error;
 
 const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
@@ -939,7 +940,7 @@ fn compile_filters(
                         path_modifier(
                             p.replace_full_path.as_ref(),
                             p.replace_prefix_match.as_ref(),
-                            p.r#type == gateway_api::httproutes::HttpRouteRulesFiltersRequestRedirectPathType::ReplaceFullPath,
+                            p.r#type == gateway_api::experimental::httproutes::HttpRouteRulesFiltersRequestRedirectPathType::ReplaceFullPath,
                         )
                     }),
                     port,
@@ -954,12 +955,15 @@ fn compile_filters(
                         path_modifier(
                             p.replace_full_path.as_ref(),
                             p.replace_prefix_match.as_ref(),
-                            p.r#type == gateway_api::httproutes::HttpRouteRulesFiltersUrlRewritePathType::ReplaceFullPath,
+                            p.r#type == gateway_api::experimental::httproutes::HttpRouteRulesFiltersUrlRewritePathType::ReplaceFullPath,
                         )
                     }),
                 });
             }
-            FilterType::RequestMirror | FilterType::ExtensionRef | FilterType::Cors => {
+            FilterType::RequestMirror
+            | FilterType::ExtensionRef
+            | FilterType::Cors
+            | FilterType::ExternalAuth => {
                 let kind = serde_json::to_value(&filter.r#type)
                     .ok()
                     .and_then(|v| v.as_str().map(str::to_owned))
@@ -969,6 +973,95 @@ fn compile_filters(
         }
     }
     Ok(())
+}
+
+/// A GEP-2257 duration; "0s" is `None` (no bound).
+fn duration(
+    route: &Sourced<HttpRoute>,
+    field: String,
+    text: &str,
+) -> Result<Option<Duration>, CompileError> {
+    let parsed: gateway_api::Duration = text
+        .parse()
+        .map_err(|e| field_error(route, field, format!("{text:?} is not a duration: {e}")))?;
+    let millis = u64::try_from(parsed.as_millis()).unwrap_or(u64::MAX);
+    Ok((millis > 0).then(|| Duration::from_millis(millis)))
+}
+
+fn compile_timeouts(
+    route: &Sourced<HttpRoute>,
+    at: &str,
+    timeouts: Option<&HttpRouteRulesTimeouts>,
+) -> Result<RouteTimeouts, CompileError> {
+    let Some(timeouts) = timeouts else {
+        return Ok(RouteTimeouts::default());
+    };
+    let field = |name: &str| format!("{at}.timeouts.{name}");
+    let parse = |name: &str, value: Option<&String>| {
+        value.map_or(Ok(None), |v| duration(route, field(name), v))
+    };
+    let request = parse("request", timeouts.request.as_ref())?;
+    let backend_request = parse("backendRequest", timeouts.backend_request.as_ref())?;
+    if let (Some(request), Some(backend)) = (request, backend_request) {
+        if backend > request {
+            return Err(field_error(
+                route,
+                field("backendRequest"),
+                format!("{backend:?} is longer than the request timeout ({request:?})"),
+            ));
+        }
+    }
+    Ok(RouteTimeouts {
+        request,
+        backend_request,
+    })
+}
+
+fn compile_retry(
+    route: &Sourced<HttpRoute>,
+    at: &str,
+    retry: &HttpRouteRulesRetry,
+) -> Result<RetryPolicy, CompileError> {
+    let field = |name: &str| format!("{at}.retry.{name}");
+    let mut codes = Vec::new();
+    for (i, &code) in retry.codes.iter().flatten().enumerate() {
+        // HTTPRouteRetryStatusCode: 400-599.
+        let code = u16::try_from(code)
+            .ok()
+            .filter(|c| (400..600).contains(c))
+            .ok_or_else(|| {
+                field_error(
+                    route,
+                    field(&format!("codes[{i}]")),
+                    format!("{code} is not a 4xx or 5xx status"),
+                )
+            })?;
+        codes.push(code);
+    }
+    codes.sort_unstable();
+    codes.dedup();
+    let attempts = match retry.attempts {
+        None => RetryPolicy::DEFAULT_ATTEMPTS,
+        Some(n) => u8::try_from(n)
+            .ok()
+            .filter(|&n| n < u8::MAX)
+            .ok_or_else(|| {
+                field_error(
+                    route,
+                    field("attempts"),
+                    format!("{n} is not between 0 and {}", u8::MAX - 1),
+                )
+            })?,
+    };
+    let backoff = match &retry.backoff {
+        None => RetryPolicy::DEFAULT_BACKOFF,
+        Some(text) => duration(route, field("backoff"), text)?.unwrap_or_default(),
+    };
+    Ok(RetryPolicy {
+        codes,
+        attempts,
+        backoff,
+    })
 }
 
 fn compile_rule(
@@ -992,6 +1085,12 @@ fn compile_rule(
         rule.filters.as_deref().unwrap_or_default(),
         &mut action,
     )?;
+    action.timeouts = compile_timeouts(route, &at, rule.timeouts.as_ref())?;
+    action.retry = rule
+        .retry
+        .as_ref()
+        .map(|retry| compile_retry(route, &at, retry))
+        .transpose()?;
     let mut backends = Vec::new();
     for (i, backend_ref) in rule.backend_refs.iter().flatten().enumerate() {
         let weight = backend_ref.weight.unwrap_or(1);

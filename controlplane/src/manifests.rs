@@ -7,9 +7,9 @@
 //! and field instead of silently routing differently. Kinds Rauta does not
 //! read (Deployments, Secrets, …) are skipped.
 
-use gateway_api::gateways::Gateway;
-use gateway_api::httproutes::HttpRoute;
-use gateway_api::referencegrants::ReferenceGrant;
+use gateway_api::experimental::gateways::Gateway;
+use gateway_api::experimental::httproutes::HttpRoute;
+use gateway_api::experimental::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::de::DeserializeOwned;

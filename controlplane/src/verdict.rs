@@ -5,7 +5,7 @@
 //! condition reasons), so a user reads the same words as with any other
 //! implementation.
 
-use gateway_api::httproutes::HttpRouteParentRefs;
+use gateway_api::experimental::httproutes::HttpRouteParentRefs;
 
 /// One condition's outcome: True or False, with its reason and a message.
 #[derive(Clone, Debug, PartialEq, Eq)]

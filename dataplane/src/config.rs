@@ -14,6 +14,7 @@ use http::HeaderMap;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Every listener the gateway serves, by port.
 #[derive(Default)]
@@ -108,9 +109,55 @@ pub struct RuleAction {
     /// A RequestRedirect answers the request itself.
     pub redirect: Option<Redirect>,
     pub backends: Backends,
+    /// The rule's `retry`: which answers go to the backend again.
+    pub retry: Option<RetryPolicy>,
+    /// The rule's `timeouts`.
+    pub timeouts: RouteTimeouts,
     /// Why the rule cannot be served (a filter we do not support): every
     /// request it matches gets 500.
     pub invalid: Option<String>,
+}
+
+/// HTTPRoute `retry` (GEP-1731): a request whose attempt ends in one of
+/// `codes`, a connection error or the backend request timeout goes to the
+/// backend again, up to `attempts` more times, waiting `backoff` (doubled
+/// each time, up to ten times it) before each.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Response statuses that are retried (sorted).
+    pub codes: Vec<u16>,
+    /// Retries after the first attempt.
+    pub attempts: u8,
+    /// The least wait before the first retry.
+    pub backoff: Duration,
+}
+
+impl RetryPolicy {
+    /// Envoy's base retry interval, for a rule that names none.
+    pub const DEFAULT_BACKOFF: Duration = Duration::from_millis(25);
+    /// Envoy's `num_retries` default, for a rule that names none.
+    pub const DEFAULT_ATTEMPTS: u8 = 1;
+
+    /// Is a response of `status` retried?
+    pub fn retries_status(&self, status: u16) -> bool {
+        self.codes.binary_search(&status).is_ok()
+    }
+
+    /// The wait before retry number `retry` (1 for the first).
+    pub fn backoff(&self, retry: u8) -> Duration {
+        let doublings = u32::from(retry.saturating_sub(1)).min(16);
+        (self.backoff * 2u32.pow(doublings)).min(self.backoff * 10)
+    }
+}
+
+/// HTTPRoute `timeouts` (GEP-1742); `None` is no bound ("0s" also).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RouteTimeouts {
+    /// From the request's head to the end of the response sent to the
+    /// client, every attempt included.
+    pub request: Option<Duration>,
+    /// Each attempt: from its start to the end of the backend's response.
+    pub backend_request: Option<Duration>,
 }
 
 /// Header changes: set replaces, add appends, remove deletes (names

@@ -57,6 +57,12 @@ pub enum Cause {
     ResponseHeadTimeout,
     #[error("the backend's response body stalled")]
     ResponseBodyIdle,
+    /// The route's `timeouts.request` passed before the response ended.
+    #[error("the route's request timeout passed")]
+    RequestTimeout,
+    /// The route's `timeouts.backendRequest` passed during an attempt.
+    #[error("the route's backend request timeout passed")]
+    BackendRequestTimeout,
     /// A malformed or over-limit request; the status says which.
     #[error("bad request ({status})")]
     BadRequest { status: u16 },
@@ -73,7 +79,7 @@ pub enum Cause {
 impl Cause {
     /// Every cause, in [`Cause::index`] order (a bad request stands for
     /// every status it may carry).
-    pub const ALL: [Cause; 17] = [
+    pub const ALL: [Cause; 19] = [
         Cause::NoRoute,
         Cause::RuleNotServable,
         Cause::BackendNotResolved,
@@ -86,6 +92,8 @@ impl Cause {
         Cause::UpstreamProtocol,
         Cause::ResponseHeadTimeout,
         Cause::ResponseBodyIdle,
+        Cause::RequestTimeout,
+        Cause::BackendRequestTimeout,
         Cause::BadRequest { status: 400 },
         Cause::RequestHeadTimeout,
         Cause::RequestBodyIdle,
@@ -94,7 +102,7 @@ impl Cause {
     ];
 
     /// Every label, in [`Cause::index`] order.
-    pub const LABELS: [&'static str; 17] = [
+    pub const LABELS: [&'static str; 19] = [
         "no_route",
         "rule_not_servable",
         "backend_not_resolved",
@@ -107,6 +115,8 @@ impl Cause {
         "upstream_protocol",
         "response_head_timeout",
         "response_body_idle",
+        "request_timeout",
+        "backend_request_timeout",
         "bad_request",
         "request_head_timeout",
         "request_body_idle",
@@ -129,11 +139,13 @@ impl Cause {
             Self::UpstreamProtocol => 9,
             Self::ResponseHeadTimeout => 10,
             Self::ResponseBodyIdle => 11,
-            Self::BadRequest { .. } => 12,
-            Self::RequestHeadTimeout => 13,
-            Self::RequestBodyIdle => 14,
-            Self::ClientNotReading => 15,
-            Self::ClientGone => 16,
+            Self::RequestTimeout => 12,
+            Self::BackendRequestTimeout => 13,
+            Self::BadRequest { .. } => 14,
+            Self::RequestHeadTimeout => 15,
+            Self::RequestBodyIdle => 16,
+            Self::ClientNotReading => 17,
+            Self::ClientGone => 18,
         }
     }
 
@@ -149,12 +161,15 @@ impl Cause {
         match self {
             Self::NoRoute => 404,
             Self::RuleNotServable | Self::BackendNotResolved => 500,
-            Self::NoReadyEndpoint | Self::ConnectFailed => 503,
-            Self::ConnectRefused
-            | Self::ResetBeforeResponse
-            | Self::ResetDuringResponse
-            | Self::UpstreamProtocol => 502,
-            Self::ConnectTimeout | Self::ResponseHeadTimeout | Self::ResponseBodyIdle => 504,
+            // A reset before any answer is Envoy's 503 ("upstream reset
+            // before headers"): the request may be fine elsewhere.
+            Self::NoReadyEndpoint | Self::ConnectFailed | Self::ResetBeforeResponse => 503,
+            Self::ConnectRefused | Self::ResetDuringResponse | Self::UpstreamProtocol => 502,
+            Self::ConnectTimeout
+            | Self::ResponseHeadTimeout
+            | Self::ResponseBodyIdle
+            | Self::RequestTimeout
+            | Self::BackendRequestTimeout => 504,
             Self::BadRequest { status } => status,
             Self::RequestHeadTimeout | Self::RequestBodyIdle => 408,
             // Nobody is left to read it; nginx's convention for the logs.
@@ -189,7 +204,7 @@ impl Cause {
     pub fn replay(self) -> Replay {
         match self {
             Self::ConnectFailed | Self::ConnectRefused | Self::ConnectTimeout => Replay::Safe,
-            Self::ResetBeforeResponse => Replay::IfIdempotent,
+            Self::ResetBeforeResponse | Self::BackendRequestTimeout => Replay::IfIdempotent,
             _ => Replay::Never,
         }
     }
@@ -202,6 +217,8 @@ impl Cause {
             Self::ResponseBodyIdle | Self::ClientNotReading => Some(Phase::ResponseBody),
             Self::RequestHeadTimeout => Some(Phase::RequestHead),
             Self::RequestBodyIdle => Some(Phase::RequestBody),
+            Self::RequestTimeout => Some(Phase::Request),
+            Self::BackendRequestTimeout => Some(Phase::BackendRequest),
             _ => None,
         }
     }
@@ -227,10 +244,14 @@ pub enum Phase {
     Http2Idle,
     /// The HTTP/2 preface and first SETTINGS frame.
     Http2Preface,
+    /// A route's `timeouts.request`: the whole exchange.
+    Request,
+    /// A route's `timeouts.backendRequest`: one attempt.
+    BackendRequest,
 }
 
 impl Phase {
-    pub const LABELS: [&'static str; 8] = [
+    pub const LABELS: [&'static str; 10] = [
         "request_head",
         "request_body",
         "connect",
@@ -239,6 +260,8 @@ impl Phase {
         "keep_alive",
         "h2_idle",
         "h2_preface",
+        "request",
+        "backend_request",
     ];
 
     pub fn index(self) -> usize {
@@ -272,7 +295,7 @@ mod tests {
                 Cause::ConnectFailed | Cause::ConnectRefused | Cause::ConnectTimeout => {
                     Replay::Safe
                 }
-                Cause::ResetBeforeResponse => Replay::IfIdempotent,
+                Cause::ResetBeforeResponse | Cause::BackendRequestTimeout => Replay::IfIdempotent,
                 _ => Replay::Never,
             };
             assert_eq!(cause.replay(), expected, "{cause:?}");

@@ -139,6 +139,7 @@ impl GatewayWorker {
             if !events.is_empty() {
                 proxy.flush(stack, wall);
             }
+            proxy.run_timers(stack, wall);
             if wall >= next_tick {
                 proxy.tick(stack, wall);
                 next_tick = wall + TICK_INTERVAL;
@@ -188,7 +189,8 @@ impl GatewayWorker {
             if waiter.idle_pass(did_work) {
                 stack.maintain();
                 if mailbox.going_to_sleep() {
-                    let until = next_tick.saturating_duration_since(wall);
+                    let wake = proxy.next_timer().map_or(next_tick, |t| t.min(next_tick));
+                    let until = wake.saturating_duration_since(wall);
                     let deadline = stack.poll_delay(now).map_or(until, |d| d.min(until));
                     let mut fds = device.fds();
                     fds.push(mailbox.wake_fd());

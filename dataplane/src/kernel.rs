@@ -159,7 +159,13 @@ impl KernelWorker {
         let mut last_tick = Instant::now();
         let mut drain_deadline: Option<Instant> = None;
         loop {
-            match io.poll.poll(&mut events, Some(TICK_INTERVAL)) {
+            let wake = proxy
+                .next_timer()
+                .map_or(TICK_INTERVAL, |at| {
+                    at.saturating_duration_since(Instant::now())
+                })
+                .min(TICK_INTERVAL);
+            match io.poll.poll(&mut events, Some(wake)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -178,6 +184,7 @@ impl KernelWorker {
                 }
             }
             proxy.flush(&mut io, now);
+            proxy.run_timers(&mut io, now);
             if now.duration_since(last_tick) >= TICK_INTERVAL {
                 proxy.tick(&mut io, now);
                 last_tick = now;

@@ -80,6 +80,8 @@ pub struct ProxyMetrics {
     retries: AtomicU64,
     /// Endpoints taken out of a worker's rotation.
     ejections: AtomicU64,
+    /// Retries the retry budget refused.
+    retries_budget_exhausted: AtomicU64,
     /// HTTP/1.1 backend connections open, in use or pooled.
     backend_connections_open: AtomicI64,
     pool_idle: AtomicU64,
@@ -126,6 +128,7 @@ pub struct MetricsSnapshot {
     pub backend_errors: u64,
     pub retries: u64,
     pub ejections: u64,
+    pub retries_budget_exhausted: u64,
     pub backend_connections_open: i64,
     pub pool_idle: u64,
     pub errors: [u64; Cause::LABELS.len()],
@@ -210,6 +213,11 @@ impl ProxyMetrics {
         self.retries.fetch_add(1, Relaxed);
     }
 
+    /// A retry the budget refused.
+    pub fn retry_budget_exhausted(&self) {
+        self.retries_budget_exhausted.fetch_add(1, Relaxed);
+    }
+
     /// An endpoint left a worker's rotation (passive health).
     pub fn ejection(&self) {
         self.ejections.fetch_add(1, Relaxed);
@@ -266,6 +274,7 @@ impl ProxyMetrics {
         into.backend_errors += self.backend_errors.load(Relaxed);
         into.retries += self.retries.load(Relaxed);
         into.ejections += self.ejections.load(Relaxed);
+        into.retries_budget_exhausted += self.retries_budget_exhausted.load(Relaxed);
         into.pool_idle += self.pool_idle.load(Relaxed);
         into.backend_connections_open += self.backend_connections_open.load(Relaxed);
         for (sum, value) in into.errors.iter_mut().zip(&self.errors) {

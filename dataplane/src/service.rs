@@ -106,6 +106,21 @@ impl<T: Transport> HttpService<T> {
         self.settle(io, now);
     }
 
+    /// When [`Self::run_timers`] next has work (a retry's back-off, a
+    /// route timeout): a driver wakes no later than this.
+    pub fn next_timer(&self) -> Option<Instant> {
+        self.core.next_timer()
+    }
+
+    /// What is due by `now` of the core's own timers; call when
+    /// [`Self::next_timer`] has passed (cheap otherwise).
+    pub fn run_timers(&mut self, io: &mut T, now: Instant) {
+        if self.core.next_timer().is_some_and(|at| at <= now) {
+            self.core.run_timers(io, now);
+            self.settle(io, now);
+        }
+    }
+
     /// Stop taking requests (HTTP/1.1: close idle connections; HTTP/2:
     /// GOAWAY) and finish those in flight. Returns whether any is still
     /// in flight.

@@ -4,12 +4,15 @@
 use arc_swap::ArcSwap;
 use rauta_dataplane::config::BackendProtocol;
 use rauta_dataplane::config::{
-    Backend, Backends, GatewayConfig, Listener, PortListeners, RuleAction,
+    Backend, Backends, GatewayConfig, Listener, PortListeners, RetryPolicy, RouteTimeouts,
+    RuleAction,
 };
 use rauta_dataplane::error::Cause;
 use rauta_dataplane::http2::Http2Settings;
 use rauta_dataplane::metrics::{MetricsSnapshot, ProxyMetrics};
-use rauta_dataplane::proxy::{ConnectionGone, ProxySettings, ReadOutcome, Transport};
+use rauta_dataplane::proxy::{
+    ConnectionGone, ProxySettings, ReadOutcome, RetryBudgetSettings, Transport,
+};
 use rauta_dataplane::routes::{PathMatch, Route, RouteMatch, RouteTable};
 use rauta_dataplane::service::HttpService;
 use std::collections::{BTreeMap, HashMap};
@@ -113,6 +116,12 @@ fn config() -> GatewayConfig {
 
 /// `/app` to one backend with `endpoints`.
 fn config_with(endpoints: &[&str]) -> GatewayConfig {
+    config_where(endpoints, |_| {})
+}
+
+/// `/app` to one backend with `endpoints`, its rule as `configure` leaves
+/// it.
+fn config_where(endpoints: &[&str], configure: impl FnOnce(&mut RuleAction)) -> GatewayConfig {
     let backend = || {
         Backends::new(vec![Backend::new(
             "ns/svc:80",
@@ -129,10 +138,14 @@ fn config_with(endpoints: &[&str]) -> GatewayConfig {
                 path: PathMatch::Prefix("/app".into()),
                 ..RouteMatch::default()
             }],
-            RuleAction {
-                route: "ns/route".into(),
-                backends: backend(),
-                ..RuleAction::default()
+            {
+                let mut action = RuleAction {
+                    route: "ns/route".into(),
+                    backends: backend(),
+                    ..RuleAction::default()
+                };
+                configure(&mut action);
+                action
             },
         )],
     }]);
@@ -162,10 +175,14 @@ impl Harness {
     }
 
     fn with(config: GatewayConfig) -> Self {
+        Self::with_settings(config, ProxySettings::default())
+    }
+
+    fn with_settings(config: GatewayConfig, settings: ProxySettings) -> Self {
         let mut io = FakeIo::default();
         let metrics = Arc::new(ProxyMetrics::default());
         let mut proxy = HttpService::new(
-            ProxySettings::default(),
+            settings,
             Http2Settings::default(),
             Arc::new(ArcSwap::from_pointee(config)),
             metrics.clone(),
@@ -187,6 +204,12 @@ impl Harness {
     fn wait(&mut self, seconds: u64) {
         self.now += Duration::from_secs(seconds);
         self.proxy.tick(&mut self.io, self.now);
+    }
+
+    /// `millis` pass; what the proxy's timers hold for then runs.
+    fn advance(&mut self, millis: u64) {
+        self.now += Duration::from_millis(millis);
+        self.proxy.run_timers(&mut self.io, self.now);
     }
 
     /// Failures counted for `cause` so far.
@@ -353,7 +376,7 @@ fn no_route_is_404_and_smuggling_is_400_with_the_connection_closed() {
 }
 
 #[test]
-fn a_failed_backend_is_502_and_a_stale_pooled_connection_is_retried() {
+fn a_backend_reset_before_answering_is_503_and_a_stale_pooled_connection_is_retried() {
     let mut h = Harness::new();
     h.client_sends("GET /app HTTP/1.1\r\nHost: h\r\n\r\n");
     let first = h.last_backend();
@@ -361,7 +384,10 @@ fn a_failed_backend_is_502_and_a_stale_pooled_connection_is_retried() {
     h.proxy.on_io(&mut h.io, first, h.now);
     h.proxy.flush(&mut h.io, h.now);
     let got = h.client_got();
-    assert!(got.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{got}");
+    assert!(
+        got.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+        "{got}"
+    );
     assert!(!got.contains("rror"), "no internal error text: {got}");
 
     // A pooled connection the backend closed while idle: the request is
@@ -484,7 +510,9 @@ fn a_reset_before_any_answer_resends_a_get_to_the_next_endpoint_but_never_a_post
         1,
         "a POST the backend may have seen is not sent again"
     );
-    assert!(h.client_got().starts_with("HTTP/1.1 502 Bad Gateway\r\n"));
+    assert!(h
+        .client_got()
+        .starts_with("HTTP/1.1 503 Service Unavailable\r\n"));
 }
 
 #[test]
@@ -705,4 +733,159 @@ fn a_body_announced_after_a_local_answer_must_still_come_in_time() {
     assert!(h.io.connects.is_empty(), "no backend was involved");
     assert_eq!(h.failures(Cause::RequestBodyIdle), 1);
     assert_eq!(h.failures(Cause::NoRoute), 1);
+}
+
+fn retry_on(codes: &[u16], attempts: u8) -> RetryPolicy {
+    RetryPolicy {
+        codes: codes.to_vec(),
+        attempts,
+        backoff: Duration::from_millis(100),
+    }
+}
+
+#[test]
+fn a_route_retry_sends_a_retried_status_again_after_its_backoff_body_and_all() {
+    let policy = retry_on(&[503], 2);
+    let mut h = Harness::with(config_where(&[BACKEND], |a| a.retry = Some(policy)));
+    h.client_sends("POST /app HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello");
+    let backend = h.last_backend();
+    assert!(h.io.take_output(backend).ends_with("\r\n\r\nhello"));
+    h.backend_sends(
+        backend,
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy",
+    );
+    assert_eq!(h.client_got(), "", "a retried answer is not relayed");
+    h.advance(99);
+    assert_eq!(h.io.take_output(backend), "", "not before the back-off");
+    h.advance(1);
+    let again = h.io.take_output(backend);
+    assert!(
+        again.starts_with("POST /app HTTP/1.1\r\n") && again.ends_with("\r\n\r\nhello"),
+        "the whole request again: {again:?}"
+    );
+    assert_eq!(
+        h.io.connects.len(),
+        1,
+        "the answer was read whole: its connection went back to the pool"
+    );
+    // The second retry's back-off is doubled; the backend still fails
+    // and the policy has no third: the last answer is relayed.
+    h.backend_sends(
+        backend,
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy",
+    );
+    h.advance(150);
+    assert_eq!(h.io.take_output(backend), "");
+    h.advance(50);
+    assert!(h.io.take_output(backend).starts_with("POST /app "));
+    h.backend_sends(
+        backend,
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy",
+    );
+    let got = h.client_got();
+    assert!(
+        got.starts_with("HTTP/1.1 503 ") && got.ends_with("busy"),
+        "{got}"
+    );
+    assert_eq!(h.snapshot().retries, 2);
+}
+
+#[test]
+fn a_status_the_policy_does_not_name_is_relayed_at_once() {
+    let policy = retry_on(&[500], 3);
+    let mut h = Harness::with(config_where(&[BACKEND], |a| a.retry = Some(policy)));
+    h.client_sends("GET /app HTTP/1.1\r\nHost: h\r\n\r\n");
+    let backend = h.last_backend();
+    h.backend_sends(
+        backend,
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert!(h.client_got().starts_with("HTTP/1.1 503 "));
+    assert_eq!(h.snapshot().retries, 0);
+}
+
+#[test]
+fn a_spent_retry_budget_relays_the_answer_and_is_counted() {
+    let settings = ProxySettings {
+        retry_budget: RetryBudgetSettings {
+            ratio: 0.0,
+            min_per_second: 0,
+        },
+        ..ProxySettings::default()
+    };
+    let policy = retry_on(&[503], 3);
+    let config = config_where(&[BACKEND], |a| a.retry = Some(policy));
+    let mut h = Harness::with_settings(config, settings);
+    h.client_sends("GET /app HTTP/1.1\r\nHost: h\r\n\r\n");
+    let backend = h.last_backend();
+    h.backend_sends(
+        backend,
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert!(h.client_got().starts_with("HTTP/1.1 503 "));
+    let snapshot = h.snapshot();
+    assert_eq!(
+        (snapshot.retries, snapshot.retries_budget_exhausted),
+        (0, 1)
+    );
+}
+
+#[test]
+fn a_route_request_timeout_answers_504_and_releases_the_backend() {
+    let timeouts = RouteTimeouts {
+        request: Some(Duration::from_millis(500)),
+        backend_request: None,
+    };
+    let mut h = Harness::with(config_where(&[BACKEND], |a| a.timeouts = timeouts));
+    h.client_sends("GET /app HTTP/1.1\r\nHost: h\r\n\r\n");
+    let backend = h.last_backend();
+    h.advance(499);
+    assert_eq!(h.client_got(), "");
+    h.advance(1);
+    assert!(h
+        .client_got()
+        .starts_with("HTTP/1.1 504 Gateway Timeout\r\n"));
+    assert_eq!(h.closed(backend), Some("rst"));
+    assert_eq!(h.failures(Cause::RequestTimeout), 1);
+}
+
+#[test]
+fn a_backend_request_timeout_is_retried_under_the_policy_on_a_new_connection() {
+    let mut h = Harness::with(config_where(&[BACKEND], |a| {
+        a.retry = Some(retry_on(&[], 1));
+        a.timeouts.backend_request = Some(Duration::from_millis(200));
+    }));
+    h.client_sends("GET /app HTTP/1.1\r\nHost: h\r\n\r\n");
+    let first = h.last_backend();
+    h.advance(200);
+    assert_eq!(h.closed(first), Some("rst"), "the slow attempt is let go");
+    assert_eq!(h.client_got(), "", "and the client waits for the next");
+    h.advance(100);
+    let second = h.last_backend();
+    assert_ne!(first, second);
+    assert!(h.io.take_output(second).starts_with("GET /app "));
+    h.backend_sends(second, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    assert!(h.client_got().starts_with("HTTP/1.1 200 OK"));
+    assert_eq!(h.failures(Cause::BackendRequestTimeout), 1);
+}
+
+#[test]
+fn a_reset_is_retried_under_the_policy_on_the_only_endpoint() {
+    let mut h = Harness::with(config_where(&[BACKEND], |a| {
+        a.retry = Some(retry_on(&[], 2))
+    }));
+    h.client_sends("POST /app HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\nx");
+    let first = h.last_backend();
+    assert!(h.io.take_output(first).starts_with("POST /app "));
+    h.fail_backend(first);
+    assert_eq!(h.client_got(), "");
+    h.advance(100);
+    let second = h.last_backend();
+    assert_ne!(first, second);
+    assert!(
+        h.io.take_output(second).ends_with("\r\n\r\nx"),
+        "a POST too, under a policy"
+    );
+    h.backend_sends(second, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    assert!(h.client_got().starts_with("HTTP/1.1 200 OK"));
 }

@@ -32,6 +32,11 @@ const CLAIMED: &[&str] = &[
     "Extended:HTTPRouteHostRewrite",
     "Extended:HTTPRoutePathRewrite",
     "Extended:HTTPRouteBackendProtocolH2C",
+    "Extended:HTTPRouteRequestTimeout",
+    "Extended:HTTPRouteBackendTimeout",
+    "Extended:HTTPRouteRetry",
+    "Extended:HTTPRouteRetryConnectionError",
+    "Extended:HTTPRouteRetryBackendTimeout",
 ];
 
 /// Consecutive passes a case needs (the Go harness's default).

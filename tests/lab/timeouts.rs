@@ -45,7 +45,7 @@ const SLACK: f64 = 1.0;
 const ALLOCATOR_RETURNS_AT_ONCE: &str = "_RJEM_MALLOC_CONF=dirty_decay_ms:0,muzzy_decay_ms:0";
 
 /// `rauta_timeouts_total` phases.
-const PHASES: [&str; 8] = rauta_dataplane::error::Phase::LABELS;
+const PHASES: [&str; 10] = rauta_dataplane::error::Phase::LABELS;
 
 /// A route whose backend does not exist: the gateway answers 500 itself.
 const NO_BACKEND: &str = "apiVersion: gateway.networking.k8s.io/v1

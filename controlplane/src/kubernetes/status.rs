@@ -11,12 +11,12 @@
 
 use super::Stores;
 use crate::verdict::{Check, ObjectRef, Verdicts};
-use gateway_api::gatewayclasses::{GatewayClass, GatewayClassStatus};
-use gateway_api::gateways::{
+use gateway_api::experimental::gatewayclasses::{GatewayClass, GatewayClassStatus};
+use gateway_api::experimental::gateways::{
     Gateway, GatewayStatus, GatewayStatusAddresses, GatewayStatusListeners,
     GatewayStatusListenersSupportedKinds,
 };
-use gateway_api::httproutes::{HttpRoute, HttpRouteStatus, HttpRouteStatusParents};
+use gateway_api::experimental::httproutes::{HttpRoute, HttpRouteStatus, HttpRouteStatusParents};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
 use kube::Client;

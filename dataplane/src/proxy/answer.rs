@@ -33,6 +33,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         tracing::debug!(%cause, ?route, "request failed");
         self.metrics.failure(cause);
         let status = cause.status();
+        request.pending = None;
         if let Some(leg) = request.attempt.take() {
             self.let_go_backend(io, leg.wire, true);
         }

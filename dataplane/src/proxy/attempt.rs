@@ -17,13 +17,23 @@
 //! - any other connection reset before an answer: an idempotent request
 //!   without a body (its head kept for this) on the next endpoint.
 //!
-//! Each request makes at most [`super::ProxySettings::max_attempts`].
-//! Anything else answers the client with the cause's status. An h2c
-//! attempt is a stream of the HTTP/2 layer's own pool, which reconnects by
-//! itself; its failures are not retried here.
+//! These go at once, up to [`super::ProxySettings::max_attempts`] in all.
+//!
+//! A route's `retry` (GEP-1731) adds more: an attempt that ends in one of
+//! its codes, a connection error or the route's backend request timeout
+//! goes again, to another endpoint when there is one, after the policy's
+//! back-off, up to its `attempts` retries. The request is kept for that,
+//! body included, up to [`super::ProxySettings::retry_buffer`]; a larger
+//! one is not retried. Every retry but the keep-alive race's is drawn from
+//! the worker's [`super::budget`].
+//!
+//! Anything else answers the client with the cause's status, or relays the
+//! last answer. An h2c attempt is a stream of the HTTP/2 layer's own pool,
+//! which reconnects by itself; its failures are not retried here.
 
+use super::body::BodyReader;
 use super::{Proxy, Transport, Wire};
-use crate::config::{Backend, BackendProtocol, RuleAction};
+use crate::config::{Backend, RuleAction};
 use crate::error::{Cause, Replay};
 use crate::metrics::{ProxyMetrics, StatusClass};
 use bytes::BytesMut;
@@ -89,7 +99,6 @@ impl Upstream {
 pub(super) struct Attempt<C> {
     pub wire: Wire<C>,
     pub endpoint: SocketAddr,
-    pub protocol: BackendProtocol,
     /// From the pool: may have been closed by the backend meanwhile.
     pub reused: bool,
     pub rx: BytesMut,
@@ -107,6 +116,8 @@ pub(super) struct Attempt<C> {
     pub heard: Instant,
     /// The last time bytes were written to the backend.
     pub sent: Instant,
+    /// The route's backend request timeout for this attempt.
+    pub deadline: Option<Instant>,
 }
 
 impl<C> Attempt<C> {
@@ -116,7 +127,6 @@ impl<C> Attempt<C> {
     pub fn new(
         wire: Wire<C>,
         endpoint: SocketAddr,
-        protocol: BackendProtocol,
         reused: bool,
         head: Vec<u8>,
         now: Instant,
@@ -125,7 +135,6 @@ impl<C> Attempt<C> {
             connected: reused || matches!(wire, Wire::Pipe(_)),
             wire,
             endpoint,
-            protocol,
             reused,
             rx: BytesMut::new(),
             tx: head,
@@ -134,15 +143,30 @@ impl<C> Attempt<C> {
             opened: now,
             heard: now,
             sent: now,
+            deadline: None,
         }
     }
 }
 
-/// What the next attempt sends, and where.
-struct Retry {
-    endpoint: SocketAddr,
+/// How an attempt ended, for the decision whether another follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum AttemptEnd {
+    /// It failed before an answer reached the client.
+    Failed(Cause),
+    /// The backend answered with this status (not yet relayed).
+    Answered(u16),
+}
+
+/// What the next attempt sends, where, and when.
+pub(super) struct Retry {
+    pub endpoint: SocketAddr,
     /// Everything of the request sent so far, as bytes for the socket.
     bytes: Vec<u8>,
+    /// Not before this (the route's back-off).
+    pub at: Instant,
+    /// A new connection, not one from the pool (the pooled one to this
+    /// endpoint went stale).
+    fresh: bool,
 }
 
 impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
@@ -185,23 +209,93 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
                 tracing::debug!(%endpoint, %cause, ?period, "endpoint ejected");
             }
         }
-        let Some(retry) = self.next_attempt(id, cause, now) else {
+        let Some(retry) = self.next_attempt(id, AttemptEnd::Failed(cause), now) else {
             self.fail_request(io, id, cause, now);
             return;
         };
         let request = self.exchanges[id].request.as_mut().expect("in flight");
         let old = request.attempt.take().expect("live attempt");
-        let protocol = old.protocol;
-        request.request_end = None;
-        request.attempts += 1;
         self.let_go_backend(io, old.wire, true);
         // Counted, as every failed attempt is; the client may not see it.
         self.metrics.failure(cause);
-        self.metrics.retry();
         tracing::debug!(%cause, from = %old.endpoint, to = %retry.endpoint, "another attempt");
+        self.schedule(io, id, retry, now);
+    }
+
+    /// The backend answered `status`, which the route's `retry` covers:
+    /// if the request may go again, drop this answer (the connection back
+    /// to the pool when its body is all here, else closed) and schedule
+    /// the next attempt. `false`: relay the answer.
+    pub(super) fn retry_answer<T: Transport<Conn = C>>(
+        &mut self,
+        io: &mut T,
+        id: usize,
+        status: u16,
+        reader: &mut BodyReader,
+        backend_keep_alive: bool,
+        now: Instant,
+    ) -> bool {
+        let Some(retry) = self.next_attempt(id, AttemptEnd::Answered(status), now) else {
+            return false;
+        };
+        let request = self.exchanges[id].request.as_mut().expect("in flight");
+        let mut old = request.attempt.take().expect("live attempt");
+        while let Ok(Some(_)) = reader.next_from_bytes(&mut old.rx, old.eof, usize::MAX, false) {}
+        let reusable = reader.is_done()
+            && backend_keep_alive
+            && old.rx.is_empty()
+            && !old.eof
+            && request.body.is_done();
+        tracing::debug!(status, from = %old.endpoint, to = %retry.endpoint, "answer retried");
+        self.release_backend(io, old, reusable, now);
+        self.schedule(io, id, retry, now);
+        true
+    }
+
+    /// The next attempt goes now, or waits for its back-off.
+    fn schedule<T: Transport<Conn = C>>(
+        &mut self,
+        io: &mut T,
+        id: usize,
+        retry: Retry,
+        now: Instant,
+    ) {
+        self.metrics.retry();
+        let request = self.exchanges[id].request.as_mut().expect("in flight");
+        request.request_end = None;
+        request.attempts = request.attempts.saturating_add(1);
+        if retry.at > now {
+            let at = retry.at;
+            request.pending = Some(retry);
+            self.arm(id, at);
+        } else {
+            self.start_retry(io, id, retry, now);
+        }
+    }
+
+    /// The waiting attempt's back-off is over: start it.
+    pub(super) fn start_pending<T: Transport<Conn = C>>(
+        &mut self,
+        io: &mut T,
+        id: usize,
+        now: Instant,
+    ) {
+        let request = self.exchanges[id].request.as_mut().expect("in flight");
+        if let Some(retry) = request.pending.take() {
+            self.start_retry(io, id, retry, now);
+        }
+    }
+
+    fn start_retry<T: Transport<Conn = C>>(
+        &mut self,
+        io: &mut T,
+        id: usize,
+        retry: Retry,
+        now: Instant,
+    ) {
         // Another endpoint: a pooled connection if there is one. The same
-        // one again (its pooled connection went stale): a new connection.
-        let conn = if retry.endpoint == old.endpoint {
+        // one again after a stale pooled connection: a new connection.
+        let conn = if retry.fresh {
             self.connect(io, id, retry.endpoint).map(|c| (c, false))
         } else {
             self.backend_conn(io, id, retry.endpoint)
@@ -210,63 +304,118 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             self.refuse(id, Cause::ConnectFailed);
             return;
         };
+        let deadline = self.backend_deadline(id, now);
         let request = self.exchanges[id].request.as_mut().expect("in flight");
         request.keep_for_replay(&retry.bytes, reused);
-        request.attempt = Some(Attempt::new(
-            Wire::Socket(conn),
-            retry.endpoint,
-            protocol,
-            reused,
-            retry.bytes,
-            now,
-        ));
+        let mut attempt =
+            Attempt::new(Wire::Socket(conn), retry.endpoint, reused, retry.bytes, now);
+        attempt.deadline = deadline;
+        request.attempt = Some(attempt);
     }
 
-    /// Where and what the next attempt after a failure for `cause` sends,
-    /// if there may be one. Takes what it needs from the request.
-    fn next_attempt(&mut self, id: usize, cause: Cause, now: Instant) -> Option<Retry> {
-        let limit = self.settings.max_attempts;
+    /// When an attempt starting now must have its whole answer: the
+    /// route's backend request timeout, armed.
+    pub(super) fn backend_deadline(&mut self, id: usize, now: Instant) -> Option<Instant> {
+        let request = self.exchanges[id].request.as_ref()?;
+        let at = now + request.upstream.as_ref()?.rule.timeouts.backend_request?;
+        self.arm(id, at);
+        Some(at)
+    }
+
+    /// Where, what and when the next attempt after `end` sends, if there
+    /// may be one. Takes what it needs from the request.
+    fn next_attempt(&mut self, id: usize, end: AttemptEnd, now: Instant) -> Option<Retry> {
         let request = self.exchanges[id].request.as_mut()?;
         let attempt = request.attempt.as_mut()?;
-        let replay = cause.replay();
-        if !matches!(attempt.wire, Wire::Socket(_))
-            || replay == Replay::Never
-            || request.attempts >= limit
-        {
+        if !matches!(attempt.wire, Wire::Socket(_)) {
             return None;
         }
-        let (bytes, same_endpoint) = if !attempt.connected && replay == Replay::Safe {
-            // Nothing reached the backend: what the socket never took is
-            // the whole request so far.
-            (std::mem::take(&mut attempt.tx), false)
-        } else if attempt.answered {
-            return None;
-        } else if attempt.reused {
-            // A pooled connection the backend closed while it sat idle: the
-            // request (no body, so still at hand) goes again on a new one —
-            // the retry a keep-alive race deserves.
-            (request.replay.take()?, true)
-        } else if request.method.is_idempotent() {
-            // Reset before any answer: an idempotent request without a
-            // body goes to another endpoint (this one is likely going).
-            (request.replay.take()?, false)
-        } else {
-            return None;
+        let policy = request
+            .upstream
+            .as_ref()
+            .and_then(|u| u.rule.retry.as_ref());
+        let retries = request.attempts.saturating_sub(1);
+        let by_policy = policy.filter(|p| {
+            retries < p.attempts
+                && match end {
+                    AttemptEnd::Answered(status) => p.retries_status(status),
+                    AttemptEnd::Failed(cause) => matches!(
+                        cause,
+                        Cause::ConnectFailed
+                            | Cause::ConnectRefused
+                            | Cause::ConnectTimeout
+                            | Cause::ResetBeforeResponse
+                            | Cause::BackendRequestTimeout
+                    ),
+                }
+        });
+        // The gateway's own retries: what no backend saw, the keep-alive
+        // race, an idempotent request reset before any answer.
+        let own = match end {
+            AttemptEnd::Failed(cause) if request.attempts < self.settings.max_attempts => {
+                match cause.replay() {
+                    Replay::Safe => !attempt.connected,
+                    Replay::IfIdempotent => {
+                        cause == Cause::ResetBeforeResponse
+                            && !attempt.answered
+                            && (attempt.reused || request.method.is_idempotent())
+                    }
+                    Replay::Never => false,
+                }
+            }
+            _ => false,
         };
-        if same_endpoint {
+        let keep_alive_race =
+            own && attempt.reused && end == AttemptEnd::Failed(Cause::ResetBeforeResponse);
+        if !own && by_policy.is_none() {
+            return None;
+        }
+        let nothing_sent = !attempt.connected
+            && matches!(end, AttemptEnd::Failed(c) if c.replay() == Replay::Safe);
+        if !nothing_sent && request.replay.is_none() {
+            return None;
+        }
+        if !keep_alive_race && !self.budget.withdraw(now) {
+            self.metrics.retry_budget_exhausted();
+            return None;
+        }
+        let at = match by_policy {
+            Some(policy) if !own => now + policy.backoff(retries + 1),
+            _ => now,
+        };
+        let bytes = if nothing_sent {
+            // What the socket never took is the whole request so far.
+            std::mem::take(&mut attempt.tx)
+        } else {
+            request.replay.take()?
+        };
+        if keep_alive_race {
+            // The request goes again on a new connection to the endpoint
+            // whose pooled one the backend closed while it sat idle.
             return Some(Retry {
                 endpoint: attempt.endpoint,
                 bytes,
+                at,
+                fresh: true,
             });
         }
         request.failed.push(attempt.endpoint);
         let endpoints = &request.upstream.as_ref()?.backend()?.endpoints;
-        // From the one after the failed endpoint, in rotation order.
+        // From the one after the failed endpoint, in rotation order; under
+        // a route's retry, one tried before if none is left.
         let after = endpoints
             .iter()
             .position(|&e| e == attempt.endpoint)
             .map_or(0, |i| i + 1);
-        let endpoint = self.health.pick(endpoints, after, &request.failed, now)?;
-        Some(Retry { endpoint, bytes })
+        let endpoint = self
+            .health
+            .pick(endpoints, after, &request.failed, now)
+            .or_else(|| by_policy.and_then(|_| self.health.pick(endpoints, after, &[], now)))?;
+        Some(Retry {
+            endpoint,
+            bytes,
+            at,
+            fresh: false,
+        })
     }
 }

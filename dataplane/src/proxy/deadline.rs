@@ -72,6 +72,16 @@ pub(super) fn overdue<C>(
             None => None,
         };
     };
+    // The route's own timeouts bound the whole response, body included.
+    if !matches!(request.response, ResponseState::Done) {
+        if request.deadline.is_some_and(|at| now >= at) {
+            return failed(Cause::RequestTimeout);
+        }
+        let attempt_due = request.attempt.as_ref().and_then(|a| a.deadline);
+        if attempt_due.is_some_and(|at| now >= at) {
+            return failed(Cause::BackendRequestTimeout);
+        }
+    }
     let body_open = !request.body.is_done();
     match (&request.response, &request.attempt) {
         (ResponseState::Head, Some(leg)) => {
@@ -148,8 +158,11 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         tracing::debug!(peer = %exchange.peer, %cause, "deadline expired");
         match &exchange.request {
             Some(request) if !matches!(request.response, ResponseState::Done) => {
-                if cause == Cause::ConnectTimeout {
-                    // On the next endpoint, if there is one to try.
+                let answering = matches!(request.response, ResponseState::Head);
+                let retriable = matches!(cause, Cause::ConnectTimeout)
+                    || (cause == Cause::BackendRequestTimeout && answering);
+                if retriable {
+                    // Another attempt, if the request may have one.
                     self.retry_or_fail(io, id, cause, now);
                 } else {
                     self.fail_request(io, id, cause, now);

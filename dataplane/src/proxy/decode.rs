@@ -6,7 +6,10 @@
 
 use super::body::{BodyReader, ReadError};
 use super::h1::{self, ClientFraming};
-use super::{read_event, room, write_event, InFlight, Proxy, Transport, Wire, HTTP2_PREFACE};
+use super::{
+    keep_body_for_replay, read_event, room, write_event, InFlight, Proxy, Transport, Wire,
+    HTTP2_PREFACE,
+};
 use crate::error::Cause;
 use crate::http1::{self, BodyFraming, HttpError, Version};
 use crate::http2::pipe::Message;
@@ -136,6 +139,8 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             }
             let max = match &request.attempt {
                 Some(leg) => room(&self.pipes, leg.wire, &leg.tx, cap),
+                // The next attempt waits for its back-off: so does the body.
+                None if request.pending.is_some() => 0,
                 // Answered locally: swallow the body so the next request
                 // can be read (the connection closes if it is not read).
                 None => usize::MAX,
@@ -166,6 +171,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             let Some(leg) = request.attempt.as_mut() else {
                 continue;
             };
+            let before = leg.tx.len();
             if write_event(
                 &mut self.pipes,
                 leg.wire,
@@ -177,6 +183,9 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             {
                 leg.eof = true;
                 break Ok(());
+            }
+            if request.replay.is_some() {
+                keep_body_for_replay(&mut request.replay, request.replay_limit, &leg.tx[before..]);
             }
         };
         match result {

@@ -131,15 +131,37 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         match request.response {
             ResponseState::Done => false,
             ResponseState::Head => {
+                // A route timeout due while the answer was on its way (its
+                // timer comes after this batch of events): the timeout wins.
+                let late = |at: Option<Instant>| at.is_some_and(|at| now >= at);
+                if late(request.deadline) {
+                    self.fail_request(io, id, Cause::RequestTimeout, now);
+                    return true;
+                }
+                if late(request.attempt.as_ref().and_then(|a| a.deadline)) {
+                    self.retry_or_fail(io, id, Cause::BackendRequestTimeout, now);
+                    return true;
+                }
                 let Answer {
                     mut response,
-                    reader,
+                    mut reader,
                     backend_keep_alive,
                 } = match self.response_head(io, id, now) {
                     Ok(Some(answer)) => answer,
                     Ok(None) => return false,
                     Err(()) => return true,
                 };
+                let status = response.head.status.as_u16();
+                let request = self.exchanges[id].request.as_mut().expect("in flight");
+                let policy = request
+                    .upstream
+                    .as_ref()
+                    .and_then(|u| u.rule.retry.as_ref());
+                if policy.is_some_and(|p| p.retries_status(status))
+                    && self.retry_answer(io, id, status, &mut reader, backend_keep_alive, now)
+                {
+                    return true;
+                }
                 let request = self.exchanges[id].request.as_mut().expect("in flight");
                 if let Some(attempt) = &request.attempt {
                     self.health.succeeded(attempt.endpoint);
@@ -147,7 +169,6 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
                 if let Some(upstream) = &request.upstream {
                     upstream.modify_response(&mut response.head.headers);
                 }
-                let status = response.head.status.as_u16();
                 self.metrics.response(StatusClass::of(status));
                 if let Some(upstream) = &request.upstream {
                     upstream.count_response(&self.metrics, status);

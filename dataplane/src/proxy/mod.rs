@@ -29,6 +29,7 @@
 mod answer;
 mod attempt;
 mod body;
+mod budget;
 mod deadline;
 mod decode;
 mod filters;
@@ -40,6 +41,8 @@ mod upstream;
 
 use attempt::{Attempt, Upstream};
 use body::{BodyReader, ReadError};
+use budget::RetryBudget;
+pub use budget::RetryBudgetSettings;
 pub use deadline::Deadlines;
 use deadline::{overdue, Overdue};
 use h1::{ClientFraming, Coding};
@@ -58,6 +61,8 @@ use bytes::BytesMut;
 use foldhash::{HashMap, HashMapExt};
 use http::Method;
 use slab::Slab;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::net::SocketAddr;
@@ -119,6 +124,10 @@ pub struct ProxySettings {
     /// refuses or times out a connection or resets one before answering
     /// (nginx's `proxy_next_upstream error timeout`, bounded).
     pub max_attempts: u8,
+    /// The most of a request (head and body) kept to send again under a
+    /// route's `retry`; a larger request is not retried.
+    pub retry_buffer: usize,
+    pub retry_budget: RetryBudgetSettings,
 }
 
 impl Default for ProxySettings {
@@ -130,6 +139,8 @@ impl Default for ProxySettings {
             pool_max_idle: 1024,
             buffer: 64 * 1024,
             max_attempts: 3,
+            retry_buffer: 64 * 1024,
+            retry_budget: RetryBudgetSettings::default(),
         }
     }
 }
@@ -214,10 +225,19 @@ struct InFlight<C> {
     attempts: u8,
     /// Endpoints this request failed on: another attempt avoids them.
     failed: Vec<SocketAddr>,
+    /// The next attempt, waiting for its back-off.
+    pending: Option<attempt::Retry>,
     response: ResponseState,
-    /// The request head as sent to the backend, kept while another
-    /// attempt could send it again ([`Self::keep_for_replay`]).
+    /// The request as sent to the backend (its head, and under a route's
+    /// `retry` its body so far), kept while another attempt could send it
+    /// again ([`Self::keep_for_replay`]).
     replay: Option<Vec<u8>>,
+    /// How much of a request is kept for replay: 0 keeps bodyless heads
+    /// only; a route's `retry` raises it to
+    /// [`ProxySettings::retry_buffer`], bodies included.
+    replay_limit: usize,
+    /// The route's request timeout, from the request head.
+    deadline: Option<Instant>,
     /// The last time request body bytes came from the client.
     body_moved: Instant,
     /// When the whole request reached the backend: the response head's
@@ -226,13 +246,28 @@ struct InFlight<C> {
 }
 
 impl<C> InFlight<C> {
-    /// Keep the request as `head` sends it while another attempt could
-    /// send it again: no body, and an idempotent method or a pooled
-    /// connection (which may turn out closed).
-    fn keep_for_replay(&mut self, head: &[u8], reused: bool) {
-        if self.body.is_done() && (reused || self.method.is_idempotent()) {
-            self.replay = Some(head.to_vec());
-        }
+    /// Keep the request as `sent` (its head, or all of it so far) while
+    /// another attempt could send it again: under a route's `retry`, any
+    /// request within the replay limit (the body is added as it goes);
+    /// else only one without a body, and with an idempotent method or on a
+    /// pooled connection (which may turn out closed).
+    fn keep_for_replay(&mut self, sent: &[u8], reused: bool) {
+        let keep = if self.replay_limit > 0 {
+            sent.len() <= self.replay_limit
+        } else {
+            self.body.is_done() && (reused || self.method.is_idempotent())
+        };
+        self.replay = keep.then(|| sent.to_vec());
+    }
+
+    /// Whether something of this request is due at `at`.
+    fn armed_at(&self, at: Instant) -> bool {
+        self.deadline == Some(at)
+            || self.pending.as_ref().is_some_and(|p| p.at == at)
+            || self
+                .attempt
+                .as_ref()
+                .is_some_and(|a| a.deadline == Some(at))
     }
 
     /// A request whose head just arrived, before any phase ran.
@@ -247,10 +282,26 @@ impl<C> InFlight<C> {
             attempt: None,
             attempts: 0,
             failed: Vec::new(),
+            pending: None,
             response: ResponseState::Head,
             replay: None,
+            replay_limit: 0,
+            deadline: None,
             body_moved: now,
             request_end: None,
+        }
+    }
+}
+
+/// Body bytes just sent to the backend: kept with the request in `replay`
+/// too, while `limit` allows (past it, nothing is kept: the request will
+/// not go again).
+fn keep_body_for_replay(replay: &mut Option<Vec<u8>>, limit: usize, bytes: &[u8]) {
+    if let Some(kept) = replay {
+        if limit > 0 && kept.len() + bytes.len() <= limit {
+            kept.extend_from_slice(bytes);
+        } else {
+            *replay = None;
         }
     }
 }
@@ -299,6 +350,11 @@ pub struct Proxy<C> {
     pub pipes: Pipes,
     cursors: Cursors,
     health: PassiveHealth,
+    budget: RetryBudget,
+    /// When an exchange has something due sooner than the next tick (a
+    /// retry's back-off, a route's timeout), earliest first. An entry may
+    /// be stale: what is due is checked when it comes up.
+    timers: BinaryHeap<Reverse<(Instant, usize)>>,
     scratch: Vec<u8>,
 }
 
@@ -329,6 +385,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         let scratch = vec![0; settings.buffer];
         Self {
             pipes: Pipes::new(settings.buffer),
+            budget: RetryBudget::new(settings.retry_budget),
             settings,
             config,
             metrics,
@@ -338,6 +395,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             handoffs: Vec::new(),
             cursors: Cursors::default(),
             health: PassiveHealth::default(),
+            timers: BinaryHeap::new(),
             scratch,
         }
     }
@@ -459,7 +517,16 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         };
         let action = matched.action;
         in_flight.upstream = Some(Upstream::new(action));
+        if action.retry.is_some() {
+            in_flight.replay_limit = self.settings.retry_buffer;
+        }
+        in_flight.deadline = action.timeouts.request.map(|t| in_flight.started + t);
+        let deadline = in_flight.deadline;
         exchange.request = Some(in_flight);
+        self.budget.request(now);
+        if let Some(at) = deadline {
+            self.arm(id, at);
+        }
         let (index, endpoint) = match self.cursors.select(&config, action, &self.health, now) {
             Ok(chosen) => chosen,
             Err(cause) => {
@@ -534,21 +601,75 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
     pub fn tick<T: Transport<Conn = C>>(&mut self, io: &mut T, now: Instant) {
         let ids: Vec<usize> = self.exchanges.iter().map(|(id, _)| id).collect();
         for id in ids {
-            let Some(exchange) = self.exchanges.get(id) else {
-                continue;
-            };
-            let backlog = self.client_backlog(exchange);
-            match overdue(exchange, backlog, &self.settings.deadlines, now) {
-                Some(Overdue::Idle) => {
-                    self.metrics.timeout(Phase::KeepAlive);
-                    self.close_exchange(io, id, false);
-                }
-                Some(Overdue::Failed(cause)) => self.expire(io, id, cause, now),
-                None => {}
-            }
+            self.check_due(io, id, now);
         }
+        self.run_timers(io, now);
         self.expire_idle_pool(io, now);
         self.health.expire(now);
+    }
+
+    /// When [`Self::run_timers`] has something to do next, if sooner than
+    /// the next tick matters: a driver sleeps no longer than this.
+    pub fn next_timer(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// What is due by `now` among the exchanges' own timers (retries
+    /// after their back-off, route timeouts), at the time it is due rather
+    /// than at the next tick.
+    pub fn run_timers<T: Transport<Conn = C>>(&mut self, io: &mut T, now: Instant) {
+        while let Some(&Reverse((at, id))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            self.check_due(io, id, now);
+        }
+    }
+
+    /// Have `run_timers` look at exchange `id` at `at`. Entries whose
+    /// exchange moved on are dropped once they outnumber the live ones, so
+    /// the heap stays the size of what is armed.
+    fn arm(&mut self, id: usize, at: Instant) {
+        self.timers.push(Reverse((at, id)));
+        if self.timers.len() > 4 * self.exchanges.len() + 64 {
+            let exchanges = &self.exchanges;
+            self.timers.retain(|&Reverse((at, id))| {
+                exchanges
+                    .get(id)
+                    .and_then(|e| e.request.as_ref())
+                    .is_some_and(|r| r.armed_at(at))
+            });
+        }
+    }
+
+    /// Start the exchange's waiting attempt if its back-off is over, and
+    /// end what has passed its deadline.
+    fn check_due<T: Transport<Conn = C>>(&mut self, io: &mut T, id: usize, now: Instant) {
+        let Some(exchange) = self.exchanges.get(id) else {
+            return;
+        };
+        let retry_due = exchange
+            .request
+            .as_ref()
+            .and_then(|r| r.pending.as_ref())
+            .is_some_and(|p| p.at <= now);
+        if retry_due {
+            self.start_pending(io, id, now);
+            self.drive(io, id, now);
+        }
+        let Some(exchange) = self.exchanges.get(id) else {
+            return;
+        };
+        let backlog = self.client_backlog(exchange);
+        match overdue(exchange, backlog, &self.settings.deadlines, now) {
+            Some(Overdue::Idle) => {
+                self.metrics.timeout(Phase::KeepAlive);
+                self.close_exchange(io, id, false);
+            }
+            Some(Overdue::Failed(cause)) => self.expire(io, id, cause, now),
+            None => {}
+        }
     }
 
     /// Close every client connection that has no request in flight and

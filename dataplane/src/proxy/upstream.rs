@@ -153,7 +153,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
                     BodyLength::None => BodyWriter::Nothing,
                     _ => BodyWriter::Events,
                 };
-                Attempt::new(Wire::Pipe(pipe), endpoint, protocol, false, Vec::new(), now)
+                Attempt::new(Wire::Pipe(pipe), endpoint, false, Vec::new(), now)
             }
             BackendProtocol::Http1 => {
                 let Some((conn, reused)) = self.backend_conn(io, id, endpoint) else {
@@ -165,9 +165,11 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
                 let in_flight = self.exchanges[id].request.as_mut().expect("in flight");
                 in_flight.body_writer = BodyWriter::of(coding);
                 in_flight.keep_for_replay(&head, reused);
-                Attempt::new(Wire::Socket(conn), endpoint, protocol, reused, head, now)
+                Attempt::new(Wire::Socket(conn), endpoint, reused, head, now)
             }
         };
+        let mut leg = leg;
+        leg.deadline = self.backend_deadline(id, now);
         let in_flight = self.exchanges[id].request.as_mut().expect("in flight");
         in_flight.attempt = Some(leg);
         in_flight.attempts += 1;
