@@ -93,7 +93,7 @@ impl Collector for ProxyCollector {
                 ConstCounter::new(*count).encode(family.encode_family(&labels)?)?;
             }
         }
-        let counters: [(&str, &str, u64); 11] = [
+        let counters: [(&str, &str, u64); 13] = [
             (
                 "rauta_connections",
                 "Client connections accepted",
@@ -118,6 +118,16 @@ impl Collector for ProxyCollector {
                 "rauta_upstream_retries_budget_exhausted",
                 "Retries not made because the retry budget was spent",
                 s.retries_budget_exhausted,
+            ),
+            (
+                "rauta_mirror_requests",
+                "Mirrored copies of requests sent (RequestMirror)",
+                s.mirrors,
+            ),
+            (
+                "rauta_mirror_requests_unsent",
+                "Mirrored copies not sent: the mirror backend had no ready endpoint",
+                s.mirrors_unsent,
             ),
             (
                 "rauta_upstream_ejections",

@@ -40,6 +40,9 @@ use tokio::net::{TcpListener, TcpStream};
 pub struct Identity {
     pub pod: String,
     pub namespace: String,
+    /// Print echo-basic's log line for every request echoed (the
+    /// conformance suite finds mirrored copies by it).
+    pub log_requests: bool,
 }
 
 impl Identity {
@@ -54,6 +57,7 @@ impl Identity {
         Self {
             pod,
             namespace: std::env::var("NAMESPACE").unwrap_or_default(),
+            log_requests: false,
         }
     }
 }
@@ -499,6 +503,9 @@ fn echo_json(
     fields: &[(String, Vec<u8>)],
     identity: &Identity,
 ) -> Echo {
+    if identity.log_requests {
+        println!("Echoing back request made to {target} to client");
+    }
     let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut host = String::new();
     let mut set_headers = Vec::new();
@@ -622,6 +629,7 @@ mod tests {
                 let identity = Identity {
                     pod: "echo-v1-abc".into(),
                     namespace: "gateway-conformance-infra".into(),
+                    log_requests: false,
                 };
                 let _ = serve(listener, identity).await;
             });

@@ -62,6 +62,10 @@ enum Command {
         /// and, to clients that open with the preface, h2c.
         #[arg(long, required = true)]
         listen: Vec<std::net::SocketAddr>,
+        /// Print echo-basic's line for every request echoed ("Echoing back
+        /// request made to PATH to client (PEER)"), as its logs show it.
+        #[arg(long)]
+        log_requests: bool,
     },
 }
 
@@ -574,8 +578,15 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Command::Echo { listen } => {
-            echo_server::run(&listen, echo_server::Identity::from_env())?;
+        Command::Echo {
+            listen,
+            log_requests,
+        } => {
+            let identity = echo_server::Identity {
+                log_requests,
+                ..echo_server::Identity::from_env()
+            };
+            echo_server::run(&listen, identity)?;
         }
         Command::EchoLoad(args) => {
             let line = echo_load::run(&echo_load::EchoLoad {

@@ -20,9 +20,9 @@ use gateway_api::experimental::gateways::{
 };
 use gateway_api::experimental::httproutes::{
     HttpRoute, HttpRouteParentRefs, HttpRouteRules, HttpRouteRulesBackendRefs,
-    HttpRouteRulesFilters, HttpRouteRulesFiltersRequestRedirectScheme as Scheme,
-    HttpRouteRulesFiltersType as FilterType, HttpRouteRulesMatches,
-    HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesPathType,
+    HttpRouteRulesBackendRefsFilters, HttpRouteRulesFilters,
+    HttpRouteRulesFiltersRequestRedirectScheme as Scheme, HttpRouteRulesFiltersType as FilterType,
+    HttpRouteRulesMatches, HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesPathType,
     HttpRouteRulesMatchesQueryParamsType, HttpRouteRulesRetry, HttpRouteRulesTimeouts,
 };
 use k8s_openapi::api::core::v1::Service;
@@ -30,12 +30,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use rauta_dataplane::config::{
     hostname_matches, Backend, BackendProtocol, Backends, GatewayConfig, HeaderModifier, Listener,
-    PathModifier, PortListeners, Redirect, RetryPolicy, RouteTimeouts, RuleAction, UrlRewrite,
+    Mirror, PathModifier, PortListeners, Redirect, RetryPolicy, RouteTimeouts, RuleAction,
+    UrlRewrite,
 };
 use rauta_dataplane::routes::{PathMatch, Route, RouteMatch, RouteTable, ValueMatch};
 use regex::Regex;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 
@@ -883,12 +885,34 @@ fn path_modifier(
     }
 }
 
+/// What a list of filters does (a rule's, or a backendRef's: the same
+/// schema).
+#[derive(Default)]
+struct Filters {
+    request_headers: HeaderModifier,
+    response_headers: HeaderModifier,
+    redirect: Option<Redirect>,
+    rewrite: Option<UrlRewrite>,
+    mirrors: Vec<MirrorRef>,
+    /// A filter Rauta does not carry out.
+    unsupported: Option<String>,
+}
+
+/// A RequestMirror before its backend is resolved.
+struct MirrorRef {
+    /// The field, for errors.
+    at: String,
+    backend_ref: HttpRouteRulesBackendRefs,
+    numerator: u32,
+    denominator: u32,
+}
+
 fn compile_filters(
     route: &Sourced<HttpRoute>,
     at: &str,
     filters: &[HttpRouteRulesFilters],
-    action: &mut RuleAction,
-) -> Result<(), CompileError> {
+) -> Result<Filters, CompileError> {
+    let mut action = Filters::default();
     for (index, filter) in filters.iter().enumerate() {
         let at = format!("{at}.filters[{index}]");
         let missing = || field_error(route, at.clone(), "filter type without its settings".into());
@@ -960,19 +984,74 @@ fn compile_filters(
                     }),
                 });
             }
-            FilterType::RequestMirror
-            | FilterType::ExtensionRef
-            | FilterType::Cors
-            | FilterType::ExternalAuth => {
+            FilterType::RequestMirror => {
+                let m = filter.request_mirror.as_ref().ok_or_else(missing)?;
+                let (numerator, denominator) = match (&m.percent, &m.fraction) {
+                    (Some(p), _) => (*p, 100),
+                    (None, Some(f)) => (f.numerator, f.denominator.unwrap_or(100)),
+                    (None, None) => (100, 100),
+                };
+                let share = u32::try_from(numerator)
+                    .ok()
+                    .zip(u32::try_from(denominator).ok())
+                    .filter(|&(n, d)| d > 0 && n <= d)
+                    .ok_or_else(|| {
+                        field_error(
+                            route,
+                            format!("{at}.requestMirror"),
+                            format!("{numerator}/{denominator} is not a share of requests"),
+                        )
+                    })?;
+                let backend_ref = serde_json::to_value(&m.backend_ref)
+                    .and_then(serde_json::from_value)
+                    .map_err(|e| {
+                        field_error(
+                            route,
+                            format!("{at}.requestMirror.backendRef"),
+                            e.to_string(),
+                        )
+                    })?;
+                action.mirrors.push(MirrorRef {
+                    at: format!("{at}.requestMirror.backendRef"),
+                    backend_ref,
+                    numerator: share.0,
+                    denominator: share.1,
+                });
+            }
+            FilterType::ExtensionRef | FilterType::Cors | FilterType::ExternalAuth => {
                 let kind = serde_json::to_value(&filter.r#type)
                     .ok()
                     .and_then(|v| v.as_str().map(str::to_owned))
                     .unwrap_or_default();
-                action.invalid = Some(format!("filter {kind} is not supported"));
+                action.unsupported = Some(format!("filter {kind} is not supported"));
             }
         }
     }
-    Ok(())
+    Ok(action)
+}
+
+/// `namespace/service:port`, the name metrics and logs give a backend.
+fn backend_name(route_ns: &str, backend_ref: &HttpRouteRulesBackendRefs) -> String {
+    format!(
+        "{}/{}:{}",
+        backend_ref.namespace.as_deref().unwrap_or(route_ns),
+        backend_ref.name,
+        backend_ref.port.unwrap_or_default()
+    )
+}
+
+/// A backendRef's filters, read as a rule's (the schema is the same).
+fn backend_filters(
+    route: &Sourced<HttpRoute>,
+    at: &str,
+    filters: &[HttpRouteRulesBackendRefsFilters],
+) -> Result<Filters, CompileError> {
+    let as_rule: Vec<HttpRouteRulesFilters> = filters
+        .iter()
+        .map(|f| serde_json::to_value(f).and_then(serde_json::from_value))
+        .collect::<Result<_, _>>()
+        .map_err(|e| field_error(route, format!("{at}.filters"), e.to_string()))?;
+    compile_filters(route, at, &as_rule)
 }
 
 /// A GEP-2257 duration; "0s" is `None` (no bound).
@@ -1079,12 +1158,36 @@ fn compile_rule(
         route: route_id.as_str().into(),
         ..RuleAction::default()
     };
-    compile_filters(
-        route,
-        &at,
-        rule.filters.as_deref().unwrap_or_default(),
-        &mut action,
-    )?;
+    let filters = compile_filters(route, &at, rule.filters.as_deref().unwrap_or_default())?;
+    action.request_headers = filters.request_headers;
+    action.response_headers = filters.response_headers;
+    action.redirect = filters.redirect;
+    action.rewrite = filters.rewrite;
+    action.invalid = filters.unsupported;
+    for mirror in filters.mirrors {
+        let name = backend_name(route_ns, &mirror.backend_ref);
+        match world.resolve(route_ns, &mirror.backend_ref) {
+            Ok((endpoints, protocol)) => {
+                let mut backend = Backend::new(name, 1, endpoints);
+                backend.protocol = protocol;
+                action.mirrors.push(Mirror {
+                    action: Arc::new(RuleAction {
+                        route: action.route.clone(),
+                        backends: Backends::new(vec![backend]),
+                        ..RuleAction::default()
+                    }),
+                    numerator: mirror.numerator,
+                    denominator: mirror.denominator,
+                });
+            }
+            // A mirror that does not resolve leaves the rule's own traffic
+            // alone: only the copies are lost.
+            Err(why) => warnings.push(format!(
+                "HTTPRoute {route_id} {}: {}; not mirrored",
+                mirror.at, why.message
+            )),
+        }
+    }
     action.timeouts = compile_timeouts(route, &at, rule.timeouts.as_ref())?;
     action.retry = rule
         .retry
@@ -1101,12 +1204,7 @@ fn compile_rule(
                 format!("{weight} is negative"),
             )
         })?;
-        let name = format!(
-            "{}/{}:{}",
-            backend_ref.namespace.as_deref().unwrap_or(route_ns),
-            backend_ref.name,
-            backend_ref.port.unwrap_or_default()
-        );
+        let name = backend_name(route_ns, backend_ref);
         let mut backend = match world.resolve(route_ns, backend_ref) {
             Ok((endpoints, protocol)) => {
                 let mut b = Backend::new(name, weight, endpoints);
@@ -1121,13 +1219,24 @@ fn compile_rule(
                 b
             }
         };
-        for filter in backend_ref.filters.iter().flatten() {
-            if let Some(m) = &filter.request_header_modifier {
-                backend.request_headers = modifier!(m);
-            }
-            if let Some(m) = &filter.response_header_modifier {
-                backend.response_headers = modifier!(m);
-            }
+        let filters = backend_filters(
+            route,
+            &format!("{at}.backendRefs[{i}]"),
+            backend_ref.filters.as_deref().unwrap_or_default(),
+        )?;
+        backend.request_headers = filters.request_headers;
+        backend.response_headers = filters.response_headers;
+        backend.redirect = filters.redirect;
+        backend.rewrite = filters.rewrite;
+        let unsupported = match filters.mirrors.is_empty() {
+            true => filters.unsupported,
+            false => Some("filter RequestMirror on a backendRef is not supported".to_owned()),
+        };
+        if let Some(why) = unsupported {
+            warnings.push(format!(
+                "HTTPRoute {route_id} {at}.backendRefs[{i}]: {why}; its requests get 500"
+            ));
+            backend.invalid.get_or_insert(why);
         }
         backends.push(backend);
     }

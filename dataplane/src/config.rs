@@ -113,9 +113,25 @@ pub struct RuleAction {
     pub retry: Option<RetryPolicy>,
     /// The rule's `timeouts`.
     pub timeouts: RouteTimeouts,
+    /// The rule's RequestMirror filters: copies of requests sent to other
+    /// backends, their answers dropped.
+    pub mirrors: Vec<Mirror>,
     /// Why the rule cannot be served (a filter we do not support): every
     /// request it matches gets 500.
     pub invalid: Option<String>,
+}
+
+/// A RequestMirror: a share of the rule's requests is also sent to one
+/// more backend, fire and forget.
+#[derive(Debug)]
+pub struct Mirror {
+    /// Where copies go: a rule of its own with the mirror's backend as its
+    /// only one (no filters, no retries), so a copy is an exchange like
+    /// any other.
+    pub action: Arc<RuleAction>,
+    /// Requests mirrored: `numerator` in `denominator` (`percent`: of 100).
+    pub numerator: u32,
+    pub denominator: u32,
 }
 
 /// HTTPRoute `retry` (GEP-1731): a request whose attempt ends in one of
@@ -344,8 +360,14 @@ pub struct Backend {
     pub request_headers: HeaderModifier,
     /// ResponseHeaderModifier on the backendRef itself.
     pub response_headers: HeaderModifier,
-    /// Why the reference does not resolve (kind, missing Service, no
-    /// ReferenceGrant): its share of requests gets 500.
+    /// URLRewrite on the backendRef itself, after the rule's.
+    pub rewrite: Option<UrlRewrite>,
+    /// RequestRedirect on the backendRef itself: requests that pick this
+    /// backend are answered with it.
+    pub redirect: Option<Redirect>,
+    /// Why the reference cannot be served (kind, missing Service, no
+    /// ReferenceGrant, a filter we do not support): its share of requests
+    /// gets 500.
     pub invalid: Option<String>,
     /// What its endpoints speak (the Service port's `appProtocol`).
     pub protocol: BackendProtocol,

@@ -42,7 +42,7 @@ pub struct Response {
 
 /// A piece of a body, in order; [`BodyEvent::End`] (or trailers, which
 /// end it too) comes last.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum BodyEvent {
     Data(Bytes),
     /// Trailer fields; the body is over.

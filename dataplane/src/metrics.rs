@@ -82,6 +82,9 @@ pub struct ProxyMetrics {
     ejections: AtomicU64,
     /// Retries the retry budget refused.
     retries_budget_exhausted: AtomicU64,
+    /// Mirrored copies sent, and not sent (no ready endpoint).
+    mirrors: AtomicU64,
+    mirrors_unsent: AtomicU64,
     /// HTTP/1.1 backend connections open, in use or pooled.
     backend_connections_open: AtomicI64,
     pool_idle: AtomicU64,
@@ -129,6 +132,8 @@ pub struct MetricsSnapshot {
     pub retries: u64,
     pub ejections: u64,
     pub retries_budget_exhausted: u64,
+    pub mirrors: u64,
+    pub mirrors_unsent: u64,
     pub backend_connections_open: i64,
     pub pool_idle: u64,
     pub errors: [u64; Cause::LABELS.len()],
@@ -213,6 +218,14 @@ impl ProxyMetrics {
         self.retries.fetch_add(1, Relaxed);
     }
 
+    /// A mirrored copy of a request was sent, or could not be.
+    pub fn mirror(&self, sent: bool) {
+        match sent {
+            true => self.mirrors.fetch_add(1, Relaxed),
+            false => self.mirrors_unsent.fetch_add(1, Relaxed),
+        };
+    }
+
     /// A retry the budget refused.
     pub fn retry_budget_exhausted(&self) {
         self.retries_budget_exhausted.fetch_add(1, Relaxed);
@@ -275,6 +288,8 @@ impl ProxyMetrics {
         into.retries += self.retries.load(Relaxed);
         into.ejections += self.ejections.load(Relaxed);
         into.retries_budget_exhausted += self.retries_budget_exhausted.load(Relaxed);
+        into.mirrors += self.mirrors.load(Relaxed);
+        into.mirrors_unsent += self.mirrors_unsent.load(Relaxed);
         into.pool_idle += self.pool_idle.load(Relaxed);
         into.backend_connections_open += self.backend_connections_open.load(Relaxed);
         for (sum, value) in into.errors.iter_mut().zip(&self.errors) {

@@ -37,6 +37,11 @@ const CLAIMED: &[&str] = &[
     "Extended:HTTPRouteRetry",
     "Extended:HTTPRouteRetryConnectionError",
     "Extended:HTTPRouteRetryBackendTimeout",
+    "Extended:HTTPRouteBackendRequestRedirect",
+    "Extended:HTTPRouteBackendURLRewrite",
+    "Extended:HTTPRouteRequestMirror",
+    "Extended:HTTPRouteRequestMultipleMirrors",
+    "Extended:HTTPRouteRequestPercentageMirror",
 ];
 
 /// Consecutive passes a case needs (the Go harness's default).
@@ -90,7 +95,7 @@ fn key(doc: &Value) -> (String, String, String) {
 /// An echo backend: one "pod" per app.
 struct Pod {
     address: Ipv4Addr,
-    _process: Process,
+    process: Process,
 }
 
 /// Start an echo pod for every `app` a Service selects.
@@ -110,17 +115,18 @@ fn start_pods(services: &[&Value]) -> HashMap<String, Pod> {
         let (listen, listen_h2c) = (format!("{address}:3000"), format!("{address}:3001"));
         let process = Process::spawn(
             Command::new(RAUTA)
-                .args(["echo", "--listen", &listen, "--listen", &listen_h2c])
+                .args([
+                    "echo",
+                    "--log-requests",
+                    "--listen",
+                    &listen,
+                    "--listen",
+                    &listen_h2c,
+                ])
                 .env("POD_NAME", format!("{app}-6f9c8d7b5c-x{index}k2p"))
                 .env("NAMESPACE", &namespace),
         );
-        pods.insert(
-            app,
-            Pod {
-                address,
-                _process: process,
-            },
-        );
+        pods.insert(app, Pod { address, process });
     }
     for pod in pods.values() {
         wait_listening(SocketAddr::from((pod.address, 3000)));
@@ -607,18 +613,143 @@ fn check_redirect(redirect: &Value, sent_path: &str, response: &Response) -> Res
     }
 }
 
-/// Substitute the placeholders of a path.
+/// Substitute the per-probe placeholder of a path (`{request_id}` is the
+/// case's: [`with_request_id`]).
 fn fill_path(path: &str) -> String {
     path.replace("{uuid}", &fresh_id())
-        .replace("{request_id}", &fresh_id())
+}
+
+/// `case` with every `{request_id}` placeholder (request and expected
+/// paths alike) set to `id`.
+fn with_request_id(case: &Value, id: &str) -> Value {
+    let text = case.to_string().replace("{request_id}", id);
+    serde_json::from_str(&text).expect("the case with its id is JSON")
+}
+
+/// The echo log line a backend prints for a request to `path`.
+fn echo_line(path: &str) -> String {
+    format!("Echoing back request made to {path} to client")
+}
+
+/// Echo log lines for `path` in `pod`'s output.
+fn logged(pod: &Pod, path: &str) -> usize {
+    let line = echo_line(path);
+    pod.process
+        .output()
+        .iter()
+        .filter(|l| l.contains(&line))
+        .count()
+}
+
+/// RequestMirror: every `mirrored_to` backend logged the request to
+/// `path` (copies arrive on their own time: waited for, a little).
+fn check_mirrored(case: &Value, path: &str, pods: &HashMap<String, Pod>) -> Result<(), String> {
+    for mirror in case["expect"]["mirrored_to"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let backend = mirror["backend"].as_str().unwrap_or_default();
+        let pod = pods
+            .get(backend)
+            .ok_or_else(|| format!("no pod for mirror backend {backend}"))?;
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while logged(pod, path) == 0 {
+            if Instant::now() > deadline {
+                return Err(format!("{backend} never saw the mirrored {path}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(())
+}
+
+/// A percentage mirror: `total_requests` with one request id, each
+/// answered as the case expects, and the mirror's copies within
+/// `tolerance_stddevs` of the share.
+fn check_mirror_distribution(
+    case: &Value,
+    target: SocketAddr,
+    host: &str,
+    pods: &HashMap<String, Pod>,
+) -> Result<(), String> {
+    let case = with_request_id(case, &fresh_id());
+    let spec = &case["expect"]["mirror_distribution"];
+    let total = spec["total_requests"].as_u64().unwrap_or(500) as usize;
+    let concurrency = spec["concurrency"].as_u64().unwrap_or(10) as usize;
+    let stddevs = spec["tolerance_stddevs"].as_f64().unwrap_or(3.0);
+    let path = spec["request_path"].as_str().unwrap_or("/").to_owned();
+    let mut probe = case.clone();
+    probe["request"]["path"] = Value::from(path.clone());
+    probe["expect"]["backend_request"]["path"] = spec["backend_request_path"].clone();
+    let failures: Vec<String> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..concurrency)
+            .map(|w| {
+                let (probe, path) = (&probe, &path);
+                scope.spawn(move || {
+                    (w..total)
+                        .step_by(concurrency)
+                        .filter_map(|_| {
+                            send(target, &probe["request"], host, path, &[])
+                                .and_then(|r| check(probe, path, &r))
+                                .err()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_default())
+            .collect()
+    });
+    if let Some(first) = failures.first() {
+        return Err(format!(
+            "{} of {total} requests failed: {first}",
+            failures.len()
+        ));
+    }
+    for mirror in case["expect"]["mirrored_to"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let backend = mirror["backend"].as_str().unwrap_or_default();
+        let pod = pods
+            .get(backend)
+            .ok_or_else(|| format!("no pod for mirror backend {backend}"))?;
+        let p = mirror["percent"].as_f64().unwrap_or(100.0) / 100.0;
+        let expected = total as f64 * p;
+        let spread = stddevs * (total as f64 * p * (1.0 - p)).sqrt();
+        // The copies trail their requests: let them land.
+        std::thread::sleep(Duration::from_millis(500));
+        let seen = logged(pod, &path) as f64;
+        if (seen - expected).abs() > spread {
+            return Err(format!(
+                "{backend} saw {seen} copies of {total} (expected {expected} ± {spread:.1})"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// One attempt at a case: the request(s) and their checks.
-fn attempt(case: &Value, target: SocketAddr, host: &str) -> Result<(), String> {
-    let expect = &case["expect"];
-    if expect["mirrored_to"].is_array() || expect["mirror_distribution"].is_object() {
-        return Err("request mirroring is not supported".into());
+fn attempt(
+    case: &Value,
+    target: SocketAddr,
+    host: &str,
+    pods: &HashMap<String, Pod>,
+) -> Result<(), String> {
+    if case["expect"]["mirror_distribution"].is_object() {
+        // First the request as the case sends it, then the share.
+        let mut first = case.clone();
+        first["expect"]["mirrored_to"] = Value::Null;
+        first["expect"]["mirror_distribution"] = Value::Null;
+        attempt(&first, target, host, pods)?;
+        return check_mirror_distribution(case, target, host, pods);
     }
+    let case = &with_request_id(case, &fresh_id());
+    let expect = &case["expect"];
     let request = &case["request"];
     match request["protocol"].as_str() {
         None => {}
@@ -637,6 +768,7 @@ fn attempt(case: &Value, target: SocketAddr, host: &str) -> Result<(), String> {
         let path = fill_path(request["path"].as_str().unwrap_or("/"));
         let response = send(target, request, host, &path, &[])?;
         check(case, &path, &response)?;
+        check_mirrored(case, &path, pods)?;
         if let Some(header) = expect["backend_equals_request_header"].as_str() {
             let echo: Value = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
             let values: Vec<Value> = echo["headers"]
@@ -835,7 +967,7 @@ fn run_test(
         let mut streak = 0;
         let mut last_error = String::new();
         while streak < CONSECUTIVE && Instant::now() < deadline {
-            match attempt(case, target, &host) {
+            match attempt(case, target, &host, pods) {
                 Ok(()) => streak += 1,
                 Err(e) => {
                     streak = 0;
@@ -843,7 +975,9 @@ fn run_test(
                     std::thread::sleep(Duration::from_millis(100));
                 }
             }
-            if case["expect"]["weights"].is_object() && streak > 0 {
+            let distribution = case["expect"]["weights"].is_object()
+                || case["expect"]["mirror_distribution"].is_object();
+            if distribution && streak > 0 {
                 // One distribution run is 500 requests: once is enough.
                 streak = CONSECUTIVE;
             }

@@ -295,7 +295,7 @@ impl<C: Copy + Eq + Hash> Http2<C> {
                         self.outbound
                             .service_pipe(net, pipes, pipe, endpoint, &self.wakes, metrics)
                     }
-                    None => {}
+                    Some(PipeKind::Mirror) | None => {}
                 },
             }
         }

@@ -6,6 +6,10 @@
 //! direction bounded in body bytes so a slow side holds the other back.
 //! Nothing on a pipe is serialised: the `h2` crate's heads and data frames
 //! pass through as they are.
+//!
+//! A mirrored copy of a request (RequestMirror) is a pipe too, with no
+//! HTTP/2 side: the core feeds it the body of the request it copies
+//! ([`Pipes::feed`]) and what it sends back is dropped.
 
 use crate::message::{BodyEvent, Request, Response};
 use slab::Slab;
@@ -46,6 +50,8 @@ pub enum PipeKind {
     Inbound,
     /// A request from the core to an h2c backend endpoint.
     Outbound { endpoint: SocketAddr },
+    /// A mirrored copy of a request: fed by the core, answers dropped.
+    Mirror,
 }
 
 /// A bounded queue of messages, one direction.
@@ -200,11 +206,14 @@ impl Pipes {
         self.pipes.get(id).is_none_or(|p| p.reset || p.released)
     }
 
-    /// Queue a message from the core.
+    /// Queue a message from the core (on a mirror's pipe: dropped).
     pub fn send(&mut self, id: usize, message: Message) -> Result<(), StreamGone> {
         let pipe = self.pipes.get_mut(id).ok_or(StreamGone)?;
         if pipe.reset || pipe.released {
             return Err(StreamGone);
+        }
+        if pipe.kind == PipeKind::Mirror {
+            return Ok(());
         }
         pipe.from_core.push(message);
         self.touched.push(id);
@@ -223,10 +232,24 @@ impl Pipes {
         self.pipes.get(id).map_or(0, |p| p.from_core.bytes())
     }
 
+    /// Give a mirror's pipe the next message of the request it copies;
+    /// `Err` when it holds more than its capacity already (the mirror
+    /// falls behind: the caller lets it go).
+    pub fn feed(&mut self, id: usize, message: Message) -> Result<(), StreamGone> {
+        let capacity = self.capacity;
+        let pipe = self.pipes.get_mut(id).ok_or(StreamGone)?;
+        if pipe.reset || pipe.to_core.bytes() > capacity {
+            return Err(StreamGone);
+        }
+        pipe.to_core.push(message);
+        self.ready.push(id);
+        Ok(())
+    }
+
     pub fn core_end(&mut self, id: usize, end: CoreEnd) {
         if let Some(pipe) = self.pipes.get_mut(id) {
             pipe.core = end;
-            if pipe.released {
+            if pipe.released || pipe.kind == PipeKind::Mirror {
                 self.pipes.remove(id);
             } else {
                 self.touched.push(id);

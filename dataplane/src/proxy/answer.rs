@@ -68,11 +68,14 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         body: &str,
         extra: &[(&'static str, String)],
     ) {
-        self.metrics.response(StatusClass::of(status));
         let exchange = &mut self.exchanges[id];
         let request = exchange.request.as_mut().expect("in flight");
-        if let Some(upstream) = &request.upstream {
-            upstream.count_response(&self.metrics, status);
+        // A mirrored copy's answer is nobody's response.
+        if !exchange.mirror {
+            self.metrics.response(StatusClass::of(status));
+            if let Some(upstream) = &request.upstream {
+                upstream.count_response(&self.metrics, status);
+            }
         }
         request.response = ResponseState::Done;
         let mut response = plain_response(status, body, extra);

@@ -6,6 +6,7 @@
 
 use super::body::{BodyReader, ReadError};
 use super::h1::{self, ClientFraming};
+use super::mirror::feed_mirrors;
 use super::{
     keep_body_for_replay, read_event, room, write_event, InFlight, Proxy, Transport, Wire,
     HTTP2_PREFACE,
@@ -168,6 +169,9 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             };
             progress = true;
             request.body_moved = now;
+            if !request.mirrors.is_empty() {
+                feed_mirrors(&mut self.pipes, &mut request.mirrors, &event);
+            }
             let Some(leg) = request.attempt.as_mut() else {
                 continue;
             };

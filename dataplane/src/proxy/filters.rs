@@ -26,7 +26,8 @@ pub(super) fn request_to_backend(
 ) {
     let action = matched.action;
     let head = &mut request.head;
-    if let Some(rewrite) = &action.rewrite {
+    // The rule's URLRewrite, then the backendRef's.
+    for rewrite in [&action.rewrite, &backend.rewrite].into_iter().flatten() {
         if let Some(h) = &rewrite.hostname {
             if let Ok(value) = HeaderValue::from_str(h) {
                 head.headers.insert(HOST, value);
@@ -40,7 +41,8 @@ pub(super) fn request_to_backend(
                 Err(error) => tracing::debug!(%error, "rewritten path is not a valid target"),
             }
         }
-    } else if !head.headers.contains_key(HOST) {
+    }
+    if !head.headers.contains_key(HOST) {
         if let Ok(value) = HeaderValue::from_str(host) {
             head.headers.insert(HOST, value);
         }

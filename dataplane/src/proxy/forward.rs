@@ -162,19 +162,24 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
                 {
                     return true;
                 }
-                let request = self.exchanges[id].request.as_mut().expect("in flight");
+                let exchange = &mut self.exchanges[id];
+                let mirror = exchange.mirror;
+                let request = exchange.request.as_mut().expect("in flight");
                 if let Some(attempt) = &request.attempt {
                     self.health.succeeded(attempt.endpoint);
                 }
                 if let Some(upstream) = &request.upstream {
                     upstream.modify_response(&mut response.head.headers);
                 }
-                self.metrics.response(StatusClass::of(status));
-                if let Some(upstream) = &request.upstream {
-                    upstream.count_response(&self.metrics, status);
+                // A mirrored copy's answer is nobody's response.
+                if !mirror {
+                    self.metrics.response(StatusClass::of(status));
+                    if let Some(upstream) = &request.upstream {
+                        upstream.count_response(&self.metrics, status);
+                    }
+                    self.metrics
+                        .observe_latency(now.duration_since(request.started));
                 }
-                self.metrics
-                    .observe_latency(now.duration_since(request.started));
                 request.replay = None;
                 let writer = self.send_response_head(id, response);
                 let request = self.exchanges[id].request.as_mut().expect("in flight");
@@ -310,6 +315,9 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             }
         }
         let request = exchange.request.take().expect("checked");
+        for pipe in &request.mirrors {
+            self.pipes.reset(*pipe);
+        }
         exchange.idle_since = now;
         // A pipelined request already waiting starts its head clock now.
         exchange.head_started = (!exchange.rx.is_empty()).then_some(now);

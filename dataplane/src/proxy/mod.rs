@@ -36,6 +36,7 @@ mod filters;
 mod forward;
 mod h1;
 mod health;
+mod mirror;
 mod route;
 mod upstream;
 
@@ -238,6 +239,8 @@ struct InFlight<C> {
     replay_limit: usize,
     /// The route's request timeout, from the request head.
     deadline: Option<Instant>,
+    /// Pipes of mirrored copies still to be fed this request's body.
+    mirrors: Vec<usize>,
     /// The last time request body bytes came from the client.
     body_moved: Instant,
     /// When the whole request reached the backend: the response head's
@@ -287,6 +290,7 @@ impl<C> InFlight<C> {
             replay: None,
             replay_limit: 0,
             deadline: None,
+            mirrors: Vec::new(),
             body_moved: now,
             request_end: None,
         }
@@ -320,6 +324,9 @@ struct Exchange<C> {
     /// A request was read: the connection speaks HTTP/1.x and is no longer
     /// a candidate for HTTP/2.
     served: bool,
+    /// A mirrored copy ([`mirror`]): nobody reads its answer, which
+    /// is not counted as a response.
+    mirror: bool,
     request: Option<InFlight<C>>,
     /// Since when the connection has had no request (keep-alive idle).
     idle_since: Instant,
@@ -355,6 +362,8 @@ pub struct Proxy<C> {
     /// retry's back-off, a route's timeout), earliest first. An entry may
     /// be stale: what is due is checked when it comes up.
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// The random draw of mirror shares.
+    rng: u64,
     scratch: Vec<u8>,
 }
 
@@ -396,6 +405,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             cursors: Cursors::default(),
             health: PassiveHealth::default(),
             timers: BinaryHeap::new(),
+            rng: 0x9e37_79b9_7f4a_7c15 ^ (std::process::id() as u64),
             scratch,
         }
     }
@@ -465,6 +475,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             eof: false,
             closing: is_stream,
             served: false,
+            mirror: false,
             request: None,
             idle_since: now,
             head_started: None,
@@ -535,6 +546,22 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             }
         };
         let backend = &action.backends.backends[index];
+        if let Some(redirect) = &backend.redirect {
+            // The backendRef's RequestRedirect answers for it.
+            let target = route::Target::of(&request.head.uri);
+            let port = self.exchanges[id].local_port;
+            let location = route::location(redirect, &target, &host, port, matched.prefix);
+            let status = redirect.status;
+            if let Some(upstream) = self.exchanges[id]
+                .request
+                .as_mut()
+                .and_then(|r| r.upstream.as_mut())
+            {
+                upstream.backend = Some(index);
+            }
+            self.local_response(id, status, "", &[("location", location)]);
+            return;
+        }
         let exchange = &mut self.exchanges[id];
         filters::request_to_backend(&mut request, &host, exchange.peer, &matched, backend);
         let in_flight = exchange.request.as_mut().expect("just set");
@@ -547,7 +574,13 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
                 .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
         }
         let protocol = backend.protocol;
-        drop(config);
+        if !action.mirrors.is_empty() {
+            let action = action.clone();
+            drop(config);
+            self.start_mirrors(io, id, &action.mirrors, &request, now);
+        } else {
+            drop(config);
+        }
         self.open_attempt(io, id, endpoint, protocol, request, now);
     }
 
@@ -919,6 +952,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
     }
 
     fn close_exchange<T: Transport<Conn = C>>(&mut self, io: &mut T, id: usize, abort: bool) {
+        self.drop_mirrors(id);
         let Some(exchange) = self.exchanges.try_remove(id) else {
             return;
         };

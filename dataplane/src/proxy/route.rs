@@ -3,7 +3,7 @@
 //! redirect (answered here), refuse, or forward. A pure function of the
 //! head and the table in force.
 
-use crate::config::{GatewayConfig, RuleAction};
+use crate::config::{GatewayConfig, Redirect, RuleAction};
 use crate::error::Cause;
 use crate::routes::{host_without_port, PathMatch, RequestView};
 use http::Uri;
@@ -88,30 +88,10 @@ pub(super) fn route<'a>(
         _ => None,
     };
     if let Some(redirect) = &action.redirect {
-        let scheme = redirect.scheme.as_deref().unwrap_or("http");
-        let hostname = redirect
-            .hostname
-            .clone()
-            .unwrap_or_else(|| host_without_port(host).to_owned());
-        let port = match (redirect.port, &redirect.scheme) {
-            (Some(p), _) => Some(p),
-            (None, Some(_)) => None,
-            (None, None) => Some(local_port),
-        };
-        let port = port.filter(|&p| !matches!((scheme, p), ("http", 80) | ("https", 443)));
-        let path = redirect
-            .path
-            .as_ref()
-            .map_or_else(|| target.path.to_owned(), |m| m.apply(target.path, prefix));
-        let mut location = format!("{scheme}://{hostname}");
-        if let Some(port) = port {
-            location.push_str(&format!(":{port}"));
-        }
-        location.push_str(&target.with_path(path));
         return Routed::Redirect {
             rule: action,
             status: redirect.status,
-            location,
+            location: location(redirect, &target, host, local_port, prefix),
         };
     }
     if let Some(why) = &action.invalid {
@@ -122,6 +102,39 @@ pub(super) fn route<'a>(
         };
     }
     Routed::Forward(Matched { action, prefix })
+}
+
+/// Where a RequestRedirect sends a request for `target` that came with
+/// Host `host` to `local_port` (`prefix`: the PathPrefix its rule
+/// matched).
+pub(super) fn location(
+    redirect: &Redirect,
+    target: &Target,
+    host: &str,
+    local_port: u16,
+    prefix: Option<&str>,
+) -> String {
+    let scheme = redirect.scheme.as_deref().unwrap_or("http");
+    let hostname = redirect
+        .hostname
+        .as_deref()
+        .unwrap_or_else(|| host_without_port(host));
+    let port = match (redirect.port, &redirect.scheme) {
+        (Some(p), _) => Some(p),
+        (None, Some(_)) => None,
+        (None, None) => Some(local_port),
+    };
+    let port = port.filter(|&p| !matches!((scheme, p), ("http", 80) | ("https", 443)));
+    let path = redirect
+        .path
+        .as_ref()
+        .map_or_else(|| target.path.to_owned(), |m| m.apply(target.path, prefix));
+    let mut location = format!("{scheme}://{hostname}");
+    if let Some(port) = port {
+        location.push_str(&format!(":{port}"));
+    }
+    location.push_str(&target.with_path(path));
+    location
 }
 
 /// Query parameters in order, percent-decoded (`+` stays as sent: the
