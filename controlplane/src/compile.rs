@@ -29,9 +29,9 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use rauta_dataplane::config::{
-    hostname_matches, Backend, BackendProtocol, Backends, GatewayConfig, HeaderModifier, Listener,
-    Mirror, PathModifier, PortListeners, Redirect, RetryPolicy, RouteTimeouts, RuleAction,
-    UrlRewrite,
+    hostname_matches, Backend, BackendProtocol, Backends, Cors, GatewayConfig, HeaderModifier,
+    Listener, Mirror, PathModifier, PortListeners, Redirect, RetryPolicy, RouteTimeouts,
+    RuleAction, UrlRewrite,
 };
 use rauta_dataplane::routes::{PathMatch, Route, RouteMatch, RouteTable, ValueMatch};
 use regex::Regex;
@@ -894,6 +894,7 @@ struct Filters {
     redirect: Option<Redirect>,
     rewrite: Option<UrlRewrite>,
     mirrors: Vec<MirrorRef>,
+    cors: Option<Cors>,
     /// A filter Rauta does not carry out.
     unsupported: Option<String>,
 }
@@ -1018,7 +1019,45 @@ fn compile_filters(
                     denominator: share.1,
                 });
             }
-            FilterType::ExtensionRef | FilterType::Cors | FilterType::ExternalAuth => {
+            FilterType::Cors => {
+                let c = filter.cors.as_ref().ok_or_else(missing)?;
+                let list = |l: &Option<Vec<String>>| l.clone().unwrap_or_default();
+                let max_age = match c.max_age {
+                    None => Cors::DEFAULT_MAX_AGE,
+                    Some(age) => u32::try_from(age).map_err(|_| {
+                        field_error(
+                            route,
+                            format!("{at}.cors.maxAge"),
+                            format!("{age} is negative"),
+                        )
+                    })?,
+                };
+                let cors = Cors {
+                    allow_origins: list(&c.allow_origins),
+                    allow_methods: list(&c.allow_methods),
+                    allow_headers: list(&c.allow_headers),
+                    expose_headers: list(&c.expose_headers),
+                    allow_credentials: c.allow_credentials.unwrap_or(false),
+                    max_age,
+                };
+                for (field, values) in [
+                    ("allowHeaders", &cors.allow_headers),
+                    ("exposeHeaders", &cors.expose_headers),
+                    ("allowMethods", &cors.allow_methods),
+                ] {
+                    if let Some(bad) = values.iter().find(|v| {
+                        v.as_str() != "*" && http::HeaderName::from_bytes(v.as_bytes()).is_err()
+                    }) {
+                        return Err(field_error(
+                            route,
+                            format!("{at}.cors.{field}"),
+                            format!("{bad:?} is not a field name or method"),
+                        ));
+                    }
+                }
+                action.cors = Some(cors);
+            }
+            FilterType::ExtensionRef | FilterType::ExternalAuth => {
                 let kind = serde_json::to_value(&filter.r#type)
                     .ok()
                     .and_then(|v| v.as_str().map(str::to_owned))
@@ -1164,6 +1203,7 @@ fn compile_rule(
     action.redirect = filters.redirect;
     action.rewrite = filters.rewrite;
     action.invalid = filters.unsupported;
+    action.cors = filters.cors;
     for mirror in filters.mirrors {
         let name = backend_name(route_ns, &mirror.backend_ref);
         match world.resolve(route_ns, &mirror.backend_ref) {
@@ -1228,9 +1268,12 @@ fn compile_rule(
         backend.response_headers = filters.response_headers;
         backend.redirect = filters.redirect;
         backend.rewrite = filters.rewrite;
-        let unsupported = match filters.mirrors.is_empty() {
-            true => filters.unsupported,
-            false => Some("filter RequestMirror on a backendRef is not supported".to_owned()),
+        let unsupported = if !filters.mirrors.is_empty() {
+            Some("filter RequestMirror on a backendRef is not supported".to_owned())
+        } else if filters.cors.is_some() {
+            Some("filter CORS on a backendRef is not supported".to_owned())
+        } else {
+            filters.unsupported
         };
         if let Some(why) = unsupported {
             warnings.push(format!(

@@ -116,9 +116,58 @@ pub struct RuleAction {
     /// The rule's RequestMirror filters: copies of requests sent to other
     /// backends, their answers dropped.
     pub mirrors: Vec<Mirror>,
+    /// The rule's CORS filter.
+    pub cors: Option<Cors>,
     /// Why the rule cannot be served (a filter we do not support): every
     /// request it matches gets 500.
     pub invalid: Option<String>,
+}
+
+/// An HTTPRoute CORS filter (HTTPCORSFilter): which cross-origin requests
+/// a rule's backends accept, answered for them (`proxy::cors`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cors {
+    /// `scheme://host[:port]`, the host perhaps starting with `*` (any
+    /// labels to its left), or `*` alone (any origin).
+    pub allow_origins: Vec<String>,
+    /// Methods, or `*` (any).
+    pub allow_methods: Vec<String>,
+    /// Request fields, or `*` (any).
+    pub allow_headers: Vec<String>,
+    pub expose_headers: Vec<String>,
+    pub allow_credentials: bool,
+    /// Seconds a preflight's answer may be cached.
+    pub max_age: u32,
+}
+
+impl Cors {
+    /// The Gateway API's default `maxAge`.
+    pub const DEFAULT_MAX_AGE: u32 = 5;
+
+    /// Whether `origin` (the request's `Origin`) is one allowed.
+    pub fn allows(&self, origin: &str) -> bool {
+        self.allow_origins.iter().any(|pattern| {
+            if pattern == "*" {
+                return true;
+            }
+            let (Some((scheme, host)), Some((o_scheme, o_host))) =
+                (pattern.split_once("://"), origin.split_once("://"))
+            else {
+                return false;
+            };
+            if !scheme.eq_ignore_ascii_case(o_scheme) {
+                return false;
+            }
+            match host.strip_prefix('*') {
+                Some(suffix) => {
+                    o_host.len() > suffix.len()
+                        && o_host.as_bytes()[o_host.len() - suffix.len()..]
+                            .eq_ignore_ascii_case(suffix.as_bytes())
+                }
+                None => host.eq_ignore_ascii_case(o_host),
+            }
+        })
+    }
 }
 
 /// A RequestMirror: a share of the rule's requests is also sent to one

@@ -4,8 +4,8 @@
 use arc_swap::ArcSwap;
 use rauta_dataplane::config::BackendProtocol;
 use rauta_dataplane::config::{
-    Backend, Backends, GatewayConfig, Listener, PortListeners, RetryPolicy, RouteTimeouts,
-    RuleAction,
+    Backend, Backends, Cors, GatewayConfig, Listener, Mirror, PortListeners, RetryPolicy,
+    RouteTimeouts, RuleAction,
 };
 use rauta_dataplane::error::Cause;
 use rauta_dataplane::http2::Http2Settings;
@@ -888,4 +888,140 @@ fn a_reset_is_retried_under_the_policy_on_the_only_endpoint() {
     );
     h.backend_sends(second, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
     assert!(h.client_got().starts_with("HTTP/1.1 200 OK"));
+}
+
+const MIRROR: &str = "10.0.0.9:8080";
+
+/// `/app` to [`BACKEND`], every request copied to [`MIRROR`].
+fn mirrored() -> GatewayConfig {
+    config_where(&[BACKEND], |a| {
+        a.mirrors.push(Mirror {
+            action: Arc::new(RuleAction {
+                route: "ns/route".into(),
+                backends: Backends::new(vec![Backend::new(
+                    "ns/mirror:80",
+                    1,
+                    vec![MIRROR.parse().unwrap()],
+                )]),
+                ..RuleAction::default()
+            }),
+            numerator: 1,
+            denominator: 1,
+        })
+    })
+}
+
+/// The backend connection opened to `to`.
+fn connection_to(h: &Harness, to: &str) -> u32 {
+    h.io.connects
+        .iter()
+        .find(|(_, addr)| addr.to_string() == to)
+        .map(|(conn, _)| *conn)
+        .unwrap_or_else(|| panic!("no connection to {to}"))
+}
+
+#[test]
+fn a_mirrored_request_reaches_the_mirror_body_and_all_and_its_answer_is_dropped() {
+    let mut h = Harness::with(mirrored());
+    h.client_sends("POST /app HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhel");
+    h.client_sends("lo");
+    let (main, copy) = (connection_to(&h, BACKEND), connection_to(&h, MIRROR));
+    let sent = h.io.take_output(main);
+    let copied = h.io.take_output(copy);
+    assert!(
+        sent.starts_with("POST /app ") && sent.ends_with("hello"),
+        "{sent:?}"
+    );
+    assert!(
+        copied.starts_with("POST /app ") && copied.ends_with("hello"),
+        "{copied:?}"
+    );
+    h.backend_sends(
+        copy,
+        "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 1\r\n\r\nx",
+    );
+    assert_eq!(h.client_got(), "", "the mirror's answer is nobody's");
+    h.backend_sends(main, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    assert_eq!(
+        h.client_got(),
+        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+    );
+    let snapshot = h.snapshot();
+    assert_eq!(snapshot.mirrors, 1);
+    assert_eq!(
+        snapshot.responses.iter().sum::<u64>(),
+        1,
+        "one response counted"
+    );
+}
+
+#[test]
+fn a_mirror_that_falls_behind_is_let_go_and_the_request_goes_on() {
+    let mut h = Harness::with(mirrored());
+    let body = 400 * 1024;
+    h.client_sends(&format!(
+        "POST /app HTTP/1.1\r\nHost: h\r\nContent-Length: {body}\r\n\r\n"
+    ));
+    let (main, copy) = (connection_to(&h, BACKEND), connection_to(&h, MIRROR));
+    h.io.conns.get_mut(&copy).unwrap().stalled = true;
+    let chunk = "x".repeat(16 * 1024);
+    let mut forwarded = h.io.take_output(main).len();
+    for _ in 0..body / chunk.len() {
+        h.client_sends(&chunk);
+        forwarded += h.io.take_output(main).len();
+        h.proxy.on_io(&mut h.io, main, h.now);
+        h.proxy.flush(&mut h.io, h.now);
+    }
+    forwarded += h.io.take_output(main).len();
+    assert!(
+        forwarded > body,
+        "the whole body went to the backend: {forwarded}"
+    );
+    assert_eq!(h.closed(copy), Some("rst"), "the stalled mirror was let go");
+    h.backend_sends(main, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    assert!(h.client_got().starts_with("HTTP/1.1 200 OK"));
+}
+
+#[test]
+fn a_cors_preflight_is_answered_by_the_gateway_and_an_actual_request_gets_its_fields() {
+    let cors = Cors {
+        allow_origins: vec!["https://*.example.com".into()],
+        allow_methods: vec!["*".into()],
+        allow_headers: vec!["x-a".into()],
+        expose_headers: vec![],
+        allow_credentials: true,
+        max_age: 60,
+    };
+    let mut h = Harness::with(config_where(&[BACKEND], |a| a.cors = Some(cors)));
+    h.client_sends(
+        "OPTIONS /app HTTP/1.1\r\nHost: h\r\nOrigin: https://web.example.com\r\n\
+         Access-Control-Request-Method: PUT\r\n\r\n",
+    );
+    let got = h.client_got();
+    assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+    for field in [
+        "access-control-allow-origin: https://web.example.com\r\n",
+        "access-control-allow-methods: PUT\r\n",
+        "access-control-allow-headers: x-a\r\n",
+        "access-control-allow-credentials: true\r\n",
+        "access-control-max-age: 60\r\n",
+    ] {
+        assert!(got.contains(field), "{field:?} missing: {got}");
+    }
+    assert!(h.io.connects.is_empty(), "no backend saw the preflight");
+    h.client_sends("GET /app HTTP/1.1\r\nHost: h\r\nOrigin: https://web.example.com\r\n\r\n");
+    let backend = h.last_backend();
+    h.backend_sends(backend, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    let got = h.client_got();
+    assert!(
+        got.contains("access-control-allow-origin: https://web.example.com\r\n"),
+        "{got}"
+    );
+    h.client_sends("GET /app HTTP/1.1\r\nHost: h\r\nOrigin: https://evil.test\r\n\r\n");
+    h.backend_sends(backend, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    let got = h.client_got();
+    assert!(
+        !got.contains("access-control"),
+        "no CORS fields for a stranger: {got}"
+    );
 }

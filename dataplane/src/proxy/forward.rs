@@ -4,7 +4,7 @@
 //! exchange's request.
 
 use super::body::{BodyReader, ReadError};
-use super::{h1, read_event, room, write_event, Proxy, ResponseState, Transport, Wire};
+use super::{cors, h1, read_event, room, write_event, Proxy, ResponseState, Transport, Wire};
 use crate::error::Cause;
 use crate::http1::{self, ResponseFraming};
 use crate::http2::pipe::Message;
@@ -170,6 +170,11 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
                 }
                 if let Some(upstream) = &request.upstream {
                     upstream.modify_response(&mut response.head.headers);
+                    if let (Some(cors), Some(origin)) =
+                        (&upstream.rule.cors, request.cors_origin.take())
+                    {
+                        cors::add_response_fields(cors, origin, &mut response.head.headers);
+                    }
                 }
                 // A mirrored copy's answer is nobody's response.
                 if !mirror {

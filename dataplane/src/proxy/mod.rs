@@ -30,6 +30,7 @@ mod answer;
 mod attempt;
 mod body;
 mod budget;
+mod cors;
 mod deadline;
 mod decode;
 mod filters;
@@ -241,6 +242,9 @@ struct InFlight<C> {
     deadline: Option<Instant>,
     /// Pipes of mirrored copies still to be fed this request's body.
     mirrors: Vec<usize>,
+    /// The request's `Origin`, when the rule's CORS filter allows it: the
+    /// response gets the CORS fields.
+    cors_origin: Option<http::HeaderValue>,
     /// The last time request body bytes came from the client.
     body_moved: Instant,
     /// When the whole request reached the backend: the response head's
@@ -291,6 +295,7 @@ impl<C> InFlight<C> {
             replay_limit: 0,
             deadline: None,
             mirrors: Vec::new(),
+            cors_origin: None,
             body_moved: now,
             request_end: None,
         }
@@ -509,14 +514,14 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             .to_owned();
         let matched = match route::route(&config, &request.head, &host, exchange.local_port) {
             Routed::Forward(matched) => matched,
-            Routed::Redirect {
+            Routed::Answer {
                 rule,
                 status,
-                location,
+                fields,
             } => {
                 in_flight.upstream = Some(Upstream::new(rule));
                 exchange.request = Some(in_flight);
-                self.local_response(id, status, "", &[("location", location)]);
+                self.local_response(id, status, "", &fields);
                 return;
             }
             Routed::Refused { rule, cause } => {
@@ -528,6 +533,9 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         };
         let action = matched.action;
         in_flight.upstream = Some(Upstream::new(action));
+        if let Some(cors) = &action.cors {
+            in_flight.cors_origin = cors::allowed_origin(cors, &request.head);
+        }
         if action.retry.is_some() {
             in_flight.replay_limit = self.settings.retry_buffer;
         }

@@ -3,6 +3,7 @@
 //! redirect (answered here), refuse, or forward. A pure function of the
 //! head and the table in force.
 
+use super::cors;
 use crate::config::{GatewayConfig, Redirect, RuleAction};
 use crate::error::Cause;
 use crate::routes::{host_without_port, PathMatch, RequestView};
@@ -36,11 +37,11 @@ impl<'h> Target<'h> {
 
 /// What the route phase decided.
 pub(super) enum Routed<'a> {
-    /// Answered here with the rule's RequestRedirect.
-    Redirect {
+    /// Answered here: the rule's RequestRedirect, or a CORS preflight.
+    Answer {
         rule: &'a Arc<RuleAction>,
         status: u16,
-        location: String,
+        fields: Vec<(&'static str, String)>,
     },
     /// Answered here with an error.
     Refused {
@@ -88,10 +89,20 @@ pub(super) fn route<'a>(
         _ => None,
     };
     if let Some(redirect) = &action.redirect {
-        return Routed::Redirect {
+        return Routed::Answer {
             rule: action,
             status: redirect.status,
-            location: location(redirect, &target, host, local_port, prefix),
+            fields: vec![(
+                "location",
+                location(redirect, &target, host, local_port, prefix),
+            )],
+        };
+    }
+    if let Some(cors) = action.cors.as_ref().filter(|_| cors::is_preflight(head)) {
+        return Routed::Answer {
+            rule: action,
+            status: 200,
+            fields: cors::preflight_fields(cors, head),
         };
     }
     if let Some(why) = &action.invalid {
