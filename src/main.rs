@@ -211,6 +211,14 @@ enum IoArg {
     Kernel,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BalanceArg {
+    /// Power of two random choices over latency × outstanding requests.
+    LeastRequest,
+    /// Each endpoint in turn.
+    RoundRobin,
+}
+
 #[derive(clap::Args)]
 struct RunArgs {
     /// Transport.
@@ -276,6 +284,9 @@ struct RunArgs {
     /// (idempotent requests without a body): each on the next endpoint.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..))]
     max_attempts: u8,
+    /// How each worker picks an endpoint among a backend's.
+    #[arg(long, value_enum, default_value_t = BalanceArg::LeastRequest)]
+    load_balancing: BalanceArg,
     /// Bytes of a request (head and body) kept to send it again under a
     /// route's `retry`; a larger request is not retried.
     #[arg(long, default_value_t = 64 * 1024)]
@@ -529,6 +540,12 @@ fn run(cli: Cli) -> Result<()> {
                     },
                     max_attempts: args.max_attempts,
                     retry_buffer: args.retry_buffer,
+                    load_balancing: match args.load_balancing {
+                        BalanceArg::LeastRequest => {
+                            rauta_dataplane::proxy::LoadBalancing::LeastRequest
+                        }
+                        BalanceArg::RoundRobin => rauta_dataplane::proxy::LoadBalancing::RoundRobin,
+                    },
                     retry_budget: rauta_dataplane::proxy::RetryBudgetSettings {
                         ratio: args.retry_budget_ratio.max(0.0),
                         min_per_second: args.retry_budget_min_per_second,

@@ -11,7 +11,7 @@ use rauta_dataplane::error::Cause;
 use rauta_dataplane::http2::Http2Settings;
 use rauta_dataplane::metrics::{MetricsSnapshot, ProxyMetrics};
 use rauta_dataplane::proxy::{
-    ConnectionGone, ProxySettings, ReadOutcome, RetryBudgetSettings, Transport,
+    ConnectionGone, LoadBalancing, ProxySettings, ReadOutcome, RetryBudgetSettings, Transport,
 };
 use rauta_dataplane::routes::{PathMatch, Route, RouteMatch, RouteTable};
 use rauta_dataplane::service::HttpService;
@@ -176,6 +176,16 @@ impl Harness {
 
     fn with(config: GatewayConfig) -> Self {
         Self::with_settings(config, ProxySettings::default())
+    }
+
+    /// Endpoints picked in turn (round robin), so a test knows which
+    /// comes next.
+    fn in_turn(config: GatewayConfig) -> Self {
+        let settings = ProxySettings {
+            load_balancing: LoadBalancing::RoundRobin,
+            ..ProxySettings::default()
+        };
+        Self::with_settings(config, settings)
     }
 
     fn with_settings(config: GatewayConfig, settings: ProxySettings) -> Self {
@@ -414,7 +424,7 @@ const THIRD: &str = "10.0.0.3:8080";
 
 #[test]
 fn a_refused_connect_is_tried_on_the_next_endpoint_and_the_client_never_notices() {
-    let mut h = Harness::with(config_with(&[BACKEND, SECOND, THIRD]));
+    let mut h = Harness::in_turn(config_with(&[BACKEND, SECOND, THIRD]));
     // Writes are not taken until a connection is up: nothing reaches a
     // backend that refuses.
     h.io.connects_hang = true;
@@ -442,7 +452,7 @@ fn a_refused_connect_is_tried_on_the_next_endpoint_and_the_client_never_notices(
 
 #[test]
 fn a_refusing_endpoint_leaves_the_rotation_until_its_ejection_ends() {
-    let mut h = Harness::with(config_with(&[BACKEND, SECOND]));
+    let mut h = Harness::in_turn(config_with(&[BACKEND, SECOND]));
     let ok = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
     h.io.connects_hang = true;
     h.client_sends("GET /app/1 HTTP/1.1\r\nHost: h\r\n\r\n");
@@ -487,7 +497,7 @@ fn a_refusing_endpoint_leaves_the_rotation_until_its_ejection_ends() {
 
 #[test]
 fn a_reset_before_any_answer_resends_a_get_to_the_next_endpoint_but_never_a_post() {
-    let mut h = Harness::with(config_with(&[BACKEND, SECOND]));
+    let mut h = Harness::in_turn(config_with(&[BACKEND, SECOND]));
     h.client_sends("GET /app HTTP/1.1\r\nHost: h\r\n\r\n");
     let (first, _) = h.last_connect();
     assert!(h.io.take_output(first).starts_with("GET /app "), "sent");
@@ -500,7 +510,7 @@ fn a_reset_before_any_answer_resends_a_get_to_the_next_endpoint_but_never_a_post
     assert_eq!(h.failures(Cause::ResetBeforeResponse), 1);
     assert_eq!(h.snapshot().ejections, 0, "a reset is no connect failure");
 
-    let mut h = Harness::with(config_with(&[BACKEND, SECOND]));
+    let mut h = Harness::in_turn(config_with(&[BACKEND, SECOND]));
     h.client_sends("POST /app HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\nx");
     let (first, _) = h.last_connect();
     assert!(h.io.take_output(first).starts_with("POST /app "), "sent");
@@ -517,7 +527,7 @@ fn a_reset_before_any_answer_resends_a_get_to_the_next_endpoint_but_never_a_post
 
 #[test]
 fn every_endpoint_refusing_is_502_after_each_was_tried_once() {
-    let mut h = Harness::with(config_with(&[BACKEND, SECOND]));
+    let mut h = Harness::in_turn(config_with(&[BACKEND, SECOND]));
     h.io.connects_hang = true;
     h.client_sends("GET /app HTTP/1.1\r\nHost: h\r\n\r\n");
     let (first, _) = h.last_connect();
@@ -532,7 +542,7 @@ fn every_endpoint_refusing_is_502_after_each_was_tried_once() {
 
 #[test]
 fn a_connect_timeout_moves_on_to_the_next_endpoint() {
-    let mut h = Harness::with(config_with(&[BACKEND, SECOND]));
+    let mut h = Harness::in_turn(config_with(&[BACKEND, SECOND]));
     h.io.connects_hang = true;
     h.client_sends("GET /app HTTP/1.1\r\nHost: h\r\n\r\n");
     let (first, _) = h.last_connect();
@@ -1024,4 +1034,23 @@ fn a_cors_preflight_is_answered_by_the_gateway_and_an_actual_request_gets_its_fi
         !got.contains("access-control"),
         "no CORS fields for a stranger: {got}"
     );
+}
+
+#[test]
+fn least_request_sends_new_requests_away_from_a_busy_endpoint() {
+    let mut h = Harness::with(config_with(&[BACKEND, SECOND]));
+    // The first request stays unanswered: its endpoint has one outstanding.
+    h.client_sends("GET /app HTTP/1.1\r\nHost: h\r\n\r\n");
+    let (_, busy) = h.last_connect();
+    // Every other client goes to the idle endpoint (the two are always
+    // the two drawn, and the idle one is cheaper).
+    for n in 0..8 {
+        h.another_client(
+            &format!("192.0.2.9:{}", 41000 + n),
+            "GET /app HTTP/1.1\r\nHost: h\r\n\r\n",
+        );
+        let (conn, to) = h.last_connect();
+        assert_ne!(to, busy, "request {n} went to the busy endpoint");
+        h.backend_sends(conn, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    }
 }

@@ -35,6 +35,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         let status = cause.status();
         request.pending = None;
         if let Some(leg) = request.attempt.take() {
+            self.load.end(leg.endpoint);
             self.let_go_backend(io, leg.wire, true);
         }
         let exchange = &mut self.exchanges[id];

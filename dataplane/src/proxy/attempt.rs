@@ -31,6 +31,7 @@
 //! last answer. An h2c attempt is a stream of the HTTP/2 layer's own pool,
 //! which reconnects by itself; its failures are not retried here.
 
+use super::balance::LoadBalancing;
 use super::body::BodyReader;
 use super::{Proxy, Transport, Wire};
 use crate::config::{Backend, RuleAction};
@@ -215,6 +216,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         };
         let request = self.exchanges[id].request.as_mut().expect("in flight");
         let old = request.attempt.take().expect("live attempt");
+        self.load.end(old.endpoint);
         self.let_go_backend(io, old.wire, true);
         // Counted, as every failed attempt is; the client may not see it.
         self.metrics.failure(cause);
@@ -311,6 +313,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             Attempt::new(Wire::Socket(conn), retry.endpoint, reused, retry.bytes, now);
         attempt.deadline = deadline;
         request.attempt = Some(attempt);
+        self.load.begin(retry.endpoint, now);
     }
 
     /// When an attempt starting now must have its whole answer: the
@@ -407,10 +410,13 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             .iter()
             .position(|&e| e == attempt.endpoint)
             .map_or(0, |i| i + 1);
-        let endpoint = self
-            .health
-            .pick(endpoints, after, &request.failed, now)
-            .or_else(|| by_policy.and_then(|_| self.health.pick(endpoints, after, &[], now)))?;
+        let (health, load) = (&self.health, &mut self.load);
+        let policy = self.settings.load_balancing;
+        let mut pick = |avoid: &[SocketAddr]| match policy {
+            LoadBalancing::RoundRobin => health.pick(endpoints, after, avoid, now),
+            LoadBalancing::LeastRequest => load.pick(health, endpoints, avoid, now),
+        };
+        let endpoint = pick(&request.failed).or_else(|| by_policy.and_then(|_| pick(&[])))?;
         Some(Retry {
             endpoint,
             bytes,

@@ -167,6 +167,8 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
                 let request = exchange.request.as_mut().expect("in flight");
                 if let Some(attempt) = &request.attempt {
                     self.health.succeeded(attempt.endpoint);
+                    let latency = now.saturating_duration_since(attempt.opened);
+                    self.load.observe(attempt.endpoint, latency, now);
                 }
                 if let Some(upstream) = &request.upstream {
                     upstream.modify_response(&mut response.head.headers);

@@ -69,7 +69,15 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         now: Instant,
     ) -> Option<usize> {
         let config = self.config.load();
-        let Ok((index, endpoint)) = self.cursors.select(&config, action, &self.health, now) else {
+        let selected = self.cursors.select(
+            &config,
+            action,
+            &self.health,
+            &mut self.load,
+            self.settings.load_balancing,
+            now,
+        );
+        let Ok((index, endpoint)) = selected else {
             self.metrics.mirror(false);
             return None;
         };
@@ -124,13 +132,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         if numerator >= denominator {
             return true;
         }
-        // xorshift64: enough to spread copies; nothing depends on it.
-        let mut x = self.rng;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.rng = x;
-        (x % u64::from(denominator)) < u64::from(numerator)
+        (self.load.draw(denominator as usize) as u32) < numerator
     }
 }
 

@@ -28,6 +28,7 @@
 
 mod answer;
 mod attempt;
+mod balance;
 mod body;
 mod budget;
 mod cors;
@@ -42,6 +43,8 @@ mod route;
 mod upstream;
 
 use attempt::{Attempt, Upstream};
+use balance::Load;
+pub use balance::LoadBalancing;
 use body::{BodyReader, ReadError};
 use budget::RetryBudget;
 pub use budget::RetryBudgetSettings;
@@ -130,6 +133,8 @@ pub struct ProxySettings {
     /// route's `retry`; a larger request is not retried.
     pub retry_buffer: usize,
     pub retry_budget: RetryBudgetSettings,
+    /// How an endpoint is picked among a backend's.
+    pub load_balancing: LoadBalancing,
 }
 
 impl Default for ProxySettings {
@@ -143,6 +148,7 @@ impl Default for ProxySettings {
             max_attempts: 3,
             retry_buffer: 64 * 1024,
             retry_budget: RetryBudgetSettings::default(),
+            load_balancing: LoadBalancing::default(),
         }
     }
 }
@@ -367,8 +373,8 @@ pub struct Proxy<C> {
     /// retry's back-off, a route's timeout), earliest first. An entry may
     /// be stale: what is due is checked when it comes up.
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
-    /// The random draw of mirror shares.
-    rng: u64,
+    /// Outstanding requests and latency per endpoint; the random draws.
+    load: Load,
     scratch: Vec<u8>,
 }
 
@@ -410,7 +416,8 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             cursors: Cursors::default(),
             health: PassiveHealth::default(),
             timers: BinaryHeap::new(),
-            rng: 0x9e37_79b9_7f4a_7c15 ^ (std::process::id() as u64),
+            // Workers draw differently: seeded by where each lives.
+            load: Load::new(0x9e37_79b9_7f4a_7c15 ^ (&scratch as *const Vec<u8> as u64)),
             scratch,
         }
     }
@@ -546,7 +553,15 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         if let Some(at) = deadline {
             self.arm(id, at);
         }
-        let (index, endpoint) = match self.cursors.select(&config, action, &self.health, now) {
+        let selected = self.cursors.select(
+            &config,
+            action,
+            &self.health,
+            &mut self.load,
+            self.settings.load_balancing,
+            now,
+        );
+        let (index, endpoint) = match selected {
             Ok(chosen) => chosen,
             Err(cause) => {
                 self.refuse(id, cause);
@@ -647,6 +662,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         self.run_timers(io, now);
         self.expire_idle_pool(io, now);
         self.health.expire(now);
+        self.load.expire(now);
     }
 
     /// When [`Self::run_timers`] has something to do next, if sooner than
@@ -973,6 +989,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         }
         let is_stream = exchange.is_stream();
         if let Some(leg) = exchange.request.and_then(|r| r.attempt) {
+            self.load.end(leg.endpoint);
             self.let_go_backend(io, leg.wire, true);
         }
         if !is_stream {

@@ -2,6 +2,7 @@
 //! positions, the keep-alive pool per endpoint and protocol, and connect
 //! (what follows a failed attempt is [`super::attempt`]'s).
 
+use super::balance::{Load, LoadBalancing};
 use super::h1;
 use super::health::PassiveHealth;
 use super::{Attempt, BodyWriter, Proxy, ReadOutcome, Role, Transport, Wire};
@@ -41,6 +42,8 @@ impl Cursors {
         config: &GatewayConfig,
         action: &RuleAction,
         health: &PassiveHealth,
+        load: &mut Load,
+        policy: LoadBalancing,
         now: Instant,
     ) -> Result<(usize, SocketAddr), Cause> {
         let turn = self.turn(config, &action.backends);
@@ -52,11 +55,15 @@ impl Cursors {
         if backend.invalid.is_some() {
             return Err(Cause::BackendNotResolved);
         }
-        let turn = self.turn(config, backend);
-        // This worker's rotation, past the endpoints it has ejected.
-        let endpoint = health
-            .pick(&backend.endpoints, turn, &[], now)
-            .ok_or(Cause::NoReadyEndpoint)?;
+        let endpoint = match policy {
+            LoadBalancing::LeastRequest => load.pick(health, &backend.endpoints, &[], now),
+            // This worker's rotation, past the endpoints it has ejected.
+            LoadBalancing::RoundRobin => {
+                let turn = self.turn(config, backend);
+                health.pick(&backend.endpoints, turn, &[], now)
+            }
+        }
+        .ok_or(Cause::NoReadyEndpoint)?;
         Ok((index, endpoint))
     }
 
@@ -170,6 +177,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         };
         let mut leg = leg;
         leg.deadline = self.backend_deadline(id, now);
+        self.load.begin(endpoint, now);
         let in_flight = self.exchanges[id].request.as_mut().expect("in flight");
         in_flight.attempt = Some(leg);
         in_flight.attempts += 1;
@@ -216,11 +224,13 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         now: Instant,
     ) {
         let Wire::Socket(conn) = leg.wire else {
+            self.load.end(leg.endpoint);
             // The HTTP/2 layer cancels the stream if its request was not
             // all sent.
             self.let_go_backend(io, leg.wire, false);
             return;
         };
+        self.load.end(leg.endpoint);
         let idle = self.pool.entry(leg.endpoint).or_default();
         if reusable && leg.tx.is_empty() && idle.len() < self.settings.pool_max_idle {
             self.roles.insert(leg.wire, Role::Idle(leg.endpoint));

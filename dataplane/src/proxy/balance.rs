@@ -1,0 +1,205 @@
+//! Endpoint selection by load: power of two choices over least outstanding
+//! requests weighted by each endpoint's latency (a peak EWMA), as Linkerd
+//! and Envoy's LEAST_REQUEST do; round robin stays an option.
+//!
+//! Two endpoints are drawn at random among those a request may use and the
+//! cheaper one wins: cost = latency × (requests outstanding + 1). An
+//! endpoint that slows down or piles up requests loses most draws at once,
+//! without a global view: every worker keeps its own counts and latencies
+//! (nothing is shared between cores).
+
+use super::health::PassiveHealth;
+use foldhash::{HashMap, HashMapExt};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// How a worker picks an endpoint among a backend's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LoadBalancing {
+    /// Power of two choices over latency × outstanding requests.
+    #[default]
+    LeastRequest,
+    /// Each endpoint in turn.
+    RoundRobin,
+}
+
+/// The latency an endpoint is assumed to have before its first answer.
+const DEFAULT_LATENCY: Duration = Duration::from_millis(1);
+/// How fast the average forgets: after this long, an old figure weighs
+/// 1/e (Linkerd's peak-EWMA decay).
+const DECAY: Duration = Duration::from_secs(10);
+
+/// What this worker knows of one endpoint's load.
+#[derive(Debug)]
+struct EndpointLoad {
+    outstanding: u32,
+    /// Seconds.
+    latency: f64,
+    updated: Instant,
+}
+
+/// This worker's load figures, per endpoint.
+#[derive(Debug)]
+pub(super) struct Load {
+    endpoints: HashMap<SocketAddr, EndpointLoad>,
+    /// xorshift64 state for the draws.
+    rng: u64,
+}
+
+impl Load {
+    pub fn new(seed: u64) -> Self {
+        Self {
+            endpoints: HashMap::new(),
+            rng: seed | 1,
+        }
+    }
+
+    fn entry(&mut self, endpoint: SocketAddr, now: Instant) -> &mut EndpointLoad {
+        self.endpoints.entry(endpoint).or_insert(EndpointLoad {
+            outstanding: 0,
+            latency: DEFAULT_LATENCY.as_secs_f64(),
+            updated: now,
+        })
+    }
+
+    /// An attempt at `endpoint` began.
+    pub fn begin(&mut self, endpoint: SocketAddr, now: Instant) {
+        self.entry(endpoint, now).outstanding += 1;
+    }
+
+    /// An attempt at `endpoint` ended (answered, failed or let go).
+    pub fn end(&mut self, endpoint: SocketAddr) {
+        if let Some(load) = self.endpoints.get_mut(&endpoint) {
+            load.outstanding = load.outstanding.saturating_sub(1);
+        }
+    }
+
+    /// `endpoint` answered `latency` after the attempt began: a rise is
+    /// taken at once (the peak), a fall decays in over [`DECAY`].
+    pub fn observe(&mut self, endpoint: SocketAddr, latency: Duration, now: Instant) {
+        let load = self.entry(endpoint, now);
+        let sample = latency.as_secs_f64();
+        if sample > load.latency {
+            load.latency = sample;
+        } else {
+            let elapsed = now.saturating_duration_since(load.updated).as_secs_f64();
+            let keep = (-elapsed / DECAY.as_secs_f64()).exp();
+            load.latency = load.latency * keep + sample * (1.0 - keep);
+        }
+        load.updated = now;
+    }
+
+    fn cost(&self, endpoint: SocketAddr) -> f64 {
+        self.endpoints
+            .get(&endpoint)
+            .map_or(DEFAULT_LATENCY.as_secs_f64(), |l| {
+                l.latency * f64::from(l.outstanding + 1)
+            })
+    }
+
+    /// A random number below `n` (n > 0).
+    pub fn draw(&mut self, n: usize) -> usize {
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng = x;
+        (x % n as u64) as usize
+    }
+
+    /// The cheaper of two endpoints drawn among `endpoints` that are
+    /// neither in `avoid` nor ejected; when the draw finds none usable,
+    /// the health's own scan (which falls back to ejected ones).
+    pub fn pick(
+        &mut self,
+        health: &PassiveHealth,
+        endpoints: &[SocketAddr],
+        avoid: &[SocketAddr],
+        now: Instant,
+    ) -> Option<SocketAddr> {
+        let n = endpoints.len();
+        if n == 0 {
+            return None;
+        }
+        let first = self.draw(n);
+        let second = if n > 1 {
+            (first + 1 + self.draw(n - 1)) % n
+        } else {
+            first
+        };
+        let usable = |e: &SocketAddr| !avoid.contains(e) && !health.is_ejected(*e, now);
+        match (endpoints[first], endpoints[second]) {
+            (a, b) if usable(&a) && usable(&b) => {
+                Some(if self.cost(b) < self.cost(a) { b } else { a })
+            }
+            (a, _) if usable(&a) => Some(a),
+            (_, b) if usable(&b) => Some(b),
+            _ => health.pick(endpoints, first, avoid, now),
+        }
+    }
+
+    /// Forget endpoints with nothing outstanding and no news for a while
+    /// (gone from the configuration, most likely).
+    pub fn expire(&mut self, now: Instant) {
+        self.endpoints.retain(|_, l| {
+            l.outstanding > 0 || now.saturating_duration_since(l.updated) < 6 * DECAY
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoints(n: u8) -> Vec<SocketAddr> {
+        (1..=n)
+            .map(|i| SocketAddr::from(([10, 0, 0, i], 80)))
+            .collect()
+    }
+
+    #[test]
+    fn a_slow_endpoint_loses_most_draws() {
+        let all = endpoints(3);
+        let health = PassiveHealth::default();
+        let mut load = Load::new(7);
+        let now = Instant::now();
+        load.observe(all[0], Duration::from_millis(1), now);
+        load.observe(all[1], Duration::from_millis(1), now);
+        load.observe(all[2], Duration::from_millis(21), now);
+        let mut slow = 0;
+        for _ in 0..3000 {
+            if load.pick(&health, &all, &[], now) == Some(all[2]) {
+                slow += 1;
+            }
+        }
+        // Every draw pairs it with a faster one: while those are idle it
+        // is never picked.
+        assert_eq!(slow, 0);
+    }
+
+    #[test]
+    fn outstanding_requests_spread_the_load() {
+        let all = endpoints(2);
+        let health = PassiveHealth::default();
+        let mut load = Load::new(3);
+        let now = Instant::now();
+        for _ in 0..100 {
+            let e = load.pick(&health, &all, &[], now).unwrap();
+            load.begin(e, now);
+        }
+        let counts: Vec<u32> = all.iter().map(|e| load.endpoints[e].outstanding).collect();
+        assert!(counts.iter().all(|&c| (49..=51).contains(&c)), "{counts:?}");
+    }
+
+    #[test]
+    fn avoided_and_ejected_endpoints_are_not_picked() {
+        let all = endpoints(3);
+        let mut health = PassiveHealth::default();
+        let now = Instant::now();
+        health.connect_failed(all[0], &all, now);
+        let mut load = Load::new(11);
+        for _ in 0..100 {
+            assert_eq!(load.pick(&health, &all, &[all[1]], now), Some(all[2]));
+        }
+    }
+}
