@@ -483,6 +483,20 @@ fn describe_route(
                 "matches": matches,
                 "backends": backends,
                 "redirect": action.redirect.as_ref().map(|r| r.status),
+                "retry": action.retry.as_ref().map(|r| serde_json::json!({
+                    "codes": r.codes,
+                    "attempts": r.attempts,
+                    "backoff_ms": r.backoff.as_millis() as u64,
+                })),
+                "timeouts_ms": {
+                    "request": action.timeouts.request.map(|t| t.as_millis() as u64),
+                    "backend_request": action.timeouts.backend_request.map(|t| t.as_millis() as u64),
+                },
+                "mirrors": action.mirrors.iter().map(|m| serde_json::json!({
+                    "backend": m.action.backends.backends.first().map(|b| &*b.name),
+                    "share": format!("{}/{}", m.numerator, m.denominator),
+                })).collect::<Vec<_>>(),
+                "cors": action.cors.is_some(),
                 "invalid": action.invalid,
             })
         })
