@@ -83,7 +83,9 @@ impl Load {
             load.latency = sample;
         } else {
             let elapsed = now.saturating_duration_since(load.updated).as_secs_f64();
-            let keep = (-elapsed / DECAY.as_secs_f64()).exp();
+            // e^-x by 1/(1+x): the same decay where it matters (samples
+            // close together), without a libm call per response.
+            let keep = 1.0 / (1.0 + elapsed / DECAY.as_secs_f64());
             load.latency = load.latency * keep + sample * (1.0 - keep);
         }
         load.updated = now;
@@ -118,15 +120,12 @@ impl Load {
         now: Instant,
     ) -> Option<SocketAddr> {
         let n = endpoints.len();
-        if n == 0 {
-            return None;
+        if n < 2 {
+            // Nothing to weigh (most backends in a lab, many in a cluster).
+            return health.pick(endpoints, 0, avoid, now);
         }
         let first = self.draw(n);
-        let second = if n > 1 {
-            (first + 1 + self.draw(n - 1)) % n
-        } else {
-            first
-        };
+        let second = (first + 1 + self.draw(n - 1)) % n;
         let usable = |e: &SocketAddr| !avoid.contains(e) && !health.is_ejected(*e, now);
         match (endpoints[first], endpoints[second]) {
             (a, b) if usable(&a) && usable(&b) => {
