@@ -1054,3 +1054,33 @@ fn least_request_sends_new_requests_away_from_a_busy_endpoint() {
         h.backend_sends(conn, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
     }
 }
+
+#[test]
+fn five_5xx_answers_in_a_row_eject_an_endpoint() {
+    let mut h = Harness::in_turn(config_with(&[BACKEND, SECOND]));
+    let mut seen = Vec::new();
+    for n in 0..14 {
+        h.client_sends(&format!("GET /app/{n} HTTP/1.1\r\nHost: h\r\n\r\n"));
+        // The connection that got this request, and where it goes.
+        let (conn, to) =
+            h.io.connects
+                .iter()
+                .map(|&(c, to)| (c, to.to_string()))
+                .find(|(c, _)| !h.io.conns[c].outbox.is_empty())
+                .expect("the request went out");
+        h.io.take_output(conn);
+        let answer = if to == BACKEND {
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n"
+        } else {
+            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+        };
+        h.backend_sends(conn, answer);
+        h.client_got();
+        seen.push(to);
+    }
+    // In turn until the fifth 503 (the ninth request), then only SECOND.
+    let failing = seen.iter().filter(|to| *to == BACKEND).count();
+    assert_eq!(failing, 5, "{seen:?}");
+    assert!(seen[9..].iter().all(|to| to == SECOND), "{seen:?}");
+    assert_eq!(h.snapshot().ejections, 1);
+}

@@ -197,15 +197,29 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         cause: Cause,
         now: Instant,
     ) {
-        if matches!(cause, Cause::ConnectRefused | Cause::ConnectTimeout) {
+        let ejecting = matches!(
+            cause,
+            Cause::ConnectRefused | Cause::ConnectTimeout | Cause::ResetBeforeResponse
+        );
+        if ejecting {
             let request = self.exchanges[id].request.as_ref().expect("in flight");
-            let endpoint = request.attempt.as_ref().expect("live attempt").endpoint;
+            let attempt = request.attempt.as_ref().expect("live attempt");
+            let endpoint = attempt.endpoint;
             let peers = request
                 .upstream
                 .as_ref()
                 .and_then(Upstream::backend)
                 .map_or(&[][..], |b| &b.endpoints[..]);
-            if let Some(period) = self.health.connect_failed(endpoint, peers, now) {
+            let ejected = if cause == Cause::ResetBeforeResponse {
+                // Not a pooled connection the backend closed while idle:
+                // that is the keep-alive race, no sign of ill health.
+                (!attempt.reused)
+                    .then(|| self.health.answered(endpoint, None, peers, now))
+                    .flatten()
+            } else {
+                self.health.connect_failed(endpoint, peers, now)
+            };
+            if let Some(period) = ejected {
                 self.metrics.ejection();
                 tracing::debug!(%endpoint, %cause, ?period, "endpoint ejected");
             }

@@ -166,7 +166,15 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
                 let mirror = exchange.mirror;
                 let request = exchange.request.as_mut().expect("in flight");
                 if let Some(attempt) = &request.attempt {
-                    self.health.succeeded(attempt.endpoint);
+                    let peers = request.upstream.as_ref().and_then(|u| u.backend());
+                    let peers = peers.map_or(&[][..], |b| &b.endpoints[..]);
+                    if let Some(period) =
+                        self.health
+                            .answered(attempt.endpoint, Some(status), peers, now)
+                    {
+                        self.metrics.ejection();
+                        tracing::debug!(endpoint = %attempt.endpoint, status, ?period, "endpoint ejected");
+                    }
                     let latency = now.saturating_duration_since(attempt.opened);
                     self.load.observe(attempt.endpoint, latency, now);
                 }

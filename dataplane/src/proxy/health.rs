@@ -3,7 +3,9 @@
 //! ejection), so a killed pod costs one failed connect per worker and
 //! ejection period instead of one per request sent its way.
 //!
-//! As nginx's `max_fails=1`: one connect failure ejects. The period starts
+//! As nginx's `max_fails=1`: one connect failure ejects; so do
+//! [`CONSECUTIVE_ERRORS`] answers in a row that are 5xx or resets before
+//! any answer (Envoy's `consecutive_5xx`). The period starts
 //! at [`BASE_EJECTION`] and doubles with each ejection that follows without
 //! a success in between, up to [`MAX_EJECTION`]; a response from the
 //! endpoint clears its record. Ejection never takes out more than half of a
@@ -17,6 +19,10 @@ use foldhash::{HashMap, HashMapExt};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+/// 5xx answers (or resets before an answer) in a row that eject an
+/// endpoint (Envoy's `consecutive_5xx` default).
+pub(super) const CONSECUTIVE_ERRORS: u32 = 5;
+
 /// The first ejection's length.
 pub(super) const BASE_EJECTION: Duration = Duration::from_secs(1);
 /// The longest an ejection lasts.
@@ -29,6 +35,8 @@ struct Record {
     ejections: u32,
     /// Out of the rotation until then.
     until: Instant,
+    /// 5xx answers or resets in a row since its last other answer.
+    errors: u32,
 }
 
 /// This worker's view of its endpoints' health.
@@ -55,6 +63,45 @@ impl PassiveHealth {
         endpoints: &[SocketAddr],
         now: Instant,
     ) -> Option<Duration> {
+        self.eject(endpoint, endpoints, now)
+    }
+
+    /// `endpoint` answered `status`, or (`None`) reset the connection
+    /// before any answer: a 5xx or a reset counts toward an ejection, any
+    /// other answer clears its record. Returns the ejection's length, if
+    /// this made one.
+    pub fn answered(
+        &mut self,
+        endpoint: SocketAddr,
+        status: Option<u16>,
+        endpoints: &[SocketAddr],
+        now: Instant,
+    ) -> Option<Duration> {
+        if status.is_some_and(|s| s < 500) {
+            self.succeeded(endpoint);
+            return None;
+        }
+        let record = self.records.entry(endpoint).or_insert(Record {
+            ejections: 0,
+            until: now,
+            errors: 0,
+        });
+        record.errors += 1;
+        if record.errors < CONSECUTIVE_ERRORS {
+            return None;
+        }
+        record.errors = 0;
+        self.eject(endpoint, endpoints, now)
+    }
+
+    /// Eject `endpoint`, one of `endpoints`, unless that would take out
+    /// more than half of them (one may always go).
+    fn eject(
+        &mut self,
+        endpoint: SocketAddr,
+        endpoints: &[SocketAddr],
+        now: Instant,
+    ) -> Option<Duration> {
         let others = endpoints
             .iter()
             .filter(|&&e| e != endpoint && self.is_ejected(e, now))
@@ -65,6 +112,7 @@ impl PassiveHealth {
         let record = self.records.entry(endpoint).or_insert(Record {
             ejections: 0,
             until: now,
+            errors: 0,
         });
         let doublings = record.ejections.min(5);
         record.ejections += 1;
