@@ -26,6 +26,7 @@ use gateway_api::experimental::httproutes::{
     HttpRouteRulesMatchesQueryParamsType, HttpRouteRulesRetry, HttpRouteRulesTimeouts,
 };
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointConditions;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use rauta_dataplane::config::{
@@ -674,7 +675,11 @@ impl<'m> World<'m> {
             Some("kubernetes.io/h2c") => BackendProtocol::H2c,
             _ => BackendProtocol::Http1,
         };
+        // Ready endpoints; when none is left, those still serving while
+        // they terminate (KEP-1669: a rollout's last pods finish the
+        // traffic rather than it failing).
         let mut endpoints = Vec::new();
+        let mut terminating = Vec::new();
         for slice in self.slices.get(&(ns, name.as_str())).into_iter().flatten() {
             // The slice's port of the same name carries the target port.
             let slice_port = slice.ports.iter().flatten().find(|p| {
@@ -689,10 +694,19 @@ impl<'m> World<'m> {
                 continue;
             };
             for endpoint in &slice.endpoints {
-                if endpoint.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
-                    continue;
-                }
-                endpoints.extend(
+                let conditions = endpoint.conditions.as_ref();
+                let condition =
+                    |get: fn(&EndpointConditions) -> Option<bool>| conditions.and_then(get);
+                let is_terminating = condition(|c| c.terminating) == Some(true);
+                // Unset `ready` is ready; unset `serving` follows `ready`.
+                let ready = condition(|c| c.ready) != Some(false) && !is_terminating;
+                let serving = condition(|c| c.serving.or(c.ready)) != Some(false);
+                let into = match (ready, is_terminating && serving) {
+                    (true, _) => &mut endpoints,
+                    (false, true) => &mut terminating,
+                    (false, false) => continue,
+                };
+                into.extend(
                     endpoint
                         .addresses
                         .iter()
@@ -700,6 +714,9 @@ impl<'m> World<'m> {
                         .map(|ip| SocketAddr::new(ip, target)),
                 );
             }
+        }
+        if endpoints.is_empty() {
+            endpoints = terminating;
         }
         Ok((endpoints, protocol))
     }
@@ -1341,6 +1358,8 @@ endpoints:
 - addresses: [198.18.0.20]
 - addresses: [198.18.0.21]
   conditions: {ready: false}
+- addresses: [198.18.0.22]
+  conditions: {ready: false, serving: true, terminating: true}
 ";
 
     fn compiled(extra: &str) -> Result<Compiled, String> {
@@ -1386,6 +1405,58 @@ spec:
         let any = port.select("bar.com").unwrap();
         assert!(any.routes.lookup(&view("bar.com")).is_some());
         assert!(any.routes.lookup(&view("baz.com")).is_none());
+    }
+
+    #[test]
+    fn terminating_endpoints_serve_only_when_no_ready_one_is_left() {
+        let c = compiled(
+            "apiVersion: v1
+kind: Service
+metadata: {name: going, namespace: infra}
+spec:
+  ports: [{name: http, port: 8080, targetPort: 3000}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: going-1, namespace: infra, labels: {kubernetes.io/service-name: going}}
+addressType: IPv4
+ports: [{name: http, port: 3000}]
+endpoints:
+- addresses: [198.18.0.30]
+  conditions: {ready: false, serving: true, terminating: true}
+- addresses: [198.18.0.31]
+  conditions: {ready: false, serving: false, terminating: true}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: infra}
+spec:
+  parentRefs: [{name: gw, sectionName: http}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /web}}]
+    backendRefs: [{name: web, port: 8080}]
+  - matches: [{path: {type: PathPrefix, value: /going}}]
+    backendRefs: [{name: going, port: 8080}]
+",
+        )
+        .unwrap();
+        let listener = c.config.ports[&80].select("any.host").unwrap();
+        let endpoints = |path| {
+            let view = rauta_dataplane::routes::RequestView {
+                host: "any.host",
+                method: "GET",
+                path,
+                query: &[],
+                headers: Box::leak(Box::default()),
+            };
+            let action = listener.routes.lookup(&view).unwrap();
+            action.backends.pick(0).unwrap().endpoints.clone()
+        };
+        let addr = |a: &str| -> SocketAddr { a.parse().unwrap() };
+        // web: a ready one (.20); its terminating .22 gets nothing new.
+        assert_eq!(endpoints("/web/x"), vec![addr("198.18.0.20:3000")]);
+        // going: only terminating ones; the one still serving takes it.
+        assert_eq!(endpoints("/going/x"), vec![addr("198.18.0.30:3000")]);
     }
 
     #[test]
