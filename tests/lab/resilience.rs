@@ -1,7 +1,8 @@
 //! Lab tests of backends failing under load (root): a Service with two
 //! endpoints, one SIGKILLed while wrk runs. A killed pod's kernel closes its
 //! connections and refuses new ones; the gateway must send what was bound
-//! for it to the other endpoint without the client seeing a failure.
+//! for it to the other endpoint without the client seeing a failure. And a
+//! route's retry and timeouts, held on each transport's own loop.
 
 use crate::common::serial;
 use crate::gateway::{metric, wrk_counts, GatewayLab, Io};
@@ -119,4 +120,84 @@ fn an_endpoint_killed_under_load_fails_at_most_1_in_10000_on_xdp() {
 #[test]
 fn an_endpoint_killed_under_load_fails_at_most_1_in_10000_on_kernel() {
     endpoint_killed_under_load(Io::Kernel, "rtr-b");
+}
+
+/// `/retry/...` to the lab's echo-v1 (the echo server's retry simulator
+/// lives under that path): 503s and connection errors retried twice, no
+/// attempt longer than 300 ms, no request longer than 800 ms.
+const RETRIED: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: retried, namespace: default}
+spec:
+  parentRefs:
+  - name: lab
+  rules:
+  - matches:
+    - path: {type: PathPrefix, value: /retry}
+    retry: {codes: [503], attempts: 2, backoff: 25ms}
+    timeouts: {request: 800ms, backendRequest: 300ms}
+    backendRefs:
+    - {name: echo-v1, port: 80}
+"#;
+
+/// A route's retry and timeouts on the transport's own loop (the timers
+/// the XDP worker sleeps for, the kernel worker's epoll timeout).
+fn route_retry_and_timeouts(io: Io, prefix: &str) {
+    let _serial = serial();
+    let gw = GatewayLab::start_with(prefix, io, &[("retried.yaml", RETRIED)]);
+    let timed = |path: &str| -> (String, f64) {
+        let out = gw.lab.exec_ok(
+            "client",
+            &[
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-m",
+                "10",
+                "-w",
+                "%{http_code} %{time_total}",
+                &gw.url(path),
+            ],
+        );
+        let mut words = out.split_whitespace();
+        let code = words.next().unwrap_or_default().to_owned();
+        let took = words.next().and_then(|t| t.parse().ok()).unwrap_or(-1.0);
+        (code, took)
+    };
+    // Two 503s, then an answer: retried after 25 ms, then 50 ms.
+    let (code, took) = timed("/retry/a?responseCode=503&succeedAfter=2&uuid=lab-a");
+    assert_eq!(code, "200", "retried 503s ({took} s)");
+    assert!(took >= 0.075, "both back-offs were waited: {took} s");
+    // A third 503 is one too many: the last answer is relayed.
+    let (code, _) = timed("/retry/b?responseCode=503&succeedAfter=3&uuid=lab-b");
+    assert_eq!(code, "503");
+    // Attempts cut at 300 ms and retried (at 325 ms, then 675 ms); the
+    // request's 800 ms ends the third.
+    let (code, took) = timed("/retry/slow?delay=5s");
+    assert_eq!(code, "504");
+    assert!(
+        (0.78..1.3).contains(&took),
+        "the request timeout (800 ms) answered, after {took} s"
+    );
+    let metrics = gw.admin("/metrics");
+    assert!(
+        metric(&metrics, "rauta_upstream_retries_total") >= 6.0,
+        "{metrics}"
+    );
+    let phase = |p: &str| metric(&metrics, &format!("rauta_timeouts_total{{phase=\"{p}\"}}"));
+    assert_eq!(phase("request"), 1.0);
+    assert_eq!(phase("backend_request"), 2.0);
+    eprintln!("{io:?}: route retry and timeouts held");
+}
+
+#[test]
+fn a_route_retry_and_timeouts_hold_on_xdp() {
+    route_retry_and_timeouts(Io::Xdp, "rtr-c");
+}
+
+#[test]
+fn a_route_retry_and_timeouts_hold_on_kernel() {
+    route_retry_and_timeouts(Io::Kernel, "rtr-d");
 }
