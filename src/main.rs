@@ -287,6 +287,11 @@ struct RunArgs {
     /// How each worker picks an endpoint among a backend's.
     #[arg(long, value_enum, default_value_t = BalanceArg::LeastRequest)]
     load_balancing: BalanceArg,
+    /// Circuit breaker: requests each worker may have in flight to one
+    /// endpoint; a request that finds every endpoint at it gets 503 at
+    /// once (counted as cause `overflow`).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    max_requests_per_endpoint: u32,
     /// Bytes of a request (head and body) kept to send it again under a
     /// route's `retry`; a larger request is not retried.
     #[arg(long, default_value_t = 64 * 1024)]
@@ -540,6 +545,7 @@ fn run(cli: Cli) -> Result<()> {
                     },
                     max_attempts: args.max_attempts,
                     retry_buffer: args.retry_buffer,
+                    max_requests_per_endpoint: args.max_requests_per_endpoint,
                     load_balancing: match args.load_balancing {
                         BalanceArg::LeastRequest => {
                             rauta_dataplane::proxy::LoadBalancing::LeastRequest

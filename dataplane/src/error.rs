@@ -39,6 +39,10 @@ pub enum Cause {
     BackendNotResolved,
     #[error("the backend has no ready endpoint")]
     NoReadyEndpoint,
+    /// Every endpoint the request could use has as many requests in
+    /// flight as the circuit breaker allows.
+    #[error("the backend's endpoints are at their request limit")]
+    Overflow,
     /// No connection could be started here (no local port, no memory).
     #[error("no connection to the backend could be opened")]
     ConnectFailed,
@@ -79,11 +83,12 @@ pub enum Cause {
 impl Cause {
     /// Every cause, in [`Cause::index`] order (a bad request stands for
     /// every status it may carry).
-    pub const ALL: [Cause; 19] = [
+    pub const ALL: [Cause; 20] = [
         Cause::NoRoute,
         Cause::RuleNotServable,
         Cause::BackendNotResolved,
         Cause::NoReadyEndpoint,
+        Cause::Overflow,
         Cause::ConnectFailed,
         Cause::ConnectRefused,
         Cause::ConnectTimeout,
@@ -102,11 +107,12 @@ impl Cause {
     ];
 
     /// Every label, in [`Cause::index`] order.
-    pub const LABELS: [&'static str; 19] = [
+    pub const LABELS: [&'static str; 20] = [
         "no_route",
         "rule_not_servable",
         "backend_not_resolved",
         "no_ready_endpoint",
+        "overflow",
         "connect_failed",
         "connect_refused",
         "connect_timeout",
@@ -131,21 +137,22 @@ impl Cause {
             Self::RuleNotServable => 1,
             Self::BackendNotResolved => 2,
             Self::NoReadyEndpoint => 3,
-            Self::ConnectFailed => 4,
-            Self::ConnectRefused => 5,
-            Self::ConnectTimeout => 6,
-            Self::ResetBeforeResponse => 7,
-            Self::ResetDuringResponse => 8,
-            Self::UpstreamProtocol => 9,
-            Self::ResponseHeadTimeout => 10,
-            Self::ResponseBodyIdle => 11,
-            Self::RequestTimeout => 12,
-            Self::BackendRequestTimeout => 13,
-            Self::BadRequest { .. } => 14,
-            Self::RequestHeadTimeout => 15,
-            Self::RequestBodyIdle => 16,
-            Self::ClientNotReading => 17,
-            Self::ClientGone => 18,
+            Self::Overflow => 4,
+            Self::ConnectFailed => 5,
+            Self::ConnectRefused => 6,
+            Self::ConnectTimeout => 7,
+            Self::ResetBeforeResponse => 8,
+            Self::ResetDuringResponse => 9,
+            Self::UpstreamProtocol => 10,
+            Self::ResponseHeadTimeout => 11,
+            Self::ResponseBodyIdle => 12,
+            Self::RequestTimeout => 13,
+            Self::BackendRequestTimeout => 14,
+            Self::BadRequest { .. } => 15,
+            Self::RequestHeadTimeout => 16,
+            Self::RequestBodyIdle => 17,
+            Self::ClientNotReading => 18,
+            Self::ClientGone => 19,
         }
     }
 
@@ -163,7 +170,10 @@ impl Cause {
             Self::RuleNotServable | Self::BackendNotResolved => 500,
             // A reset before any answer is Envoy's 503 ("upstream reset
             // before headers"): the request may be fine elsewhere.
-            Self::NoReadyEndpoint | Self::ConnectFailed | Self::ResetBeforeResponse => 503,
+            Self::NoReadyEndpoint
+            | Self::Overflow
+            | Self::ConnectFailed
+            | Self::ResetBeforeResponse => 503,
             Self::ConnectRefused | Self::ResetDuringResponse | Self::UpstreamProtocol => 502,
             Self::ConnectTimeout
             | Self::ResponseHeadTimeout
@@ -197,6 +207,7 @@ impl Cause {
                 | Self::RuleNotServable
                 | Self::BackendNotResolved
                 | Self::NoReadyEndpoint
+                | Self::Overflow
         ) && self.side() == Side::Upstream
     }
 

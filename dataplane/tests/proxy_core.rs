@@ -1084,3 +1084,26 @@ fn five_5xx_answers_in_a_row_eject_an_endpoint() {
     assert!(seen[9..].iter().all(|to| to == SECOND), "{seen:?}");
     assert_eq!(h.snapshot().ejections, 1);
 }
+
+#[test]
+fn the_circuit_breaker_answers_503_at_once_past_the_endpoint_limit() {
+    let settings = ProxySettings {
+        max_requests_per_endpoint: 1,
+        ..ProxySettings::default()
+    };
+    let mut h = Harness::with_settings(config(), settings);
+    h.client_sends("GET /app/1 HTTP/1.1\r\nHost: h\r\n\r\n");
+    let backend = h.last_backend();
+    assert!(h.io.take_output(backend).starts_with("GET /app/1 "));
+    // The endpoint has one request in flight: a second client's is refused.
+    let other = h.another_client("192.0.2.8:40001", "GET /app/2 HTTP/1.1\r\nHost: h\r\n\r\n");
+    let refused = h.io.take_output(other);
+    assert!(refused.starts_with("HTTP/1.1 503 "), "{refused}");
+    assert_eq!(h.io.connects.len(), 1, "nothing else went to the backend");
+    assert_eq!(h.failures(Cause::Overflow), 1);
+    // Once the first is answered, the endpoint takes requests again.
+    h.backend_sends(backend, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    assert!(h.client_got().starts_with("HTTP/1.1 200"));
+    h.client_sends("GET /app/3 HTTP/1.1\r\nHost: h\r\n\r\n");
+    assert!(h.io.take_output(backend).starts_with("GET /app/3 "));
+}

@@ -425,12 +425,19 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             .position(|&e| e == attempt.endpoint)
             .map_or(0, |i| i + 1);
         let (health, load) = (&self.health, &mut self.load);
-        let policy = self.settings.load_balancing;
+        let (policy, limit) = (
+            self.settings.load_balancing,
+            self.settings.max_requests_per_endpoint,
+        );
         let mut pick = |avoid: &[SocketAddr]| match policy {
             LoadBalancing::RoundRobin => health.pick(endpoints, after, avoid, now),
-            LoadBalancing::LeastRequest => load.pick(health, endpoints, avoid, now),
+            LoadBalancing::LeastRequest => load.pick(health, endpoints, avoid, limit, now),
         };
         let endpoint = pick(&request.failed).or_else(|| by_policy.and_then(|_| pick(&[])))?;
+        if load.outstanding(endpoint) >= limit {
+            // The circuit breaker holds: no retry into an endpoint at it.
+            return None;
+        }
         Some(Retry {
             endpoint,
             bytes,

@@ -109,14 +109,21 @@ impl Load {
         (x % n as u64) as usize
     }
 
+    /// Requests this worker has in flight to `endpoint`.
+    pub fn outstanding(&self, endpoint: SocketAddr) -> u32 {
+        self.endpoints.get(&endpoint).map_or(0, |l| l.outstanding)
+    }
+
     /// The cheaper of two endpoints drawn among `endpoints` that are
-    /// neither in `avoid` nor ejected; when the draw finds none usable,
-    /// the health's own scan (which falls back to ejected ones).
+    /// neither in `avoid`, ejected, nor at `limit` requests in flight;
+    /// when the draw finds none usable, the health's own scan (which falls
+    /// back to ejected ones).
     pub fn pick(
         &mut self,
         health: &PassiveHealth,
         endpoints: &[SocketAddr],
         avoid: &[SocketAddr],
+        limit: u32,
         now: Instant,
     ) -> Option<SocketAddr> {
         let n = endpoints.len();
@@ -126,7 +133,9 @@ impl Load {
         }
         let first = self.draw(n);
         let second = (first + 1 + self.draw(n - 1)) % n;
-        let usable = |e: &SocketAddr| !avoid.contains(e) && !health.is_ejected(*e, now);
+        let usable = |e: &SocketAddr| {
+            !avoid.contains(e) && !health.is_ejected(*e, now) && self.outstanding(*e) < limit
+        };
         match (endpoints[first], endpoints[second]) {
             (a, b) if usable(&a) && usable(&b) => {
                 Some(if self.cost(b) < self.cost(a) { b } else { a })
@@ -167,7 +176,7 @@ mod tests {
         load.observe(all[2], Duration::from_millis(21), now);
         let mut slow = 0;
         for _ in 0..3000 {
-            if load.pick(&health, &all, &[], now) == Some(all[2]) {
+            if load.pick(&health, &all, &[], u32::MAX, now) == Some(all[2]) {
                 slow += 1;
             }
         }
@@ -183,7 +192,7 @@ mod tests {
         let mut load = Load::new(3);
         let now = Instant::now();
         for _ in 0..100 {
-            let e = load.pick(&health, &all, &[], now).unwrap();
+            let e = load.pick(&health, &all, &[], u32::MAX, now).unwrap();
             load.begin(e, now);
         }
         let counts: Vec<u32> = all.iter().map(|e| load.endpoints[e].outstanding).collect();
@@ -198,7 +207,10 @@ mod tests {
         health.connect_failed(all[0], &all, now);
         let mut load = Load::new(11);
         for _ in 0..100 {
-            assert_eq!(load.pick(&health, &all, &[all[1]], now), Some(all[2]));
+            assert_eq!(
+                load.pick(&health, &all, &[all[1]], u32::MAX, now),
+                Some(all[2])
+            );
         }
     }
 }

@@ -74,7 +74,10 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             action,
             &self.health,
             &mut self.load,
-            self.settings.load_balancing,
+            (
+                self.settings.load_balancing,
+                self.settings.max_requests_per_endpoint,
+            ),
             now,
         );
         let Ok((index, endpoint)) = selected else {

@@ -135,6 +135,9 @@ pub struct ProxySettings {
     pub retry_budget: RetryBudgetSettings,
     /// How an endpoint is picked among a backend's.
     pub load_balancing: LoadBalancing,
+    /// Circuit breaker: requests a worker has in flight to one endpoint
+    /// at most; a request finding every endpoint at it gets 503 at once.
+    pub max_requests_per_endpoint: u32,
 }
 
 impl Default for ProxySettings {
@@ -149,6 +152,7 @@ impl Default for ProxySettings {
             retry_buffer: 64 * 1024,
             retry_budget: RetryBudgetSettings::default(),
             load_balancing: LoadBalancing::default(),
+            max_requests_per_endpoint: 1024,
         }
     }
 }
@@ -558,7 +562,10 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             action,
             &self.health,
             &mut self.load,
-            self.settings.load_balancing,
+            (
+                self.settings.load_balancing,
+                self.settings.max_requests_per_endpoint,
+            ),
             now,
         );
         let (index, endpoint) = match selected {

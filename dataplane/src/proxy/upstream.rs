@@ -43,7 +43,7 @@ impl Cursors {
         action: &RuleAction,
         health: &PassiveHealth,
         load: &mut Load,
-        policy: LoadBalancing,
+        (policy, limit): (LoadBalancing, u32),
         now: Instant,
     ) -> Result<(usize, SocketAddr), Cause> {
         let turn = self.turn(config, &action.backends);
@@ -56,7 +56,7 @@ impl Cursors {
             return Err(Cause::BackendNotResolved);
         }
         let endpoint = match policy {
-            LoadBalancing::LeastRequest => load.pick(health, &backend.endpoints, &[], now),
+            LoadBalancing::LeastRequest => load.pick(health, &backend.endpoints, &[], limit, now),
             // This worker's rotation, past the endpoints it has ejected.
             LoadBalancing::RoundRobin => {
                 let turn = self.turn(config, backend);
@@ -64,6 +64,10 @@ impl Cursors {
             }
         }
         .ok_or(Cause::NoReadyEndpoint)?;
+        // The circuit breaker: the pick found none below the limit.
+        if load.outstanding(endpoint) >= limit {
+            return Err(Cause::Overflow);
+        }
         Ok((index, endpoint))
     }
 
