@@ -656,18 +656,29 @@ fn logged(pod: &Pod, path: &str) -> usize {
         .count()
 }
 
-/// RequestMirror: every `mirrored_to` backend logged the request to
-/// `path` (copies arrive on their own time: waited for, a little).
-fn check_mirrored(case: &Value, path: &str, pods: &HashMap<String, Pod>) -> Result<(), String> {
-    for mirror in case["expect"]["mirrored_to"]
+/// A case's `mirrored_to` entries: each, its backend's name and its pod.
+fn mirrors<'a>(
+    case: &'a Value,
+    pods: &'a HashMap<String, Pod>,
+) -> Result<Vec<(&'a Value, &'a str, &'a Pod)>, String> {
+    case["expect"]["mirrored_to"]
         .as_array()
         .into_iter()
         .flatten()
-    {
-        let backend = mirror["backend"].as_str().unwrap_or_default();
-        let pod = pods
-            .get(backend)
-            .ok_or_else(|| format!("no pod for mirror backend {backend}"))?;
+        .map(|mirror| {
+            let backend = mirror["backend"].as_str().unwrap_or_default();
+            let pod = pods
+                .get(backend)
+                .ok_or_else(|| format!("no pod for mirror backend {backend}"))?;
+            Ok((mirror, backend, pod))
+        })
+        .collect()
+}
+
+/// RequestMirror: every `mirrored_to` backend logged the request to
+/// `path` (copies arrive on their own time: waited for, a little).
+fn check_mirrored(case: &Value, path: &str, pods: &HashMap<String, Pod>) -> Result<(), String> {
+    for (_, backend, pod) in mirrors(case, pods)? {
         let deadline = Instant::now() + Duration::from_secs(3);
         while logged(pod, path) == 0 {
             if Instant::now() > deadline {
@@ -724,15 +735,7 @@ fn check_mirror_distribution(
             failures.len()
         ));
     }
-    for mirror in case["expect"]["mirrored_to"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        let backend = mirror["backend"].as_str().unwrap_or_default();
-        let pod = pods
-            .get(backend)
-            .ok_or_else(|| format!("no pod for mirror backend {backend}"))?;
+    for (mirror, backend, pod) in mirrors(&case, pods)? {
         let p = mirror["percent"].as_f64().unwrap_or(100.0) / 100.0;
         let expected = total as f64 * p;
         let spread = stddevs * (total as f64 * p * (1.0 - p)).sqrt();

@@ -31,7 +31,6 @@
 //! last answer. An h2c attempt is a stream of the HTTP/2 layer's own pool,
 //! which reconnects by itself; its failures are not retried here.
 
-use super::balance::LoadBalancing;
 use super::body::BodyReader;
 use super::{Proxy, Transport, Wire};
 use crate::config::{Backend, RuleAction};
@@ -205,11 +204,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             let request = self.exchanges[id].request.as_ref().expect("in flight");
             let attempt = request.attempt.as_ref().expect("live attempt");
             let endpoint = attempt.endpoint;
-            let peers = request
-                .upstream
-                .as_ref()
-                .and_then(Upstream::backend)
-                .map_or(&[][..], |b| &b.endpoints[..]);
+            let peers = request.peers();
             let ejected = if cause == Cause::ResetBeforeResponse {
                 // Not a pooled connection the backend closed while idle:
                 // that is the keep-alive race, no sign of ill health.
@@ -425,19 +420,14 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             .position(|&e| e == attempt.endpoint)
             .map_or(0, |i| i + 1);
         let (health, load) = (&self.health, &mut self.load);
-        let (policy, limit) = (
-            self.settings.load_balancing,
-            self.settings.max_requests_per_endpoint,
-        );
-        let mut pick = |avoid: &[SocketAddr]| match policy {
-            LoadBalancing::RoundRobin => health.pick(endpoints, after, avoid, now),
-            LoadBalancing::LeastRequest => load.pick(health, endpoints, avoid, limit, now),
-        };
-        let endpoint = pick(&request.failed).or_else(|| by_policy.and_then(|_| pick(&[])))?;
-        if load.outstanding(endpoint) >= limit {
-            // The circuit breaker holds: no retry into an endpoint at it.
-            return None;
+        // No retry into an endpoint at the circuit breaker's limit either.
+        let endpoint = match load.choose(health, endpoints, || after, &request.failed, now) {
+            Err(Cause::NoReadyEndpoint) if by_policy.is_some() => {
+                load.choose(health, endpoints, || after, &[], now)
+            }
+            chosen => chosen,
         }
+        .ok()?;
         Some(Retry {
             endpoint,
             bytes,

@@ -9,6 +9,7 @@
 //! (nothing is shared between cores).
 
 use super::health::PassiveHealth;
+use crate::error::Cause;
 use foldhash::{HashMap, HashMapExt};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -38,20 +39,49 @@ struct EndpointLoad {
     updated: Instant,
 }
 
-/// This worker's load figures, per endpoint.
+/// This worker's load figures, per endpoint, and how it picks by them.
 #[derive(Debug)]
 pub(super) struct Load {
     endpoints: HashMap<SocketAddr, EndpointLoad>,
     /// xorshift64 state for the draws.
     rng: u64,
+    policy: LoadBalancing,
+    /// The circuit breaker: requests in flight to one endpoint at most.
+    limit: u32,
 }
 
 impl Load {
-    pub fn new(seed: u64) -> Self {
+    pub fn new(seed: u64, policy: LoadBalancing, limit: u32) -> Self {
         Self {
             endpoints: HashMap::new(),
             rng: seed | 1,
+            policy,
+            limit,
         }
+    }
+
+    /// One of `endpoints` not in `avoid`, by the policy: by load, or in
+    /// round-robin order from `turn()`. `NoReadyEndpoint` when there is
+    /// none, `Overflow` when the one found is at the circuit breaker's
+    /// limit.
+    pub fn choose(
+        &mut self,
+        health: &PassiveHealth,
+        endpoints: &[SocketAddr],
+        turn: impl FnOnce() -> usize,
+        avoid: &[SocketAddr],
+        now: Instant,
+    ) -> Result<SocketAddr, Cause> {
+        let endpoint = match self.policy {
+            LoadBalancing::LeastRequest => self.pick(health, endpoints, avoid, self.limit, now),
+            // This worker's rotation, past the endpoints it has ejected.
+            LoadBalancing::RoundRobin => health.pick(endpoints, turn(), avoid, now),
+        }
+        .ok_or(Cause::NoReadyEndpoint)?;
+        if self.outstanding(endpoint) >= self.limit {
+            return Err(Cause::Overflow);
+        }
+        Ok(endpoint)
     }
 
     fn entry(&mut self, endpoint: SocketAddr, now: Instant) -> &mut EndpointLoad {
@@ -169,7 +199,7 @@ mod tests {
     fn a_slow_endpoint_loses_most_draws() {
         let all = endpoints(3);
         let health = PassiveHealth::default();
-        let mut load = Load::new(7);
+        let mut load = Load::new(7, LoadBalancing::LeastRequest, u32::MAX);
         let now = Instant::now();
         load.observe(all[0], Duration::from_millis(1), now);
         load.observe(all[1], Duration::from_millis(1), now);
@@ -189,7 +219,7 @@ mod tests {
     fn outstanding_requests_spread_the_load() {
         let all = endpoints(2);
         let health = PassiveHealth::default();
-        let mut load = Load::new(3);
+        let mut load = Load::new(3, LoadBalancing::LeastRequest, u32::MAX);
         let now = Instant::now();
         for _ in 0..100 {
             let e = load.pick(&health, &all, &[], u32::MAX, now).unwrap();
@@ -205,7 +235,7 @@ mod tests {
         let mut health = PassiveHealth::default();
         let now = Instant::now();
         health.connect_failed(all[0], &all, now);
-        let mut load = Load::new(11);
+        let mut load = Load::new(11, LoadBalancing::LeastRequest, u32::MAX);
         for _ in 0..100 {
             assert_eq!(
                 load.pick(&health, &all, &[all[1]], u32::MAX, now),

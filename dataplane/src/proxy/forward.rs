@@ -166,8 +166,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
                 let mirror = exchange.mirror;
                 let request = exchange.request.as_mut().expect("in flight");
                 if let Some(attempt) = &request.attempt {
-                    let peers = request.upstream.as_ref().and_then(|u| u.backend());
-                    let peers = peers.map_or(&[][..], |b| &b.endpoints[..]);
+                    let peers = request.peers();
                     if let Some(period) =
                         self.health
                             .answered(attempt.endpoint, Some(status), peers, now)

@@ -69,17 +69,9 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         now: Instant,
     ) -> Option<usize> {
         let config = self.config.load();
-        let selected = self.cursors.select(
-            &config,
-            action,
-            &self.health,
-            &mut self.load,
-            (
-                self.settings.load_balancing,
-                self.settings.max_requests_per_endpoint,
-            ),
-            now,
-        );
+        let selected = self
+            .cursors
+            .select(&config, action, &self.health, &mut self.load, now);
         let Ok((index, endpoint)) = selected else {
             self.metrics.mirror(false);
             return None;

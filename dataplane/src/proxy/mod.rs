@@ -277,6 +277,14 @@ impl<C> InFlight<C> {
         self.replay = keep.then(|| sent.to_vec());
     }
 
+    /// The endpoints of the backend chosen (none before it is).
+    fn peers(&self) -> &[SocketAddr] {
+        self.upstream
+            .as_ref()
+            .and_then(Upstream::backend)
+            .map_or(&[], |b| &b.endpoints)
+    }
+
     /// Whether something of this request is due at `at`.
     fn armed_at(&self, at: Instant) -> bool {
         self.deadline == Some(at)
@@ -407,9 +415,16 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         metrics: Arc<ProxyMetrics>,
     ) -> Self {
         let scratch = vec![0; settings.buffer];
+        // Workers draw differently: seeded by where each one's buffer lives.
+        let load = Load::new(
+            0x9e37_79b9_7f4a_7c15 ^ (scratch.as_ptr() as u64),
+            settings.load_balancing,
+            settings.max_requests_per_endpoint,
+        );
         Self {
             pipes: Pipes::new(settings.buffer),
             budget: RetryBudget::new(settings.retry_budget),
+            load,
             settings,
             config,
             metrics,
@@ -420,8 +435,6 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             cursors: Cursors::default(),
             health: PassiveHealth::default(),
             timers: BinaryHeap::new(),
-            // Workers draw differently: seeded by where each lives.
-            load: Load::new(0x9e37_79b9_7f4a_7c15 ^ (&scratch as *const Vec<u8> as u64)),
             scratch,
         }
     }
@@ -557,17 +570,9 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         if let Some(at) = deadline {
             self.arm(id, at);
         }
-        let selected = self.cursors.select(
-            &config,
-            action,
-            &self.health,
-            &mut self.load,
-            (
-                self.settings.load_balancing,
-                self.settings.max_requests_per_endpoint,
-            ),
-            now,
-        );
+        let selected = self
+            .cursors
+            .select(&config, action, &self.health, &mut self.load, now);
         let (index, endpoint) = match selected {
             Ok(chosen) => chosen,
             Err(cause) => {

@@ -2,7 +2,7 @@
 //! positions, the keep-alive pool per endpoint and protocol, and connect
 //! (what follows a failed attempt is [`super::attempt`]'s).
 
-use super::balance::{Load, LoadBalancing};
+use super::balance::Load;
 use super::h1;
 use super::health::PassiveHealth;
 use super::{Attempt, BodyWriter, Proxy, ReadOutcome, Role, Transport, Wire};
@@ -43,7 +43,6 @@ impl Cursors {
         action: &RuleAction,
         health: &PassiveHealth,
         load: &mut Load,
-        (policy, limit): (LoadBalancing, u32),
         now: Instant,
     ) -> Result<(usize, SocketAddr), Cause> {
         let turn = self.turn(config, &action.backends);
@@ -55,19 +54,8 @@ impl Cursors {
         if backend.invalid.is_some() {
             return Err(Cause::BackendNotResolved);
         }
-        let endpoint = match policy {
-            LoadBalancing::LeastRequest => load.pick(health, &backend.endpoints, &[], limit, now),
-            // This worker's rotation, past the endpoints it has ejected.
-            LoadBalancing::RoundRobin => {
-                let turn = self.turn(config, backend);
-                health.pick(&backend.endpoints, turn, &[], now)
-            }
-        }
-        .ok_or(Cause::NoReadyEndpoint)?;
-        // The circuit breaker: the pick found none below the limit.
-        if load.outstanding(endpoint) >= limit {
-            return Err(Cause::Overflow);
-        }
+        let turn = || self.turn(config, backend);
+        let endpoint = load.choose(health, &backend.endpoints, turn, &[], now)?;
         Ok((index, endpoint))
     }
 
