@@ -26,13 +26,18 @@
 //! Environment: RAUTA_BENCH_PROTOCOL (http1 | http2), RAUTA_BENCH_ROUNDS
 //! (3), RAUTA_BENCH_SECONDS (5), RAUTA_BENCH_BACKLOG (16384).
 
+#[path = "support/peer.rs"]
+mod peer;
 mod support;
+#[path = "support/wrk.rs"]
+mod wrk;
 
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 use support::{env_or, invoked_as_bench, median, require_root, run, ChildGuard, LabGuard, RAUTA};
+use wrk::{duration_us, WrkReport};
 
 const PREFIX: &str = "rauta-hb";
 const GATEWAY: &str = "198.18.0.1";
@@ -139,23 +144,7 @@ struct Sample {
 }
 
 fn in_ns(role: &str, args: &[&str]) -> Command {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", &format!("{PREFIX}-{role}")])
-        .args(args);
-    c
-}
-
-/// Start `command` with its output in `log` (read when it fails).
-fn spawn(mut command: Command, log: &Path) -> ChildGuard {
-    let out = std::fs::File::create(log).expect("creating a peer log");
-    let err = out.try_clone().expect("cloning a peer log");
-    ChildGuard(
-        command
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .spawn()
-            .expect("spawning a peer"),
-    )
+    peer::in_ns(PREFIX, role, args)
 }
 
 /// Busy and total jiffies of the whole machine.
@@ -201,20 +190,6 @@ fn process_jiffies(pid: u32) -> u64 {
         }
     }
     total
-}
-
-fn duration_us(text: &str) -> f64 {
-    let (number, unit) = text
-        .find(|c: char| c.is_ascii_alphabetic())
-        .map_or((text, "s"), |i| text.split_at(i));
-    let value: f64 = number.parse().unwrap_or(f64::NAN);
-    match unit {
-        "us" => value,
-        "ms" => value * 1e3,
-        "s" => value * 1e6,
-        "m" => value * 60e6,
-        _ => f64::NAN,
-    }
 }
 
 /// One load run at `n` connections or clients, with the machine's and the
@@ -263,49 +238,18 @@ struct Summary {
 }
 
 fn wrk_summary(text: &str) -> Summary {
-    let line_value = |prefix: &str| {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(prefix).map(|v| v.trim().to_owned()))
-    };
-    let requests: f64 = text
-        .lines()
-        .find_map(|l| {
-            l.trim()
-                .split_once(" requests in ")
-                .and_then(|(n, _)| n.parse().ok())
-        })
-        .unwrap_or(0.0);
-    let rps: f64 = line_value("Requests/sec:")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    let p50 = line_value("50%").map_or(f64::NAN, |v| duration_us(&v));
-    let p99 = line_value("99%").map_or(f64::NAN, |v| duration_us(&v));
-    // "Latency   1.23ms  456.00us  12.00ms   90.00%": mean, sd, max.
-    let latency: Vec<String> = line_value("Latency")
-        .map(|v| v.split_whitespace().map(str::to_owned).collect())
-        .unwrap_or_default();
-    let field = |i: usize| latency.get(i).map_or(f64::NAN, |v| duration_us(v));
-    let errors: u64 = line_value("Non-2xx or 3xx responses:")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-        + line_value("Socket errors:")
-            .map(|v| {
-                v.split(',')
-                    .filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok())
-                    .sum()
-            })
-            .unwrap_or(0);
+    let report = WrkReport::parse(text);
     Summary {
         sample: Sample {
-            rps,
-            p50_us: p50,
-            p99_us: p99,
-            mean_us: field(0),
-            max_us: field(2),
-            errors,
+            rps: report.rps,
+            p50_us: report.p50_us,
+            p99_us: report.p99_us,
+            mean_us: report.mean_us,
+            max_us: report.max_us,
+            errors: report.failed(),
             ..Sample::default()
         },
-        requests,
+        requests: report.requests,
     }
 }
 
@@ -508,43 +452,9 @@ fn start(peer: Peer, dir: &Path, protocol: Protocol) -> ChildGuard {
         Peer::Nginx => vec!["taskset", "-c", "1", "nginx", "-c", &nginx_conf, "-p", &d],
         Peer::Haproxy => vec!["taskset", "-c", "1", "haproxy", "-f", &haproxy_cfg],
     };
-    let mut command = in_ns(
-        "gw",
-        &["sh", "-c", "ulimit -n 20000 2>/dev/null; exec \"$@\"", "sh"],
-    );
-    command.args(&args);
     let log = dir.join(format!("{}.log", peer.name()));
-    let guard = spawn(command, &log);
     let url = format!("http://{}/", peer.target());
-    for _ in 0..100 {
-        let ok = in_ns(
-            "client",
-            &[
-                "curl",
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "-m",
-                "1",
-                protocol.curl_flag(),
-                &url,
-            ],
-        )
-        .output()
-        .map(|o| o.stdout == b"200")
-        .unwrap_or(false);
-        if ok {
-            return guard;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!(
-        "{} did not start answering: {}",
-        peer.name(),
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
+    peer::start_answering(PREFIX, &args, &log, &url, &[protocol.curl_flag()])
 }
 
 /// A chart panel: its title and the value it plots.
@@ -692,7 +602,7 @@ fn main() {
     let _lab = LabGuard::up(PREFIX, 2);
     let backend_conf = format!("{}/nginx-backend.conf", dir.display());
     let d = dir.to_string_lossy().into_owned();
-    let _backend = spawn(
+    let _backend = peer::spawn(
         in_ns(
             "backend",
             &[

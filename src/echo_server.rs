@@ -14,6 +14,10 @@
 //! `responseCode`, or by resetting the connection — each after waiting
 //! `delayRetry`; later ones are echoed.
 //!
+//! For benchmarks of failing backends, a whole pod can be slow
+//! (`--delay`) or answer 503 to every n-th request (`--fail-every`), and
+//! `GET /echo-stats` tells how many requests it has answered.
+//!
 //! A connection that opens with the HTTP/2 preface is served as h2c (the
 //! conformance echo server's port 3001): the same JSON, `proto` HTTP/2.0.
 //!
@@ -30,7 +34,8 @@ use rauta_dataplane::http1::{
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::{LazyLock, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -43,6 +48,21 @@ pub struct Identity {
     /// Print echo-basic's log line for every request echoed (the
     /// conformance suite finds mirrored copies by it).
     pub log_requests: bool,
+    /// How this pod misbehaves on every HTTP/1.1 request (benchmarks of
+    /// failing backends).
+    pub faults: Faults,
+    /// HTTP/1.1 requests this server has answered (`GET /echo-stats`
+    /// tells, and is not counted).
+    pub answered: Arc<AtomicU64>,
+}
+
+/// Faults a whole pod shows, beside what a request's query asks for.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Faults {
+    /// Every answer waits this long (a slow endpoint).
+    pub delay: Duration,
+    /// Every `fail_every`-th request gets a 503 (0: none).
+    pub fail_every: u64,
 }
 
 impl Identity {
@@ -58,6 +78,8 @@ impl Identity {
             pod,
             namespace: std::env::var("NAMESPACE").unwrap_or_default(),
             log_requests: false,
+            faults: Faults::default(),
+            answered: Arc::default(),
         }
     }
 }
@@ -314,7 +336,28 @@ async fn h1_connection(mut stream: TcpStream, identity: Identity) -> Result<()> 
             }
             return Ok(());
         }
-        match plan(&head.target) {
+        if head.target == "/echo-stats" {
+            let body = json!({"requests": identity.answered.load(Ordering::Relaxed)}).to_string();
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(response.as_bytes()).await?;
+            continue;
+        }
+        let answered = identity.answered.fetch_add(1, Ordering::Relaxed) + 1;
+        let faults = identity.faults;
+        let plan = match plan(&head.target) {
+            _ if faults.fail_every > 0 && answered.is_multiple_of(faults.fail_every) => {
+                Plan::Fail {
+                    delay: Duration::ZERO,
+                    status: Some(503),
+                }
+            }
+            plan => plan,
+        };
+        tokio::time::sleep(faults.delay).await;
+        match plan {
             Plan::Echo { delay } => tokio::time::sleep(delay).await,
             Plan::Fail { delay, status } => {
                 tokio::time::sleep(delay).await;
@@ -396,6 +439,11 @@ fn plan(target: &str) -> Plan {
             .unwrap_or_default(),
         status: param("responseCode").and_then(|c| c.parse().ok()),
     }
+}
+
+/// A Go duration, for the command line.
+pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
+    go_duration(text).ok_or_else(|| format!("{text:?} is not a duration like 20ms or 1s"))
 }
 
 /// A Go duration: numbers with units (`1s`, `300ms`, `1m30s`).
@@ -616,6 +664,10 @@ mod tests {
     use std::io::{Read, Write};
 
     fn start() -> SocketAddr {
+        start_with(Faults::default())
+    }
+
+    fn start_with(faults: Faults) -> SocketAddr {
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = std_listener.local_addr().unwrap();
         std_listener.set_nonblocking(true).unwrap();
@@ -630,6 +682,8 @@ mod tests {
                     pod: "echo-v1-abc".into(),
                     namespace: "gateway-conformance-infra".into(),
                     log_requests: false,
+                    faults,
+                    answered: Arc::default(),
                 };
                 let _ = serve(listener, identity).await;
             });
@@ -762,6 +816,24 @@ mod tests {
                 status: None
             }
         );
+    }
+
+    #[test]
+    fn a_faulty_pod_fails_every_nth_request_and_counts_what_it_answered() {
+        let addr = start_with(Faults {
+            delay: Duration::from_millis(30),
+            fail_every: 2,
+        });
+        let started = std::time::Instant::now();
+        let get = "GET /a HTTP/1.1\r\nHost: x\r\n\r\n".repeat(4);
+        let out = exchange(
+            addr,
+            &format!("{get}GET /echo-stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        );
+        assert!(started.elapsed() >= Duration::from_millis(120), "4 × 30 ms");
+        let statuses: Vec<&str> = out.split("HTTP/1.1 ").skip(1).map(|r| &r[..3]).collect();
+        assert_eq!(statuses, ["200", "503", "200", "503", "200"], "{out}");
+        assert!(out.ends_with(r#"{"requests":4}"#), "{out}");
     }
 
     #[test]

@@ -49,6 +49,9 @@ enum Command {
     /// in --config, proxied over the userspace stack (--io xdp) or kernel
     /// sockets (--io kernel).
     Run(Box<RunArgs>),
+    /// Print the CustomResourceDefinitions Rauta reads beside Gateway API
+    /// (BackendTrafficPolicy), as deploy/ has them.
+    Crds,
     /// Validate a directory of manifests: errors name file, object and field.
     CheckConfig {
         dir: std::path::PathBuf,
@@ -66,6 +69,13 @@ enum Command {
         /// request made to PATH to client (PEER)"), as its logs show it.
         #[arg(long)]
         log_requests: bool,
+        /// Hold every HTTP/1.1 answer back this long (a Go duration, e.g.
+        /// `20ms`): a slow endpoint.
+        #[arg(long, value_parser = echo_server::parse_go_duration)]
+        delay: Option<std::time::Duration>,
+        /// Answer every N-th HTTP/1.1 request with 503.
+        #[arg(long, default_value_t = 0)]
+        fail_every: u64,
     },
 }
 
@@ -601,12 +611,19 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
+        Command::Crds => print!("{}", rauta_controlplane::policy::crd_yaml()?),
         Command::Echo {
             listen,
             log_requests,
+            delay,
+            fail_every,
         } => {
             let identity = echo_server::Identity {
                 log_requests,
+                faults: echo_server::Faults {
+                    delay: delay.unwrap_or_default(),
+                    fail_every,
+                },
                 ..echo_server::Identity::from_env()
             };
             echo_server::run(&listen, identity)?;

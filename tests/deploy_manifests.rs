@@ -18,8 +18,11 @@ use k8s_openapi::api::core::v1::{Container, Namespace, PodSpec, Service, Service
 use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, Subject,
 };
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::serde::de::DeserializeOwned;
+use kube::CustomResourceExt;
+use rauta_controlplane::policy::BackendTrafficPolicy;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -211,6 +214,21 @@ fn parse_known(doc: &Document) {
         (GATEWAY_API, "HTTPRoute") => {
             let _: HttpRoute = doc.parse();
         }
+        ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => {
+            let crd: CustomResourceDefinition = doc.parse();
+            let ours = BackendTrafficPolicy::crd();
+            assert_eq!(
+                crd.metadata.name,
+                ours.metadata.name,
+                "{}: only Rauta's own CRD belongs in deploy/",
+                doc.at()
+            );
+            assert!(
+                crd == ours,
+                "{}: not the CRD the code defines: regenerate it with `rauta crds`",
+                doc.at()
+            );
+        }
         (api_version, kind) => panic!(
             "{}: fields `apiVersion`/`kind`: {api_version:?} {kind:?} is not a kind this test \
              knows (add its type to parse_known)",
@@ -237,6 +255,7 @@ fn every_manifest_is_an_object_the_api_server_takes_as_written() {
         "gateway.networking.k8s.io/v1 GatewayClass",
         "gateway.networking.k8s.io/v1 Gateway",
         "gateway.networking.k8s.io/v1 HTTPRoute",
+        "apiextensions.k8s.io/v1 CustomResourceDefinition",
     ] {
         assert!(
             seen.contains(needed),

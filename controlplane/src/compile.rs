@@ -11,6 +11,7 @@
 //! warning.
 
 use crate::manifests::{Manifests, Origin, Sourced};
+use crate::policy::{self, Attached};
 use crate::verdict::{
     Check, GatewayVerdict, ListenerVerdict, ObjectRef, ParentVerdict, RouteVerdict, Verdicts,
 };
@@ -32,11 +33,11 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use rauta_dataplane::config::{
     hostname_matches, Backend, BackendProtocol, Backends, Cors, GatewayConfig, HeaderModifier,
     Listener, Mirror, PathModifier, PortListeners, Redirect, RetryPolicy, RouteTimeouts,
-    RuleAction, UrlRewrite,
+    RuleAction, TrafficPolicy, UrlRewrite,
 };
 use rauta_dataplane::routes::{PathMatch, Route, RouteMatch, RouteTable, ValueMatch};
 use regex::Regex;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -115,7 +116,20 @@ pub fn compile(
     selection: &Selection,
     on_invalid: OnInvalid,
 ) -> Result<Compiled, CompileError> {
-    let world = World::new(manifests);
+    let services: HashSet<(&str, &str)> = manifests
+        .services
+        .iter()
+        .map(|s| {
+            let meta = &s.object.metadata;
+            (namespace_of(meta), meta.name.as_deref().unwrap_or_default())
+        })
+        .collect();
+    let (policies, policy_verdicts) = policy::attach(
+        &manifests.backend_policies,
+        &services,
+        on_invalid == OnInvalid::RejectAll,
+    )?;
+    let world = World::new(manifests, policies);
     let mut warnings = Vec::new();
 
     // Validate every route's rules, attached or not: a typo in a route that
@@ -337,6 +351,7 @@ pub fn compile(
         verdicts: Verdicts {
             gateways: gateway_verdicts,
             routes: route_verdicts,
+            policies: policy_verdicts,
         },
     })
 }
@@ -477,6 +492,7 @@ fn describe_route(
                         "weight": b.weight,
                         "endpoints": b.endpoints.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
                         "invalid": b.invalid,
+                        "policy": b.traffic.source.as_deref(),
                     })
                 })
                 .collect();
@@ -523,10 +539,12 @@ struct World<'m> {
     /// EndpointSlices by (namespace, service name).
     slices: HashMap<(&'m str, &'m str), Vec<&'m k8s_openapi::api::discovery::v1::EndpointSlice>>,
     manifests: &'m Manifests,
+    /// BackendTrafficPolicies, by the Service they hold.
+    policies: Attached,
 }
 
 impl<'m> World<'m> {
-    fn new(manifests: &'m Manifests) -> Self {
+    fn new(manifests: &'m Manifests, policies: Attached) -> Self {
         let mut namespace_labels = HashMap::new();
         for ns in &manifests.namespaces {
             if let (Some(name), Some(labels)) = (
@@ -563,7 +581,18 @@ impl<'m> World<'m> {
             services,
             slices,
             manifests,
+            policies,
         }
+    }
+
+    /// How the Service a backendRef names is balanced and limited: its
+    /// policy's settings, or the gateway's.
+    fn traffic(&self, route_ns: &str, backend: &HttpRouteRulesBackendRefs) -> Arc<TrafficPolicy> {
+        let ns = backend.namespace.as_deref().unwrap_or(route_ns);
+        self.policies
+            .get(ns, &backend.name)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Whether a listener admits HTTPRoutes from `route_ns`.
@@ -1241,6 +1270,7 @@ fn compile_rule(
             Ok((endpoints, protocol)) => {
                 let mut backend = Backend::new(name, 1, endpoints);
                 backend.protocol = protocol;
+                backend.traffic = world.traffic(route_ns, &mirror.backend_ref);
                 action.mirrors.push(Mirror {
                     action: Arc::new(RuleAction {
                         route: action.route.clone(),
@@ -1280,6 +1310,7 @@ fn compile_rule(
             Ok((endpoints, protocol)) => {
                 let mut b = Backend::new(name, weight, endpoints);
                 b.protocol = protocol;
+                b.traffic = world.traffic(route_ns, backend_ref);
                 b
             }
             Err(why) => {

@@ -13,6 +13,7 @@
 pub mod compile;
 pub mod kubernetes;
 pub mod manifests;
+pub mod policy;
 pub mod source;
 pub mod verdict;
 

@@ -7,6 +7,7 @@
 //! and field instead of silently routing differently. Kinds Rauta does not
 //! read (Deployments, Secrets, …) are skipped.
 
+use crate::policy::BackendTrafficPolicy;
 use gateway_api::experimental::gateways::Gateway;
 use gateway_api::experimental::httproutes::HttpRoute;
 use gateway_api::experimental::referencegrants::ReferenceGrant;
@@ -62,6 +63,7 @@ pub struct Manifests {
     pub grants: Vec<Sourced<ReferenceGrant>>,
     pub services: Vec<Sourced<Service>>,
     pub endpoint_slices: Vec<Sourced<EndpointSlice>>,
+    pub backend_policies: Vec<Sourced<BackendTrafficPolicy>>,
 }
 
 /// A manifest that cannot be read, with where and what.
@@ -154,6 +156,9 @@ impl Manifests {
             }
             ("gateway.networking.k8s.io", "ReferenceGrant") => {
                 self.grants.push(typed(origin, document)?)
+            }
+            ("gateway.rauta.dev", "BackendTrafficPolicy") => {
+                self.backend_policies.push(typed(origin, document)?)
             }
             ("", "") | (_, "") => {
                 return Err(ManifestError::Field {

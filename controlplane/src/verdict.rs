@@ -91,9 +91,18 @@ pub struct ParentVerdict {
     pub resolved_refs: Check,
 }
 
+/// A BackendTrafficPolicy's standing: `Accepted` (GEP-713's reasons:
+/// Accepted, Invalid, Conflicted, TargetNotFound).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PolicyVerdict {
+    pub object: ObjectRef,
+    pub accepted: Check,
+}
+
 /// Every verdict of one compilation.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Verdicts {
     pub gateways: Vec<GatewayVerdict>,
     pub routes: Vec<RouteVerdict>,
+    pub policies: Vec<PolicyVerdict>,
 }

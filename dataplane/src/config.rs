@@ -420,6 +420,50 @@ pub struct Backend {
     pub invalid: Option<String>,
     /// What its endpoints speak (the Service port's `appProtocol`).
     pub protocol: BackendProtocol,
+    /// How its endpoints are picked, ejected and limited.
+    pub traffic: Arc<TrafficPolicy>,
+}
+
+/// How one backend's endpoints are picked, ejected and limited: the
+/// gateway's own settings, or a BackendTrafficPolicy on its Service.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TrafficPolicy {
+    /// `None`: the gateway's `--load-balancing`.
+    pub balancing: Option<crate::proxy::LoadBalancing>,
+    pub outlier: OutlierDetection,
+    /// Requests each worker may have in flight to one endpoint; `None`:
+    /// the gateway's `--max-requests-per-endpoint`.
+    pub max_requests_per_endpoint: Option<u32>,
+    /// Requests each worker may have in flight to the whole backend.
+    pub max_requests: Option<u32>,
+    /// The policy object that set this, `namespace/name` (none: defaults).
+    pub source: Option<Arc<str>>,
+}
+
+/// Passive health (outlier detection), Envoy's terms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutlierDetection {
+    /// 5xx answers (or resets before an answer) in a row that eject.
+    pub consecutive_errors: u32,
+    /// The first ejection's length; it doubles for each one that follows
+    /// without a success between.
+    pub base_ejection: Duration,
+    /// The longest an ejection lasts.
+    pub max_ejection: Duration,
+    /// At most this share of the endpoints is ejected at once (one always
+    /// may be).
+    pub max_ejection_percent: u8,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        Self {
+            consecutive_errors: 5,
+            base_ejection: Duration::from_secs(1),
+            max_ejection: Duration::from_secs(30),
+            max_ejection_percent: 50,
+        }
+    }
 }
 
 /// The protocol a backend speaks.

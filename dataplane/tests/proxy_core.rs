@@ -4,8 +4,8 @@
 use arc_swap::ArcSwap;
 use rauta_dataplane::config::BackendProtocol;
 use rauta_dataplane::config::{
-    Backend, Backends, Cors, GatewayConfig, Listener, Mirror, PortListeners, RetryPolicy,
-    RouteTimeouts, RuleAction,
+    Backend, Backends, Cors, GatewayConfig, Listener, Mirror, OutlierDetection, PortListeners,
+    RetryPolicy, RouteTimeouts, RuleAction, TrafficPolicy,
 };
 use rauta_dataplane::error::Cause;
 use rauta_dataplane::http2::Http2Settings;
@@ -1055,11 +1055,11 @@ fn least_request_sends_new_requests_away_from_a_busy_endpoint() {
     }
 }
 
-#[test]
-fn five_5xx_answers_in_a_row_eject_an_endpoint() {
-    let mut h = Harness::in_turn(config_with(&[BACKEND, SECOND]));
+/// `n` requests one after another, BACKEND answering each it gets with
+/// 503 and any other endpoint with 200: where each went.
+fn where_requests_go_while_backend_fails(h: &mut Harness, n: usize) -> Vec<String> {
     let mut seen = Vec::new();
-    for n in 0..14 {
+    for n in 0..n {
         h.client_sends(&format!("GET /app/{n} HTTP/1.1\r\nHost: h\r\n\r\n"));
         // The connection that got this request, and where it goes.
         let (conn, to) =
@@ -1078,6 +1078,68 @@ fn five_5xx_answers_in_a_row_eject_an_endpoint() {
         h.client_got();
         seen.push(to);
     }
+    seen
+}
+
+/// `/app` to one backend with `endpoints` under `traffic` (a
+/// BackendTrafficPolicy's settings).
+fn config_under(endpoints: &[&str], traffic: TrafficPolicy) -> GatewayConfig {
+    let traffic = Arc::new(traffic);
+    config_where(endpoints, move |action| {
+        for backend in &mut action.backends.backends {
+            backend.traffic = traffic.clone();
+        }
+    })
+}
+
+#[test]
+fn a_policy_sets_the_ejection_threshold_and_the_balancing() {
+    // One 503 ejects, and endpoints are taken in turn although the
+    // gateway's default is least-request.
+    let traffic = TrafficPolicy {
+        balancing: Some(LoadBalancing::RoundRobin),
+        outlier: OutlierDetection {
+            consecutive_errors: 1,
+            ..OutlierDetection::default()
+        },
+        ..TrafficPolicy::default()
+    };
+    let mut h = Harness::with_settings(
+        config_under(&[BACKEND, SECOND], traffic),
+        ProxySettings::default(),
+    );
+    let seen = where_requests_go_while_backend_fails(&mut h, 6);
+    assert_eq!(seen[0], BACKEND, "{seen:?}");
+    assert!(seen[1..].iter().all(|to| to == SECOND), "{seen:?}");
+    assert_eq!(h.snapshot().ejections, 1);
+}
+
+#[test]
+fn a_policy_limits_requests_to_the_whole_backend() {
+    let traffic = TrafficPolicy {
+        max_requests: Some(1),
+        ..TrafficPolicy::default()
+    };
+    let mut h = Harness::with_settings(
+        config_under(&[BACKEND, SECOND], traffic),
+        ProxySettings::default(),
+    );
+    h.client_sends("GET /app/1 HTTP/1.1\r\nHost: h\r\n\r\n");
+    let backend = h.last_backend();
+    assert!(h.io.take_output(backend).starts_with("GET /app/1 "));
+    // A second endpoint is idle, but the backend has its one request.
+    let other = h.another_client("192.0.2.8:40001", "GET /app/2 HTTP/1.1\r\nHost: h\r\n\r\n");
+    let refused = h.io.take_output(other);
+    assert!(refused.starts_with("HTTP/1.1 503 "), "{refused}");
+    assert_eq!(h.failures(Cause::Overflow), 1);
+    h.backend_sends(backend, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    assert!(h.client_got().starts_with("HTTP/1.1 200"));
+}
+
+#[test]
+fn five_5xx_answers_in_a_row_eject_an_endpoint() {
+    let mut h = Harness::in_turn(config_with(&[BACKEND, SECOND]));
+    let seen = where_requests_go_while_backend_fails(&mut h, 14);
     // In turn until the fifth 503 (the ninth request), then only SECOND.
     let failing = seen.iter().filter(|to| *to == BACKEND).count();
     assert_eq!(failing, 5, "{seen:?}");

@@ -9,6 +9,8 @@
 //! - [`flow`]: frame classification and flow ownership (RSS hash);
 //! - [`stack`]: the TCP/IP stack: connection index, listeners, ephemeral
 //!   ports, timers, hand-off between workers;
+//! - `neighbor`: ARP requests for new next hops, ahead of smoltcp's
+//!   one-per-second limit;
 //! - [`memory`]: an in-memory link, so two stacks talk in unit tests;
 //! - [`idle`]: adaptive polling (spin under load, `poll(2)` when idle);
 //! - [`link`]: interface facts (MAC, MTU, queues).
@@ -22,6 +24,7 @@ pub mod handoff;
 pub mod idle;
 pub mod link;
 pub mod memory;
+mod neighbor;
 pub mod rings;
 pub mod stack;
 pub mod timer;

@@ -18,8 +18,10 @@
 
 use crate::device::{BatchDevice, Origin};
 use crate::flow::{classify, FlowKey, FlowOwnership, FrameKind};
+use crate::neighbor::{self, Resolver};
 use crate::timer::TimerWheel;
 use smoltcp::iface::{Config, Interface, PollIngressSingleResult, SocketHandle, SocketSet};
+use smoltcp::phy::TxToken;
 use smoltcp::socket::{tcp, udp, Socket};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
@@ -147,6 +149,8 @@ pub struct StackCounters {
     /// Connections polled for egress (touched by a packet, a timer or the
     /// application): the stack's work per pass is proportional to this.
     pub egress_polls: u64,
+    /// ARP requests the stack sent itself for new next hops.
+    pub arp_requests: u64,
 }
 
 struct Conn {
@@ -247,6 +251,10 @@ pub struct Stack {
     ports: EphemeralPorts,
     spare: Vec<tcp::Socket<'static>>,
     counters: StackCounters,
+    /// Next hops asked for ahead of smoltcp's one-per-second ARP.
+    neighbors: Resolver,
+    /// The time of the last pass (connections open between passes).
+    now: Instant,
 }
 
 thread_local! {
@@ -293,6 +301,8 @@ impl Stack {
             ports: EphemeralPorts::new(config.ephemeral_ports.clone()),
             spare: Vec::new(),
             counters: StackCounters::default(),
+            neighbors: Resolver::default(),
+            now,
             config,
         }
     }
@@ -426,6 +436,9 @@ impl Stack {
         };
         let id = self.insert(flow, socket, true);
         self.counters.connected += 1;
+        if self.config.address.contains_addr(&remote.0) {
+            self.neighbors.want(remote.0, self.now);
+        }
         Ok(id)
     }
 
@@ -575,6 +588,7 @@ impl Stack {
         H: FnMut(usize, &[u8]),
     {
         set_clock(now);
+        self.now = now;
         let mut work = false;
         let mut arp_seen = false;
         while let Some((frame, origin)) = device.peek() {
@@ -617,7 +631,12 @@ impl Stack {
                     consumed(self.iface.poll_ingress_single(now, device, &mut self.udp))
                 }
                 kind => {
-                    arp_seen |= kind == FrameKind::Arp;
+                    if kind == FrameKind::Arp {
+                        arp_seen = true;
+                        if let Some(sender) = neighbor::arp_sender(frame, self.address) {
+                            self.neighbors.heard(sender, now);
+                        }
+                    }
                     consumed(
                         self.iface
                             .poll_ingress_single(now, device, &mut self.control),
@@ -729,6 +748,10 @@ impl Stack {
     /// whose timers expired. Connections that finished closing are freed.
     pub fn egress<D: BatchDevice + ?Sized>(&mut self, now: Instant, device: &mut D) {
         set_clock(now);
+        self.now = now;
+        if self.neighbors.has_pending() {
+            self.ask_neighbors(now, device);
+        }
         let mut due = std::mem::take(&mut self.due);
         self.timers.expire(now, &mut due);
         for &(at, (index, generation)) in &due {
@@ -780,6 +803,21 @@ impl Stack {
         if self.udp_dirty {
             self.udp_dirty = false;
             self.iface.poll_egress(now, device, &mut self.udp);
+        }
+    }
+
+    /// Broadcast the ARP requests owed, before the SYNs that need them.
+    fn ask_neighbors<D: BatchDevice + ?Sized>(&mut self, now: Instant, device: &mut D) {
+        let (mac, address) = (self.config.mac, self.address);
+        while let Some(target) = self.neighbors.next_pending() {
+            let Some(token) = device.transmit(now) else {
+                self.neighbors.defer(target);
+                return;
+            };
+            token.consume(neighbor::REQUEST_LEN, |buf| {
+                neighbor::emit_request(buf, mac, address, target)
+            });
+            self.counters.arp_requests += 1;
         }
     }
 

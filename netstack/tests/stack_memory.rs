@@ -268,3 +268,98 @@ fn half_open_connections_are_bounded_and_established_ones_unharmed() {
         assert_eq!(pair.client.tcp(id).unwrap().state(), State::Established);
     }
 }
+
+/// The ARP requests and TCP SYNs among the frames `dev` received, by the
+/// address each is for.
+fn arp_and_syns(dev: &mut MemoryDevice) -> (Vec<Ipv4Address>, Vec<Ipv4Address>) {
+    use rauta_netstack::smoltcp::wire::{
+        ArpOperation, ArpPacket, ArpRepr, EthernetFrame, EthernetProtocol, Ipv4Packet, TcpPacket,
+    };
+    dev.service();
+    let (mut asked, mut syns) = (Vec::new(), Vec::new());
+    while let Some((frame, _)) = dev.peek() {
+        let frame = EthernetFrame::new_checked(frame).unwrap();
+        match frame.ethertype() {
+            EthernetProtocol::Arp => {
+                let packet = ArpPacket::new_checked(frame.payload()).unwrap();
+                if let ArpRepr::EthernetIpv4 {
+                    operation: ArpOperation::Request,
+                    target_protocol_addr,
+                    ..
+                } = ArpRepr::parse(&packet).unwrap()
+                {
+                    asked.push(target_protocol_addr);
+                }
+            }
+            EthernetProtocol::Ipv4 => {
+                let ip = Ipv4Packet::new_checked(frame.payload()).unwrap();
+                let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+                if tcp.syn() && !tcp.ack() {
+                    syns.push(ip.dst_addr());
+                }
+            }
+            _ => {}
+        }
+        dev.discard();
+    }
+    for list in [&mut asked, &mut syns] {
+        list.sort();
+        list.dedup();
+    }
+    (asked, syns)
+}
+
+#[test]
+fn new_next_hops_are_asked_for_at_once_not_one_a_second() {
+    use rauta_netstack::smoltcp::phy::{Device, TxToken};
+    use rauta_netstack::smoltcp::wire::{
+        ArpOperation, ArpPacket, ArpRepr, EthernetFrame, EthernetProtocol, EthernetRepr,
+    };
+    let (mut peers, mut dev) = link(1500);
+    let mac = EthernetAddress([2, 0, 0, 0, 0, 2]);
+    let mut now = Instant::from_millis(1);
+    let mut stack = Stack::new(
+        StackConfig::new(Ipv4Cidr::new(CLIENT, 24), mac),
+        &mut dev,
+        now,
+    );
+    // Three backends on the segment, none resolved yet.
+    let backends = [20, 21, 22].map(|h| Ipv4Address::new(198, 18, 0, h));
+    for backend in backends {
+        stack.connect((backend, 80)).unwrap();
+    }
+    stack.egress(now, &mut dev);
+    let (asked, syns) = arp_and_syns(&mut peers);
+    assert_eq!(asked, backends, "smoltcp alone asks for one a second");
+    assert!(syns.is_empty());
+    // Each answers; every SYN goes in the next pass.
+    for (i, backend) in backends.into_iter().enumerate() {
+        let backend_mac = EthernetAddress([2, 0, 0, 0, 1, i as u8]);
+        let token = peers.transmit(now).unwrap();
+        token.consume(42, |buf| {
+            let mut frame = EthernetFrame::new_unchecked(buf);
+            EthernetRepr {
+                src_addr: backend_mac,
+                dst_addr: mac,
+                ethertype: EthernetProtocol::Arp,
+            }
+            .emit(&mut frame);
+            ArpRepr::EthernetIpv4 {
+                operation: ArpOperation::Reply,
+                source_hardware_addr: backend_mac,
+                source_protocol_addr: backend,
+                target_hardware_addr: mac,
+                target_protocol_addr: CLIENT,
+            }
+            .emit(&mut ArpPacket::new_unchecked(frame.payload_mut()));
+        });
+    }
+    now += Duration::from_millis(1);
+    dev.service();
+    stack.ingress(now, &mut dev, |_, _| {});
+    stack.egress(now, &mut dev);
+    let (asked, syns) = arp_and_syns(&mut peers);
+    assert_eq!(syns, backends, "resolved, the SYNs leave at once");
+    assert!(asked.is_empty(), "nothing asked twice: {asked:?}");
+    assert_eq!(stack.counters().arp_requests, 3);
+}

@@ -3,7 +3,7 @@
 //! way tonic's code generator writes one (no protoc on these machines): a
 //! unary method and a bidirectional-streaming one over one message type.
 
-use std::fs::File;
+use rauta_testkit::netns::in_netns;
 use std::net::SocketAddr;
 use std::thread::JoinHandle;
 use tokio_stream::StreamExt;
@@ -100,20 +100,6 @@ impl Service<http::Request<tonic::body::Body>> for EchoService {
             })
         })
     }
-}
-
-/// Run `f` on a thread of its own inside network namespace `ns`.
-pub fn in_netns<T: Send + 'static>(
-    ns: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> JoinHandle<T> {
-    let path = format!("/var/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-            .unwrap_or_else(|e| panic!("entering {path}: {e}"));
-        f()
-    })
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -1,4 +1,4 @@
-//! Kubernetes mode against the fake API server (`tests/fake_apiserver`),
+//! Kubernetes mode against the fake API server (`testkit/src/fake_apiserver.rs`),
 //! which the real kube client reaches through a kubeconfig:
 //!
 //! - in process (no root needed): status as the Gateway API specification
@@ -9,12 +9,12 @@
 //!   objects are created, scaled under wrk load, and deleted.
 
 use crate::common::serial;
-use crate::fake_apiserver::FakeApiServer;
 use crate::gateway::{wrk_ends_without_failures, GatewayLab, Io};
 use rauta_controlplane::kubernetes::lease::LeaseSettings;
 use rauta_controlplane::kubernetes::metrics::ControllerMetrics;
 use rauta_controlplane::kubernetes::{self, Controller, KubeOptions};
 use rauta_controlplane::source::Published;
+use rauta_testkit::fake_apiserver::FakeApiServer;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -888,7 +888,7 @@ fn kubernetes_routes_follow_the_cluster_on_kernel() {
 fn routes_follow_the_cluster(io: Io, prefix: &str) {
     let _serial = serial();
     let (gw, server) = GatewayLab::start_kubernetes(prefix, io, |lab| {
-        let listener = crate::grpc::in_netns(&lab.ns("gw"), || {
+        let listener = rauta_testkit::netns::in_netns(&lab.ns("gw"), || {
             std::net::TcpListener::bind("127.0.0.1:0").expect("binding in the gateway's namespace")
         })
         .join()
@@ -1021,5 +1021,81 @@ fn routes_follow_the_cluster(io: Io, prefix: &str) {
     );
     println!(
         "routed {routed:?} after creation; scaled under {requests} requests with no failure; 404 {took:?} after deletion"
+    );
+}
+
+/// Four BackendTrafficPolicies on `STATUS_CASES`' Service apps/web.
+const POLICIES: &str = "
+apiVersion: gateway.rauta.dev/v1alpha1
+kind: BackendTrafficPolicy
+metadata: {name: a-web, namespace: apps}
+spec:
+  targetRefs: [{group: '', kind: Service, name: web}]
+  loadBalancer: {type: RoundRobin}
+  circuitBreaker: {maxParallelRequests: 100}
+---
+apiVersion: gateway.rauta.dev/v1alpha1
+kind: BackendTrafficPolicy
+metadata: {name: b-web-again, namespace: apps}
+spec:
+  targetRefs: [{group: '', kind: Service, name: web}]
+---
+apiVersion: gateway.rauta.dev/v1alpha1
+kind: BackendTrafficPolicy
+metadata: {name: c-nowhere, namespace: apps}
+spec:
+  targetRefs: [{group: '', kind: Service, name: nowhere}]
+---
+apiVersion: gateway.rauta.dev/v1alpha1
+kind: BackendTrafficPolicy
+metadata: {name: d-bad, namespace: apps}
+spec:
+  targetRefs: [{group: '', kind: Service, name: web}]
+  healthCheck: {passive: {maxEjectionPercent: 150}}
+";
+
+/// A policy's `Accepted` condition: (status, reason).
+fn policy_accepted(server: &FakeApiServer, name: &str) -> Option<(String, String)> {
+    let policy = server.object("BackendTrafficPolicy", "apps", name)?;
+    let (status, reason, _) = condition(&policy["status"]["conditions"], "Accepted")?;
+    Some((status, reason))
+}
+
+/// BackendTrafficPolicy status (GEP-713's reasons): Accepted where a
+/// policy holds its Service, Conflicted for a second one on it,
+/// TargetNotFound, Invalid for a bad field (the routes still serve); and
+/// the backend runs under the accepted one.
+#[test]
+fn kubernetes_backend_traffic_policies_get_accepted_status() {
+    let server = FakeApiServer::start(&["replica-a"]);
+    server.apply(CLASSES);
+    server.apply(STATUS_CASES);
+    server.apply(POLICIES);
+    let replica = Replica::start(&server, "replica-a", Duration::from_secs(2));
+    for (name, status, reason) in [
+        ("a-web", "True", "Accepted"),
+        ("b-web-again", "False", "Conflicted"),
+        ("c-nowhere", "False", "TargetNotFound"),
+        ("d-bad", "False", "Invalid"),
+    ] {
+        let want = (status.to_owned(), reason.to_owned());
+        server.wait_for(
+            &format!("BackendTrafficPolicy apps/{name} {status} {reason}"),
+            Duration::from_secs(5),
+            |s| (policy_accepted(s, name).as_ref() == Some(&want)).then_some(()),
+        );
+    }
+    assert!(replica.serves("apps/good"));
+    let summary = replica.published.status.lock().unwrap().summary.to_string();
+    assert!(
+        summary.contains(r#""policy":"apps/a-web""#),
+        "the backend is not under apps/a-web: {summary}"
+    );
+    // Deleting the holder hands the Service to the next policy.
+    server.delete("BackendTrafficPolicy", "apps", "a-web");
+    server.wait_for(
+        "apps/b-web-again Accepted once apps/a-web is gone",
+        Duration::from_secs(5),
+        |s| (policy_accepted(s, "b-web-again")?.0 == "True").then_some(()),
     );
 }

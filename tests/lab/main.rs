@@ -4,8 +4,6 @@
 
 mod common;
 mod conformance;
-#[path = "../fake_apiserver/mod.rs"]
-mod fake_apiserver;
 mod gateway;
 mod grpc;
 mod http2;

@@ -13,6 +13,7 @@ mod status;
 
 use crate::compile::{compile, OnInvalid, Selection};
 use crate::manifests::{Manifests, Origin, Sourced};
+use crate::policy::BackendTrafficPolicy;
 use crate::source::Published;
 use crate::verdict::Verdicts;
 use crate::Compiled;
@@ -97,6 +98,7 @@ pub(crate) struct Stores {
     pub services: Store<Service>,
     pub slices: Store<EndpointSlice>,
     pub namespaces: Store<Namespace>,
+    pub policies: Store<BackendTrafficPolicy>,
 }
 
 /// Watches, compiles, publishes, writes status. Dropping it stops every
@@ -137,6 +139,7 @@ impl Controller {
             services: watch.kind(),
             slices: watch.kind(),
             namespaces: watch.kind(),
+            policies: watch.kind(),
         };
         let s = &stores;
         let _ = futures::join!(
@@ -147,6 +150,7 @@ impl Controller {
             s.services.wait_until_ready(),
             s.slices.wait_until_ready(),
             s.namespaces.wait_until_ready(),
+            s.policies.wait_until_ready(),
         );
         let mut controller = Self {
             client,
@@ -321,6 +325,7 @@ impl Controller {
             grants: sourced(&s.grants, |_| {}),
             services: sourced(&s.services, |svc| svc.status = None),
             endpoint_slices: sourced(&s.slices, |_| {}),
+            backend_policies: sourced(&s.policies, |p| p.status = None),
         };
         let selection = Selection {
             gateway_classes,

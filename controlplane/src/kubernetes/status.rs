@@ -2,7 +2,8 @@
 //! `Accepted`; Gateway `Accepted`/`Programmed` with each listener's
 //! `Accepted`, `ResolvedRefs`, `Conflicted`, `Programmed`, `supportedKinds` and
 //! `attachedRoutes`; HTTPRoute parent entries (ours only, other controllers'
-//! kept) with `Accepted` and `ResolvedRefs`. Every condition carries the
+//! kept) with `Accepted` and `ResolvedRefs`; BackendTrafficPolicy
+//! `Accepted`. Every condition carries the
 //! generation it was computed for (`observedGeneration`), and keeps its
 //! `lastTransitionTime` while its status stays the same.
 //!
@@ -10,6 +11,7 @@
 //! merge patch on the status subresource.
 
 use super::Stores;
+use crate::policy::{BackendTrafficPolicy, BackendTrafficPolicyStatus};
 use crate::verdict::{Check, ObjectRef, Verdicts};
 use gateway_api::experimental::gatewayclasses::{GatewayClass, GatewayClassStatus};
 use gateway_api::experimental::gateways::{
@@ -173,6 +175,30 @@ impl StatusWriter<'_> {
             };
             if !unchanged {
                 let api: Api<HttpRoute> =
+                    Api::namespaced(self.client.clone(), &verdict.object.namespace);
+                self.patch(&api, &verdict.object.name, &desired).await;
+            }
+        }
+
+        for verdict in &verdicts.policies {
+            let Some(policy) = find(&stores.policies, &verdict.object) else {
+                continue;
+            };
+            let previous = policy
+                .status
+                .as_ref()
+                .map(|s| s.conditions.clone())
+                .unwrap_or_default();
+            let desired = BackendTrafficPolicyStatus {
+                conditions: vec![condition(
+                    "Accepted",
+                    &verdict.accepted,
+                    verdict.object.generation,
+                    &previous,
+                )],
+            };
+            if policy.status.as_ref() != Some(&desired) {
+                let api: Api<BackendTrafficPolicy> =
                     Api::namespaced(self.client.clone(), &verdict.object.namespace);
                 self.patch(&api, &verdict.object.name, &desired).await;
             }

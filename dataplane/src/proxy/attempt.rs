@@ -204,16 +204,18 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             let request = self.exchanges[id].request.as_ref().expect("in flight");
             let attempt = request.attempt.as_ref().expect("live attempt");
             let endpoint = attempt.endpoint;
-            let peers = request.peers();
-            let ejected = if cause == Cause::ResetBeforeResponse {
-                // Not a pooled connection the backend closed while idle:
-                // that is the keep-alive race, no sign of ill health.
-                (!attempt.reused)
-                    .then(|| self.health.answered(endpoint, None, peers, now))
-                    .flatten()
-            } else {
-                self.health.connect_failed(endpoint, peers, now)
-            };
+            let ejected = request.backend().and_then(|backend| {
+                if cause == Cause::ResetBeforeResponse {
+                    // Not a pooled connection the backend closed while
+                    // idle: that is the keep-alive race, no sign of ill
+                    // health.
+                    (!attempt.reused)
+                        .then(|| self.health.answered(endpoint, None, backend, now))
+                        .flatten()
+                } else {
+                    self.health.connect_failed(endpoint, backend, now)
+                }
+            });
             if let Some(period) = ejected {
                 self.metrics.ejection();
                 tracing::debug!(%endpoint, %cause, ?period, "endpoint ejected");
@@ -412,18 +414,19 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             });
         }
         request.failed.push(attempt.endpoint);
-        let endpoints = &request.upstream.as_ref()?.backend()?.endpoints;
+        let backend = request.upstream.as_ref()?.backend()?;
         // From the one after the failed endpoint, in rotation order; under
         // a route's retry, one tried before if none is left.
-        let after = endpoints
+        let after = backend
+            .endpoints
             .iter()
             .position(|&e| e == attempt.endpoint)
             .map_or(0, |i| i + 1);
         let (health, load) = (&self.health, &mut self.load);
         // No retry into an endpoint at the circuit breaker's limit either.
-        let endpoint = match load.choose(health, endpoints, || after, &request.failed, now) {
+        let endpoint = match load.choose(health, backend, || after, &request.failed, now) {
             Err(Cause::NoReadyEndpoint) if by_policy.is_some() => {
-                load.choose(health, endpoints, || after, &[], now)
+                load.choose(health, backend, || after, &[], now)
             }
             chosen => chosen,
         }

@@ -166,11 +166,11 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
                 let mirror = exchange.mirror;
                 let request = exchange.request.as_mut().expect("in flight");
                 if let Some(attempt) = &request.attempt {
-                    let peers = request.peers();
-                    if let Some(period) =
+                    let ejected = request.backend().and_then(|backend| {
                         self.health
-                            .answered(attempt.endpoint, Some(status), peers, now)
-                    {
+                            .answered(attempt.endpoint, Some(status), backend, now)
+                    });
+                    if let Some(period) = ejected {
                         self.metrics.ejection();
                         tracing::debug!(endpoint = %attempt.endpoint, status, ?period, "endpoint ejected");
                     }

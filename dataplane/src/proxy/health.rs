@@ -4,29 +4,25 @@
 //! ejection period instead of one per request sent its way.
 //!
 //! As nginx's `max_fails=1`: one connect failure ejects; so do
-//! [`CONSECUTIVE_ERRORS`] answers in a row that are 5xx or resets before
+//! `consecutive_errors` answers in a row that are 5xx or resets before
 //! any answer (Envoy's `consecutive_5xx`). The period starts
-//! at [`BASE_EJECTION`] and doubles with each ejection that follows without
-//! a success in between, up to [`MAX_EJECTION`]; a response from the
-//! endpoint clears its record. Ejection never takes out more than half of a
-//! backend's endpoints (Envoy's `max_ejection_percent`, at 50%; one may
-//! always go), so a wave of transient failures does not pile the load onto
-//! the few left; and when every endpoint a request could use is ejected,
-//! selection ignores ejection (Envoy's panic mode), so a backend whose only
-//! pod restarts is tried again at once.
+//! at `base_ejection` and doubles with each ejection that follows without
+//! a success in between, up to `max_ejection`; a response from the
+//! endpoint clears its record. Ejection never takes out more than
+//! `max_ejection_percent` of a backend's endpoints (one may always go), so
+//! a wave of transient failures does not pile the load onto the few left;
+//! and when every endpoint a request could use is ejected, selection
+//! ignores ejection (Envoy's panic mode), so a backend whose only pod
+//! restarts is tried again at once. The figures are the backend's
+//! [`OutlierDetection`]: the defaults, or its Service's policy.
 
+use crate::config::{Backend, OutlierDetection};
 use foldhash::{HashMap, HashMapExt};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-/// 5xx answers (or resets before an answer) in a row that eject an
-/// endpoint (Envoy's `consecutive_5xx` default).
-pub(super) const CONSECUTIVE_ERRORS: u32 = 5;
-
-/// The first ejection's length.
-pub(super) const BASE_EJECTION: Duration = Duration::from_secs(1);
-/// The longest an ejection lasts.
-pub(super) const MAX_EJECTION: Duration = Duration::from_secs(30);
+/// How long a record outlives its ejection before it is forgotten.
+const FORGET_AFTER: Duration = Duration::from_secs(60);
 
 /// What is known against one endpoint.
 #[derive(Debug)]
@@ -54,16 +50,16 @@ impl Default for PassiveHealth {
 }
 
 impl PassiveHealth {
-    /// A connection to `endpoint`, one of `endpoints`, was refused or
-    /// timed out: eject it, unless that would take out more than half of
-    /// them (one may always go). Returns how long for, if it was.
+    /// A connection to `endpoint`, one of `backend`'s, was refused or
+    /// timed out: eject it, unless that would take out more of them than
+    /// its outlier detection allows. Returns how long for, if it was.
     pub fn connect_failed(
         &mut self,
         endpoint: SocketAddr,
-        endpoints: &[SocketAddr],
+        backend: &Backend,
         now: Instant,
     ) -> Option<Duration> {
-        self.eject(endpoint, endpoints, now)
+        self.eject(endpoint, backend, now)
     }
 
     /// `endpoint` answered `status`, or (`None`) reset the connection
@@ -74,7 +70,7 @@ impl PassiveHealth {
         &mut self,
         endpoint: SocketAddr,
         status: Option<u16>,
-        endpoints: &[SocketAddr],
+        backend: &Backend,
         now: Instant,
     ) -> Option<Duration> {
         if status.is_some_and(|s| s < 500) {
@@ -87,26 +83,34 @@ impl PassiveHealth {
             errors: 0,
         });
         record.errors += 1;
-        if record.errors < CONSECUTIVE_ERRORS {
+        if record.errors < backend.traffic.outlier.consecutive_errors {
             return None;
         }
         record.errors = 0;
-        self.eject(endpoint, endpoints, now)
+        self.eject(endpoint, backend, now)
     }
 
-    /// Eject `endpoint`, one of `endpoints`, unless that would take out
-    /// more than half of them (one may always go).
-    fn eject(
-        &mut self,
-        endpoint: SocketAddr,
-        endpoints: &[SocketAddr],
-        now: Instant,
-    ) -> Option<Duration> {
+    /// Eject `endpoint`, one of `backend`'s, unless that would take out
+    /// more of them than allowed (one may always go).
+    fn eject(&mut self, endpoint: SocketAddr, backend: &Backend, now: Instant) -> Option<Duration> {
+        let OutlierDetection {
+            base_ejection,
+            max_ejection,
+            max_ejection_percent,
+            ..
+        } = backend.traffic.outlier;
+        let endpoints = &backend.endpoints;
+        if self.is_ejected(endpoint, now) {
+            // Attempts that began before the ejection fail after it: one
+            // outage is one ejection, not a doubling per connection.
+            return None;
+        }
         let others = endpoints
             .iter()
             .filter(|&&e| e != endpoint && self.is_ejected(e, now))
             .count();
-        if others + 1 > (endpoints.len() / 2).max(1) {
+        let allowed = endpoints.len() * usize::from(max_ejection_percent) / 100;
+        if others + 1 > allowed.max(1) {
             return None;
         }
         let record = self.records.entry(endpoint).or_insert(Record {
@@ -116,7 +120,7 @@ impl PassiveHealth {
         });
         let doublings = record.ejections.min(5);
         record.ejections += 1;
-        let period = (BASE_EJECTION * 2u32.pow(doublings)).min(MAX_EJECTION);
+        let period = (base_ejection * 2u32.pow(doublings)).min(max_ejection);
         record.until = now + period;
         Some(period)
     }
@@ -165,13 +169,19 @@ impl PassiveHealth {
     /// the configuration leave no trace).
     pub fn expire(&mut self, now: Instant) {
         self.records
-            .retain(|_, record| now.saturating_duration_since(record.until) < MAX_EJECTION);
+            .retain(|_, record| now.saturating_duration_since(record.until) < FORGET_AFTER);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const BASE_EJECTION: Duration = Duration::from_secs(1);
+
+    fn backend(endpoints: &[SocketAddr]) -> Backend {
+        Backend::new("default/b:80", 1, endpoints.to_vec())
+    }
 
     fn endpoints() -> Vec<SocketAddr> {
         ["198.18.0.1:80", "198.18.0.2:80", "198.18.0.3:80"]
@@ -186,7 +196,10 @@ mod tests {
         let now = Instant::now();
         let mut health = PassiveHealth::default();
         assert_eq!(health.pick(&e, 1, &[], now), Some(e[1]));
-        assert_eq!(health.connect_failed(e[1], &e, now), Some(BASE_EJECTION));
+        assert_eq!(
+            health.connect_failed(e[1], &backend(&e), now),
+            Some(BASE_EJECTION)
+        );
         assert_eq!(health.pick(&e, 1, &[], now), Some(e[2]), "skipped");
         assert_eq!(health.pick(&e, 1, &[e[2]], now), Some(e[0]));
         let later = now + BASE_EJECTION;
@@ -200,17 +213,27 @@ mod tests {
         let e = endpoints();
         let now = Instant::now();
         let mut health = PassiveHealth::default();
+        let mut at = now;
         let periods: Vec<Duration> = (0..8)
-            .filter_map(|_| health.connect_failed(e[0], &e, now))
+            .filter_map(|_| {
+                let period = health.connect_failed(e[0], &backend(&e), at)?;
+                assert_eq!(
+                    health.connect_failed(e[0], &backend(&e), at),
+                    None,
+                    "failing again while ejected changes nothing"
+                );
+                at += period;
+                Some(period)
+            })
             .collect();
         assert_eq!(periods[0], Duration::from_secs(1));
         assert_eq!(periods[1], Duration::from_secs(2));
         assert_eq!(periods[4], Duration::from_secs(16));
-        assert_eq!(periods[7], MAX_EJECTION);
+        assert_eq!(periods[7], OutlierDetection::default().max_ejection);
         health.succeeded(e[0]);
-        assert!(!health.is_ejected(e[0], now));
+        assert!(!health.is_ejected(e[0], at));
         assert_eq!(
-            health.connect_failed(e[0], &e, now),
+            health.connect_failed(e[0], &backend(&e), at),
             Some(BASE_EJECTION),
             "starts over"
         );
@@ -221,11 +244,17 @@ mod tests {
         let e = endpoints();
         let now = Instant::now();
         let mut health = PassiveHealth::default();
-        assert!(health.connect_failed(e[0], &e, now).is_some());
-        assert_eq!(health.connect_failed(e[1], &e, now), None, "2 of 3");
+        assert!(health.connect_failed(e[0], &backend(&e), now).is_some());
+        assert_eq!(
+            health.connect_failed(e[1], &backend(&e), now),
+            None,
+            "2 of 3"
+        );
         assert!(!health.is_ejected(e[1], now));
         assert!(
-            health.connect_failed(e[0], &e[..1], now).is_some(),
+            health
+                .connect_failed(e[2], &backend(&e[2..]), now)
+                .is_some(),
             "1 of 1"
         );
     }
@@ -237,11 +266,11 @@ mod tests {
         let mut health = PassiveHealth::default();
         for &endpoint in &e {
             // Each alone, as workers of different backends would see them.
-            health.connect_failed(endpoint, &[endpoint], now);
+            health.connect_failed(endpoint, &backend(&[endpoint]), now);
         }
         assert_eq!(health.pick(&e, 2, &[], now), Some(e[2]));
         assert_eq!(health.pick(&e, 2, &e, now), None, "all avoided");
-        health.expire(now + BASE_EJECTION + MAX_EJECTION);
+        health.expire(now + BASE_EJECTION + FORGET_AFTER);
         assert!(health.records.is_empty());
     }
 }

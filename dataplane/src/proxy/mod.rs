@@ -55,7 +55,7 @@ use health::PassiveHealth;
 use route::Routed;
 use upstream::{Cursors, PoolKey};
 
-use crate::config::{BackendProtocol, GatewayConfig};
+use crate::config::{Backend, BackendProtocol, GatewayConfig};
 use crate::error::{Cause, Phase};
 use crate::http1::{Limits, RequestHead};
 use crate::http2::pipe::{CoreEnd, Message, Pipes, StreamGone};
@@ -277,12 +277,9 @@ impl<C> InFlight<C> {
         self.replay = keep.then(|| sent.to_vec());
     }
 
-    /// The endpoints of the backend chosen (none before it is).
-    fn peers(&self) -> &[SocketAddr] {
-        self.upstream
-            .as_ref()
-            .and_then(Upstream::backend)
-            .map_or(&[], |b| &b.endpoints)
+    /// The backend chosen (none before it is).
+    fn backend(&self) -> Option<&Backend> {
+        self.upstream.as_ref().and_then(Upstream::backend)
     }
 
     /// Whether something of this request is due at `at`.

@@ -55,7 +55,7 @@ impl Cursors {
             return Err(Cause::BackendNotResolved);
         }
         let turn = || self.turn(config, backend);
-        let endpoint = load.choose(health, &backend.endpoints, turn, &[], now)?;
+        let endpoint = load.choose(health, backend, turn, &[], now)?;
         Ok((index, endpoint))
     }
 

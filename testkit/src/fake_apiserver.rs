@@ -56,6 +56,13 @@ impl Kind {
 
 pub const KINDS: &[Kind] = &[
     Kind {
+        group: "gateway.rauta.dev",
+        version: "v1alpha1",
+        plural: "backendtrafficpolicies",
+        kind: "BackendTrafficPolicy",
+        namespaced: true,
+    },
+    Kind {
         group: "",
         version: "v1",
         plural: "namespaces",

@@ -1,0 +1,167 @@
+//! Neighbour resolution ahead of need (ARP, RFC 826).
+//!
+//! smoltcp sends at most one ARP request per second per interface: its
+//! neighbour cache's rate limit is global, not per address. A worker that
+//! opens connections to N backends it has not resolved yet would send the
+//! first SYN at once and the last after N seconds (in the lab, three
+//! endpoints cost the first seconds of traffic a p99 near one second). So
+//! the stack asks for a next hop itself when a connection to it opens and
+//! no ARP from it has been heard lately; smoltcp's cache fills from the
+//! reply as usual, and connections waiting for it are woken.
+
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+    EthernetRepr, Ipv4Address,
+};
+use std::collections::HashMap;
+
+/// How long an address counts as resolved after an ARP from it: well
+/// inside smoltcp's 60 s entry lifetime, so a connection opened later asks
+/// again (one frame) rather than risk the global rate limit.
+const HEARD_FOR: Duration = Duration::from_secs(30);
+/// How soon a request unanswered is sent again.
+const RETRY_AFTER: Duration = Duration::from_millis(200);
+/// Past this many addresses, old records are dropped.
+const PRUNE_OVER: usize = 4096;
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+#[derive(Clone, Copy, Debug)]
+struct Record {
+    heard: Option<Instant>,
+    asked: Option<Instant>,
+}
+
+/// What this stack knows of its neighbours, and the requests it owes.
+#[derive(Debug, Default)]
+pub(crate) struct Resolver {
+    records: FastMap<Ipv4Address, Record>,
+    /// Requests to send at the next egress.
+    pending: Vec<Ipv4Address>,
+}
+
+impl Resolver {
+    /// A connection to `address` (on the link) is opening: ask for it
+    /// unless it was heard from lately or asked for a moment ago.
+    pub fn want(&mut self, address: Ipv4Address, now: Instant) {
+        if self.records.len() > PRUNE_OVER {
+            self.records
+                .retain(|_, r| r.heard.or(r.asked).is_some_and(|at| now < at + HEARD_FOR));
+        }
+        let record = self.records.entry(address).or_insert(Record {
+            heard: None,
+            asked: None,
+        });
+        let fresh = record.heard.is_some_and(|at| now < at + HEARD_FOR);
+        let asked = record.asked.is_some_and(|at| now < at + RETRY_AFTER);
+        if !fresh && !asked {
+            record.asked = Some(now);
+            self.pending.push(address);
+        }
+    }
+
+    /// An ARP frame from `address`, aimed at us, arrived.
+    pub fn heard(&mut self, address: Ipv4Address, now: Instant) {
+        self.records
+            .entry(address)
+            .and_modify(|r| r.heard = Some(now))
+            .or_insert(Record {
+                heard: Some(now),
+                asked: None,
+            });
+    }
+
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// The next request owed, taken.
+    pub fn next_pending(&mut self) -> Option<Ipv4Address> {
+        self.pending.pop()
+    }
+
+    /// Give a request back (no frame to send it in).
+    pub fn defer(&mut self, address: Ipv4Address) {
+        self.pending.push(address);
+    }
+}
+
+/// The sender of `frame` if it is an ARP packet aimed at `us`.
+pub(crate) fn arp_sender(frame: &[u8], us: Ipv4Address) -> Option<Ipv4Address> {
+    let ethernet = EthernetFrame::new_checked(frame).ok()?;
+    let packet = ArpPacket::new_checked(ethernet.payload()).ok()?;
+    match ArpRepr::parse(&packet).ok()? {
+        ArpRepr::EthernetIpv4 {
+            source_protocol_addr,
+            target_protocol_addr,
+            ..
+        } if target_protocol_addr == us => Some(source_protocol_addr),
+        _ => None,
+    }
+}
+
+/// The length of a broadcast ARP request frame.
+pub(crate) const REQUEST_LEN: usize = 14 + 28;
+
+/// A broadcast ARP request for `target` from (`mac`, `address`), written
+/// into `buf` of [`REQUEST_LEN`] bytes.
+pub(crate) fn emit_request(
+    buf: &mut [u8],
+    mac: EthernetAddress,
+    address: Ipv4Address,
+    target: Ipv4Address,
+) {
+    let ethernet = EthernetRepr {
+        src_addr: mac,
+        dst_addr: EthernetAddress::BROADCAST,
+        ethertype: EthernetProtocol::Arp,
+    };
+    let mut frame = EthernetFrame::new_unchecked(buf);
+    ethernet.emit(&mut frame);
+    ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Request,
+        source_hardware_addr: mac,
+        source_protocol_addr: address,
+        target_hardware_addr: EthernetAddress([0; 6]),
+        target_protocol_addr: target,
+    }
+    .emit(&mut ArpPacket::new_unchecked(frame.payload_mut()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const US: Ipv4Address = Ipv4Address::new(198, 18, 0, 1);
+    const PEER: Ipv4Address = Ipv4Address::new(198, 18, 0, 20);
+    const MAC: EthernetAddress = EthernetAddress([2, 0, 0, 0, 0, 1]);
+
+    #[test]
+    fn asks_once_per_retry_period_until_heard_and_again_when_stale() {
+        let mut r = Resolver::default();
+        let t0 = Instant::from_millis(1_000);
+        r.want(PEER, t0);
+        r.want(PEER, t0 + Duration::from_millis(50));
+        assert_eq!(r.next_pending(), Some(PEER));
+        assert_eq!(r.next_pending(), None, "asked once");
+        r.want(PEER, t0 + RETRY_AFTER);
+        assert_eq!(r.next_pending(), Some(PEER), "unanswered: asked again");
+        let heard = t0 + Duration::from_secs(1);
+        r.heard(PEER, heard);
+        r.want(PEER, heard + Duration::from_secs(1));
+        assert!(!r.has_pending(), "heard lately");
+        r.want(PEER, heard + HEARD_FOR);
+        assert_eq!(r.next_pending(), Some(PEER), "stale");
+    }
+
+    #[test]
+    fn a_request_emitted_parses_back_and_a_reply_to_us_names_its_sender() {
+        let mut buf = [0u8; REQUEST_LEN];
+        emit_request(&mut buf, MAC, US, PEER);
+        // Our own request is aimed at the peer, not us.
+        assert_eq!(arp_sender(&buf, US), None);
+        assert_eq!(arp_sender(&buf, PEER), Some(US));
+        assert_eq!(arp_sender(&buf[..20], PEER), None, "truncated");
+    }
+}
