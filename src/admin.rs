@@ -93,7 +93,7 @@ impl Collector for ProxyCollector {
                 ConstCounter::new(*count).encode(family.encode_family(&labels)?)?;
             }
         }
-        let counters: [(&str, &str, u64); 13] = [
+        let counters: [(&str, &str, u64); 15] = [
             (
                 "rauta_connections",
                 "Client connections accepted",
@@ -133,6 +133,16 @@ impl Collector for ProxyCollector {
                 "rauta_upstream_ejections",
                 "Endpoints taken out of a worker's rotation after a refused or timed-out connect",
                 s.ejections,
+            ),
+            (
+                "rauta_health_checks_passed",
+                "Active health checks (BackendTrafficPolicy healthCheck.active) that passed",
+                s.health_checks[0],
+            ),
+            (
+                "rauta_health_checks_failed",
+                "Active health checks that failed: no connection, no answer in time, or a status not expected",
+                s.health_checks[1],
             ),
             (
                 "rauta_http2_streams",

@@ -14,7 +14,7 @@ use crate::manifests::Sourced;
 use crate::verdict::{Check, ObjectRef, PolicyVerdict};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
-use rauta_dataplane::config::{OutlierDetection, TrafficPolicy};
+use rauta_dataplane::config::{ActiveHealthCheck, HashOn, OutlierDetection, TrafficPolicy};
 use rauta_dataplane::proxy::LoadBalancing;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -68,6 +68,42 @@ pub struct PolicyTargetReference {
 pub struct LoadBalancer {
     #[serde(rename = "type")]
     pub type_: LoadBalancerType,
+    /// The key, for `type: ConsistentHash`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistent_hash: Option<ConsistentHash>,
+}
+
+/// What a consistent hash is taken over.
+#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsistentHash {
+    #[serde(rename = "type")]
+    pub type_: ConsistentHashType,
+    /// For `type: Header`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<NamedKey>,
+    /// For `type: Cookie`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<NamedKey>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, JsonSchema, Default, PartialEq, Eq)]
+pub enum ConsistentHashType {
+    /// The client's address.
+    #[default]
+    #[serde(rename = "SourceIP")]
+    SourceIp,
+    /// A request header (requests without it are balanced by least request).
+    Header,
+    /// A request cookie (requests without it are balanced by least request;
+    /// none is set).
+    Cookie,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NamedKey {
+    pub name: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, JsonSchema, Default, PartialEq, Eq)]
@@ -77,14 +113,62 @@ pub enum LoadBalancerType {
     LeastRequest,
     /// Each endpoint in turn.
     RoundRobin,
+    /// The same key to the same endpoint (`consistentHash`).
+    ConsistentHash,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct HealthCheck {
+    /// Checks each worker sends to every endpoint (none by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<ActiveHealthCheckSpec>,
     /// Outlier detection on live traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub passive: Option<PassiveHealthCheck>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ActiveHealthCheckSpec {
+    #[serde(rename = "type")]
+    pub type_: ActiveHealthCheckType,
+    /// Between checks of one endpoint (default 3s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// For the answer's status line (default 1s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Passes in a row that bring an endpoint back (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_threshold: Option<u32>,
+    /// Failures in a row that take it out (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy_threshold: Option<u32>,
+    /// The request, for `type: HTTP`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpHealthCheck>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, JsonSchema, Default, PartialEq, Eq)]
+pub enum ActiveHealthCheckType {
+    /// `GET path`; a status in `expectedStatuses` passes.
+    #[default]
+    #[serde(rename = "HTTP")]
+    Http,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpHealthCheck {
+    /// The path checked, e.g. `/healthz`.
+    pub path: String,
+    /// The `Host` field (default: the endpoint's address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Statuses that pass (default: 200).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_statuses: Option<Vec<u16>>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, Default, PartialEq)]
@@ -279,14 +363,26 @@ fn settings(policy: &Sourced<BackendTrafficPolicy>) -> Result<TrafficPolicy, Com
             outlier
         }
     };
+    let active = spec
+        .health_check
+        .as_ref()
+        .and_then(|h| h.active.as_ref())
+        .map(|a| active_check(policy, a))
+        .transpose()?;
     let breaker = spec.circuit_breaker.clone().unwrap_or_default();
     let at = "spec.circuitBreaker";
     let (ns, name) = id(&policy.object);
+    let (balancing, hash_on) = match &spec.load_balancer {
+        None => (None, None),
+        Some(lb) => match lb.type_ {
+            LoadBalancerType::LeastRequest => (Some(LoadBalancing::LeastRequest), None),
+            LoadBalancerType::RoundRobin => (Some(LoadBalancing::RoundRobin), None),
+            LoadBalancerType::ConsistentHash => (None, Some(hash_on(policy, lb)?)),
+        },
+    };
     Ok(TrafficPolicy {
-        balancing: spec.load_balancer.as_ref().map(|lb| match lb.type_ {
-            LoadBalancerType::LeastRequest => LoadBalancing::LeastRequest,
-            LoadBalancerType::RoundRobin => LoadBalancing::RoundRobin,
-        }),
+        balancing,
+        hash_on,
         outlier,
         max_requests: positive(
             policy,
@@ -298,8 +394,102 @@ fn settings(policy: &Sourced<BackendTrafficPolicy>) -> Result<TrafficPolicy, Com
             &format!("{at}.maxRequestsPerEndpoint"),
             breaker.max_requests_per_endpoint,
         )?,
+        active,
         source: Some(format!("{ns}/{name}").into()),
     })
+}
+
+fn hash_on(
+    policy: &Sourced<BackendTrafficPolicy>,
+    lb: &LoadBalancer,
+) -> Result<HashOn, CompileError> {
+    let at = "spec.loadBalancer.consistentHash";
+    let hash = lb
+        .consistent_hash
+        .as_ref()
+        .ok_or_else(|| field_error(policy, at, "type ConsistentHash needs it".into()))?;
+    let named = |key: Option<&NamedKey>, field: &str| {
+        key.map(|k| k.name.clone())
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| {
+                field_error(
+                    policy,
+                    &format!("{at}.{field}.name"),
+                    format!("type {:?} needs it", hash.type_),
+                )
+            })
+    };
+    Ok(match hash.type_ {
+        ConsistentHashType::SourceIp => HashOn::SourceIp,
+        ConsistentHashType::Header => {
+            let name = named(hash.header.as_ref(), "header")?;
+            HashOn::Header(http::HeaderName::try_from(name.as_str()).map_err(|_| {
+                field_error(
+                    policy,
+                    &format!("{at}.header.name"),
+                    format!("{name:?} is not a header name"),
+                )
+            })?)
+        }
+        ConsistentHashType::Cookie => HashOn::Cookie(named(hash.cookie.as_ref(), "cookie")?),
+    })
+}
+
+fn active_check(
+    policy: &Sourced<BackendTrafficPolicy>,
+    spec: &ActiveHealthCheckSpec,
+) -> Result<Arc<ActiveHealthCheck>, CompileError> {
+    let at = "spec.healthCheck.active";
+    let field = |name: &str| format!("{at}.{name}");
+    let ActiveHealthCheckType::Http = spec.type_;
+    let http = spec
+        .http
+        .as_ref()
+        .ok_or_else(|| field_error(policy, &field("http"), "type HTTP needs it".into()))?;
+    if !http.path.starts_with('/') {
+        return Err(field_error(
+            policy,
+            &field("http.path"),
+            format!("{:?} does not start with /", http.path),
+        ));
+    }
+    let expected = http.expected_statuses.clone().unwrap_or_default();
+    if let Some((i, status)) = expected
+        .iter()
+        .enumerate()
+        .find(|(_, s)| !(100..=599).contains(*s))
+    {
+        return Err(field_error(
+            policy,
+            &field(&format!("http.expectedStatuses[{i}]")),
+            format!("{status} is not an HTTP status"),
+        ));
+    }
+    Ok(Arc::new(ActiveHealthCheck {
+        path: http.path.clone(),
+        host: http.hostname.clone(),
+        interval: duration(
+            policy,
+            &field("interval"),
+            spec.interval.as_ref(),
+            Duration::from_secs(3),
+        )?,
+        timeout: duration(
+            policy,
+            &field("timeout"),
+            spec.timeout.as_ref(),
+            Duration::from_secs(1),
+        )?,
+        healthy_threshold: positive(policy, &field("healthyThreshold"), spec.healthy_threshold)?
+            .unwrap_or(1),
+        unhealthy_threshold: positive(
+            policy,
+            &field("unhealthyThreshold"),
+            spec.unhealthy_threshold,
+        )?
+        .unwrap_or(3),
+        expected_statuses: expected,
+    }))
 }
 
 /// Check every policy and attach each to the Services it targets that
@@ -392,6 +582,11 @@ spec:
   targetRefs: [{group: '', kind: Service, name: web}, {group: '', kind: Service, name: gone}]
   loadBalancer: {type: RoundRobin}
   healthCheck:
+    active:
+      type: HTTP
+      interval: 500ms
+      unhealthyThreshold: 2
+      http: {path: /healthz, expectedStatuses: [200, 204]}
     passive: {consecutive5XxErrors: 3, baseEjectionTime: 2s, maxEjectionPercent: 100}
   circuitBreaker: {maxParallelRequests: 100, maxRequestsPerEndpoint: 10}
 ";
@@ -410,6 +605,15 @@ spec:
         assert_eq!(web.max_requests, Some(100));
         assert_eq!(web.max_requests_per_endpoint, Some(10));
         assert_eq!(web.source.as_deref(), Some("apps/web"));
+        let active = web.active.as_deref().expect("active checks");
+        assert_eq!(active.path, "/healthz");
+        assert_eq!(active.interval, Duration::from_millis(500));
+        assert_eq!(active.timeout, Duration::from_secs(1), "default");
+        assert_eq!(
+            (active.healthy_threshold, active.unhealthy_threshold),
+            (1, 2)
+        );
+        assert!(active.expects(204) && !active.expects(503));
         assert!(attached.get("apps", "gone").is_none());
         assert_eq!(verdicts[0].accepted.reason, "TargetNotFound");
     }
@@ -443,6 +647,37 @@ spec:
     }
 
     #[test]
+    fn consistent_hashing_takes_a_key() {
+        let services = HashSet::from([("apps", "web")]);
+        let with = |lb: &str| {
+            let text = POLICY.replace("loadBalancer: {type: RoundRobin}", lb);
+            attach(&load(&text).backend_policies, &services, true)
+                .map(|(attached, _)| attached.get("apps", "web").unwrap().hash_on.clone())
+                .map_err(|e| e.field)
+        };
+        assert_eq!(
+            with("loadBalancer: {type: ConsistentHash, consistentHash: {type: SourceIP}}"),
+            Ok(Some(HashOn::SourceIp))
+        );
+        assert_eq!(
+            with("loadBalancer: {type: ConsistentHash, consistentHash: {type: Header, header: {name: X-User}}}"),
+            Ok(Some(HashOn::Header(http::HeaderName::from_static("x-user"))))
+        );
+        assert_eq!(
+            with("loadBalancer: {type: ConsistentHash, consistentHash: {type: Cookie, cookie: {name: session}}}"),
+            Ok(Some(HashOn::Cookie("session".into())))
+        );
+        assert_eq!(
+            with("loadBalancer: {type: ConsistentHash, consistentHash: {type: Header}}"),
+            Err("spec.loadBalancer.consistentHash.header.name".into())
+        );
+        assert_eq!(
+            with("loadBalancer: {type: ConsistentHash}"),
+            Err("spec.loadBalancer.consistentHash".into())
+        );
+    }
+
+    #[test]
     fn a_bad_field_is_named_and_excluded_or_rejected() {
         let bad = POLICY.replace("maxEjectionPercent: 100", "maxEjectionPercent: 101");
         let m = load(&bad);
@@ -456,6 +691,9 @@ spec:
         let (attached, verdicts) = attach(&m.backend_policies, &services, false).unwrap();
         assert!(attached.get("apps", "web").is_none());
         assert_eq!(verdicts[0].accepted.reason, "Invalid");
+        let relative = POLICY.replace("path: /healthz", "path: healthz");
+        let error = attach(&load(&relative).backend_policies, &services, true).unwrap_err();
+        assert_eq!(error.field, "spec.healthCheck.active.http.path");
         let wrong_kind =
             POLICY.replace("kind: Service, name: web}", "kind: Deployment, name: web}");
         let error = attach(&load(&wrong_kind).backend_policies, &services, true).unwrap_err();

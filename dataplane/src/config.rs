@@ -37,6 +37,22 @@ impl GatewayConfig {
     }
 
     /// Total rules over all listeners (for reports).
+    /// Every backend of every rule, mirrors' included (one reached by
+    /// several rules or matches comes as often).
+    pub fn backends(&self) -> impl Iterator<Item = &Backend> {
+        self.ports
+            .values()
+            .flat_map(|p| &p.listeners)
+            .flat_map(|l| l.routes.actions())
+            .flat_map(|action| {
+                let mirrored = action
+                    .mirrors
+                    .iter()
+                    .flat_map(|m| &m.action.backends.backends);
+                action.backends.backends.iter().chain(mirrored)
+            })
+    }
+
     pub fn rule_count(&self) -> usize {
         self.ports
             .values()
@@ -430,14 +446,58 @@ pub struct Backend {
 pub struct TrafficPolicy {
     /// `None`: the gateway's `--load-balancing`.
     pub balancing: Option<crate::proxy::LoadBalancing>,
+    /// Consistent hashing on this key, ahead of `balancing` (which takes
+    /// requests without one).
+    pub hash_on: Option<HashOn>,
     pub outlier: OutlierDetection,
     /// Requests each worker may have in flight to one endpoint; `None`:
     /// the gateway's `--max-requests-per-endpoint`.
     pub max_requests_per_endpoint: Option<u32>,
     /// Requests each worker may have in flight to the whole backend.
     pub max_requests: Option<u32>,
+    /// Active health checks, when the policy asks for them.
+    pub active: Option<Arc<ActiveHealthCheck>>,
     /// The policy object that set this, `namespace/name` (none: defaults).
     pub source: Option<Arc<str>>,
+}
+
+/// What a consistent hash is taken over.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HashOn {
+    /// The client's address.
+    SourceIp,
+    /// A request header's values.
+    Header(HeaderName),
+    /// A request cookie's value.
+    Cookie(String),
+}
+
+/// An active health check: `GET path` to each endpoint every `interval`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActiveHealthCheck {
+    pub path: String,
+    /// The `Host` field (default: the endpoint's address).
+    pub host: Option<String>,
+    pub interval: std::time::Duration,
+    /// An answer's status line must come within this.
+    pub timeout: std::time::Duration,
+    /// Passes in a row that bring an endpoint back.
+    pub healthy_threshold: u32,
+    /// Failures in a row that take it out.
+    pub unhealthy_threshold: u32,
+    /// Statuses that pass (empty: 200 only).
+    pub expected_statuses: Vec<u16>,
+}
+
+impl ActiveHealthCheck {
+    /// Whether an answer with `status` passes.
+    pub fn expects(&self, status: u16) -> bool {
+        if self.expected_statuses.is_empty() {
+            status == 200
+        } else {
+            self.expected_statuses.contains(&status)
+        }
+    }
 }
 
 /// Passive health (outlier detection), Envoy's terms.

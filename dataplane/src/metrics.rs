@@ -80,6 +80,8 @@ pub struct ProxyMetrics {
     retries: AtomicU64,
     /// Endpoints taken out of a worker's rotation.
     ejections: AtomicU64,
+    /// Active health checks that passed, and failed.
+    health_checks: [AtomicU64; 2],
     /// Retries the retry budget refused.
     retries_budget_exhausted: AtomicU64,
     /// Mirrored copies sent, and not sent (no ready endpoint).
@@ -131,6 +133,8 @@ pub struct MetricsSnapshot {
     pub backend_errors: u64,
     pub retries: u64,
     pub ejections: u64,
+    /// Active health checks: passed, failed.
+    pub health_checks: [u64; 2],
     pub retries_budget_exhausted: u64,
     pub mirrors: u64,
     pub mirrors_unsent: u64,
@@ -236,6 +240,11 @@ impl ProxyMetrics {
         self.ejections.fetch_add(1, Relaxed);
     }
 
+    /// An active health check passed (or failed).
+    pub fn health_check(&self, passed: bool) {
+        self.health_checks[usize::from(!passed)].fetch_add(1, Relaxed);
+    }
+
     /// A failure, counted by cause (and, for a backend failure, as a
     /// backend error; for an expiry, by its phase).
     pub fn failure(&self, cause: Cause) {
@@ -287,6 +296,9 @@ impl ProxyMetrics {
         into.backend_errors += self.backend_errors.load(Relaxed);
         into.retries += self.retries.load(Relaxed);
         into.ejections += self.ejections.load(Relaxed);
+        for (into, count) in into.health_checks.iter_mut().zip(&self.health_checks) {
+            *into += count.load(Relaxed);
+        }
         into.retries_budget_exhausted += self.retries_budget_exhausted.load(Relaxed);
         into.mirrors += self.mirrors.load(Relaxed);
         into.mirrors_unsent += self.mirrors_unsent.load(Relaxed);

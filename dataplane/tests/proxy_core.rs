@@ -4,8 +4,8 @@
 use arc_swap::ArcSwap;
 use rauta_dataplane::config::BackendProtocol;
 use rauta_dataplane::config::{
-    Backend, Backends, Cors, GatewayConfig, Listener, Mirror, OutlierDetection, PortListeners,
-    RetryPolicy, RouteTimeouts, RuleAction, TrafficPolicy,
+    ActiveHealthCheck, Backend, Backends, Cors, GatewayConfig, HashOn, Listener, Mirror,
+    OutlierDetection, PortListeners, RetryPolicy, RouteTimeouts, RuleAction, TrafficPolicy,
 };
 use rauta_dataplane::error::Cause;
 use rauta_dataplane::http2::Http2Settings;
@@ -1112,6 +1112,136 @@ fn a_policy_sets_the_ejection_threshold_and_the_balancing() {
     assert_eq!(seen[0], BACKEND, "{seen:?}");
     assert!(seen[1..].iter().all(|to| to == SECOND), "{seen:?}");
     assert_eq!(h.snapshot().ejections, 1);
+}
+
+/// A second passes; each health check that went out in it is answered:
+/// BACKEND's with `backend_status`, any other endpoint's with 200.
+fn checks_answered(h: &mut Harness, backend_status: u16) -> usize {
+    let before = h.io.connects.len();
+    h.wait(1);
+    let checks: Vec<(u32, SocketAddr)> = h.io.connects[before..].to_vec();
+    for &(conn, to) in &checks {
+        let request = h.io.take_output(conn);
+        assert!(
+            request.starts_with("GET /healthz HTTP/1.1\r\nHost: "),
+            "{request}"
+        );
+        let status = if to.to_string() == BACKEND {
+            backend_status
+        } else {
+            200
+        };
+        h.backend_sends(
+            conn,
+            &format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n"),
+        );
+        assert_eq!(
+            h.closed(conn),
+            Some("fin"),
+            "a check's connection is its own"
+        );
+    }
+    checks.len()
+}
+
+#[test]
+fn active_checks_take_a_failing_endpoint_out_and_bring_it_back() {
+    let traffic = TrafficPolicy {
+        balancing: Some(LoadBalancing::RoundRobin),
+        active: Some(Arc::new(ActiveHealthCheck {
+            path: "/healthz".into(),
+            host: None,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            healthy_threshold: 1,
+            unhealthy_threshold: 2,
+            expected_statuses: Vec::new(),
+        })),
+        ..TrafficPolicy::default()
+    };
+    let mut h = Harness::with_settings(
+        config_under(&[BACKEND, SECOND], traffic),
+        ProxySettings::default(),
+    );
+    assert_eq!(checks_answered(&mut h, 503), 2, "one check per endpoint");
+    // One failure is not yet the threshold: both still serve.
+    let seen = where_requests_go_while_backend_fails(&mut h, 2);
+    assert!(seen.contains(&BACKEND.to_string()), "{seen:?}");
+    assert_eq!(checks_answered(&mut h, 503), 2);
+    let seen = where_requests_go_while_backend_fails(&mut h, 4);
+    assert!(seen.iter().all(|to| to == SECOND), "out after 2: {seen:?}");
+    assert_eq!(h.snapshot().health_checks, [2, 2]);
+    // Passing once brings it back.
+    checks_answered(&mut h, 200);
+    let seen = where_requests_go_while_backend_fails(&mut h, 4);
+    assert!(seen.contains(&BACKEND.to_string()), "back: {seen:?}");
+}
+
+#[test]
+fn a_check_unanswered_in_time_fails() {
+    let traffic = TrafficPolicy {
+        active: Some(Arc::new(ActiveHealthCheck {
+            path: "/healthz".into(),
+            host: Some("health.local".into()),
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_millis(500),
+            healthy_threshold: 1,
+            unhealthy_threshold: 1,
+            expected_statuses: vec![204],
+        })),
+        ..TrafficPolicy::default()
+    };
+    let mut h = Harness::with_settings(config_under(&[BACKEND], traffic), ProxySettings::default());
+    h.wait(1);
+    let (conn, _) = h.io.connects[0];
+    assert!(h
+        .io
+        .take_output(conn)
+        .contains("\r\nHost: health.local\r\n"));
+    h.wait(1);
+    assert_eq!(h.closed(conn), Some("rst"), "cut at its timeout");
+    assert_eq!(h.snapshot().health_checks, [0, 1]);
+}
+
+#[test]
+fn consistent_hashing_sends_a_key_to_one_endpoint() {
+    let endpoints = [
+        "10.0.0.1:8080",
+        "10.0.0.2:8080",
+        "10.0.0.3:8080",
+        "10.0.0.4:8080",
+    ];
+    let traffic = TrafficPolicy {
+        hash_on: Some(HashOn::Header(http::HeaderName::from_static("x-user"))),
+        ..TrafficPolicy::default()
+    };
+    let mut h = Harness::with_settings(config_under(&endpoints, traffic), ProxySettings::default());
+    let to_of = |h: &mut Harness, user: &str| {
+        h.client_sends(&format!(
+            "GET /app HTTP/1.1\r\nHost: h\r\nX-User: {user}\r\n\r\n"
+        ));
+        let (conn, to) =
+            h.io.connects
+                .iter()
+                .copied()
+                .find(|(c, _)| !h.io.conns[c].outbox.is_empty())
+                .expect("the request went out");
+        h.io.take_output(conn);
+        h.backend_sends(conn, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        h.client_got();
+        to
+    };
+    let first: Vec<SocketAddr> = (0..8)
+        .map(|u| to_of(&mut h, &format!("user-{u}")))
+        .collect();
+    for _ in 0..3 {
+        let again: Vec<SocketAddr> = (0..8)
+            .map(|u| to_of(&mut h, &format!("user-{u}")))
+            .collect();
+        assert_eq!(again, first, "a user's requests stay on one endpoint");
+    }
+    let distinct: std::collections::HashSet<_> = first.iter().collect();
+    assert!(distinct.len() >= 2, "8 users on one endpoint: {first:?}");
 }
 
 #[test]

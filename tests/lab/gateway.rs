@@ -123,19 +123,24 @@ impl GatewayLab {
     /// `rauta echo` as pod `pod` on `listen` in the backend namespace,
     /// once it listens.
     pub(crate) fn spawn_echo(&self, pod: &str, listen: &str) -> Process {
+        self.spawn_echo_with(pod, listen, &[])
+    }
+
+    /// `rauta echo` with `extra` flags (its faults: `--fail-every`,
+    /// `--delay`).
+    pub(crate) fn spawn_echo_with(&self, pod: &str, listen: &str, extra: &[&str]) -> Process {
         let pod = format!("POD_NAME={pod}");
-        let p = self.lab.spawn(
-            "backend",
-            &[
-                "env",
-                &pod,
-                "NAMESPACE=default",
-                RAUTA,
-                "echo",
-                "--listen",
-                listen,
-            ],
-        );
+        let mut args = vec![
+            "env",
+            &pod,
+            "NAMESPACE=default",
+            RAUTA,
+            "echo",
+            "--listen",
+            listen,
+        ];
+        args.extend_from_slice(extra);
+        let p = self.lab.spawn("backend", &args);
         p.wait_for_line(
             |l| l.starts_with("rauta echo: listening"),
             Duration::from_secs(10),

@@ -201,3 +201,78 @@ fn a_route_retry_and_timeouts_hold_on_xdp() {
 fn a_route_retry_and_timeouts_hold_on_kernel() {
     route_retry_and_timeouts(Io::Kernel, "rtr-d");
 }
+
+/// `PAIR` under a BackendTrafficPolicy with active checks every 200 ms:
+/// two failures take an endpoint out, one pass brings it back.
+const CHECKED: &str = r#"
+apiVersion: gateway.rauta.dev/v1alpha1
+kind: BackendTrafficPolicy
+metadata: {name: echo-pair, namespace: default}
+spec:
+  targetRefs: [{group: "", kind: Service, name: echo-pair}]
+  healthCheck:
+    active:
+      type: HTTP
+      interval: 200ms
+      timeout: 150ms
+      unhealthyThreshold: 2
+      http: {path: /healthz}
+"#;
+
+/// Active health checks on the transport's own loop: an endpoint answering
+/// 503 to everything is found by its checks (no client request needed) and
+/// gets no requests; healthy again, it gets them back within a second.
+fn active_checks(io: Io, prefix: &str) {
+    let _serial = serial();
+    let gw = GatewayLab::start_with(
+        prefix,
+        io,
+        &[("pair.yaml", PAIR), ("checked.yaml", CHECKED)],
+    );
+    let iface = format!("{}-be", gw.lab.prefix);
+    gw.lab.exec_ok(
+        "backend",
+        &["ip", "addr", "add", &format!("{SECOND}/24"), "dev", &iface],
+    );
+    let listen = format!("{SECOND}:3000");
+    let failing = gw.spawn_echo_with("echo-pair-b", &listen, &["--fail-every", "1"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    for i in 0..20 {
+        let r = gw.curl(&[&gw.url(&format!("/pair/{i}"))]);
+        assert!(
+            r.starts_with("HTTP/1.1 200"),
+            "request {i} reached the failing endpoint:\n{r}"
+        );
+        assert!(r.contains("echo-v1-lab-0"), "{r}");
+    }
+    let metrics = gw.admin("/metrics");
+    assert!(
+        metric(&metrics, "rauta_health_checks_failed_total") >= 2.0,
+        "{metrics}"
+    );
+    drop(failing);
+    let _healthy = gw.spawn_echo("echo-pair-b", &listen);
+    let back = std::time::Instant::now();
+    loop {
+        let r = gw.curl(&[&gw.url("/pair/back")]);
+        if r.contains("echo-pair-b") {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(2),
+            "the healed endpoint got no request within 2 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("{io:?}: back in rotation after {:?}", back.elapsed());
+}
+
+#[test]
+fn active_health_checks_take_a_failing_endpoint_out_on_xdp() {
+    active_checks(Io::Xdp, "rtr-e");
+}
+
+#[test]
+fn active_health_checks_take_a_failing_endpoint_out_on_kernel() {
+    active_checks(Io::Kernel, "rtr-f");
+}

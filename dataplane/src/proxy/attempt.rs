@@ -51,6 +51,8 @@ pub(super) struct Upstream {
     pub rule: Arc<RuleAction>,
     /// The index of the chosen backend among the rule's.
     pub backend: Option<usize>,
+    /// The request's consistent-hash key for that backend, if it has one.
+    pub key: Option<u64>,
 }
 
 impl Upstream {
@@ -59,6 +61,7 @@ impl Upstream {
         Self {
             rule: rule.clone(),
             backend: None,
+            key: None,
         }
     }
 
@@ -414,7 +417,8 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             });
         }
         request.failed.push(attempt.endpoint);
-        let backend = request.upstream.as_ref()?.backend()?;
+        let upstream = request.upstream.as_ref()?;
+        let (backend, key) = (upstream.backend()?, upstream.key);
         // From the one after the failed endpoint, in rotation order; under
         // a route's retry, one tried before if none is left.
         let after = backend
@@ -424,9 +428,9 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             .map_or(0, |i| i + 1);
         let (health, load) = (&self.health, &mut self.load);
         // No retry into an endpoint at the circuit breaker's limit either.
-        let endpoint = match load.choose(health, backend, || after, &request.failed, now) {
+        let endpoint = match load.choose(health, backend, || after, &request.failed, key, now) {
             Err(Cause::NoReadyEndpoint) if by_policy.is_some() => {
-                load.choose(health, backend, || after, &[], now)
+                load.choose(health, backend, || after, &[], key, now)
             }
             chosen => chosen,
         }

@@ -18,6 +18,7 @@
 //! (`benches/failures.rs`, scenario `slow`): the fast ones' peaks, from
 //! their CPU shared with the load generator, keep them close in cost.
 
+use super::affinity;
 use super::health::PassiveHealth;
 use crate::config::Backend;
 use crate::error::Cause;
@@ -81,7 +82,8 @@ impl Load {
     }
 
     /// One of `backend`'s endpoints not in `avoid`, by its policy (or
-    /// this worker's): by load, or in round-robin order from `turn()`.
+    /// this worker's): by the request's hashed `key` under consistent
+    /// hashing, by load, or in round-robin order from `turn()`.
     /// `NoReadyEndpoint` when there is none, `Overflow` when the one found
     /// is at the circuit breaker's limit, or the backend is at its own.
     pub fn choose(
@@ -90,6 +92,7 @@ impl Load {
         backend: &Backend,
         turn: impl FnOnce() -> usize,
         avoid: &[SocketAddr],
+        key: Option<u64>,
         now: Instant,
     ) -> Result<SocketAddr, Cause> {
         let traffic = &backend.traffic;
@@ -101,6 +104,19 @@ impl Load {
             }
         }
         let limit = traffic.max_requests_per_endpoint.unwrap_or(self.limit);
+        if let Some(key) = key.filter(|_| traffic.hash_on.is_some()) {
+            let usable = |e: SocketAddr| {
+                !avoid.contains(&e) && !health.is_ejected(e, now) && self.outstanding(e) < limit
+            };
+            // Every one ejected or full: the key's first choice still.
+            let endpoint = affinity::pick(key, endpoints, usable)
+                .or_else(|| affinity::pick(key, endpoints, |e| !avoid.contains(&e)))
+                .ok_or(Cause::NoReadyEndpoint)?;
+            if self.outstanding(endpoint) >= limit {
+                return Err(Cause::Overflow);
+            }
+            return Ok(endpoint);
+        }
         let endpoint = match traffic.balancing.unwrap_or(self.policy) {
             LoadBalancing::LeastRequest => self.pick(health, endpoints, avoid, limit, now),
             // This worker's rotation, past the endpoints it has ejected.

@@ -17,7 +17,7 @@
 //! [`OutlierDetection`]: the defaults, or its Service's policy.
 
 use crate::config::{Backend, OutlierDetection};
-use foldhash::{HashMap, HashMapExt};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -39,12 +39,16 @@ struct Record {
 #[derive(Debug)]
 pub(super) struct PassiveHealth {
     records: HashMap<SocketAddr, Record>,
+    /// Endpoints out of rotation by their active checks
+    /// ([`super::checks`]): skipped as ejected ones are.
+    checked_out: HashSet<SocketAddr>,
 }
 
 impl Default for PassiveHealth {
     fn default() -> Self {
         Self {
             records: HashMap::new(),
+            checked_out: HashSet::new(),
         }
     }
 }
@@ -132,13 +136,25 @@ impl PassiveHealth {
         }
     }
 
-    /// Whether `endpoint` is out of the rotation at `now`.
+    /// Whether `endpoint` is out of the rotation at `now`: ejected, or
+    /// failing its active checks.
     pub fn is_ejected(&self, endpoint: SocketAddr, now: Instant) -> bool {
-        !self.records.is_empty()
+        (!self.records.is_empty()
             && self
                 .records
                 .get(&endpoint)
-                .is_some_and(|record| now < record.until)
+                .is_some_and(|record| now < record.until))
+            || (!self.checked_out.is_empty() && self.checked_out.contains(&endpoint))
+    }
+
+    /// `endpoint` failed its active checks.
+    pub fn checked_down(&mut self, endpoint: SocketAddr) {
+        self.checked_out.insert(endpoint);
+    }
+
+    /// `endpoint` passes its active checks again (or has none now).
+    pub fn checked_up(&mut self, endpoint: SocketAddr) {
+        self.checked_out.remove(&endpoint);
     }
 
     /// The first endpoint from `start` on, in `endpoints`' rotation order,

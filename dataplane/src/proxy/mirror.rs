@@ -11,6 +11,7 @@
 use super::attempt::Upstream;
 use super::body::BodyReader;
 use super::h1::ClientFraming;
+use super::upstream::Selected;
 use super::{Exchange, InFlight, Proxy, Role, Transport, Wire};
 use crate::config::{Mirror, RuleAction};
 use crate::http1::Version;
@@ -69,10 +70,15 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         now: Instant,
     ) -> Option<usize> {
         let config = self.config.load();
-        let selected = self
-            .cursors
-            .select(&config, action, &self.health, &mut self.load, now);
-        let Ok((index, endpoint)) = selected else {
+        let selected =
+            self.cursors
+                .select(&config, action, |_| None, &self.health, &mut self.load, now);
+        let Ok(Selected {
+            backend: index,
+            endpoint,
+            ..
+        }) = selected
+        else {
             self.metrics.mirror(false);
             return None;
         };

@@ -26,11 +26,13 @@
 //! deadline ([`deadline`]). This module holds the state and the driver:
 //! the socket steps and the loop that runs them.
 
+mod affinity;
 mod answer;
 mod attempt;
 mod balance;
 mod body;
 mod budget;
+mod checks;
 mod cors;
 mod deadline;
 mod decode;
@@ -48,6 +50,7 @@ pub use balance::LoadBalancing;
 use body::{BodyReader, ReadError};
 use budget::RetryBudget;
 pub use budget::RetryBudgetSettings;
+use checks::ActiveChecks;
 pub use deadline::Deadlines;
 use deadline::{overdue, Overdue};
 use h1::{ClientFraming, Coding};
@@ -377,6 +380,7 @@ pub struct Proxy<C> {
     pub pipes: Pipes,
     cursors: Cursors,
     health: PassiveHealth,
+    checks: ActiveChecks<C>,
     budget: RetryBudget,
     /// When an exchange has something due sooner than the next tick (a
     /// retry's back-off, a route's timeout), earliest first. An entry may
@@ -431,6 +435,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             handoffs: Vec::new(),
             cursors: Cursors::default(),
             health: PassiveHealth::default(),
+            checks: ActiveChecks::default(),
             timers: BinaryHeap::new(),
             scratch,
         }
@@ -454,7 +459,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
 
     /// Whether `conn` is one the proxy knows.
     pub fn knows(&self, conn: C) -> bool {
-        self.roles.contains_key(&Wire::Socket(conn))
+        self.roles.contains_key(&Wire::Socket(conn)) || self.checks.owns(conn)
     }
 
     /// A client connected to `local_port` from `peer`.
@@ -567,11 +572,16 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         if let Some(at) = deadline {
             self.arm(id, at);
         }
-        let selected = self
-            .cursors
-            .select(&config, action, &self.health, &mut self.load, now);
-        let (index, endpoint) = match selected {
-            Ok(chosen) => chosen,
+        let peer = self.exchanges[id].peer;
+        let key_of = |backend: &Backend| {
+            let on = backend.traffic.hash_on.as_ref()?;
+            affinity::key(on, &request.head, peer)
+        };
+        let selected =
+            self.cursors
+                .select(&config, action, key_of, &self.health, &mut self.load, now);
+        let (index, endpoint, key) = match selected {
+            Ok(chosen) => (chosen.backend, chosen.endpoint, chosen.key),
             Err(cause) => {
                 self.refuse(id, cause);
                 return;
@@ -599,6 +609,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         let in_flight = exchange.request.as_mut().expect("just set");
         if let Some(upstream) = &mut in_flight.upstream {
             upstream.backend = Some(index);
+            upstream.key = key;
         }
         if expect_continue && !in_flight.body.is_done() {
             exchange
@@ -658,7 +669,13 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
                     self.check_idle(io, conn, key);
                 }
             }
-            None => {}
+            None => {
+                if let Wire::Socket(conn) = wire {
+                    if self.checks.owns(conn) {
+                        self.checks.on_io(io, conn, &mut self.health, &self.metrics);
+                    }
+                }
+            }
         }
     }
 
@@ -670,6 +687,9 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         }
         self.run_timers(io, now);
         self.expire_idle_pool(io, now);
+        let config = self.config.load_full();
+        self.checks.follow(&config, &mut self.health, now);
+        self.checks.run(io, &mut self.health, &self.metrics, now);
         self.health.expire(now);
         self.load.expire(now);
     }

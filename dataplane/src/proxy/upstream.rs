@@ -6,7 +6,7 @@ use super::balance::Load;
 use super::h1;
 use super::health::PassiveHealth;
 use super::{Attempt, BodyWriter, Proxy, ReadOutcome, Role, Transport, Wire};
-use crate::config::{BackendProtocol, GatewayConfig, RuleAction};
+use crate::config::{Backend, BackendProtocol, GatewayConfig, RuleAction};
 use crate::error::Cause;
 use crate::http2::pipe::{CoreEnd, Message, PipeKind};
 use crate::message::{BodyLength, Request};
@@ -33,18 +33,29 @@ pub(super) struct Cursors {
 /// ride on the HTTP/2 layer's own connections).
 pub(super) type PoolKey = SocketAddr;
 
+/// What upstream selection chose.
+pub(super) struct Selected {
+    /// The backend's index among the rule's.
+    pub backend: usize,
+    pub endpoint: SocketAddr,
+    /// The request's consistent-hash key, if its backend hashes and it
+    /// has one.
+    pub key: Option<u64>,
+}
+
 impl Cursors {
     /// Upstream selection: the rule's backend by weight (its index among
-    /// the rule's), then one of its endpoints, each in this worker's
-    /// round-robin order.
+    /// the rule's), then one of its endpoints by the backend's policy;
+    /// `key_of` gives the request's consistent-hash key for a backend.
     pub(super) fn select(
         &mut self,
         config: &GatewayConfig,
         action: &RuleAction,
+        key_of: impl FnOnce(&Backend) -> Option<u64>,
         health: &PassiveHealth,
         load: &mut Load,
         now: Instant,
-    ) -> Result<(usize, SocketAddr), Cause> {
+    ) -> Result<Selected, Cause> {
         let turn = self.turn(config, &action.backends);
         let index = action
             .backends
@@ -54,9 +65,14 @@ impl Cursors {
         if backend.invalid.is_some() {
             return Err(Cause::BackendNotResolved);
         }
+        let key = key_of(backend);
         let turn = || self.turn(config, backend);
-        let endpoint = load.choose(health, backend, turn, &[], now)?;
-        Ok((index, endpoint))
+        let endpoint = load.choose(health, backend, turn, &[], key, now)?;
+        Ok(Selected {
+            backend: index,
+            endpoint,
+            key,
+        })
     }
 
     /// The next turn of `item`, which lives in `config`.
