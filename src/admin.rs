@@ -248,17 +248,14 @@ impl Collector for ProxyCollector {
                 MetricType::Gauge,
             )?)?;
         }
-        let mut cumulative = 0;
+        // Per bucket: the encoder makes the `le` counts cumulative itself.
         let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
             .iter()
             .copied()
             .chain([f64::INFINITY])
             .zip(s.latency)
-            .map(|(bound, count)| {
-                cumulative += count;
-                (bound, cumulative)
-            })
             .collect();
+        let count = s.latency.iter().sum();
         encoder
             .encode_descriptor(
                 "rauta_response_latency_seconds",
@@ -268,7 +265,7 @@ impl Collector for ProxyCollector {
             )?
             .encode_histogram::<Vec<(String, String)>>(
                 s.latency_sum_seconds,
-                cumulative,
+                count,
                 &buckets,
                 None,
             )?;
@@ -424,4 +421,37 @@ async fn serve(mut stream: tokio::net::TcpStream, state: AdminState) {
         response.extend_from_slice(body.as_bytes());
     }
     let _ = stream.write_all(&response).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_buckets_are_cumulative_once() {
+        let mut snapshot = MetricsSnapshot::default();
+        snapshot.latency[0] = 3;
+        snapshot.latency[1] = 1;
+        *snapshot.latency.last_mut().unwrap() = 2;
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(ProxyCollector(snapshot, 1, Vec::new())));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let bucket = |le: &str| {
+            let prefix = format!("rauta_response_latency_seconds_bucket{{le=\"{le}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .unwrap_or_else(|| panic!("no bucket {le}:\n{text}"))
+                .to_owned()
+        };
+        let first = format!("{}", LATENCY_BUCKETS[0]);
+        let second = format!("{}", LATENCY_BUCKETS[1]);
+        assert_eq!(bucket(&first), "3");
+        assert_eq!(bucket(&second), "4");
+        assert_eq!(bucket("+Inf"), "6");
+        assert!(
+            text.contains("rauta_response_latency_seconds_count 6"),
+            "{text}"
+        );
+    }
 }
