@@ -757,11 +757,11 @@ struct Unresolved {
     message: String,
 }
 
-fn namespace_of(meta: &ObjectMeta) -> &str {
+pub(crate) fn namespace_of(meta: &ObjectMeta) -> &str {
     meta.namespace.as_deref().unwrap_or("default")
 }
 
-fn object_id(meta: &ObjectMeta) -> String {
+pub(crate) fn object_id(meta: &ObjectMeta) -> String {
     format!(
         "{}/{}",
         namespace_of(meta),
@@ -1154,16 +1154,24 @@ fn backend_filters(
 }
 
 /// A GEP-2257 duration; "0s" is `None` (no bound).
+/// A Gateway API duration (`1s`, `500ms`), to the millisecond; what is
+/// wrong with it otherwise.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let parsed: gateway_api::Duration = text
+        .parse()
+        .map_err(|e| format!("{text:?} is not a duration: {e}"))?;
+    let millis = u64::try_from(parsed.as_millis()).unwrap_or(u64::MAX);
+    Ok(Duration::from_millis(millis))
+}
+
+/// A route's duration field; `0s` is none.
 fn duration(
     route: &Sourced<HttpRoute>,
     field: String,
     text: &str,
 ) -> Result<Option<Duration>, CompileError> {
-    let parsed: gateway_api::Duration = text
-        .parse()
-        .map_err(|e| field_error(route, field, format!("{text:?} is not a duration: {e}")))?;
-    let millis = u64::try_from(parsed.as_millis()).unwrap_or(u64::MAX);
-    Ok((millis > 0).then(|| Duration::from_millis(millis)))
+    let parsed = parse_duration(text).map_err(|message| field_error(route, field, message))?;
+    Ok((!parsed.is_zero()).then_some(parsed))
 }
 
 fn compile_timeouts(

@@ -9,7 +9,7 @@
 //! other is `Conflicted` for it. The CRD in `deploy/` is generated from
 //! these types (`BackendTrafficPolicy::crd()`); a test keeps them equal.
 
-use crate::compile::CompileError;
+use crate::compile::{namespace_of, object_id, parse_duration, CompileError};
 use crate::manifests::Sourced;
 use crate::verdict::{Check, ObjectRef, PolicyVerdict};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -240,26 +240,17 @@ impl Attached {
     }
 }
 
-fn id(policy: &BackendTrafficPolicy) -> (String, String) {
-    (
-        policy
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into()),
-        policy.metadata.name.clone().unwrap_or_default(),
-    )
-}
-
 fn field_error(
     policy: &Sourced<BackendTrafficPolicy>,
     field: &str,
     message: String,
 ) -> CompileError {
-    let (ns, name) = id(&policy.object);
     CompileError {
         origin: policy.origin.clone(),
-        object: format!("BackendTrafficPolicy {ns}/{name}"),
+        object: format!(
+            "BackendTrafficPolicy {}",
+            object_id(&policy.object.metadata)
+        ),
         field: field.to_owned(),
         message,
     }
@@ -274,14 +265,11 @@ fn duration(
     let Some(text) = text else {
         return Ok(default);
     };
-    let parsed: gateway_api::Duration = text
-        .parse()
-        .map_err(|e| field_error(policy, field, format!("{text:?} is not a duration: {e}")))?;
-    let millis = u64::try_from(parsed.as_millis()).unwrap_or(u64::MAX);
-    if millis == 0 {
+    let parsed = parse_duration(text).map_err(|message| field_error(policy, field, message))?;
+    if parsed.is_zero() {
         return Err(field_error(policy, field, "must be more than 0s".into()));
     }
-    Ok(Duration::from_millis(millis))
+    Ok(parsed)
 }
 
 fn positive(
@@ -371,7 +359,6 @@ fn settings(policy: &Sourced<BackendTrafficPolicy>) -> Result<TrafficPolicy, Com
         .transpose()?;
     let breaker = spec.circuit_breaker.clone().unwrap_or_default();
     let at = "spec.circuitBreaker";
-    let (ns, name) = id(&policy.object);
     let (balancing, hash_on) = match &spec.load_balancer {
         None => (None, None),
         Some(lb) => match lb.type_ {
@@ -395,7 +382,7 @@ fn settings(policy: &Sourced<BackendTrafficPolicy>) -> Result<TrafficPolicy, Com
             breaker.max_requests_per_endpoint,
         )?,
         active,
-        source: Some(format!("{ns}/{name}").into()),
+        source: Some(object_id(&policy.object.metadata).into()),
     })
 }
 
@@ -506,16 +493,18 @@ pub(crate) fn attach(
     order.sort_by_key(|p| {
         (
             p.object.metadata.creation_timestamp.clone().map(|t| t.0),
-            id(&p.object),
+            namespace_of(&p.object.metadata),
+            p.object.metadata.name.clone(),
         )
     });
     let mut attached = Attached::default();
     let mut verdicts = Vec::new();
     for policy in order {
-        let (ns, name) = id(&policy.object);
+        let meta = &policy.object.metadata;
+        let ns = namespace_of(meta);
         let object = ObjectRef {
-            namespace: ns.clone(),
-            name: name.clone(),
+            namespace: ns.to_owned(),
+            name: meta.name.clone().unwrap_or_default(),
             generation: policy.object.metadata.generation,
         };
         let traffic = match settings(policy) {
@@ -532,8 +521,8 @@ pub(crate) fn attach(
         let mut missing = Vec::new();
         let mut conflicted = Vec::new();
         for target in &policy.object.spec.target_refs {
-            let key = (ns.clone(), target.name.clone());
-            if !services.contains(&(ns.as_str(), target.name.as_str())) {
+            let key = (ns.to_owned(), target.name.clone());
+            if !services.contains(&(ns, target.name.as_str())) {
                 missing.push(target.name.as_str());
             } else if let Some(holder) = attached.by_service.get(&key) {
                 conflicted.push(format!(

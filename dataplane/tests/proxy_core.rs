@@ -1244,6 +1244,20 @@ fn consistent_hashing_sends_a_key_to_one_endpoint() {
     assert!(distinct.len() >= 2, "8 users on one endpoint: {first:?}");
 }
 
+/// A client's `/app/1` goes to a backend and stays in flight; a second
+/// client's `/app/2` gets 503 at once, counted as an overflow. The first's
+/// backend connection.
+fn one_in_flight_and_the_next_refused(h: &mut Harness) -> u32 {
+    h.client_sends("GET /app/1 HTTP/1.1\r\nHost: h\r\n\r\n");
+    let backend = h.last_backend();
+    assert!(h.io.take_output(backend).starts_with("GET /app/1 "));
+    let other = h.another_client("192.0.2.8:40001", "GET /app/2 HTTP/1.1\r\nHost: h\r\n\r\n");
+    let refused = h.io.take_output(other);
+    assert!(refused.starts_with("HTTP/1.1 503 "), "{refused}");
+    assert_eq!(h.failures(Cause::Overflow), 1);
+    backend
+}
+
 #[test]
 fn a_policy_limits_requests_to_the_whole_backend() {
     let traffic = TrafficPolicy {
@@ -1254,14 +1268,8 @@ fn a_policy_limits_requests_to_the_whole_backend() {
         config_under(&[BACKEND, SECOND], traffic),
         ProxySettings::default(),
     );
-    h.client_sends("GET /app/1 HTTP/1.1\r\nHost: h\r\n\r\n");
-    let backend = h.last_backend();
-    assert!(h.io.take_output(backend).starts_with("GET /app/1 "));
     // A second endpoint is idle, but the backend has its one request.
-    let other = h.another_client("192.0.2.8:40001", "GET /app/2 HTTP/1.1\r\nHost: h\r\n\r\n");
-    let refused = h.io.take_output(other);
-    assert!(refused.starts_with("HTTP/1.1 503 "), "{refused}");
-    assert_eq!(h.failures(Cause::Overflow), 1);
+    let backend = one_in_flight_and_the_next_refused(&mut h);
     h.backend_sends(backend, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
     assert!(h.client_got().starts_with("HTTP/1.1 200"));
 }
@@ -1284,15 +1292,9 @@ fn the_circuit_breaker_answers_503_at_once_past_the_endpoint_limit() {
         ..ProxySettings::default()
     };
     let mut h = Harness::with_settings(config(), settings);
-    h.client_sends("GET /app/1 HTTP/1.1\r\nHost: h\r\n\r\n");
-    let backend = h.last_backend();
-    assert!(h.io.take_output(backend).starts_with("GET /app/1 "));
     // The endpoint has one request in flight: a second client's is refused.
-    let other = h.another_client("192.0.2.8:40001", "GET /app/2 HTTP/1.1\r\nHost: h\r\n\r\n");
-    let refused = h.io.take_output(other);
-    assert!(refused.starts_with("HTTP/1.1 503 "), "{refused}");
+    let backend = one_in_flight_and_the_next_refused(&mut h);
     assert_eq!(h.io.connects.len(), 1, "nothing else went to the backend");
-    assert_eq!(h.failures(Cause::Overflow), 1);
     // Once the first is answered, the endpoint takes requests again.
     h.backend_sends(backend, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
     assert!(h.client_got().starts_with("HTTP/1.1 200"));

@@ -9,12 +9,12 @@
 //! no ARP from it has been heard lately; smoltcp's cache fills from the
 //! reply as usual, and connections waiting for it are woken.
 
+use crate::stack::FastMap;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
     EthernetRepr, Ipv4Address,
 };
-use std::collections::HashMap;
 
 /// How long an address counts as resolved after an ARP from it: well
 /// inside smoltcp's 60 s entry lifetime, so a connection opened later asks
@@ -24,8 +24,6 @@ const HEARD_FOR: Duration = Duration::from_secs(30);
 const RETRY_AFTER: Duration = Duration::from_millis(200);
 /// Past this many addresses, old records are dropped.
 const PRUNE_OVER: usize = 4096;
-
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 #[derive(Clone, Copy, Debug)]
 struct Record {

@@ -31,7 +31,7 @@ use smoltcp::wire::{
 use std::collections::HashMap;
 use std::ops::RangeInclusive;
 
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// TCP congestion control.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

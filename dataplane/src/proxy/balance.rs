@@ -103,23 +103,17 @@ impl Load {
             }
         }
         let limit = traffic.max_requests_per_endpoint.unwrap_or(self.limit);
-        if let Some(key) = key.filter(|_| traffic.hash_on.is_some()) {
-            let usable = |e: SocketAddr| {
-                !avoid.contains(&e) && !health.is_ejected(e, now) && self.outstanding(e) < limit
-            };
+        let endpoint = match key.filter(|_| traffic.hash_on.is_some()) {
             // Every one ejected or full: the key's first choice still.
-            let endpoint = affinity::pick(key, endpoints, usable)
-                .or_else(|| affinity::pick(key, endpoints, |e| !avoid.contains(&e)))
-                .ok_or(Cause::NoReadyEndpoint)?;
-            if self.outstanding(endpoint) >= limit {
-                return Err(Cause::Overflow);
-            }
-            return Ok(endpoint);
-        }
-        let endpoint = match traffic.balancing.unwrap_or(self.policy) {
-            LoadBalancing::LeastRequest => self.pick(health, endpoints, avoid, limit, now),
-            // This worker's rotation, past the endpoints it has ejected.
-            LoadBalancing::RoundRobin => health.pick(endpoints, turn(), avoid, now),
+            Some(key) => affinity::pick(key, endpoints, |e| {
+                self.usable(health, e, avoid, limit, now)
+            })
+            .or_else(|| affinity::pick(key, endpoints, |e| !avoid.contains(&e))),
+            None => match traffic.balancing.unwrap_or(self.policy) {
+                LoadBalancing::LeastRequest => self.pick(health, endpoints, avoid, limit, now),
+                // This worker's rotation, past the endpoints it has ejected.
+                LoadBalancing::RoundRobin => health.pick(endpoints, turn(), avoid, now),
+            },
         }
         .ok_or(Cause::NoReadyEndpoint)?;
         if self.outstanding(endpoint) >= limit {
@@ -190,6 +184,21 @@ impl Load {
         self.endpoints.get(&endpoint).map_or(0, |l| l.outstanding)
     }
 
+    /// Whether a request may go to `endpoint` now: not in `avoid`, not
+    /// ejected, under `limit` requests in flight.
+    fn usable(
+        &self,
+        health: &PassiveHealth,
+        endpoint: SocketAddr,
+        avoid: &[SocketAddr],
+        limit: u32,
+        now: Instant,
+    ) -> bool {
+        !avoid.contains(&endpoint)
+            && !health.is_ejected(endpoint, now)
+            && self.outstanding(endpoint) < limit
+    }
+
     /// The cheaper of two endpoints drawn among `endpoints` that are
     /// neither in `avoid`, ejected, nor at `limit` requests in flight;
     /// when the draw finds none usable, the health's own scan (which falls
@@ -209,9 +218,7 @@ impl Load {
         }
         let first = self.draw(n);
         let second = (first + 1 + self.draw(n - 1)) % n;
-        let usable = |e: &SocketAddr| {
-            !avoid.contains(e) && !health.is_ejected(*e, now) && self.outstanding(*e) < limit
-        };
+        let usable = |e: &SocketAddr| self.usable(health, *e, avoid, limit, now);
         match (endpoints[first], endpoints[second]) {
             (a, b) if usable(&a) && usable(&b) => Some(if self.cost(b, now) < self.cost(a, now) {
                 b

@@ -32,6 +32,8 @@ struct Target {
     successes: u32,
     failures: u32,
     down: bool,
+    /// A check of it is in flight.
+    probing: bool,
     /// Still in the configuration (marked on each rescan).
     listed: bool,
 }
@@ -100,12 +102,15 @@ impl<C: Copy + Eq + Hash> ActiveChecks<C> {
                 continue;
             };
             for &endpoint in &backend.endpoints {
+                let probes = &self.probes;
                 let target = self.targets.entry(endpoint).or_insert_with(|| Target {
                     check: check.clone(),
                     next: now,
                     successes: 0,
                     failures: 0,
                     down: false,
+                    // One forgotten and listed again may still have one out.
+                    probing: probes.values().any(|p| p.endpoint == endpoint),
                     listed: true,
                 });
                 target.check = check.clone();
@@ -143,12 +148,13 @@ impl<C: Copy + Eq + Hash> ActiveChecks<C> {
         let due: Vec<SocketAddr> = self
             .targets
             .iter()
-            .filter(|(e, t)| now >= t.next && !self.probes.values().any(|p| p.endpoint == **e))
+            .filter(|(_, t)| now >= t.next && !t.probing)
             .map(|(&e, _)| e)
             .collect();
         for endpoint in due {
             let target = self.targets.get_mut(&endpoint).expect("listed");
             target.next = now + target.check.interval;
+            target.probing = true;
             let check = target.check.clone();
             let Some(conn) = io.connect(endpoint, BackendProtocol::Http1) else {
                 self.record(endpoint, None, health, metrics);
@@ -241,6 +247,7 @@ impl<C: Copy + Eq + Hash> ActiveChecks<C> {
         let Some(target) = self.targets.get_mut(&endpoint) else {
             return;
         };
+        target.probing = false;
         let ok = status.is_some_and(|s| target.check.expects(s));
         metrics.health_check(ok);
         if ok {

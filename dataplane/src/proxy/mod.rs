@@ -670,10 +670,9 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
                 }
             }
             None => {
+                // A health check's, or nothing (`on_io` knows which).
                 if let Wire::Socket(conn) = wire {
-                    if self.checks.owns(conn) {
-                        self.checks.on_io(io, conn, &mut self.health, &self.metrics);
-                    }
+                    self.checks.on_io(io, conn, &mut self.health, &self.metrics);
                 }
             }
         }
