@@ -12,7 +12,9 @@ use prometheus_client::registry::Registry;
 use rauta_controlplane::kubernetes::metrics::ControllerMetrics;
 use rauta_controlplane::source::Published;
 use rauta_dataplane::error::{Cause, Phase, Side};
-use rauta_dataplane::metrics::{MetricsSnapshot, ProxyMetrics, StatusClass, LATENCY_BUCKETS};
+use rauta_dataplane::metrics::{
+    EjectionCause, MetricsSnapshot, ProxyMetrics, StatusClass, LATENCY_BUCKETS,
+};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -93,7 +95,7 @@ impl Collector for ProxyCollector {
                 ConstCounter::new(*count).encode(family.encode_family(&labels)?)?;
             }
         }
-        let counters: [(&str, &str, u64); 15] = [
+        let counters: [(&str, &str, u64); 14] = [
             (
                 "rauta_connections",
                 "Client connections accepted",
@@ -128,11 +130,6 @@ impl Collector for ProxyCollector {
                 "rauta_mirror_requests_unsent",
                 "Mirrored copies not sent: the mirror backend had no ready endpoint",
                 s.mirrors_unsent,
-            ),
-            (
-                "rauta_upstream_ejections",
-                "Endpoints taken out of a worker's rotation after a refused or timed-out connect",
-                s.ejections,
             ),
             (
                 "rauta_health_checks_passed",
@@ -195,6 +192,18 @@ impl Collector for ProxyCollector {
                 let labels = [("cause", cause.label())];
                 ConstCounter::new(s.errors[cause.index()])
                     .encode(family.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "rauta_upstream_ejections",
+                "Endpoints taken out of a worker's rotation, by cause: a connect refused or timed out, 5xx or resets in a row, or latency far above the backend's median",
+                None,
+                MetricType::Counter,
+            )?;
+            for (cause, count) in EjectionCause::ALL.iter().zip(s.ejections) {
+                ConstCounter::new(count)
+                    .encode(family.encode_family(&[("cause", cause.label())])?)?;
             }
         }
         {

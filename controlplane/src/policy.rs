@@ -192,6 +192,15 @@ pub struct PassiveHealthCheck {
     /// always be (default 50).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_ejection_percent: Option<u8>,
+    /// An endpoint whose typical latency is this many times the median of
+    /// the Service's others (and `latencyMargin` above it) is ejected as
+    /// slow (default 3; 0 turns it off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_factor: Option<u32>,
+    /// How far above the median a slow endpoint's latency must be
+    /// (default 10ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_margin: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, Default, PartialEq)]
@@ -333,6 +342,13 @@ fn settings(policy: &Sourced<BackendTrafficPolicy>) -> Result<TrafficPolicy, Com
                 max_ejection_percent: p
                     .max_ejection_percent
                     .unwrap_or(defaults.max_ejection_percent),
+                latency_factor: p.latency_factor.unwrap_or(defaults.latency_factor),
+                latency_margin: duration(
+                    policy,
+                    &format!("{at}.latencyMargin"),
+                    p.latency_margin.as_ref(),
+                    defaults.latency_margin,
+                )?,
             };
             if outlier.max_ejection_percent > 100 {
                 return Err(field_error(
@@ -576,7 +592,7 @@ spec:
       interval: 500ms
       unhealthyThreshold: 2
       http: {path: /healthz, expectedStatuses: [200, 204]}
-    passive: {consecutive5XxErrors: 3, baseEjectionTime: 2s, maxEjectionPercent: 100}
+    passive: {consecutive5XxErrors: 3, baseEjectionTime: 2s, maxEjectionPercent: 100, latencyFactor: 5}
   circuitBreaker: {maxParallelRequests: 100, maxRequestsPerEndpoint: 10}
 ";
 
@@ -591,6 +607,12 @@ spec:
         assert_eq!(web.outlier.base_ejection, Duration::from_secs(2));
         assert_eq!(web.outlier.max_ejection, Duration::from_secs(30), "default");
         assert_eq!(web.outlier.max_ejection_percent, 100);
+        assert_eq!(web.outlier.latency_factor, 5);
+        assert_eq!(
+            web.outlier.latency_margin,
+            Duration::from_millis(10),
+            "default"
+        );
         assert_eq!(web.max_requests, Some(100));
         assert_eq!(web.max_requests_per_endpoint, Some(10));
         assert_eq!(web.source.as_deref(), Some("apps/web"));

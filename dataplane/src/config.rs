@@ -513,6 +513,13 @@ pub struct OutlierDetection {
     /// At most this share of the endpoints is ejected at once (one always
     /// may be).
     pub max_ejection_percent: u8,
+    /// An endpoint whose typical latency is this many times its
+    /// backend's median (and [`Self::latency_margin`] above it) is ejected
+    /// as slow; 0 turns the rule off.
+    pub latency_factor: u32,
+    /// How far above the median a slow endpoint must be, so that noise
+    /// in sub-millisecond answers never ejects.
+    pub latency_margin: Duration,
 }
 
 impl Default for OutlierDetection {
@@ -522,6 +529,8 @@ impl Default for OutlierDetection {
             base_ejection: Duration::from_secs(1),
             max_ejection: Duration::from_secs(30),
             max_ejection_percent: 50,
+            latency_factor: 3,
+            latency_margin: Duration::from_millis(10),
         }
     }
 }

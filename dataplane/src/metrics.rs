@@ -51,6 +51,29 @@ impl StatusClass {
     }
 }
 
+/// Why an endpoint left a worker's rotation (passive health).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EjectionCause {
+    /// A connect refused or timed out.
+    Connect,
+    /// 5xx answers or resets in a row.
+    Errors,
+    /// Answers far slower than its backend's other endpoints'.
+    Latency,
+}
+
+impl EjectionCause {
+    pub const ALL: [Self; 3] = [Self::Connect, Self::Errors, Self::Latency];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Errors => "errors",
+            Self::Latency => "latency",
+        }
+    }
+}
+
 /// Upper bounds (seconds) of the latency histogram's buckets.
 pub const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -78,8 +101,8 @@ pub struct ProxyMetrics {
     backend_errors: AtomicU64,
     /// Attempts begun after a failed one.
     retries: AtomicU64,
-    /// Endpoints taken out of a worker's rotation.
-    ejections: AtomicU64,
+    /// Endpoints taken out of a worker's rotation, per [`EjectionCause`].
+    ejections: [AtomicU64; 3],
     /// Active health checks that passed, and failed.
     health_checks: [AtomicU64; 2],
     /// Retries the retry budget refused.
@@ -132,7 +155,8 @@ pub struct MetricsSnapshot {
     pub backend_requests: u64,
     pub backend_errors: u64,
     pub retries: u64,
-    pub ejections: u64,
+    /// Per [`EjectionCause`], in its order.
+    pub ejections: [u64; 3],
     /// Active health checks: passed, failed.
     pub health_checks: [u64; 2],
     pub retries_budget_exhausted: u64,
@@ -236,8 +260,8 @@ impl ProxyMetrics {
     }
 
     /// An endpoint left a worker's rotation (passive health).
-    pub fn ejection(&self) {
-        self.ejections.fetch_add(1, Relaxed);
+    pub fn ejection(&self, cause: EjectionCause) {
+        self.ejections[cause as usize].fetch_add(1, Relaxed);
     }
 
     /// An active health check passed (or failed).
@@ -295,7 +319,9 @@ impl ProxyMetrics {
         into.backend_requests += self.backend_requests.load(Relaxed);
         into.backend_errors += self.backend_errors.load(Relaxed);
         into.retries += self.retries.load(Relaxed);
-        into.ejections += self.ejections.load(Relaxed);
+        for (into, count) in into.ejections.iter_mut().zip(&self.ejections) {
+            *into += count.load(Relaxed);
+        }
         for (into, count) in into.health_checks.iter_mut().zip(&self.health_checks) {
             *into += count.load(Relaxed);
         }

@@ -9,7 +9,7 @@ use rauta_dataplane::config::{
 };
 use rauta_dataplane::error::Cause;
 use rauta_dataplane::http2::Http2Settings;
-use rauta_dataplane::metrics::{MetricsSnapshot, ProxyMetrics};
+use rauta_dataplane::metrics::{EjectionCause, MetricsSnapshot, ProxyMetrics};
 use rauta_dataplane::proxy::{
     ConnectionGone, LoadBalancing, ProxySettings, ReadOutcome, RetryBudgetSettings, Transport,
 };
@@ -277,6 +277,11 @@ impl Harness {
         snapshot
     }
 
+    /// Ejections counted for `cause` so far.
+    fn ejections(&self, cause: EjectionCause) -> u64 {
+        self.snapshot().ejections[cause as usize]
+    }
+
     /// The last backend connection opened, and where to.
     fn last_connect(&self) -> (u32, String) {
         let (conn, to) = self.io.connects.last().expect("a backend connection");
@@ -464,7 +469,7 @@ fn a_refusing_endpoint_leaves_the_rotation_until_its_ejection_ends() {
     h.io.take_output(second);
     h.backend_sends(second, ok);
     assert!(h.client_got().starts_with("HTTP/1.1 200"));
-    assert_eq!(h.snapshot().ejections, 1);
+    assert_eq!(h.ejections(EjectionCause::Connect), 1);
     // Its turns go to the other endpoint, on the pooled connection.
     for n in 2..=3 {
         h.client_sends(&format!("GET /app/{n} HTTP/1.1\r\nHost: h\r\n\r\n"));
@@ -508,7 +513,11 @@ fn a_reset_before_any_answer_resends_a_get_to_the_next_endpoint_but_never_a_post
     h.backend_sends(second, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
     assert!(h.client_got().starts_with("HTTP/1.1 200"));
     assert_eq!(h.failures(Cause::ResetBeforeResponse), 1);
-    assert_eq!(h.snapshot().ejections, 0, "a reset is no connect failure");
+    assert_eq!(
+        h.ejections(EjectionCause::Connect),
+        0,
+        "a reset is no connect failure"
+    );
 
     let mut h = Harness::in_turn(config_with(&[BACKEND, SECOND]));
     h.client_sends("POST /app HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\nx");
@@ -1058,6 +1067,25 @@ fn least_request_sends_new_requests_away_from_a_busy_endpoint() {
 /// `n` requests one after another, BACKEND answering each it gets with
 /// 503 and any other endpoint with 200: where each went.
 fn where_requests_go_while_backend_fails(h: &mut Harness, n: usize) -> Vec<String> {
+    where_requests_go(h, n, |to| {
+        if to == BACKEND {
+            (
+                0,
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
+            )
+        } else {
+            (0, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        }
+    })
+}
+
+/// `n` requests one after another, each endpoint answering after the
+/// milliseconds and with the bytes `answer` gives for it: where each went.
+fn where_requests_go(
+    h: &mut Harness,
+    n: usize,
+    answer: impl Fn(&str) -> (u64, &'static str),
+) -> Vec<String> {
     let mut seen = Vec::new();
     for n in 0..n {
         h.client_sends(&format!("GET /app/{n} HTTP/1.1\r\nHost: h\r\n\r\n"));
@@ -1069,12 +1097,9 @@ fn where_requests_go_while_backend_fails(h: &mut Harness, n: usize) -> Vec<Strin
                 .find(|(c, _)| !h.io.conns[c].outbox.is_empty())
                 .expect("the request went out");
         h.io.take_output(conn);
-        let answer = if to == BACKEND {
-            "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n"
-        } else {
-            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
-        };
-        h.backend_sends(conn, answer);
+        let (after, bytes) = answer(&to);
+        h.advance(after);
+        h.backend_sends(conn, bytes);
         h.client_got();
         seen.push(to);
     }
@@ -1111,7 +1136,7 @@ fn a_policy_sets_the_ejection_threshold_and_the_balancing() {
     let seen = where_requests_go_while_backend_fails(&mut h, 6);
     assert_eq!(seen[0], BACKEND, "{seen:?}");
     assert!(seen[1..].iter().all(|to| to == SECOND), "{seen:?}");
-    assert_eq!(h.snapshot().ejections, 1);
+    assert_eq!(h.ejections(EjectionCause::Errors), 1);
 }
 
 /// A second passes; each health check that went out in it is answered:
@@ -1282,7 +1307,38 @@ fn five_5xx_answers_in_a_row_eject_an_endpoint() {
     let failing = seen.iter().filter(|to| *to == BACKEND).count();
     assert_eq!(failing, 5, "{seen:?}");
     assert!(seen[9..].iter().all(|to| to == SECOND), "{seen:?}");
-    assert_eq!(h.snapshot().ejections, 1);
+    assert_eq!(h.ejections(EjectionCause::Errors), 1);
+}
+
+#[test]
+fn an_endpoint_far_slower_than_the_others_is_ejected_longer_each_time_it_is_still_slow() {
+    let mut h = Harness::in_turn(config_with(&[BACKEND, SECOND, THIRD]));
+    let slow = std::cell::Cell::new(true);
+    // How many of `n` requests BACKEND gets, answering in 50 ms while
+    // slow (the others in 1 ms).
+    let to_backend = |h: &mut Harness, n| {
+        let seen = where_requests_go(h, n, |to| {
+            let after = if to == BACKEND && slow.get() { 50 } else { 1 };
+            (after, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        });
+        seen.iter().filter(|to| *to == BACKEND).count()
+    };
+    // Its first answer has nothing to compare with; its second is 50 ms
+    // against the others' 1 ms.
+    assert_eq!(to_backend(&mut h, 6), 2);
+    assert_eq!(h.ejections(EjectionCause::Latency), 1);
+    assert_eq!(to_backend(&mut h, 9), 0, "ejected for a second");
+    h.wait(1);
+    assert_eq!(to_backend(&mut h, 3), 1, "back, and still slow");
+    assert_eq!(h.ejections(EjectionCause::Latency), 2);
+    h.wait(1);
+    assert_eq!(to_backend(&mut h, 6), 0, "the second ejection lasts two");
+    // Fast again: its first answer after the return clears its record.
+    slow.set(false);
+    h.wait(1);
+    assert_eq!(to_backend(&mut h, 9), 3);
+    assert_eq!(h.ejections(EjectionCause::Latency), 2);
+    assert_eq!(h.ejections(EjectionCause::Errors), 0);
 }
 
 #[test]

@@ -100,7 +100,10 @@ fn endpoint_killed_under_load(io: Io, prefix: &str) {
         metric(&metrics, "rauta_upstream_retries_total") > 0.0,
         "the kill was never seen (no request went again):\n{metrics}"
     );
-    let ejections = metric(&metrics, "rauta_upstream_ejections_total");
+    let ejections = metric(
+        &metrics,
+        "rauta_upstream_ejections_total{cause=\"connect\"}",
+    );
     assert!(ejections > 0.0, "the dead endpoint was never ejected");
     // And afterwards every request is served by the one left.
     for _ in 0..4 {

@@ -35,7 +35,7 @@ use super::body::BodyReader;
 use super::{Proxy, Transport, Wire};
 use crate::config::{Backend, RuleAction};
 use crate::error::{Cause, Replay};
-use crate::metrics::{ProxyMetrics, StatusClass};
+use crate::metrics::{EjectionCause, ProxyMetrics, StatusClass};
 use bytes::BytesMut;
 use std::fmt::Debug;
 use std::hash::Hash;
@@ -215,12 +215,15 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
                     (!attempt.reused)
                         .then(|| self.health.answered(endpoint, None, backend, now))
                         .flatten()
+                        .map(|period| (period, EjectionCause::Errors))
                 } else {
-                    self.health.connect_failed(endpoint, backend, now)
+                    self.health
+                        .connect_failed(endpoint, backend, now)
+                        .map(|period| (period, EjectionCause::Connect))
                 }
             });
-            if let Some(period) = ejected {
-                self.metrics.ejection();
+            if let Some((period, why)) = ejected {
+                self.metrics.ejection(why);
                 tracing::debug!(%endpoint, %cause, ?period, "endpoint ejected");
             }
         }

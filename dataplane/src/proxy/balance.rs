@@ -10,12 +10,16 @@
 //! comes (as Linkerd's does), so an endpoint that lost every draw is tried
 //! again now and then.
 //!
-//! In the lab a 20 ms endpoint beside two fast ones still takes ~0.9% of
-//! requests (`benches/failures.rs`, scenario `slow`). Dividing each sample
+//! By that cost alone a 20 ms endpoint beside two fast ones still took
+//! ~0.9% of requests in the lab (`benches/failures.rs`, scenario `slow`):
+//! with 16 requests in flight on each fast one, a lone request on the slow
+//! one looks cheaper — and those 0.9% were the p99. Dividing each sample
 //! by the requests in flight (the latency already holds the queue) changed
 //! nothing there, and starved an endpoint added under load whose first,
-//! connection-opening answer was slow: the busy one looked cheap by the
-//! division. Reverted.
+//! connection-opening answer was slow. What does it is a second, plain
+//! per-answer average ([`Load::is_slow`]): an endpoint typically far
+//! slower than its backend's median is a latency outlier, and
+//! [`super::health`] ejects it.
 
 use super::affinity;
 use super::health::PassiveHealth;
@@ -40,6 +44,11 @@ const DEFAULT_LATENCY: Duration = Duration::from_millis(1);
 /// How fast the average forgets: after this long, an old figure weighs
 /// 1/e (Linkerd's peak-EWMA decay).
 const DECAY: Duration = Duration::from_secs(10);
+/// The weight of each answer in the typical latency: a few answers make
+/// it, a lone late one does not.
+const TYPICAL_WEIGHT: f64 = 0.25;
+/// How many of a backend's other endpoints the median is taken over.
+const MEDIAN_OF: usize = 8;
 
 /// What this worker knows of one endpoint's load.
 #[derive(Debug)]
@@ -50,6 +59,10 @@ struct EndpointLoad {
     /// Whether `latency` is from an answer (not the first guess).
     measured: bool,
     updated: Instant,
+    /// Seconds, a plain average per answer (no peaks) for outlier
+    /// detection; none before the first answer, or since an ejection for
+    /// slowness (the first answer after it decides afresh).
+    typical: Option<f64>,
 }
 
 /// What an estimate `elapsed` old keeps of its weight: e^-x by 1/(1+x),
@@ -128,6 +141,7 @@ impl Load {
             latency: DEFAULT_LATENCY.as_secs_f64(),
             measured: false,
             updated: now,
+            typical: None,
         })
     }
 
@@ -157,6 +171,56 @@ impl Load {
             load.latency = load.latency * keep + sample * (1.0 - keep);
         }
         load.updated = now;
+        load.typical = Some(match load.typical {
+            Some(typical) => typical + (sample - typical) * TYPICAL_WEIGHT,
+            None => sample,
+        });
+    }
+
+    /// Whether `endpoint`, one of `backend`'s, is a latency outlier: its
+    /// typical latency is the backend's `latency_factor` times the median
+    /// of (up to [`MEDIAN_OF`] of) its other endpoints' and
+    /// `latency_margin` above it. Endpoints not yet heard from do not
+    /// count; with no other to compare, nothing is an outlier.
+    pub fn is_slow(&mut self, endpoint: SocketAddr, backend: &Backend) -> bool {
+        let rule = &backend.traffic.outlier;
+        let margin = rule.latency_margin.as_secs_f64();
+        let endpoints = &backend.endpoints;
+        let typical = |load: &Self, e| load.endpoints.get(&e).and_then(|l| l.typical);
+        // The common case costs one lookup: nothing under the margin is slow.
+        let Some(own) = typical(self, endpoint).filter(|&t| t > margin) else {
+            return false;
+        };
+        if rule.latency_factor == 0 || endpoints.len() < 2 {
+            return false;
+        }
+        let start = self.draw(endpoints.len());
+        let mut others = [0.0; MEDIAN_OF];
+        let mut count = 0;
+        let order = endpoints.iter().cycle().skip(start).take(endpoints.len());
+        for &other in order.filter(|&&e| e != endpoint) {
+            if let Some(t) = typical(self, other) {
+                others[count] = t;
+                count += 1;
+                if count == MEDIAN_OF {
+                    break;
+                }
+            }
+        }
+        if count == 0 {
+            return false;
+        }
+        let others = &mut others[..count];
+        others.sort_unstable_by(f64::total_cmp);
+        let median = others[count / 2];
+        own > median * f64::from(rule.latency_factor) && own - median > margin
+    }
+
+    /// `endpoint` was ejected for slowness: its next answer decides anew.
+    pub fn forget_typical(&mut self, endpoint: SocketAddr) {
+        if let Some(load) = self.endpoints.get_mut(&endpoint) {
+            load.typical = None;
+        }
     }
 
     /// The latency a request sent to `endpoint` now can expect.
@@ -298,6 +362,43 @@ mod tests {
         }
         let counts: Vec<u32> = all.iter().map(|e| load.endpoints[e].outstanding).collect();
         assert!(counts.iter().all(|&c| (49..=51).contains(&c)), "{counts:?}");
+    }
+
+    #[test]
+    fn a_latency_outlier_is_far_above_the_median_of_the_others() {
+        let all = endpoints(4);
+        let backend = Backend::new("b", 1, all.clone());
+        let mut load = Load::new(9, LoadBalancing::LeastRequest, u32::MAX);
+        let now = Instant::now();
+        let ms = Duration::from_millis;
+        assert!(!load.is_slow(all[0], &backend), "never heard from");
+        load.observe(all[0], ms(40), now);
+        assert!(!load.is_slow(all[0], &backend), "nothing to compare");
+        load.observe(all[1], ms(2), now);
+        load.observe(all[2], ms(3), now);
+        load.observe(all[3], ms(30), now);
+        // The median of 2, 3 and 30 ms is 3.
+        assert!(load.is_slow(all[0], &backend));
+        assert!(
+            load.is_slow(all[3], &backend),
+            "the median of 2, 3 and 40 ms is 3"
+        );
+        // Answering in 1 ms again, it soon is not (a plain average: no
+        // peak holds it up).
+        for _ in 0..8 {
+            load.observe(all[0], ms(1), now);
+        }
+        assert!(!load.is_slow(all[0], &backend));
+        // Three times slower but within the margin: 1 ms against 0.1 ms.
+        let tiny = Backend::new("t", 1, all[..2].to_vec());
+        let mut quick = Load::new(9, LoadBalancing::LeastRequest, u32::MAX);
+        quick.observe(all[0], Duration::from_micros(1000), now);
+        quick.observe(all[1], Duration::from_micros(100), now);
+        assert!(!quick.is_slow(all[0], &tiny));
+        // Forgotten after an ejection: the next answer decides.
+        load.observe(all[1], ms(200), now);
+        load.forget_typical(all[1]);
+        assert!(!load.is_slow(all[1], &backend));
     }
 
     #[test]

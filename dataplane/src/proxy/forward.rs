@@ -9,7 +9,7 @@ use crate::error::Cause;
 use crate::http1::{self, ResponseFraming};
 use crate::http2::pipe::Message;
 use crate::message::Response;
-use crate::metrics::StatusClass;
+use crate::metrics::{EjectionCause, StatusClass};
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::time::Instant;
@@ -165,17 +165,22 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
                 let exchange = &mut self.exchanges[id];
                 let mirror = exchange.mirror;
                 let request = exchange.request.as_mut().expect("in flight");
-                if let Some(attempt) = &request.attempt {
-                    let ejected = request.backend().and_then(|backend| {
-                        self.health
-                            .answered(attempt.endpoint, Some(status), backend, now)
-                    });
-                    if let Some(period) = ejected {
-                        self.metrics.ejection();
-                        tracing::debug!(endpoint = %attempt.endpoint, status, ?period, "endpoint ejected");
+                if let (Some(attempt), Some(backend)) = (&request.attempt, request.backend()) {
+                    let endpoint = attempt.endpoint;
+                    if let Some(period) = self.health.answered(endpoint, Some(status), backend, now)
+                    {
+                        self.metrics.ejection(EjectionCause::Errors);
+                        tracing::debug!(%endpoint, status, ?period, "endpoint ejected");
                     }
                     let latency = now.saturating_duration_since(attempt.opened);
-                    self.load.observe(attempt.endpoint, latency, now);
+                    self.load.observe(endpoint, latency, now);
+                    if !self.load.is_slow(endpoint, backend) {
+                        self.health.latency_normal(endpoint);
+                    } else if let Some(period) = self.health.slow(endpoint, backend, now) {
+                        self.load.forget_typical(endpoint);
+                        self.metrics.ejection(EjectionCause::Latency);
+                        tracing::debug!(%endpoint, ?latency, ?period, "slow endpoint ejected");
+                    }
                 }
                 if let Some(upstream) = &request.upstream {
                     upstream.modify_response(&mut response.head.headers);

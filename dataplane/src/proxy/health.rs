@@ -15,6 +15,14 @@
 //! ignores ejection (Envoy's panic mode), so a backend whose only pod
 //! restarts is tried again at once. The figures are the backend's
 //! [`OutlierDetection`]: the defaults, or its Service's policy.
+//!
+//! An endpoint that answers, but far slower than its backend's others
+//! ([`super::balance`] tells), is ejected too: least-request alone still
+//! sends it a request whenever the fast ones look busy, and with many
+//! requests in flight those few own the tail latency. Its answers do not
+//! clear that record (they are the slow ones); only an answer in the
+//! usual time after its return does, so each return of a still-slow
+//! endpoint doubles the next ejection.
 
 use crate::config::{Backend, OutlierDetection};
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
@@ -33,6 +41,19 @@ struct Record {
     until: Instant,
     /// 5xx answers or resets in a row since its last other answer.
     errors: u32,
+    /// Ejections for slowness since it last answered in the usual time.
+    slow: u32,
+}
+
+impl Record {
+    fn new(now: Instant) -> Self {
+        Self {
+            ejections: 0,
+            until: now,
+            errors: 0,
+            slow: 0,
+        }
+    }
 }
 
 /// This worker's view of its endpoints' health.
@@ -63,7 +84,32 @@ impl PassiveHealth {
         backend: &Backend,
         now: Instant,
     ) -> Option<Duration> {
-        self.eject(endpoint, backend, now)
+        self.eject(endpoint, backend, now, false)
+    }
+
+    /// `endpoint`, one of `backend`'s, answers far slower than the others:
+    /// eject it (within the same share), for longer each time it comes
+    /// back still slow.
+    pub fn slow(
+        &mut self,
+        endpoint: SocketAddr,
+        backend: &Backend,
+        now: Instant,
+    ) -> Option<Duration> {
+        self.eject(endpoint, backend, now, true)
+    }
+
+    /// `endpoint` answered in its backend's usual time: it is not slow.
+    pub fn latency_normal(&mut self, endpoint: SocketAddr) {
+        if self.records.is_empty() {
+            return;
+        }
+        if let Some(record) = self.records.get_mut(&endpoint) {
+            record.slow = 0;
+            if record.ejections == 0 && record.errors == 0 {
+                self.records.remove(&endpoint);
+            }
+        }
     }
 
     /// `endpoint` answered `status`, or (`None`) reset the connection
@@ -81,22 +127,28 @@ impl PassiveHealth {
             self.succeeded(endpoint);
             return None;
         }
-        let record = self.records.entry(endpoint).or_insert(Record {
-            ejections: 0,
-            until: now,
-            errors: 0,
-        });
+        let record = self
+            .records
+            .entry(endpoint)
+            .or_insert_with(|| Record::new(now));
         record.errors += 1;
         if record.errors < backend.traffic.outlier.consecutive_errors {
             return None;
         }
         record.errors = 0;
-        self.eject(endpoint, backend, now)
+        self.eject(endpoint, backend, now, false)
     }
 
-    /// Eject `endpoint`, one of `backend`'s, unless that would take out
-    /// more of them than allowed (one may always go).
-    fn eject(&mut self, endpoint: SocketAddr, backend: &Backend, now: Instant) -> Option<Duration> {
+    /// Eject `endpoint`, one of `backend`'s, for failing or (`slow`) for
+    /// its latency, unless that would take out more of them than allowed
+    /// (one may always go).
+    fn eject(
+        &mut self,
+        endpoint: SocketAddr,
+        backend: &Backend,
+        now: Instant,
+        slow: bool,
+    ) -> Option<Duration> {
         let OutlierDetection {
             base_ejection,
             max_ejection,
@@ -117,22 +169,35 @@ impl PassiveHealth {
         if others + 1 > allowed.max(1) {
             return None;
         }
-        let record = self.records.entry(endpoint).or_insert(Record {
-            ejections: 0,
-            until: now,
-            errors: 0,
-        });
-        let doublings = record.ejections.min(5);
-        record.ejections += 1;
+        let record = self
+            .records
+            .entry(endpoint)
+            .or_insert_with(|| Record::new(now));
+        let count = if slow {
+            &mut record.slow
+        } else {
+            &mut record.ejections
+        };
+        let doublings = (*count).min(5);
+        *count += 1;
         let period = (base_ejection * 2u32.pow(doublings)).min(max_ejection);
         record.until = now + period;
         Some(period)
     }
 
-    /// `endpoint` answered: it is healthy again.
+    /// `endpoint` answered: it is healthy again (slow or not: that is
+    /// [`Self::latency_normal`]'s to say).
     pub fn succeeded(&mut self, endpoint: SocketAddr) {
-        if !self.records.is_empty() {
-            self.records.remove(&endpoint);
+        if self.records.is_empty() {
+            return;
+        }
+        if let Some(record) = self.records.get_mut(&endpoint) {
+            if record.slow == 0 {
+                self.records.remove(&endpoint);
+            } else {
+                record.ejections = 0;
+                record.errors = 0;
+            }
         }
     }
 
@@ -253,6 +318,25 @@ mod tests {
             Some(BASE_EJECTION),
             "starts over"
         );
+    }
+
+    #[test]
+    fn a_slow_endpoint_is_cleared_by_answering_in_time_not_by_answering() {
+        let e = endpoints();
+        let now = Instant::now();
+        let mut health = PassiveHealth::default();
+        assert_eq!(health.slow(e[0], &backend(&e), now), Some(BASE_EJECTION));
+        let back = now + BASE_EJECTION;
+        health.succeeded(e[0]);
+        assert_eq!(
+            health.slow(e[0], &backend(&e), back),
+            Some(2 * BASE_EJECTION),
+            "a slow answer is still an answer, but the record holds"
+        );
+        let back = back + 2 * BASE_EJECTION;
+        health.latency_normal(e[0]);
+        assert!(health.records.is_empty());
+        assert_eq!(health.slow(e[0], &backend(&e), back), Some(BASE_EJECTION));
     }
 
     #[test]
