@@ -24,7 +24,9 @@ use gateway_api::experimental::httproutes::{
     HttpRouteRulesBackendRefsFilters, HttpRouteRulesFilters,
     HttpRouteRulesFiltersRequestRedirectScheme as Scheme, HttpRouteRulesFiltersType as FilterType,
     HttpRouteRulesMatches, HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesPathType,
-    HttpRouteRulesMatchesQueryParamsType, HttpRouteRulesRetry, HttpRouteRulesTimeouts,
+    HttpRouteRulesMatchesQueryParamsType, HttpRouteRulesRetry, HttpRouteRulesSessionPersistence,
+    HttpRouteRulesSessionPersistenceCookieConfigLifetimeType as Lifetime,
+    HttpRouteRulesSessionPersistenceType as SessionType, HttpRouteRulesTimeouts,
 };
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointConditions;
@@ -33,7 +35,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use rauta_dataplane::config::{
     hostname_matches, Backend, BackendProtocol, Backends, Cors, GatewayConfig, HeaderModifier,
     Listener, Mirror, PathModifier, PortListeners, Redirect, RetryPolicy, RouteTimeouts,
-    RuleAction, TrafficPolicy, UrlRewrite,
+    RuleAction, SessionCarrier, SessionPersistence, TrafficPolicy, UrlRewrite,
 };
 use rauta_dataplane::routes::{PathMatch, Route, RouteMatch, RouteTable, ValueMatch};
 use regex::Regex;
@@ -514,6 +516,13 @@ fn describe_route(
                     "share": format!("{}/{}", m.numerator, m.denominator),
                 })).collect::<Vec<_>>(),
                 "cors": action.cors.is_some(),
+                "session": action.session.as_ref().map(|s| serde_json::json!({
+                    "name": s.name,
+                    "by": match s.carrier {
+                        SessionCarrier::Cookie { .. } => "cookie",
+                        SessionCarrier::Header => "header",
+                    },
+                })),
                 "invalid": action.invalid,
             })
         })
@@ -1250,6 +1259,74 @@ fn compile_retry(
     })
 }
 
+/// The session name when the rule gives none.
+const DEFAULT_SESSION_NAME: &str = "rauta-session";
+
+fn compile_session(
+    route: &Sourced<HttpRoute>,
+    at: &str,
+    session: &HttpRouteRulesSessionPersistence,
+    matches: &[RouteMatch],
+) -> Result<SessionPersistence, CompileError> {
+    let field = |name: &str| format!("{at}.sessionPersistence.{name}");
+    let name = session
+        .session_name
+        .clone()
+        .unwrap_or_else(|| DEFAULT_SESSION_NAME.to_owned());
+    // A cookie name and a field name are both RFC 9110 tokens.
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if name.is_empty() || !name.chars().all(token) {
+        return Err(field_error(
+            route,
+            field("sessionName"),
+            format!("{name:?} is not a cookie or header name"),
+        ));
+    }
+    let parse = |name: &str, value: Option<&String>| {
+        value.map_or(Ok(None), |v| duration(route, field(name), v))
+    };
+    let absolute_timeout = parse("absoluteTimeout", session.absolute_timeout.as_ref())?;
+    let idle_timeout = parse("idleTimeout", session.idle_timeout.as_ref())?;
+    let carrier = match session.r#type {
+        Some(SessionType::Header) => SessionCarrier::Header,
+        Some(SessionType::Cookie) | None => {
+            let permanent = session
+                .cookie_config
+                .as_ref()
+                .and_then(|c| c.lifetime_type.as_ref())
+                == Some(&Lifetime::Permanent);
+            if permanent && absolute_timeout.is_none() {
+                return Err(field_error(
+                    route,
+                    field("absoluteTimeout"),
+                    "a Permanent cookie's lifetime; it is required with lifetimeType Permanent"
+                        .into(),
+                ));
+            }
+            // The cookie comes back on the rule's path (one exact or
+            // prefix match), or everywhere.
+            let path = match matches {
+                [only] => match &only.path {
+                    PathMatch::Exact(p) | PathMatch::Prefix(p) => p.clone(),
+                    PathMatch::RegularExpression(_) => "/".into(),
+                },
+                _ => "/".into(),
+            };
+            SessionCarrier::Cookie { path, permanent }
+        }
+    };
+    let name = match carrier {
+        SessionCarrier::Header => name.to_ascii_lowercase(),
+        SessionCarrier::Cookie { .. } => name,
+    };
+    Ok(SessionPersistence {
+        carrier,
+        name,
+        absolute_timeout,
+        idle_timeout,
+    })
+}
+
 fn compile_rule(
     world: &World<'_>,
     route: &Sourced<HttpRoute>,
@@ -1302,6 +1379,11 @@ fn compile_rule(
         .retry
         .as_ref()
         .map(|retry| compile_retry(route, &at, retry))
+        .transpose()?;
+    action.session = rule
+        .session_persistence
+        .as_ref()
+        .map(|session| compile_session(route, &at, session, &matches))
         .transpose()?;
     let mut backends = Vec::new();
     for (i, backend_ref) in rule.backend_refs.iter().flatten().enumerate() {
@@ -1444,6 +1526,71 @@ spec:
         let any = port.select("bar.com").unwrap();
         assert!(any.routes.lookup(&view("bar.com")).is_some());
         assert!(any.routes.lookup(&view("baz.com")).is_none());
+    }
+
+    #[test]
+    fn session_persistence_compiles_with_the_rules_path_and_rejects_a_permanent_cookie_without_a_lifetime(
+    ) {
+        let route = |session: &str| {
+            format!(
+                "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: r, namespace: infra}}
+spec:
+  parentRefs: [{{name: gw, sectionName: http}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /cart}}}}]
+    backendRefs: [{{name: web, port: 8080}}]
+    sessionPersistence: {session}
+"
+            )
+        };
+        let c = compiled(&route(
+            "{sessionName: Cart, absoluteTimeout: 1h, idleTimeout: 10m, cookieConfig: {lifetimeType: Permanent}}",
+        ))
+        .unwrap();
+        let listener = c.config.ports[&80].select("any.host").unwrap();
+        let view = rauta_dataplane::routes::RequestView {
+            host: "any.host",
+            method: "GET",
+            path: "/cart",
+            query: &[],
+            headers: Box::leak(Box::default()),
+        };
+        let action = listener.routes.lookup(&view).unwrap();
+        assert_eq!(
+            action.session,
+            Some(SessionPersistence {
+                carrier: SessionCarrier::Cookie {
+                    path: "/cart".into(),
+                    permanent: true
+                },
+                name: "Cart".into(),
+                absolute_timeout: Some(Duration::from_secs(3600)),
+                idle_timeout: Some(Duration::from_secs(600)),
+            })
+        );
+        let c = compiled(&route("{type: Header, sessionName: X-Session}")).unwrap();
+        let listener = c.config.ports[&80].select("any.host").unwrap();
+        let action = listener.routes.lookup(&view).unwrap();
+        let session = action.session.as_ref().unwrap();
+        assert_eq!(
+            (&session.carrier, session.name.as_str()),
+            (&SessionCarrier::Header, "x-session")
+        );
+        let err = compiled(&route("{cookieConfig: {lifetimeType: Permanent}}"))
+            .err()
+            .expect("rejected");
+        assert!(
+            err.contains("route.yaml")
+                && err.contains("infra/r")
+                && err.contains("spec.rules[0].sessionPersistence.absoluteTimeout"),
+            "{err}"
+        );
+        let err = compiled(&route("{sessionName: 'a b'}"))
+            .err()
+            .expect("rejected");
+        assert!(err.contains("sessionPersistence.sessionName"), "{err}");
     }
 
     #[test]

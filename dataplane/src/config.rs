@@ -134,9 +134,43 @@ pub struct RuleAction {
     pub mirrors: Vec<Mirror>,
     /// The rule's CORS filter.
     pub cors: Option<Cors>,
+    /// The rule's `sessionPersistence`: a client's requests stay with the
+    /// endpoint that answered its first.
+    pub session: Option<SessionPersistence>,
     /// Why the rule cannot be served (a filter we do not support): every
     /// request it matches gets 500.
     pub invalid: Option<String>,
+}
+
+/// An HTTPRoute rule's `sessionPersistence` (GEP-1619): the gateway hands
+/// the client a token naming the endpoint that answered, in a cookie or a
+/// header, and sends its later requests that carry it to the same one
+/// while it is usable (`proxy::session`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionPersistence {
+    pub carrier: SessionCarrier,
+    /// The cookie's or header's name.
+    pub name: String,
+    /// A session ends this long after it began.
+    pub absolute_timeout: Option<Duration>,
+    /// A session ends when no request used it for this long.
+    pub idle_timeout: Option<Duration>,
+}
+
+/// How the session token travels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionCarrier {
+    /// `Set-Cookie` on the answer, `Cookie` on later requests.
+    Cookie {
+        /// The cookie's `Path`: the rule's path when it has one.
+        path: String,
+        /// A permanent cookie (`Max-Age` the absolute timeout), not one
+        /// that ends with the browser session.
+        permanent: bool,
+    },
+    /// A response field of the session's name, sent back as a request
+    /// field.
+    Header,
 }
 
 /// An HTTPRoute CORS filter (HTTPCORSFilter): which cross-origin requests

@@ -5,7 +5,8 @@ use arc_swap::ArcSwap;
 use rauta_dataplane::config::BackendProtocol;
 use rauta_dataplane::config::{
     ActiveHealthCheck, Backend, Backends, Cors, GatewayConfig, HashOn, Listener, Mirror,
-    OutlierDetection, PortListeners, RetryPolicy, RouteTimeouts, RuleAction, TrafficPolicy,
+    OutlierDetection, PortListeners, RetryPolicy, RouteTimeouts, RuleAction, SessionCarrier,
+    SessionPersistence, TrafficPolicy,
 };
 use rauta_dataplane::error::Cause;
 use rauta_dataplane::http2::Http2Settings;
@@ -275,6 +276,20 @@ impl Harness {
         let mut snapshot = MetricsSnapshot::default();
         self.metrics.add_to(&mut snapshot);
         snapshot
+    }
+
+    /// The backend connection a request just went out on (taken), and
+    /// where to.
+    fn request_out(&mut self) -> (u32, String) {
+        let (conn, to) = self
+            .io
+            .connects
+            .iter()
+            .map(|&(c, to)| (c, to.to_string()))
+            .find(|(c, _)| !self.io.conns[c].outbox.is_empty())
+            .expect("the request went out");
+        self.io.take_output(conn);
+        (conn, to)
     }
 
     /// Ejections counted for `cause` so far.
@@ -1089,14 +1104,7 @@ fn where_requests_go(
     let mut seen = Vec::new();
     for n in 0..n {
         h.client_sends(&format!("GET /app/{n} HTTP/1.1\r\nHost: h\r\n\r\n"));
-        // The connection that got this request, and where it goes.
-        let (conn, to) =
-            h.io.connects
-                .iter()
-                .map(|&(c, to)| (c, to.to_string()))
-                .find(|(c, _)| !h.io.conns[c].outbox.is_empty())
-                .expect("the request went out");
-        h.io.take_output(conn);
+        let (conn, to) = h.request_out();
         let (after, bytes) = answer(&to);
         h.advance(after);
         h.backend_sends(conn, bytes);
@@ -1339,6 +1347,69 @@ fn an_endpoint_far_slower_than_the_others_is_ejected_longer_each_time_it_is_stil
     assert_eq!(to_backend(&mut h, 9), 3);
     assert_eq!(h.ejections(EjectionCause::Latency), 2);
     assert_eq!(h.ejections(EjectionCause::Errors), 0);
+}
+
+#[test]
+fn a_session_cookie_keeps_a_client_on_its_endpoint_until_it_is_ejected() {
+    let config = config_where(&[BACKEND, SECOND, THIRD], |action| {
+        action.session = Some(SessionPersistence {
+            carrier: SessionCarrier::Cookie {
+                path: "/app".into(),
+                permanent: false,
+            },
+            name: "sticky".into(),
+            absolute_timeout: None,
+            idle_timeout: None,
+        });
+    });
+    // In turn, unless a session says otherwise.
+    let mut h = Harness::in_turn(config);
+    let set_cookie = |answer: &str| {
+        answer.lines().find_map(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("set-cookie:")
+                .then(|| l[11..].trim().to_owned())
+        })
+    };
+    let exchange = |h: &mut Harness, cookie: &str, status: &str| {
+        h.client_sends(&format!(
+            "GET /app HTTP/1.1\r\nHost: h\r\nCookie: theme=dark; {cookie}\r\n\r\n"
+        ));
+        let (conn, to) = h.request_out();
+        h.backend_sends(
+            conn,
+            &format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n"),
+        );
+        (to, h.client_got())
+    };
+    let (first, answer) = exchange(&mut h, "", "200 OK");
+    let cookie = set_cookie(&answer).expect("a session cookie");
+    assert!(
+        cookie.starts_with("sticky=") && cookie.ends_with("; Path=/app; HttpOnly"),
+        "{cookie}"
+    );
+    let token = cookie.split(';').next().unwrap().to_owned();
+    for _ in 0..5 {
+        let (to, answer) = exchange(&mut h, &token, "200 OK");
+        assert_eq!(to, first, "the session's endpoint");
+        assert_eq!(
+            set_cookie(&answer),
+            None,
+            "the session holds: no new cookie"
+        );
+    }
+    // Its endpoint fails (five 503s eject it): the session moves, with a
+    // new cookie, and stays on the new endpoint.
+    for _ in 0..5 {
+        assert_eq!(exchange(&mut h, &token, "503 Service Unavailable").0, first);
+    }
+    let (moved, answer) = exchange(&mut h, &token, "200 OK");
+    assert_ne!(moved, first);
+    let token = set_cookie(&answer).expect("a new cookie");
+    let token = token.split(';').next().unwrap();
+    for _ in 0..3 {
+        assert_eq!(exchange(&mut h, token, "200 OK").0, moved);
+    }
 }
 
 #[test]

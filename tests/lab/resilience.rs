@@ -12,9 +12,8 @@ use std::time::Duration;
 /// served by the lab's `echo-v1-lab-0`) in the backend namespace.
 const SECOND: &str = "198.18.0.21";
 
-/// `echo-pair`: one Service, its two endpoints on port 3000, and `/pair`
-/// routed to it.
-const PAIR: &str = r#"
+/// `echo-pair`: one Service, its two endpoints on port 3000.
+const PAIR_SERVICE: &str = r#"
 apiVersion: v1
 kind: Service
 metadata: {name: echo-pair, namespace: default}
@@ -34,7 +33,10 @@ ports:
 endpoints:
 - addresses: [198.18.0.20]
 - addresses: [198.18.0.21]
----
+"#;
+
+/// `/pair` routed to `echo-pair`.
+const PAIR_ROUTE: &str = r#"
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {name: pair, namespace: default}
@@ -50,7 +52,11 @@ spec:
 
 fn endpoint_killed_under_load(io: Io, prefix: &str) {
     let _serial = serial();
-    let gw = GatewayLab::start_with(prefix, io, &[("pair.yaml", PAIR)]);
+    let gw = GatewayLab::start_with(
+        prefix,
+        io,
+        &[("pair.yaml", PAIR_SERVICE), ("route.yaml", PAIR_ROUTE)],
+    );
     let iface = format!("{}-be", gw.lab.prefix);
     gw.lab.exec_ok(
         "backend",
@@ -205,7 +211,7 @@ fn a_route_retry_and_timeouts_hold_on_kernel() {
     route_retry_and_timeouts(Io::Kernel, "rtr-d");
 }
 
-/// `PAIR` under a BackendTrafficPolicy with active checks every 200 ms:
+/// `echo-pair` under a BackendTrafficPolicy with active checks every 200 ms:
 /// two failures take an endpoint out, one pass brings it back.
 const CHECKED: &str = r#"
 apiVersion: gateway.rauta.dev/v1alpha1
@@ -230,7 +236,11 @@ fn active_checks(io: Io, prefix: &str) {
     let gw = GatewayLab::start_with(
         prefix,
         io,
-        &[("pair.yaml", PAIR), ("checked.yaml", CHECKED)],
+        &[
+            ("pair.yaml", PAIR_SERVICE),
+            ("route.yaml", PAIR_ROUTE),
+            ("checked.yaml", CHECKED),
+        ],
     );
     let iface = format!("{}-be", gw.lab.prefix);
     gw.lab.exec_ok(
@@ -278,4 +288,106 @@ fn active_health_checks_take_a_failing_endpoint_out_on_xdp() {
 #[test]
 fn active_health_checks_take_a_failing_endpoint_out_on_kernel() {
     active_checks(Io::Kernel, "rtr-f");
+}
+
+/// `PAIR_ROUTE` with cookie session persistence, and the pair taken in
+/// turn (so that fresh clients land on both).
+const STICKY: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: pair, namespace: default}
+spec:
+  parentRefs:
+  - name: lab
+  rules:
+  - matches:
+    - path: {type: PathPrefix, value: /pair}
+    backendRefs:
+    - {name: echo-pair, port: 80}
+    sessionPersistence: {sessionName: lab-session, idleTimeout: 10m}
+---
+apiVersion: gateway.rauta.dev/v1alpha1
+kind: BackendTrafficPolicy
+metadata: {name: echo-pair, namespace: default}
+spec:
+  targetRefs: [{group: "", kind: Service, name: echo-pair}]
+  loadBalancer: {type: RoundRobin}
+"#;
+
+/// Session persistence with curl's own cookie engine: two clients, each
+/// with its cookie jar, land on different endpoints and every later
+/// request of each goes where its first did, though the endpoints are
+/// otherwise taken in turn.
+fn sticky_sessions(io: Io, prefix: &str) {
+    let _serial = serial();
+    let gw = GatewayLab::start_with(
+        prefix,
+        io,
+        &[("pair.yaml", PAIR_SERVICE), ("sticky.yaml", STICKY)],
+    );
+    let iface = format!("{}-be", gw.lab.prefix);
+    gw.lab.exec_ok(
+        "backend",
+        &["ip", "addr", "add", &format!("{SECOND}/24"), "dev", &iface],
+    );
+    let _second = gw.spawn_echo("echo-pair-b", &format!("{SECOND}:3000"));
+    let jars = std::env::temp_dir().join(format!("rauta-{prefix}-jars"));
+    std::fs::create_dir_all(&jars).unwrap();
+    let pod = |answer: &str| {
+        ["echo-v1-lab-0", "echo-pair-b"]
+            .into_iter()
+            .find(|p| answer.contains(p))
+            .unwrap_or_else(|| panic!("no pod named in:\n{answer}"))
+    };
+    let with_jar = |jar: &std::path::Path, path: &str| {
+        let jar = jar.to_str().unwrap();
+        gw.curl(&["-b", jar, "-c", jar, &gw.url(path)])
+    };
+    // Fresh clients until two sessions sit on different endpoints.
+    let mut sessions: Vec<(std::path::PathBuf, &str)> = Vec::new();
+    for n in 0..20 {
+        let jar = jars.join(format!("jar-{n}"));
+        let answer = with_jar(&jar, "/pair/first");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let cookie = answer
+            .lines()
+            .find(|l| {
+                l.to_ascii_lowercase()
+                    .starts_with("set-cookie: lab-session=")
+            })
+            .unwrap_or_else(|| panic!("no session cookie:\n{answer}"));
+        assert!(
+            cookie.contains("Path=/pair") && cookie.contains("HttpOnly"),
+            "{cookie}"
+        );
+        let at = pod(&answer);
+        if sessions.iter().all(|(_, p)| *p != at) {
+            sessions.push((jar, at));
+        }
+        if sessions.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(
+        sessions.len(),
+        2,
+        "20 fresh clients all landed on one endpoint"
+    );
+    for i in 0..10 {
+        for (jar, at) in &sessions {
+            let answer = with_jar(jar, &format!("/pair/{i}"));
+            assert_eq!(pod(&answer), *at, "request {i} left its session's endpoint");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&jars);
+}
+
+#[test]
+fn session_cookies_keep_each_client_on_its_endpoint_on_xdp() {
+    sticky_sessions(Io::Xdp, "rtr-g");
+}
+
+#[test]
+fn session_cookies_keep_each_client_on_its_endpoint_on_kernel() {
+    sticky_sessions(Io::Kernel, "rtr-h");
 }

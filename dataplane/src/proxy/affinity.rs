@@ -14,16 +14,16 @@ use crate::config::HashOn;
 use std::net::{IpAddr, SocketAddr};
 
 /// FNV-1a over `bytes`, from `state`.
-fn fnv1a(state: u64, bytes: &[u8]) -> u64 {
+pub(super) fn fnv1a(state: u64, bytes: &[u8]) -> u64 {
     bytes.iter().fold(state, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
 }
 
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+pub(super) const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
 /// splitmix64's finaliser: every bit of the input moves every bit out.
-fn mix(mut x: u64) -> u64 {
+pub(super) fn mix(mut x: u64) -> u64 {
     x ^= x >> 30;
     x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x ^= x >> 27;
@@ -45,16 +45,20 @@ pub(super) fn key(on: &HashOn, head: &http::request::Parts, peer: SocketAddr) ->
             values.peek()?;
             Some(values.fold(FNV_OFFSET, |h, v| fnv1a(fnv1a(h, v.as_bytes()), b",")))
         }
-        HashOn::Cookie(name) => head
-            .headers
-            .get_all(http::header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(n, _)| n == name)
-            .and_then(|(_, value)| hashed(value.as_bytes())),
+        HashOn::Cookie(name) => cookie(head, name).and_then(|value| hashed(value.as_bytes())),
     }
+}
+
+/// The value of the request's cookie `name`, if it sent one.
+pub(super) fn cookie<'a>(head: &'a http::request::Parts, name: &str) -> Option<&'a str> {
+    head.headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(n, _)| *n == name)
+        .map(|(_, value)| value)
 }
 
 /// `endpoint`'s score for `key`.

@@ -32,6 +32,7 @@
 //! which reconnects by itself; its failures are not retried here.
 
 use super::body::BodyReader;
+use super::session::Session;
 use super::{Proxy, Transport, Wire};
 use crate::config::{Backend, RuleAction};
 use crate::error::{Cause, Replay};
@@ -53,6 +54,9 @@ pub(super) struct Upstream {
     pub backend: Option<usize>,
     /// The request's consistent-hash key for that backend, if it has one.
     pub key: Option<u64>,
+    /// The live session the request carried, under the rule's
+    /// `sessionPersistence`.
+    pub session: Option<Session>,
 }
 
 impl Upstream {
@@ -62,6 +66,7 @@ impl Upstream {
             rule: rule.clone(),
             backend: None,
             key: None,
+            session: None,
         }
     }
 

@@ -109,11 +109,8 @@ impl Load {
     ) -> Result<SocketAddr, Cause> {
         let traffic = &backend.traffic;
         let endpoints = &backend.endpoints;
-        if let Some(max) = traffic.max_requests {
-            let in_flight: u32 = endpoints.iter().map(|&e| self.outstanding(e)).sum();
-            if in_flight >= max {
-                return Err(Cause::Overflow);
-            }
+        if self.backend_full(backend) {
+            return Err(Cause::Overflow);
         }
         let limit = traffic.max_requests_per_endpoint.unwrap_or(self.limit);
         let endpoint = match key.filter(|_| traffic.hash_on.is_some()) {
@@ -133,6 +130,30 @@ impl Load {
             return Err(Cause::Overflow);
         }
         Ok(endpoint)
+    }
+
+    /// Whether `backend` has its policy's most requests in flight.
+    fn backend_full(&self, backend: &Backend) -> bool {
+        backend.traffic.max_requests.is_some_and(|max| {
+            let in_flight: u32 = backend.endpoints.iter().map(|&e| self.outstanding(e)).sum();
+            in_flight >= max
+        })
+    }
+
+    /// Whether a request may go to `endpoint`, one of `backend`'s, as a
+    /// session asks: usable, and neither at its limits.
+    pub fn may_take(
+        &self,
+        health: &PassiveHealth,
+        backend: &Backend,
+        endpoint: SocketAddr,
+        now: Instant,
+    ) -> bool {
+        let limit = backend
+            .traffic
+            .max_requests_per_endpoint
+            .unwrap_or(self.limit);
+        !self.backend_full(backend) && self.usable(health, endpoint, &[], limit, now)
     }
 
     fn entry(&mut self, endpoint: SocketAddr, now: Instant) -> &mut EndpointLoad {

@@ -4,7 +4,10 @@
 //! exchange's request.
 
 use super::body::{BodyReader, ReadError};
-use super::{cors, h1, read_event, room, write_event, Proxy, ResponseState, Transport, Wire};
+use super::{
+    cors, h1, read_event, room, session, unix_time, write_event, Proxy, ResponseState, Transport,
+    Wire,
+};
 use crate::error::Cause;
 use crate::http1::{self, ResponseFraming};
 use crate::http2::pipe::Message;
@@ -184,6 +187,17 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
                 }
                 if let Some(upstream) = &request.upstream {
                     upstream.modify_response(&mut response.head.headers);
+                    if let (Some(rule), Some(attempt), Some(backend)) =
+                        (&upstream.rule.session, &request.attempt, upstream.backend())
+                    {
+                        let now = unix_time(self.wall, now);
+                        let at = attempt.endpoint;
+                        if let Some((name, value)) =
+                            session::answer_field(rule, upstream.session, &backend.name, at, now)
+                        {
+                            response.head.headers.append(name, value);
+                        }
+                    }
                     if let (Some(cors), Some(origin)) =
                         (&upstream.rule.cors, request.cors_origin.take())
                     {

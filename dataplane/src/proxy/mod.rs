@@ -42,6 +42,7 @@ mod h1;
 mod health;
 mod mirror;
 mod route;
+mod session;
 mod upstream;
 
 use attempt::{Attempt, Upstream};
@@ -56,7 +57,7 @@ use deadline::{overdue, Overdue};
 use h1::{ClientFraming, Coding};
 use health::PassiveHealth;
 use route::Routed;
-use upstream::{Cursors, PoolKey};
+use upstream::{Cursors, PoolKey, Selected};
 
 use crate::config::{Backend, BackendProtocol, GatewayConfig};
 use crate::error::{Cause, Phase};
@@ -75,7 +76,7 @@ use std::fmt::Debug;
 use std::hash::Hash;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// What a read from a connection gave.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -389,6 +390,14 @@ pub struct Proxy<C> {
     /// Outstanding requests and latency per endpoint; the random draws.
     load: Load,
     scratch: Vec<u8>,
+    /// Unix time at an instant: session tokens carry wall-clock times, so
+    /// that every replica reads them alike.
+    wall: (Instant, u64),
+}
+
+/// Unix seconds at `now`, by `wall` (an instant and its Unix time).
+fn unix_time((at, unix): (Instant, u64), now: Instant) -> u64 {
+    unix + now.saturating_duration_since(at).as_secs()
 }
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
@@ -438,6 +447,12 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             checks: ActiveChecks::default(),
             timers: BinaryHeap::new(),
             scratch,
+            wall: (
+                Instant::now(),
+                SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            ),
         }
     }
 
@@ -573,13 +588,26 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             self.arm(id, at);
         }
         let peer = self.exchanges[id].peer;
+        let session = action.session.as_ref().and_then(|rule| {
+            session::carried(
+                rule,
+                &request.head,
+                &action.backends,
+                unix_time(self.wall, now),
+            )
+        });
         let key_of = |backend: &Backend| {
             let on = backend.traffic.hash_on.as_ref()?;
             affinity::key(on, &request.head, peer)
         };
-        let selected =
-            self.cursors
-                .select(&config, action, key_of, &self.health, &mut self.load, now);
+        let selected = match session
+            .and_then(|s| Selected::by_session(action, s, &self.health, &self.load, now))
+        {
+            Some(selected) => Ok(selected),
+            None => self
+                .cursors
+                .select(&config, action, key_of, &self.health, &mut self.load, now),
+        };
         let (index, endpoint, key) = match selected {
             Ok(chosen) => (chosen.backend, chosen.endpoint, chosen.key),
             Err(cause) => {
@@ -610,6 +638,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         if let Some(upstream) = &mut in_flight.upstream {
             upstream.backend = Some(index);
             upstream.key = key;
+            upstream.session = session;
         }
         if expect_continue && !in_flight.body.is_done() {
             exchange

@@ -5,6 +5,7 @@
 use super::balance::Load;
 use super::h1;
 use super::health::PassiveHealth;
+use super::session::Session;
 use super::{Attempt, BodyWriter, Proxy, ReadOutcome, Role, Transport, Wire};
 use crate::config::{Backend, BackendProtocol, GatewayConfig, RuleAction};
 use crate::error::Cause;
@@ -41,6 +42,27 @@ pub(super) struct Selected {
     /// The request's consistent-hash key, if its backend hashes and it
     /// has one.
     pub key: Option<u64>,
+}
+
+impl Selected {
+    /// The endpoint of the request's `session`, if it may take the
+    /// request (selection goes on as usual if not).
+    pub(super) fn by_session(
+        action: &RuleAction,
+        session: Session,
+        health: &PassiveHealth,
+        load: &Load,
+        now: Instant,
+    ) -> Option<Self> {
+        let backend = action.backends.backends.get(session.backend)?;
+        let usable =
+            backend.invalid.is_none() && load.may_take(health, backend, session.endpoint, now);
+        usable.then_some(Selected {
+            backend: session.backend,
+            endpoint: session.endpoint,
+            key: None,
+        })
+    }
 }
 
 impl Cursors {
