@@ -375,6 +375,10 @@ impl Transport for MemoryNet {
         Some(conn)
     }
 
+    fn established(&mut self, conn: u32) -> bool {
+        !self.wires[conn as usize].borrow().gateway_closed
+    }
+
     fn close(&mut self, conn: u32) {
         self.wires[conn as usize].borrow_mut().gateway_closed = true;
     }

@@ -14,7 +14,9 @@ use crate::manifests::Sourced;
 use crate::verdict::{Check, ObjectRef, PolicyVerdict};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
-use rauta_dataplane::config::{ActiveHealthCheck, HashOn, OutlierDetection, TrafficPolicy};
+use rauta_dataplane::config::{
+    ActiveHealthCheck, CheckProbe, HashOn, OutlierDetection, TrafficPolicy,
+};
 use rauta_dataplane::proxy::LoadBalancing;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -156,6 +158,9 @@ pub enum ActiveHealthCheckType {
     #[default]
     #[serde(rename = "HTTP")]
     Http,
+    /// A TCP connection established within `timeout` passes.
+    #[serde(rename = "TCP")]
+    Tcp,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, JsonSchema, Default, PartialEq)]
@@ -444,33 +449,41 @@ fn active_check(
 ) -> Result<Arc<ActiveHealthCheck>, CompileError> {
     let at = "spec.healthCheck.active";
     let field = |name: &str| format!("{at}.{name}");
-    let ActiveHealthCheckType::Http = spec.type_;
-    let http = spec
-        .http
-        .as_ref()
-        .ok_or_else(|| field_error(policy, &field("http"), "type HTTP needs it".into()))?;
-    if !http.path.starts_with('/') {
-        return Err(field_error(
-            policy,
-            &field("http.path"),
-            format!("{:?} does not start with /", http.path),
-        ));
-    }
-    let expected = http.expected_statuses.clone().unwrap_or_default();
-    if let Some((i, status)) = expected
-        .iter()
-        .enumerate()
-        .find(|(_, s)| !(100..=599).contains(*s))
-    {
-        return Err(field_error(
-            policy,
-            &field(&format!("http.expectedStatuses[{i}]")),
-            format!("{status} is not an HTTP status"),
-        ));
-    }
+    let probe = match spec.type_ {
+        ActiveHealthCheckType::Tcp => CheckProbe::Tcp,
+        ActiveHealthCheckType::Http => {
+            let http = spec
+                .http
+                .as_ref()
+                .ok_or_else(|| field_error(policy, &field("http"), "type HTTP needs it".into()))?;
+            if !http.path.starts_with('/') {
+                return Err(field_error(
+                    policy,
+                    &field("http.path"),
+                    format!("{:?} does not start with /", http.path),
+                ));
+            }
+            let expected = http.expected_statuses.clone().unwrap_or_default();
+            if let Some((i, status)) = expected
+                .iter()
+                .enumerate()
+                .find(|(_, s)| !(100..=599).contains(*s))
+            {
+                return Err(field_error(
+                    policy,
+                    &field(&format!("http.expectedStatuses[{i}]")),
+                    format!("{status} is not an HTTP status"),
+                ));
+            }
+            CheckProbe::Http {
+                path: http.path.clone(),
+                host: http.hostname.clone(),
+                expected_statuses: expected,
+            }
+        }
+    };
     Ok(Arc::new(ActiveHealthCheck {
-        path: http.path.clone(),
-        host: http.hostname.clone(),
+        probe,
         interval: duration(
             policy,
             &field("interval"),
@@ -491,7 +504,6 @@ fn active_check(
             spec.unhealthy_threshold,
         )?
         .unwrap_or(3),
-        expected_statuses: expected,
     }))
 }
 
@@ -617,7 +629,10 @@ spec:
         assert_eq!(web.max_requests_per_endpoint, Some(10));
         assert_eq!(web.source.as_deref(), Some("apps/web"));
         let active = web.active.as_deref().expect("active checks");
-        assert_eq!(active.path, "/healthz");
+        assert!(
+            matches!(&active.probe, CheckProbe::Http { path, .. } if path == "/healthz"),
+            "{active:?}"
+        );
         assert_eq!(active.interval, Duration::from_millis(500));
         assert_eq!(active.timeout, Duration::from_secs(1), "default");
         assert_eq!(
@@ -625,6 +640,13 @@ spec:
             (1, 2)
         );
         assert!(active.expects(204) && !active.expects(503));
+        let tcp = load(&POLICY.replace(
+            "type: HTTP\n      interval: 500ms",
+            "type: TCP\n      interval: 500ms",
+        ));
+        let (attached, _) = attach(&tcp.backend_policies, &services, true).unwrap();
+        let active = attached.get("apps", "web").unwrap().active.clone().unwrap();
+        assert_eq!(active.probe, CheckProbe::Tcp);
         assert!(attached.get("apps", "gone").is_none());
         assert_eq!(verdicts[0].accepted.reason, "TargetNotFound");
     }

@@ -506,30 +506,44 @@ pub enum HashOn {
     Cookie(String),
 }
 
-/// An active health check: `GET path` to each endpoint every `interval`.
+/// An active health check of each endpoint every `interval`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ActiveHealthCheck {
-    pub path: String,
-    /// The `Host` field (default: the endpoint's address).
-    pub host: Option<String>,
+    /// What a check does, and what passes.
+    pub probe: CheckProbe,
     pub interval: std::time::Duration,
-    /// An answer's status line must come within this.
+    /// A check must pass or fail within this.
     pub timeout: std::time::Duration,
     /// Passes in a row that bring an endpoint back.
     pub healthy_threshold: u32,
     /// Failures in a row that take it out.
     pub unhealthy_threshold: u32,
-    /// Statuses that pass (empty: 200 only).
-    pub expected_statuses: Vec<u16>,
+}
+
+/// What an active check does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CheckProbe {
+    /// `GET path`; the answer's status line must come in time, with a
+    /// status in `expected_statuses` (empty: 200 only).
+    Http {
+        path: String,
+        /// The `Host` field (default: the endpoint's address).
+        host: Option<String>,
+        expected_statuses: Vec<u16>,
+    },
+    /// A TCP connection established in time passes; it is closed at once.
+    Tcp,
 }
 
 impl ActiveHealthCheck {
-    /// Whether an answer with `status` passes.
+    /// Whether an HTTP check's answer with `status` passes.
     pub fn expects(&self, status: u16) -> bool {
-        if self.expected_statuses.is_empty() {
-            status == 200
-        } else {
-            self.expected_statuses.contains(&status)
+        match &self.probe {
+            CheckProbe::Http {
+                expected_statuses, ..
+            } if !expected_statuses.is_empty() => expected_statuses.contains(&status),
+            CheckProbe::Http { .. } => status == 200,
+            CheckProbe::Tcp => true,
         }
     }
 }

@@ -71,6 +71,11 @@ impl Transport for Stack {
         }
     }
 
+    fn established(&mut self, conn: ConnId) -> bool {
+        self.tcp_mut(conn)
+            .is_some_and(|socket| socket.state() == State::Established)
+    }
+
     fn close(&mut self, conn: ConnId) {
         if let Some(socket) = self.tcp_mut(conn) {
             socket.close();

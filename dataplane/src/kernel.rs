@@ -108,6 +108,13 @@ impl Transport for KernelIo {
         }
     }
 
+    fn established(&mut self, conn: usize) -> bool {
+        // A non-blocking connect has a peer once it completed.
+        self.streams
+            .get(conn)
+            .is_some_and(|stream| stream.peer_addr().is_ok())
+    }
+
     fn close(&mut self, conn: usize) {
         if let Some(mut stream) = self.streams.try_remove(conn) {
             let _ = self.poll.registry().deregister(&mut stream);

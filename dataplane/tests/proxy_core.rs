@@ -4,9 +4,9 @@
 use arc_swap::ArcSwap;
 use rauta_dataplane::config::BackendProtocol;
 use rauta_dataplane::config::{
-    ActiveHealthCheck, Backend, Backends, Cors, GatewayConfig, HashOn, Listener, Mirror,
-    OutlierDetection, PortListeners, RetryPolicy, RouteTimeouts, RuleAction, SessionCarrier,
-    SessionPersistence, TrafficPolicy,
+    ActiveHealthCheck, Backend, Backends, CheckProbe, Cors, GatewayConfig, HashOn, Listener,
+    Mirror, OutlierDetection, PortListeners, RetryPolicy, RouteTimeouts, RuleAction,
+    SessionCarrier, SessionPersistence, TrafficPolicy,
 };
 use rauta_dataplane::error::Cause;
 use rauta_dataplane::http2::Http2Settings;
@@ -43,6 +43,8 @@ struct FakeIo {
     connects: Vec<(u32, SocketAddr)>,
     /// New backend connections never finish connecting.
     connects_hang: bool,
+    /// Connections to this address are refused.
+    refusing: Option<SocketAddr>,
 }
 
 impl FakeIo {
@@ -95,9 +97,16 @@ impl Transport for FakeIo {
 
     fn connect(&mut self, to: SocketAddr, _: BackendProtocol) -> Option<u32> {
         let id = self.open();
-        self.conns.get_mut(&id).unwrap().stalled = self.connects_hang;
+        let c = self.conns.get_mut(&id).unwrap();
+        c.stalled = self.connects_hang;
+        c.failed = self.refusing == Some(to);
         self.connects.push((id, to));
         Some(id)
+    }
+
+    fn established(&mut self, conn: u32) -> bool {
+        let c = &self.conns[&conn];
+        !c.failed && !c.stalled
     }
 
     fn close(&mut self, conn: u32) {
@@ -1182,13 +1191,15 @@ fn active_checks_take_a_failing_endpoint_out_and_bring_it_back() {
     let traffic = TrafficPolicy {
         balancing: Some(LoadBalancing::RoundRobin),
         active: Some(Arc::new(ActiveHealthCheck {
-            path: "/healthz".into(),
-            host: None,
+            probe: CheckProbe::Http {
+                path: "/healthz".into(),
+                host: None,
+                expected_statuses: Vec::new(),
+            },
             interval: Duration::from_secs(1),
             timeout: Duration::from_millis(500),
             healthy_threshold: 1,
             unhealthy_threshold: 2,
-            expected_statuses: Vec::new(),
         })),
         ..TrafficPolicy::default()
     };
@@ -1211,16 +1222,54 @@ fn active_checks_take_a_failing_endpoint_out_and_bring_it_back() {
 }
 
 #[test]
+fn a_tcp_check_passes_on_the_connection_alone_and_fails_on_a_refusal() {
+    let traffic = TrafficPolicy {
+        balancing: Some(LoadBalancing::RoundRobin),
+        active: Some(Arc::new(ActiveHealthCheck {
+            probe: CheckProbe::Tcp,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            healthy_threshold: 1,
+            unhealthy_threshold: 1,
+        })),
+        ..TrafficPolicy::default()
+    };
+    let mut h = Harness::with_settings(
+        config_under(&[BACKEND, SECOND], traffic),
+        ProxySettings::default(),
+    );
+    h.wait(1);
+    let checks = h.io.connects.clone();
+    assert_eq!(checks.len(), 2, "one check per endpoint");
+    for (conn, _) in &checks {
+        assert_eq!(h.closed(*conn), Some("fin"), "closed once up");
+        assert!(h.io.conns[conn].outbox.is_empty(), "nothing sent");
+    }
+    assert_eq!(h.snapshot().health_checks, [2, 0]);
+    h.io.refusing = Some(BACKEND.parse().unwrap());
+    h.wait(1);
+    assert_eq!(h.snapshot().health_checks, [3, 1]);
+    let seen = where_requests_go_while_backend_fails(&mut h, 4);
+    assert!(seen.iter().all(|to| to == SECOND), "out: {seen:?}");
+    h.io.refusing = None;
+    h.wait(1);
+    let seen = where_requests_go_while_backend_fails(&mut h, 4);
+    assert!(seen.contains(&BACKEND.to_string()), "back: {seen:?}");
+}
+
+#[test]
 fn a_check_unanswered_in_time_fails() {
     let traffic = TrafficPolicy {
         active: Some(Arc::new(ActiveHealthCheck {
-            path: "/healthz".into(),
-            host: Some("health.local".into()),
+            probe: CheckProbe::Http {
+                path: "/healthz".into(),
+                host: Some("health.local".into()),
+                expected_statuses: vec![204],
+            },
             interval: Duration::from_secs(10),
             timeout: Duration::from_millis(500),
             healthy_threshold: 1,
             unhealthy_threshold: 1,
-            expected_statuses: vec![204],
         })),
         ..TrafficPolicy::default()
     };

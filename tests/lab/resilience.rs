@@ -229,17 +229,23 @@ spec:
 "#;
 
 /// Active health checks on the transport's own loop: an endpoint answering
-/// 503 to everything is found by its checks (no client request needed) and
-/// gets no requests; healthy again, it gets them back within a second.
-fn active_checks(io: Io, prefix: &str) {
+/// 503 to everything (HTTP checks), or not listening (`tcp` checks), is
+/// found by its checks (no client request needed) and gets no requests;
+/// healthy again, it gets them back within a second.
+fn active_checks(io: Io, prefix: &str, tcp: bool) {
     let _serial = serial();
+    let checked = if tcp {
+        CHECKED.replace("type: HTTP", "type: TCP")
+    } else {
+        CHECKED.to_owned()
+    };
     let gw = GatewayLab::start_with(
         prefix,
         io,
         &[
             ("pair.yaml", PAIR_SERVICE),
             ("route.yaml", PAIR_ROUTE),
-            ("checked.yaml", CHECKED),
+            ("checked.yaml", &checked),
         ],
     );
     let iface = format!("{}-be", gw.lab.prefix);
@@ -248,7 +254,8 @@ fn active_checks(io: Io, prefix: &str) {
         &["ip", "addr", "add", &format!("{SECOND}/24"), "dev", &iface],
     );
     let listen = format!("{SECOND}:3000");
-    let failing = gw.spawn_echo_with("echo-pair-b", &listen, &["--fail-every", "1"]);
+    let failing =
+        (!tcp).then(|| gw.spawn_echo_with("echo-pair-b", &listen, &["--fail-every", "1"]));
     std::thread::sleep(Duration::from_millis(1500));
     for i in 0..20 {
         let r = gw.curl(&[&gw.url(&format!("/pair/{i}"))]);
@@ -261,6 +268,12 @@ fn active_checks(io: Io, prefix: &str) {
     let metrics = gw.admin("/metrics");
     assert!(
         metric(&metrics, "rauta_health_checks_failed_total") >= 2.0,
+        "{metrics}"
+    );
+    // The healthy one's checks pass (were every check failing, both would
+    // serve, ejection being ignored when all are out).
+    assert!(
+        metric(&metrics, "rauta_health_checks_passed_total") >= 2.0,
         "{metrics}"
     );
     drop(failing);
@@ -282,12 +295,22 @@ fn active_checks(io: Io, prefix: &str) {
 
 #[test]
 fn active_health_checks_take_a_failing_endpoint_out_on_xdp() {
-    active_checks(Io::Xdp, "rtr-e");
+    active_checks(Io::Xdp, "rtr-e", false);
 }
 
 #[test]
 fn active_health_checks_take_a_failing_endpoint_out_on_kernel() {
-    active_checks(Io::Kernel, "rtr-f");
+    active_checks(Io::Kernel, "rtr-f", false);
+}
+
+#[test]
+fn tcp_health_checks_take_an_endpoint_not_listening_out_on_xdp() {
+    active_checks(Io::Xdp, "rtr-i", true);
+}
+
+#[test]
+fn tcp_health_checks_take_an_endpoint_not_listening_out_on_kernel() {
+    active_checks(Io::Kernel, "rtr-j", true);
 }
 
 /// `PAIR_ROUTE` with cookie session persistence, and the pair taken in

@@ -1,8 +1,10 @@
 //! Active health checks: each worker sends its own `GET` to every endpoint
 //! of a backend whose BackendTrafficPolicy asks for it, at its interval,
-//! on a connection of its own (`Connection: close`). `unhealthyThreshold`
-//! failures in a row (no connection, no answer within `timeout`, a status
-//! not expected) take the endpoint out of this worker's rotation;
+//! on a connection of its own (`Connection: close`) — or, for a TCP check,
+//! only opens that connection and closes it once established.
+//! `unhealthyThreshold` failures in a row (no connection, no answer within
+//! `timeout`, a status not expected) take the endpoint out of this
+//! worker's rotation;
 //! `healthyThreshold` successes in a row bring it back. An endpoint is
 //! healthy until checked otherwise: a new configuration serves at once,
 //! EndpointSlice readiness having come first.
@@ -13,7 +15,7 @@
 
 use super::health::PassiveHealth;
 use super::Transport;
-use crate::config::{ActiveHealthCheck, BackendProtocol, GatewayConfig};
+use crate::config::{ActiveHealthCheck, BackendProtocol, CheckProbe, GatewayConfig};
 use crate::metrics::ProxyMetrics;
 use foldhash::{HashMap, HashMapExt};
 use std::hash::Hash;
@@ -43,6 +45,7 @@ struct Target {
 struct Probe {
     endpoint: SocketAddr,
     deadline: Instant,
+    /// What to send (nothing: a TCP check).
     request: Vec<u8>,
     written: usize,
     answer: Vec<u8>,
@@ -70,7 +73,10 @@ impl<C> Default for ActiveChecks<C> {
 /// What a probe's connection gave.
 enum Progress {
     Waiting,
+    /// An HTTP check's answer.
     Answered(u16),
+    /// A TCP check's connection is up.
+    Established,
     Failed,
 }
 
@@ -142,7 +148,7 @@ impl<C: Copy + Eq + Hash> ActiveChecks<C> {
         for conn in overdue {
             io.abort(conn);
             if let Some(probe) = self.probes.remove(&conn) {
-                self.record(probe.endpoint, None, health, metrics);
+                self.record(probe.endpoint, Progress::Failed, health, metrics);
             }
         }
         let due: Vec<SocketAddr> = self
@@ -157,20 +163,23 @@ impl<C: Copy + Eq + Hash> ActiveChecks<C> {
             target.probing = true;
             let check = target.check.clone();
             let Some(conn) = io.connect(endpoint, BackendProtocol::Http1) else {
-                self.record(endpoint, None, health, metrics);
+                self.record(endpoint, Progress::Failed, health, metrics);
                 continue;
             };
-            let request = format!(
-                "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: rauta-health-check\r\nConnection: close\r\n\r\n",
-                check.path,
-                check.host.as_deref().map_or_else(|| endpoint.to_string(), str::to_owned)
-            );
+            let request = match &check.probe {
+                CheckProbe::Http { path, host, .. } => format!(
+                    "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: rauta-health-check\r\nConnection: close\r\n\r\n",
+                    host.as_deref().map_or_else(|| endpoint.to_string(), str::to_owned)
+                )
+                .into_bytes(),
+                CheckProbe::Tcp => Vec::new(),
+            };
             self.probes.insert(
                 conn,
                 Probe {
                     endpoint,
                     deadline: now + check.timeout,
-                    request: request.into_bytes(),
+                    request,
                     written: 0,
                     answer: Vec::new(),
                 },
@@ -191,21 +200,28 @@ impl<C: Copy + Eq + Hash> ActiveChecks<C> {
             return;
         };
         let progress = Self::advance(io, conn, probe);
-        let status = match progress {
-            Progress::Waiting => return,
-            Progress::Answered(status) => Some(status),
-            Progress::Failed => None,
-        };
-        let probe = self.probes.remove(&conn).expect("in flight");
-        if status.is_some() {
-            io.close(conn);
-        } else {
-            io.abort(conn);
+        if let Progress::Waiting = progress {
+            return;
         }
-        self.record(probe.endpoint, status, health, metrics);
+        let probe = self.probes.remove(&conn).expect("in flight");
+        if let Progress::Failed = progress {
+            io.abort(conn);
+        } else {
+            io.close(conn);
+        }
+        self.record(probe.endpoint, progress, health, metrics);
     }
 
     fn advance<T: Transport<Conn = C>>(io: &mut T, conn: C, probe: &mut Probe) -> Progress {
+        if probe.request.is_empty() {
+            // A TCP check: up, refused (or reset), or not yet.
+            // (A byte the server may greet with is of no interest.)
+            return match io.read(conn, &mut [0; 1]) {
+                super::ReadOutcome::Failed => Progress::Failed,
+                _ if io.established(conn) => Progress::Established,
+                _ => Progress::Waiting,
+            };
+        }
         while probe.written < probe.request.len() {
             match io.write(conn, &probe.request[probe.written..]) {
                 Ok(0) => return Progress::Waiting,
@@ -236,11 +252,11 @@ impl<C: Copy + Eq + Hash> ActiveChecks<C> {
         }
     }
 
-    /// A check of `endpoint` answered `status` (or failed).
+    /// A check of `endpoint` ended so.
     fn record(
         &mut self,
         endpoint: SocketAddr,
-        status: Option<u16>,
+        ended: Progress,
         health: &mut PassiveHealth,
         metrics: &ProxyMetrics,
     ) {
@@ -248,7 +264,15 @@ impl<C: Copy + Eq + Hash> ActiveChecks<C> {
             return;
         };
         target.probing = false;
-        let ok = status.is_some_and(|s| target.check.expects(s));
+        let status = match ended {
+            Progress::Answered(status) => Some(status),
+            _ => None,
+        };
+        let ok = match ended {
+            Progress::Answered(status) => target.check.expects(status),
+            Progress::Established => true,
+            Progress::Waiting | Progress::Failed => false,
+        };
         metrics.health_check(ok);
         if ok {
             target.failures = 0;

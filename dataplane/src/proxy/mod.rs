@@ -108,6 +108,9 @@ pub trait Transport {
     /// transport opens a TCP connection whatever the protocol; the HTTP/2
     /// layer's transport opens a stream on its pooled connections instead.
     fn connect(&mut self, to: SocketAddr, protocol: BackendProtocol) -> Option<Self::Conn>;
+    /// Whether the connection's handshake completed (and it was not
+    /// reset since): what a TCP health check asks.
+    fn established(&mut self, conn: Self::Conn) -> bool;
     /// Close after what was written is delivered (FIN), and forget it.
     fn close(&mut self, conn: Self::Conn);
     /// Drop at once (RST), and forget it.
