@@ -13,7 +13,7 @@ use rauta_controlplane::kubernetes::metrics::ControllerMetrics;
 use rauta_controlplane::source::Published;
 use rauta_dataplane::error::{Cause, Phase, Side};
 use rauta_dataplane::metrics::{
-    EjectionCause, MetricsSnapshot, ProxyMetrics, StatusClass, LATENCY_BUCKETS,
+    EjectionCause, MetricsSnapshot, OutOfRotation, ProxyMetrics, StatusClass, LATENCY_BUCKETS,
 };
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,11 +57,55 @@ impl AdminState {
 }
 
 #[derive(Debug)]
-struct ProxyCollector(MetricsSnapshot, u64, Vec<ExtraSample>);
+struct ProxyCollector {
+    snapshot: MetricsSnapshot,
+    generation: u64,
+    extra: Vec<ExtraSample>,
+    endpoints: Vec<EndpointHealth>,
+}
+
+/// How many workers see one endpoint of one backend in each state:
+/// serving, ejected, failing its checks.
+#[derive(Debug)]
+struct EndpointHealth {
+    backend: String,
+    endpoint: String,
+    workers: [u64; 3],
+}
+
+/// Every configured endpoint, by backend, with its workers' views.
+fn endpoint_health(state: &AdminState) -> Vec<EndpointHealth> {
+    let config = state.published.config.load();
+    let mut seen = std::collections::HashSet::new();
+    let mut all = Vec::new();
+    for backend in config.backends() {
+        for &endpoint in &backend.endpoints {
+            if !seen.insert((backend.name.clone(), endpoint)) {
+                continue;
+            }
+            let mut workers = [0; 3];
+            for worker in &state.workers {
+                let slot = match worker.out_of_rotation(endpoint) {
+                    None => 0,
+                    Some(OutOfRotation::Ejected) => 1,
+                    Some(OutOfRotation::FailingChecks) => 2,
+                };
+                workers[slot] += 1;
+            }
+            all.push(EndpointHealth {
+                backend: backend.name.to_string(),
+                endpoint: endpoint.to_string(),
+                workers,
+            });
+        }
+    }
+    all.sort_by(|a, b| (&a.backend, &a.endpoint).cmp(&(&b.backend, &b.endpoint)));
+    all
+}
 
 impl Collector for ProxyCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let s = &self.0;
+        let s = &self.snapshot;
         {
             let mut family = encoder.encode_descriptor(
                 "rauta_responses",
@@ -246,7 +290,7 @@ impl Collector for ProxyCollector {
             (
                 "rauta_config_generation",
                 "Configurations published",
-                self.1 as i64,
+                self.generation as i64,
             ),
         ];
         for (name, help, value) in gauges {
@@ -256,6 +300,31 @@ impl Collector for ProxyCollector {
                 None,
                 MetricType::Gauge,
             )?)?;
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "rauta_endpoint_health_workers",
+                "Workers that see each configured endpoint so: serving, ejected (passive health) or failing_checks (active)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for e in &self.endpoints {
+                for (state, count) in [
+                    "serving",
+                    OutOfRotation::Ejected.label(),
+                    OutOfRotation::FailingChecks.label(),
+                ]
+                .into_iter()
+                .zip(e.workers)
+                {
+                    let labels = [
+                        ("backend", e.backend.as_str()),
+                        ("endpoint", e.endpoint.as_str()),
+                        ("state", state),
+                    ];
+                    ConstGauge::new(count as i64).encode(family.encode_family(&labels)?)?;
+                }
+            }
         }
         // Per bucket: the encoder makes the `le` counts cumulative itself.
         let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
@@ -280,7 +349,7 @@ impl Collector for ProxyCollector {
             )?;
         let mut last = "";
         let mut family = None;
-        for sample in &self.2 {
+        for sample in &self.extra {
             if sample.name != last {
                 family = Some(encoder.encode_descriptor(
                     sample.name,
@@ -312,11 +381,12 @@ fn metrics_text(state: &AdminState) -> String {
         .unwrap_or_default();
     let extra = state.extra.as_ref().map(|f| f()).unwrap_or_default();
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(ProxyCollector(
-        state.snapshot(),
+    registry.register_collector(Box::new(ProxyCollector {
+        snapshot: state.snapshot(),
         generation,
         extra,
-    )));
+        endpoints: endpoint_health(state),
+    }));
     if let Some(controller) = &state.controller {
         controller.register(&mut registry);
     }

@@ -74,6 +74,24 @@ impl EjectionCause {
     }
 }
 
+/// Why a worker keeps an endpoint out of its rotation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum OutOfRotation {
+    /// Passive health: ejected for a while.
+    Ejected,
+    /// Its active checks fail.
+    FailingChecks,
+}
+
+impl OutOfRotation {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Ejected => "ejected",
+            Self::FailingChecks => "failing_checks",
+        }
+    }
+}
+
 /// Upper bounds (seconds) of the latency histogram's buckets.
 pub const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -107,6 +125,9 @@ pub struct ProxyMetrics {
     health_checks: [AtomicU64; 2],
     /// Retries the retry budget refused.
     retries_budget_exhausted: AtomicU64,
+    /// The endpoints this worker keeps out of its rotation, and why, as
+    /// of its last tick (sorted).
+    out_of_rotation: Mutex<Vec<(std::net::SocketAddr, OutOfRotation)>>,
     /// Mirrored copies sent, and not sent (no ready endpoint).
     mirrors: AtomicU64,
     mirrors_unsent: AtomicU64,
@@ -252,6 +273,21 @@ impl ProxyMetrics {
             true => self.mirrors.fetch_add(1, Relaxed),
             false => self.mirrors_unsent.fetch_add(1, Relaxed),
         };
+    }
+
+    /// The endpoints this worker keeps out of rotation now (sorted).
+    pub fn set_out_of_rotation(&self, endpoints: Vec<(std::net::SocketAddr, OutOfRotation)>) {
+        if let Ok(mut out) = self.out_of_rotation.lock() {
+            *out = endpoints;
+        }
+    }
+
+    /// Why this worker keeps `endpoint` out of its rotation, if it does.
+    pub fn out_of_rotation(&self, endpoint: std::net::SocketAddr) -> Option<OutOfRotation> {
+        let out = self.out_of_rotation.lock().ok()?;
+        out.binary_search_by_key(&endpoint, |&(e, _)| e)
+            .ok()
+            .map(|i| out[i].1)
     }
 
     /// A retry the budget refused.

@@ -276,6 +276,17 @@ fn active_checks(io: Io, prefix: &str, tcp: bool) {
         metric(&metrics, "rauta_health_checks_passed_total") >= 2.0,
         "{metrics}"
     );
+    // Every worker says so, per endpoint.
+    let workers = |endpoint: &str, state: &str| {
+        let series = format!(
+            "rauta_endpoint_health_workers{{backend=\"default/echo-pair:80\",endpoint=\"{endpoint}:3000\",state=\"{state}\"}}"
+        );
+        metric(&metrics, &series)
+    };
+    assert!(workers(SECOND, "failing_checks") >= 1.0, "{metrics}");
+    assert_eq!(workers(SECOND, "serving"), 0.0, "{metrics}");
+    assert_eq!(workers("198.18.0.20", "failing_checks"), 0.0, "{metrics}");
+    assert!(workers("198.18.0.20", "serving") >= 1.0, "{metrics}");
     drop(failing);
     let _healthy = gw.spawn_echo("echo-pair-b", &listen);
     let back = std::time::Instant::now();

@@ -25,6 +25,7 @@
 //! endpoint doubles the next ejection.
 
 use crate::config::{Backend, OutlierDetection};
+use crate::metrics::OutOfRotation;
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -246,6 +247,24 @@ impl PassiveHealth {
         fallback
     }
 
+    /// The endpoints out of rotation at `now`, and why, sorted (failing
+    /// checks named first when both hold).
+    pub fn out_of_rotation(&self, now: Instant) -> Vec<(SocketAddr, OutOfRotation)> {
+        let mut out: Vec<(SocketAddr, OutOfRotation)> = self
+            .checked_out
+            .iter()
+            .map(|&e| (e, OutOfRotation::FailingChecks))
+            .chain(
+                self.records
+                    .iter()
+                    .filter(|(e, r)| now < r.until && !self.checked_out.contains(e))
+                    .map(|(&e, _)| (e, OutOfRotation::Ejected)),
+            )
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
     /// Forget records whose ejection ended long ago (endpoints gone from
     /// the configuration leave no trace).
     pub fn expire(&mut self, now: Instant) {
@@ -334,6 +353,21 @@ mod tests {
             "a slow answer is still an answer, but the record holds"
         );
         let back = back + 2 * BASE_EJECTION;
+        assert_eq!(
+            health.out_of_rotation(back - Duration::from_millis(1)),
+            vec![(e[0], OutOfRotation::Ejected)]
+        );
+        health.checked_down(e[0]);
+        health.checked_down(e[1]);
+        assert_eq!(
+            health.out_of_rotation(back),
+            vec![
+                (e[0], OutOfRotation::FailingChecks),
+                (e[1], OutOfRotation::FailingChecks)
+            ]
+        );
+        health.checked_up(e[0]);
+        health.checked_up(e[1]);
         health.latency_normal(e[0]);
         assert!(health.records.is_empty());
         assert_eq!(health.slow(e[0], &backend(&e), back), Some(BASE_EJECTION));

@@ -64,7 +64,7 @@ use crate::error::{Cause, Phase};
 use crate::http1::{Limits, RequestHead};
 use crate::http2::pipe::{CoreEnd, Message, Pipes, StreamGone};
 use crate::message::{BodyEvent, Request, Response};
-use crate::metrics::ProxyMetrics;
+use crate::metrics::{OutOfRotation, ProxyMetrics};
 use arc_swap::ArcSwap;
 use bytes::BytesMut;
 use foldhash::{HashMap, HashMapExt};
@@ -393,6 +393,8 @@ pub struct Proxy<C> {
     /// Outstanding requests and latency per endpoint; the random draws.
     load: Load,
     scratch: Vec<u8>,
+    /// What this worker last published as out of its rotation.
+    out_of_rotation: Vec<(SocketAddr, OutOfRotation)>,
     /// Unix time at an instant: session tokens carry wall-clock times, so
     /// that every replica reads them alike.
     wall: (Instant, u64),
@@ -450,6 +452,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             checks: ActiveChecks::default(),
             timers: BinaryHeap::new(),
             scratch,
+            out_of_rotation: Vec::new(),
             wall: (
                 Instant::now(),
                 SystemTime::now()
@@ -723,6 +726,11 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         self.checks.run(io, &mut self.health, &self.metrics, now);
         self.health.expire(now);
         self.load.expire(now);
+        let out = self.health.out_of_rotation(now);
+        if out != self.out_of_rotation {
+            self.metrics.set_out_of_rotation(out.clone());
+            self.out_of_rotation = out;
+        }
     }
 
     /// When [`Self::run_timers`] has something to do next, if sooner than
