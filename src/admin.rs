@@ -513,7 +513,12 @@ mod tests {
         snapshot.latency[1] = 1;
         *snapshot.latency.last_mut().unwrap() = 2;
         let mut registry = Registry::default();
-        registry.register_collector(Box::new(ProxyCollector(snapshot, 1, Vec::new())));
+        registry.register_collector(Box::new(ProxyCollector {
+            snapshot,
+            generation: 1,
+            extra: Vec::new(),
+            endpoints: Vec::new(),
+        }));
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         let bucket = |le: &str| {
