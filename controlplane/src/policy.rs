@@ -219,6 +219,15 @@ pub struct CircuitBreaker {
     /// gateway's `--max-requests-per-endpoint`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_requests_per_endpoint: Option<u32>,
+    /// HTTP/1.1 connections open (in use or pooled) to all of the
+    /// Service's endpoints, per worker; at it, a pooled one is closed for
+    /// room, else 503 at once (default: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Requests waiting for a connection still being opened to the
+    /// Service, per worker; more get 503 at once (default: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending_requests: Option<u32>,
 }
 
 /// What the controller says about a policy.
@@ -401,6 +410,16 @@ fn settings(policy: &Sourced<BackendTrafficPolicy>) -> Result<TrafficPolicy, Com
             policy,
             &format!("{at}.maxRequestsPerEndpoint"),
             breaker.max_requests_per_endpoint,
+        )?,
+        max_connections: positive(
+            policy,
+            &format!("{at}.maxConnections"),
+            breaker.max_connections,
+        )?,
+        max_pending_requests: positive(
+            policy,
+            &format!("{at}.maxPendingRequests"),
+            breaker.max_pending_requests,
         )?,
         active,
         source: Some(object_id(&policy.object.metadata).into()),
@@ -605,7 +624,7 @@ spec:
       unhealthyThreshold: 2
       http: {path: /healthz, expectedStatuses: [200, 204]}
     passive: {consecutive5XxErrors: 3, baseEjectionTime: 2s, maxEjectionPercent: 100, latencyFactor: 5}
-  circuitBreaker: {maxParallelRequests: 100, maxRequestsPerEndpoint: 10}
+  circuitBreaker: {maxParallelRequests: 100, maxRequestsPerEndpoint: 10, maxConnections: 50, maxPendingRequests: 5}
 ";
 
     #[test]
@@ -627,6 +646,8 @@ spec:
         );
         assert_eq!(web.max_requests, Some(100));
         assert_eq!(web.max_requests_per_endpoint, Some(10));
+        assert_eq!(web.max_connections, Some(50));
+        assert_eq!(web.max_pending_requests, Some(5));
         assert_eq!(web.source.as_deref(), Some("apps/web"));
         let active = web.active.as_deref().expect("active checks");
         assert!(

@@ -489,6 +489,13 @@ pub struct TrafficPolicy {
     pub max_requests_per_endpoint: Option<u32>,
     /// Requests each worker may have in flight to the whole backend.
     pub max_requests: Option<u32>,
+    /// HTTP/1.1 connections each worker may have open (in use or pooled)
+    /// to the whole backend; at it, a pooled one is closed for room, or
+    /// the request gets 503.
+    pub max_connections: Option<u32>,
+    /// Connections each worker may have still connecting to the whole
+    /// backend: the requests waiting for them are the pending ones.
+    pub max_pending_requests: Option<u32>,
     /// Active health checks, when the policy asks for them.
     pub active: Option<Arc<ActiveHealthCheck>>,
     /// The policy object that set this, `namespace/name` (none: defaults).

@@ -1357,6 +1357,64 @@ fn a_policy_limits_requests_to_the_whole_backend() {
 }
 
 #[test]
+fn the_connection_limit_reuses_or_makes_room_and_else_answers_503() {
+    let traffic = TrafficPolicy {
+        balancing: Some(LoadBalancing::RoundRobin),
+        max_connections: Some(1),
+        ..TrafficPolicy::default()
+    };
+    let mut h = Harness::with_settings(
+        config_under(&[BACKEND, SECOND], traffic),
+        ProxySettings::default(),
+    );
+    // The one connection is in use: the next request has no room.
+    let first = one_in_flight_and_the_next_refused(&mut h);
+    h.backend_sends(first, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    assert!(h.client_got().starts_with("HTTP/1.1 200"));
+    // The refused one had SECOND's turn; the next is BACKEND's, on the
+    // pooled connection.
+    h.client_sends("GET /app/3 HTTP/1.1\r\nHost: h\r\n\r\n");
+    assert_eq!(h.request_out().0, first);
+    h.backend_sends(first, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    assert!(h.client_got().starts_with("HTTP/1.1 200"));
+    assert_eq!(h.io.connects.len(), 1);
+    // Pooled again, it is closed to make room for one to SECOND.
+    h.client_sends("GET /app/4 HTTP/1.1\r\nHost: h\r\n\r\n");
+    let (second, to) = h.request_out();
+    assert_ne!(second, first);
+    assert_ne!(to, h.io.connects[0].1.to_string(), "the other endpoint");
+    assert_eq!(h.closed(first), Some("fin"));
+    h.backend_sends(second, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    assert!(h.client_got().starts_with("HTTP/1.1 200"));
+}
+
+#[test]
+fn the_pending_limit_answers_503_while_connections_are_still_opening() {
+    let traffic = TrafficPolicy {
+        max_pending_requests: Some(1),
+        ..TrafficPolicy::default()
+    };
+    let mut h = Harness::with_settings(
+        config_under(&[BACKEND, SECOND], traffic),
+        ProxySettings::default(),
+    );
+    h.io.connects_hang = true;
+    h.client_sends("GET /app/1 HTTP/1.1\r\nHost: h\r\n\r\n");
+    let opening = h.last_backend();
+    let other = h.another_client("192.0.2.8:40001", "GET /app/2 HTTP/1.1\r\nHost: h\r\n\r\n");
+    assert!(h.io.take_output(other).starts_with("HTTP/1.1 503 "));
+    assert_eq!(h.failures(Cause::Overflow), 1);
+    assert_eq!(h.io.connects.len(), 1, "no second connection opened");
+    // Connected, it is pending no more: room for another.
+    h.io.conns.get_mut(&opening).unwrap().stalled = false;
+    h.proxy.on_io(&mut h.io, opening, h.now);
+    assert!(h.io.take_output(opening).starts_with("GET /app/1 "));
+    h.another_client("192.0.2.8:40002", "GET /app/3 HTTP/1.1\r\nHost: h\r\n\r\n");
+    assert_eq!(h.io.connects.len(), 2);
+    assert_eq!(h.failures(Cause::Overflow), 1);
+}
+
+#[test]
 fn five_5xx_answers_in_a_row_eject_an_endpoint() {
     let mut h = Harness::in_turn(config_with(&[BACKEND, SECOND]));
     let seen = where_requests_go_while_backend_fails(&mut h, 14);

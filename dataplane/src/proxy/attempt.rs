@@ -320,13 +320,17 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         // Another endpoint: a pooled connection if there is one. The same
         // one again after a stale pooled connection: a new connection.
         let conn = if retry.fresh {
-            self.connect(io, id, retry.endpoint).map(|c| (c, false))
+            self.connect(io, id, retry.endpoint, now)
+                .map(|c| (c, false))
         } else {
-            self.backend_conn(io, id, retry.endpoint)
+            self.backend_conn(io, id, retry.endpoint, now)
         };
-        let Some((conn, reused)) = conn else {
-            self.refuse(id, Cause::ConnectFailed);
-            return;
+        let (conn, reused) = match conn {
+            Ok(conn) => conn,
+            Err(cause) => {
+                self.refuse(id, cause);
+                return;
+            }
         };
         let deadline = self.backend_deadline(id, now);
         let request = self.exchanges[id].request.as_mut().expect("in flight");

@@ -59,6 +59,10 @@ struct EndpointLoad {
     /// Whether `latency` is from an answer (not the first guess).
     measured: bool,
     updated: Instant,
+    /// HTTP/1.1 connections open to it (in use or pooled), and of those
+    /// still connecting.
+    connections: u32,
+    connecting: u32,
     /// Seconds, a plain average per answer (no peaks) for outlier
     /// detection; none before the first answer, or since an ejection for
     /// slowness (the first answer after it decides afresh).
@@ -162,6 +166,8 @@ impl Load {
             latency: DEFAULT_LATENCY.as_secs_f64(),
             measured: false,
             updated: now,
+            connections: 0,
+            connecting: 0,
             typical: None,
         })
     }
@@ -169,6 +175,42 @@ impl Load {
     /// An attempt at `endpoint` began.
     pub fn begin(&mut self, endpoint: SocketAddr, now: Instant) {
         self.entry(endpoint, now).outstanding += 1;
+    }
+
+    /// A connection to `endpoint` is being opened.
+    pub fn connecting(&mut self, endpoint: SocketAddr, now: Instant) {
+        let load = self.entry(endpoint, now);
+        load.connections += 1;
+        load.connecting += 1;
+    }
+
+    /// A connection to `endpoint` completed its handshake.
+    pub fn established(&mut self, endpoint: SocketAddr) {
+        if let Some(load) = self.endpoints.get_mut(&endpoint) {
+            load.connecting = load.connecting.saturating_sub(1);
+        }
+    }
+
+    /// A connection to `endpoint` closed, before (`up` false) or after
+    /// its handshake completed.
+    pub fn disconnected(&mut self, endpoint: SocketAddr, up: bool) {
+        if let Some(load) = self.endpoints.get_mut(&endpoint) {
+            load.connections = load.connections.saturating_sub(1);
+            if !up {
+                load.connecting = load.connecting.saturating_sub(1);
+            }
+        }
+    }
+
+    /// `backend`'s connections open and connecting (this worker's).
+    pub fn connections(&self, backend: &Backend) -> (u32, u32) {
+        backend
+            .endpoints
+            .iter()
+            .filter_map(|e| self.endpoints.get(e))
+            .fold((0, 0), |(open, connecting), l| {
+                (open + l.connections, connecting + l.connecting)
+            })
     }
 
     /// An attempt at `endpoint` ended (answered, failed or let go).
@@ -320,7 +362,9 @@ impl Load {
     /// (gone from the configuration, most likely).
     pub fn expire(&mut self, now: Instant) {
         self.endpoints.retain(|_, l| {
-            l.outstanding > 0 || now.saturating_duration_since(l.updated) < 6 * DECAY
+            l.outstanding > 0
+                || l.connections > 0
+                || now.saturating_duration_since(l.updated) < 6 * DECAY
         });
     }
 }

@@ -393,11 +393,25 @@ pub struct Proxy<C> {
     /// Outstanding requests and latency per endpoint; the random draws.
     load: Load,
     scratch: Vec<u8>,
+    /// HTTP/1.1 backend connections open (in use or pooled): their
+    /// endpoint, and whether the handshake completed — what the circuit
+    /// breaker's connection and pending limits count.
+    backend_conns: HashMap<C, (SocketAddr, bool)>,
     /// What this worker last published as out of its rotation.
     out_of_rotation: Vec<(SocketAddr, OutOfRotation)>,
     /// Unix time at an instant: session tokens carry wall-clock times, so
     /// that every replica reads them alike.
     wall: (Instant, u64),
+}
+
+/// Backend connection `conn` completed its handshake: no longer pending.
+fn established<C: Eq + Hash>(conns: &mut HashMap<C, (SocketAddr, bool)>, load: &mut Load, conn: C) {
+    if let Some((endpoint, up)) = conns.get_mut(&conn) {
+        if !*up {
+            *up = true;
+            load.established(*endpoint);
+        }
+    }
 }
 
 /// Unix seconds at `now`, by `wall` (an instant and its Unix time).
@@ -453,6 +467,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             timers: BinaryHeap::new(),
             scratch,
             out_of_rotation: Vec::new(),
+            backend_conns: HashMap::new(),
             wall: (
                 Instant::now(),
                 SystemTime::now()
@@ -913,7 +928,10 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             Ok(0) => false,
             Ok(n) => {
                 leg.tx.drain(..n);
-                leg.connected = true;
+                if !leg.connected {
+                    leg.connected = true;
+                    established(&mut self.backend_conns, &mut self.load, conn);
+                }
                 leg.sent = now;
                 true
             }
@@ -997,7 +1015,10 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             ReadOutcome::Data(n) => {
                 leg.rx.extend_from_slice(&self.scratch[..n]);
                 leg.answered = true;
-                leg.connected = true;
+                if !leg.connected {
+                    leg.connected = true;
+                    established(&mut self.backend_conns, &mut self.load, conn);
+                }
                 leg.heard = now;
                 true
             }

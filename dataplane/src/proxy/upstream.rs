@@ -154,6 +154,11 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         abort: bool,
     ) {
         self.roles.remove(&wire);
+        if let Wire::Socket(conn) = wire {
+            if let Some((endpoint, up)) = self.backend_conns.remove(&conn) {
+                self.load.disconnected(endpoint, up);
+            }
+        }
         match (wire, abort) {
             (Wire::Socket(conn), true) => io.abort(conn),
             (Wire::Socket(conn), false) => io.close(conn),
@@ -193,9 +198,12 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
                 Attempt::new(Wire::Pipe(pipe), endpoint, false, Vec::new(), now)
             }
             BackendProtocol::Http1 => {
-                let Some((conn, reused)) = self.backend_conn(io, id, endpoint) else {
-                    self.refuse(id, Cause::ConnectFailed);
-                    return;
+                let (conn, reused) = match self.backend_conn(io, id, endpoint, now) {
+                    Ok(conn) => conn,
+                    Err(cause) => {
+                        self.refuse(id, cause);
+                        return;
+                    }
                 };
                 let mut head = Vec::with_capacity(512);
                 let coding = h1::encode_request(&request, &mut head);
@@ -220,28 +228,82 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         io: &mut T,
         id: usize,
         endpoint: SocketAddr,
-    ) -> Option<(C, bool)> {
+        now: Instant,
+    ) -> Result<(C, bool), Cause> {
         if let Some(conns) = self.pool.get_mut(&endpoint) {
             if let Some((conn, _)) = conns.pop() {
                 self.roles.insert(Wire::Socket(conn), Role::Backend(id));
-                return Some((conn, true));
+                return Ok((conn, true));
             }
         }
-        let conn = self.connect(io, id, endpoint)?;
-        Some((conn, false))
+        let conn = self.connect(io, id, endpoint, now)?;
+        Ok((conn, false))
     }
 
-    /// A new HTTP/1.1 connection to `endpoint` for exchange `id`.
+    /// A new HTTP/1.1 connection to `endpoint` for exchange `id`, within
+    /// its backend's circuit breaker: `Overflow` with as many connecting
+    /// as `maxPendingRequests`, or as many open as `maxConnections` and
+    /// none of them idle to close for room.
     pub(super) fn connect<T: Transport<Conn = C>>(
         &mut self,
         io: &mut T,
         id: usize,
         endpoint: SocketAddr,
-    ) -> Option<C> {
-        let conn = io.connect(endpoint, BackendProtocol::Http1)?;
+        now: Instant,
+    ) -> Result<C, Cause> {
+        let rule = self.exchanges[id]
+            .request
+            .as_ref()
+            .and_then(|r| r.upstream.as_ref())
+            .map(|u| (u.rule.clone(), u.backend));
+        if let Some(backend) = rule
+            .as_ref()
+            .and_then(|(rule, index)| rule.backends.backends.get((*index)?))
+        {
+            let traffic = &backend.traffic;
+            let (open, connecting) = self.load.connections(backend);
+            if traffic
+                .max_pending_requests
+                .is_some_and(|max| connecting >= max)
+            {
+                return Err(Cause::Overflow);
+            }
+            if traffic.max_connections.is_some_and(|max| open >= max)
+                && !self.close_an_idle_one(io, &backend.endpoints)
+            {
+                return Err(Cause::Overflow);
+            }
+        }
+        let conn = io
+            .connect(endpoint, BackendProtocol::Http1)
+            .ok_or(Cause::ConnectFailed)?;
         self.roles.insert(Wire::Socket(conn), Role::Backend(id));
+        self.backend_conns.insert(conn, (endpoint, false));
+        self.load.connecting(endpoint, now);
         self.metrics.backend_connection_opened();
-        Some(conn)
+        Ok(conn)
+    }
+
+    /// Close the longest idle pooled connection to one of `endpoints`;
+    /// whether there was one.
+    fn close_an_idle_one<T: Transport<Conn = C>>(
+        &mut self,
+        io: &mut T,
+        endpoints: &[SocketAddr],
+    ) -> bool {
+        let oldest = endpoints
+            .iter()
+            .filter_map(|e| Some((*e, self.pool.get(e)?.first()?.1)))
+            .min_by_key(|&(_, since)| since);
+        let Some((endpoint, _)) = oldest else {
+            return false;
+        };
+        let Some(conns) = self.pool.get_mut(&endpoint) else {
+            return false;
+        };
+        let (conn, _) = conns.remove(0);
+        self.let_go_backend(io, Wire::Socket(conn), false);
+        true
     }
 
     /// Return a backend connection to the pool, or close it (a stream to
