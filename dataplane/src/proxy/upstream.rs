@@ -251,10 +251,16 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         endpoint: SocketAddr,
         now: Instant,
     ) -> Result<C, Cause> {
+        // Only a backend with either limit pays for the count.
+        let limited = |b: &Backend| {
+            let t = &b.traffic;
+            t.max_connections.is_some() || t.max_pending_requests.is_some()
+        };
         let rule = self.exchanges[id]
             .request
             .as_ref()
             .and_then(|r| r.upstream.as_ref())
+            .filter(|u| u.backend().is_some_and(limited))
             .map(|u| (u.rule.clone(), u.backend));
         if let Some(backend) = rule
             .as_ref()
