@@ -179,6 +179,37 @@ async fn h2_exchange(
         received.extend_from_slice(&data);
     }
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    // The same faults and retry simulator as over HTTP/1.1; a reset is
+    // the stream's (RST_STREAM), not the connection's.
+    let answered = identity.answered.fetch_add(1, Ordering::Relaxed) + 1;
+    let faults = identity.faults;
+    let plan = match plan(target) {
+        _ if faults.fail_every > 0 && answered.is_multiple_of(faults.fail_every) => Plan::Fail {
+            delay: Duration::ZERO,
+            status: Some(503),
+        },
+        plan => plan,
+    };
+    tokio::time::sleep(faults.delay).await;
+    match plan {
+        Plan::Echo { delay } => tokio::time::sleep(delay).await,
+        Plan::Fail { delay, status } => {
+            tokio::time::sleep(delay).await;
+            let Some(status) = status else {
+                respond.send_reset(h2::Reason::INTERNAL_ERROR);
+                return Ok(());
+            };
+            let body = format!("{status} {}\n", reason_phrase(status));
+            let response = http::Response::builder()
+                .status(status)
+                .header("content-type", "text/plain")
+                .header("content-length", body.len())
+                .body(())?;
+            let mut send = respond.send_response(response, false)?;
+            send.send_data(bytes::Bytes::from(body), true)?;
+            return Ok(());
+        }
+    }
     let mut headers: Vec<(String, Vec<u8>)> = parts
         .headers
         .iter()

@@ -50,12 +50,23 @@ spec:
     - {name: echo-pair, port: 80}
 "#;
 
-fn endpoint_killed_under_load(io: Io, prefix: &str) {
+/// `h2c`: the Service's port speaks HTTP/2 (`kubernetes.io/h2c`), so the
+/// gateway reaches both endpoints over its HTTP/2 pool.
+fn endpoint_killed_under_load(io: Io, prefix: &str, h2c: bool) {
     let _serial = serial();
+    let service = if h2c {
+        PAIR_SERVICE.replace(
+            "targetPort: 3000}",
+            "targetPort: 3000, appProtocol: kubernetes.io/h2c}",
+        )
+    } else {
+        PAIR_SERVICE.to_owned()
+    };
+    assert!(!h2c || service.contains("h2c"), "{service}");
     let gw = GatewayLab::start_with(
         prefix,
         io,
-        &[("pair.yaml", PAIR_SERVICE), ("route.yaml", PAIR_ROUTE)],
+        &[("pair.yaml", &service), ("route.yaml", PAIR_ROUTE)],
     );
     let iface = format!("{}-be", gw.lab.prefix);
     gw.lab.exec_ok(
@@ -106,29 +117,53 @@ fn endpoint_killed_under_load(io: Io, prefix: &str) {
         metric(&metrics, "rauta_upstream_retries_total") > 0.0,
         "the kill was never seen (no request went again):\n{metrics}"
     );
-    let ejections = metric(
-        &metrics,
-        "rauta_upstream_ejections_total{cause=\"connect\"}",
+    // Refused connects eject it; over h2c, so may its streams reset in
+    // flight (five in a row) before any new one is refused.
+    let ejected = |cause: &str| {
+        metric(
+            &metrics,
+            &format!("rauta_upstream_ejections_total{{cause=\"{cause}\"}}"),
+        )
+    };
+    let ejections = ejected("connect") + if h2c { ejected("errors") } else { 0.0 };
+    assert!(
+        ejections > 0.0,
+        "the dead endpoint was never ejected:\n{metrics}"
     );
-    assert!(ejections > 0.0, "the dead endpoint was never ejected");
     // And afterwards every request is served by the one left.
     for _ in 0..4 {
         let r = gw.curl(&[&gw.url("/pair/after")]);
         assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     }
+    if h2c {
+        assert!(
+            metric(&metrics, "rauta_http2_backend_streams_total") > 1000.0,
+            "the endpoints were not reached over HTTP/2:\n{metrics}"
+        );
+    }
     eprintln!(
-        "{io:?}: {failed} of {requests} requests failed ({causes:?}, {ejections} ejections); wrk:\n{out}"
+        "{io:?} (h2c {h2c}): {failed} of {requests} requests failed ({causes:?}, {ejections} ejections); wrk:\n{out}"
     );
 }
 
 #[test]
 fn an_endpoint_killed_under_load_fails_at_most_1_in_10000_on_xdp() {
-    endpoint_killed_under_load(Io::Xdp, "rtr-a");
+    endpoint_killed_under_load(Io::Xdp, "rtr-a", false);
 }
 
 #[test]
 fn an_endpoint_killed_under_load_fails_at_most_1_in_10000_on_kernel() {
-    endpoint_killed_under_load(Io::Kernel, "rtr-b");
+    endpoint_killed_under_load(Io::Kernel, "rtr-b", false);
+}
+
+#[test]
+fn an_h2c_endpoint_killed_under_load_fails_at_most_1_in_10000_on_xdp() {
+    endpoint_killed_under_load(Io::Xdp, "rtr-k", true);
+}
+
+#[test]
+fn an_h2c_endpoint_killed_under_load_fails_at_most_1_in_10000_on_kernel() {
+    endpoint_killed_under_load(Io::Kernel, "rtr-l", true);
 }
 
 /// `/retry/...` to the lab's echo-v1 (the echo server's retry simulator
@@ -151,10 +186,17 @@ spec:
 "#;
 
 /// A route's retry and timeouts on the transport's own loop (the timers
-/// the XDP worker sleeps for, the kernel worker's epoll timeout).
-fn route_retry_and_timeouts(io: Io, prefix: &str) {
+/// the XDP worker sleeps for, the kernel worker's epoll timeout); `h2c`:
+/// to the same pod over HTTP/2 (`echo-v2-h2c`), each retry a new stream.
+fn route_retry_and_timeouts(io: Io, prefix: &str, h2c: bool) {
     let _serial = serial();
-    let gw = GatewayLab::start_with(prefix, io, &[("retried.yaml", RETRIED)]);
+    let retried = if h2c {
+        RETRIED.replace("{name: echo-v1, port: 80}", "{name: echo-v2-h2c, port: 80}")
+    } else {
+        RETRIED.to_owned()
+    };
+    assert!(!h2c || retried.contains("h2c"), "{retried}");
+    let gw = GatewayLab::start_with(prefix, io, &[("retried.yaml", &retried)]);
     let timed = |path: &str| -> (String, f64) {
         let out = gw.lab.exec_ok(
             "client",
@@ -198,17 +240,33 @@ fn route_retry_and_timeouts(io: Io, prefix: &str) {
     let phase = |p: &str| metric(&metrics, &format!("rauta_timeouts_total{{phase=\"{p}\"}}"));
     assert_eq!(phase("request"), 1.0);
     assert_eq!(phase("backend_request"), 2.0);
-    eprintln!("{io:?}: route retry and timeouts held");
+    if h2c {
+        assert!(
+            metric(&metrics, "rauta_http2_backend_streams_total") >= 9.0,
+            "every attempt a stream:\n{metrics}"
+        );
+    }
+    eprintln!("{io:?} (h2c {h2c}): route retry and timeouts held");
 }
 
 #[test]
 fn a_route_retry_and_timeouts_hold_on_xdp() {
-    route_retry_and_timeouts(Io::Xdp, "rtr-c");
+    route_retry_and_timeouts(Io::Xdp, "rtr-c", false);
 }
 
 #[test]
 fn a_route_retry_and_timeouts_hold_on_kernel() {
-    route_retry_and_timeouts(Io::Kernel, "rtr-d");
+    route_retry_and_timeouts(Io::Kernel, "rtr-d", false);
+}
+
+#[test]
+fn a_route_retry_and_timeouts_hold_on_h2c_backends_on_xdp() {
+    route_retry_and_timeouts(Io::Xdp, "rtr-m", true);
+}
+
+#[test]
+fn a_route_retry_and_timeouts_hold_on_h2c_backends_on_kernel() {
+    route_retry_and_timeouts(Io::Kernel, "rtr-n", true);
 }
 
 /// `echo-pair` under a BackendTrafficPolicy with active checks every 200 ms:

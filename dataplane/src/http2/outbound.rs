@@ -6,8 +6,10 @@
 //! connection to the endpoint; the pool grows to
 //! [`Http2Settings::backend_connections`] and is opened ahead of the first
 //! request when an endpoint appears. A connection that fails or is told
-//! GOAWAY leaves the pool; its streams fail (the core answers 502), and
-//! the next request opens a replacement.
+//! GOAWAY leaves the pool; its streams fail, and the next request opens a
+//! replacement. A stream that fails before it was opened on a connection
+//! is marked unsent: the core may send its request elsewhere, as after a
+//! refused connect.
 
 use super::codec::{recv_events, request_to_h2, response_from_h2, send_events, Received};
 use super::io::{H2Io, Task, WakeList};
@@ -334,7 +336,7 @@ impl<C: Copy + Eq + Hash> Outbound<C> {
             };
             let (request, end) = request_to_h2(*request);
             let Some(key) = self.pick(net, endpoint, wakes, metrics) else {
-                pipes.reset(pipe);
+                pipes.reset_unsent(pipe);
                 return;
             };
             let conn = &mut self.conns[key];
@@ -359,6 +361,8 @@ impl<C: Copy + Eq + Hash> Outbound<C> {
             .get_mut(key)
             .filter(|c| c.generation == generation);
         let mut failed = false;
+        // Failed while still opening: the stream never reached the backend.
+        let mut unsent = false;
         let mut for_core = false;
         if let Exchange::Opening { .. } = &stream.exchange {
             match conn.map(|c| (&mut c.state, &mut c.retired)) {
@@ -387,6 +391,7 @@ impl<C: Copy + Eq + Hash> Outbound<C> {
                                 tracing::debug!(%error, "backend stream refused");
                                 *retired = true;
                                 failed = true;
+                                unsent = true;
                             }
                         }
                     }
@@ -394,9 +399,13 @@ impl<C: Copy + Eq + Hash> Outbound<C> {
                         tracing::debug!(%error, "backend connection takes no streams");
                         *retired = true;
                         failed = true;
+                        unsent = true;
                     }
                 },
-                Some((State::Ended, _)) | None => failed = true,
+                Some((State::Ended, _)) | None => {
+                    failed = true;
+                    unsent = true;
+                }
             }
         }
         if let Exchange::Open { send, response } = &mut stream.exchange {
@@ -467,7 +476,9 @@ impl<C: Copy + Eq + Hash> Outbound<C> {
             let stream = self.streams.remove(&pipe).expect("present");
             self.finish_stream(stream, failed, wakes);
         }
-        if failed {
+        if failed && unsent {
+            pipes.reset_unsent(pipe);
+        } else if failed {
             pipes.reset(pipe);
         } else if for_core {
             pipes.ready.push(pipe);

@@ -103,6 +103,9 @@ pub struct Pipe {
     /// The HTTP/2 side failed (stream reset, connection lost): the core
     /// sees the stream gone.
     pub reset: bool,
+    /// It failed before its request went out (no connection, or one that
+    /// ended before the stream opened): the backend saw nothing of it.
+    pub unsent: bool,
     /// From the core.
     pub from_core: Queue,
     pub core: CoreEnd,
@@ -146,6 +149,7 @@ impl Pipes {
             kind,
             to_core: Queue::default(),
             reset: false,
+            unsent: false,
             from_core: Queue::default(),
             core: CoreEnd::Open,
             released: false,
@@ -162,12 +166,26 @@ impl Pipes {
         self.pipes.get_mut(id)
     }
 
-    /// The HTTP/2 side fails the pipe.
+    /// The pipe fails.
     pub fn reset(&mut self, id: usize) {
         if let Some(pipe) = self.pipes.get_mut(id) {
             pipe.reset = true;
             self.ready.push(id);
         }
+    }
+
+    /// The HTTP/2 side fails the pipe before its request went out.
+    pub fn reset_unsent(&mut self, id: usize) {
+        if let Some(pipe) = self.pipes.get_mut(id) {
+            pipe.unsent = true;
+        }
+        self.reset(id);
+    }
+
+    /// Whether `id` failed before its request went out (so another
+    /// endpoint may have it, as a refused connect's).
+    pub fn unsent(&self, id: usize) -> bool {
+        self.pipes.get(id).is_some_and(|p| p.unsent)
     }
 
     /// The HTTP/2 side is done with `id`; free it if the core is too.

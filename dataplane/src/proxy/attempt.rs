@@ -28,15 +28,21 @@
 //! the worker's [`super::budget`].
 //!
 //! Anything else answers the client with the cause's status, or relays the
-//! last answer. An h2c attempt is a stream of the HTTP/2 layer's own pool,
-//! which reconnects by itself; its failures are not retried here.
+//! last answer. An h2c attempt is a stream of the HTTP/2 layer's own pool:
+//! one that fails before it was opened on a connection (no connection to
+//! be had, or one that ended first) counts as a refused connect, any other
+//! failure before the answer as a reset; a retry opens a new stream with
+//! the request kept as a message ([`Resend::Message`]).
 
 use super::body::BodyReader;
 use super::session::Session;
-use super::{Proxy, Transport, Wire};
+use super::{Proxy, Role, Transport, Wire};
 use crate::config::{Backend, RuleAction};
 use crate::error::{Cause, Replay};
+use crate::http2::pipe::{Message, PipeKind};
+use crate::message::{BodyEvent, BodyLength, Request};
 use crate::metrics::{EjectionCause, ProxyMetrics, StatusClass};
+use bytes::Bytes;
 use bytes::BytesMut;
 use std::fmt::Debug;
 use std::hash::Hash;
@@ -165,11 +171,41 @@ pub(super) enum AttemptEnd {
     Answered(u16),
 }
 
+/// A request kept to be sent again.
+#[derive(Debug)]
+pub(super) enum Resend {
+    /// HTTP/1.1: everything of it sent so far, as bytes for a socket.
+    Bytes(Vec<u8>),
+    /// h2c: as a message, for a new stream.
+    Message(Box<KeptMessage>),
+}
+
+/// An h2c request kept: its head and its body so far (all of it once
+/// `ended`).
+#[derive(Debug)]
+pub(super) struct KeptMessage {
+    pub head: http::request::Parts,
+    pub length: BodyLength,
+    pub body: Vec<u8>,
+    pub ended: bool,
+}
+
+/// A copy of a request head (`Parts` is not `Clone`: its extensions are
+/// not kept, and the core sets none).
+pub(super) fn copy_head(head: &http::request::Parts) -> http::request::Parts {
+    let mut request = http::Request::new(());
+    *request.method_mut() = head.method.clone();
+    *request.uri_mut() = head.uri.clone();
+    *request.version_mut() = head.version;
+    *request.headers_mut() = head.headers.clone();
+    request.into_parts().0
+}
+
 /// What the next attempt sends, where, and when.
 pub(super) struct Retry {
     pub endpoint: SocketAddr,
-    /// Everything of the request sent so far, as bytes for the socket.
-    bytes: Vec<u8>,
+    /// Everything of the request sent so far.
+    resend: Resend,
     /// Not before this (the route's back-off).
     pub at: Instant,
     /// A new connection, not one from the pool (the pooled one to this
@@ -264,14 +300,22 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         };
         let request = self.exchanges[id].request.as_mut().expect("in flight");
         let mut old = request.attempt.take().expect("live attempt");
-        while let Ok(Some(_)) = reader.next_from_bytes(&mut old.rx, old.eof, usize::MAX, false) {}
-        let reusable = reader.is_done()
-            && backend_keep_alive
-            && old.rx.is_empty()
-            && !old.eof
-            && request.body.is_done();
         tracing::debug!(status, from = %old.endpoint, to = %retry.endpoint, "answer retried");
-        self.release_backend(io, old, reusable, now);
+        if let Wire::Pipe(_) = old.wire {
+            // The rest of that answer is not wanted: the stream is reset.
+            self.load.end(old.endpoint);
+            self.let_go_backend(io, old.wire, true);
+        } else {
+            while let Ok(Some(_)) = reader.next_from_bytes(&mut old.rx, old.eof, usize::MAX, false)
+            {
+            }
+            let reusable = reader.is_done()
+                && backend_keep_alive
+                && old.rx.is_empty()
+                && !old.eof
+                && request.body.is_done();
+            self.release_backend(io, old, reusable, now);
+        }
         self.schedule(io, id, retry, now);
         true
     }
@@ -317,6 +361,13 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         retry: Retry,
         now: Instant,
     ) {
+        let bytes = match retry.resend {
+            Resend::Bytes(bytes) => bytes,
+            Resend::Message(kept) => {
+                self.resend_on_stream(id, retry.endpoint, kept, now);
+                return;
+            }
+        };
         // Another endpoint: a pooled connection if there is one. The same
         // one again after a stale pooled connection: a new connection.
         let conn = if retry.fresh {
@@ -334,12 +385,44 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         };
         let deadline = self.backend_deadline(id, now);
         let request = self.exchanges[id].request.as_mut().expect("in flight");
-        request.keep_for_replay(&retry.bytes, reused);
-        let mut attempt =
-            Attempt::new(Wire::Socket(conn), retry.endpoint, reused, retry.bytes, now);
+        request.keep_for_replay(&bytes, reused);
+        let mut attempt = Attempt::new(Wire::Socket(conn), retry.endpoint, reused, bytes, now);
         attempt.deadline = deadline;
         request.attempt = Some(attempt);
         self.load.begin(retry.endpoint, now);
+    }
+
+    /// Another attempt of an h2c request: a new stream to `endpoint` with
+    /// the kept head and body; what is still to come of the body follows.
+    fn resend_on_stream(
+        &mut self,
+        id: usize,
+        endpoint: SocketAddr,
+        kept: Box<KeptMessage>,
+        now: Instant,
+    ) {
+        let pipe = self.pipes.open(PipeKind::Outbound { endpoint });
+        let request = Request {
+            head: copy_head(&kept.head),
+            body: kept.length,
+        };
+        let _ = self.pipes.send(pipe, Message::Request(Box::new(request)));
+        if !kept.body.is_empty() {
+            let data = Bytes::copy_from_slice(&kept.body);
+            let _ = self.pipes.send(pipe, Message::Body(BodyEvent::Data(data)));
+        }
+        if kept.ended && kept.length != BodyLength::None {
+            let _ = self.pipes.send(pipe, Message::Body(BodyEvent::End));
+        }
+        self.roles.insert(Wire::Pipe(pipe), Role::Backend(id));
+        let deadline = self.backend_deadline(id, now);
+        let request = self.exchanges[id].request.as_mut().expect("in flight");
+        // Kept again, for the attempt after this one.
+        request.replay = Some(Resend::Message(kept));
+        let mut attempt = Attempt::new(Wire::Pipe(pipe), endpoint, false, Vec::new(), now);
+        attempt.deadline = deadline;
+        request.attempt = Some(attempt);
+        self.load.begin(endpoint, now);
     }
 
     /// When an attempt starting now must have its whole answer: the
@@ -356,9 +439,14 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
     fn next_attempt(&mut self, id: usize, end: AttemptEnd, now: Instant) -> Option<Retry> {
         let request = self.exchanges[id].request.as_mut()?;
         let attempt = request.attempt.as_mut()?;
-        if !matches!(attempt.wire, Wire::Socket(_)) {
-            return None;
-        }
+        let socket = matches!(attempt.wire, Wire::Socket(_));
+        // Nothing of the request reached the backend: a socket never
+        // connected, or a stream that failed unsent (said as a refusal).
+        let unsent = if socket {
+            !attempt.connected
+        } else {
+            end == AttemptEnd::Failed(Cause::ConnectRefused)
+        };
         let policy = request
             .upstream
             .as_ref()
@@ -383,7 +471,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         let own = match end {
             AttemptEnd::Failed(cause) if request.attempts < self.settings.max_attempts => {
                 match cause.replay() {
-                    Replay::Safe => !attempt.connected,
+                    Replay::Safe => unsent,
                     Replay::IfIdempotent => {
                         cause == Cause::ResetBeforeResponse
                             && !attempt.answered
@@ -399,9 +487,10 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         if !own && by_policy.is_none() {
             return None;
         }
-        let nothing_sent = !attempt.connected
-            && matches!(end, AttemptEnd::Failed(c) if c.replay() == Replay::Safe);
-        if !nothing_sent && request.replay.is_none() {
+        let nothing_sent =
+            unsent && matches!(end, AttemptEnd::Failed(c) if c.replay() == Replay::Safe);
+        // A stream took its request along: only a kept copy goes again.
+        if (!nothing_sent || !socket) && request.replay.is_none() {
             return None;
         }
         if !keep_alive_race && !self.budget.withdraw(now) {
@@ -412,10 +501,11 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             Some(policy) if !own => now + policy.backoff(retries + 1),
             _ => now,
         };
-        let bytes = if nothing_sent {
+        let resend = if nothing_sent && socket {
             // What the socket never took is the whole request so far.
-            std::mem::take(&mut attempt.tx)
+            Resend::Bytes(std::mem::take(&mut attempt.tx))
         } else {
+            // (A stream took its request along.)
             request.replay.take()?
         };
         if keep_alive_race {
@@ -423,7 +513,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             // whose pooled one the backend closed while it sat idle.
             return Some(Retry {
                 endpoint: attempt.endpoint,
-                bytes,
+                resend,
                 at,
                 fresh: true,
             });
@@ -449,7 +539,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         .ok()?;
         Some(Retry {
             endpoint,
-            bytes,
+            resend,
             at,
             fresh: false,
         })

@@ -4,6 +4,7 @@
 //! an `Upgrade: h2c` request) and goes to that layer; then the request
 //! body, event by event, toward the backend.
 
+use super::attempt::Resend;
 use super::body::{BodyReader, ReadError};
 use super::h1::{self, ClientFraming};
 use super::mirror::feed_mirrors;
@@ -176,6 +177,10 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
                 continue;
             };
             let before = leg.tx.len();
+            if let Some(Resend::Message(_)) = request.replay {
+                let limit = request.replay_limit;
+                keep_body_for_replay(&mut request.replay, limit, &[], Some(&event));
+            }
             if write_event(
                 &mut self.pipes,
                 leg.wire,
@@ -188,8 +193,9 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
                 leg.eof = true;
                 break Ok(());
             }
-            if request.replay.is_some() {
-                keep_body_for_replay(&mut request.replay, request.replay_limit, &leg.tx[before..]);
+            if let Some(Resend::Bytes(_)) = request.replay {
+                let limit = request.replay_limit;
+                keep_body_for_replay(&mut request.replay, limit, &leg.tx[before..], None);
             }
         };
         match result {

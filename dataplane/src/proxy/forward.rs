@@ -110,7 +110,14 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
                 }
                 Ok(None) => Ok(None),
                 Err(_) => {
-                    self.fail_request(io, id, Cause::ResetBeforeResponse, now);
+                    // Unsent: as a refused connect (ejected, and another
+                    // endpoint may have it); else a reset before the answer.
+                    let cause = if self.pipes.unsent(pipe) {
+                        Cause::ConnectRefused
+                    } else {
+                        Cause::ResetBeforeResponse
+                    };
+                    self.retry_or_fail(io, id, cause, now);
                     Err(())
                 }
             },

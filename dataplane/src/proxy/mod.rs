@@ -45,7 +45,7 @@ mod route;
 mod session;
 mod upstream;
 
-use attempt::{Attempt, Upstream};
+use attempt::{Attempt, KeptMessage, Resend, Upstream};
 use balance::Load;
 pub use balance::LoadBalancing;
 use body::{BodyReader, ReadError};
@@ -63,7 +63,7 @@ use crate::config::{Backend, BackendProtocol, GatewayConfig};
 use crate::error::{Cause, Phase};
 use crate::http1::{Limits, RequestHead};
 use crate::http2::pipe::{CoreEnd, Message, Pipes, StreamGone};
-use crate::message::{BodyEvent, Request, Response};
+use crate::message::{BodyEvent, BodyLength, Request, Response};
 use crate::metrics::{OutOfRotation, ProxyMetrics};
 use arc_swap::ArcSwap;
 use bytes::BytesMut;
@@ -249,8 +249,8 @@ struct InFlight<C> {
     response: ResponseState,
     /// The request as sent to the backend (its head, and under a route's
     /// `retry` its body so far), kept while another attempt could send it
-    /// again ([`Self::keep_for_replay`]).
-    replay: Option<Vec<u8>>,
+    /// again ([`Self::keep_for_replay`], [`Self::keep_message_for_replay`]).
+    replay: Option<Resend>,
     /// How much of a request is kept for replay: 0 keeps bodyless heads
     /// only; a route's `retry` raises it to
     /// [`ProxySettings::retry_buffer`], bodies included.
@@ -281,7 +281,24 @@ impl<C> InFlight<C> {
         } else {
             self.body.is_done() && (reused || self.method.is_idempotent())
         };
-        self.replay = keep.then(|| sent.to_vec());
+        self.replay = keep.then(|| Resend::Bytes(sent.to_vec()));
+    }
+
+    /// Keep `request`, going out on an h2c stream, while another attempt
+    /// could send it again: under a route's `retry`, with its body as it
+    /// goes (within the replay limit); else only one without a body. (A
+    /// stream that fails unsent may go to another endpoint whatever its
+    /// method: [`attempt`] decides.)
+    fn keep_message_for_replay(&mut self, request: &Request) {
+        let keep = self.replay_limit > 0 || self.body.is_done();
+        self.replay = keep.then(|| {
+            Resend::Message(Box::new(KeptMessage {
+                head: attempt::copy_head(&request.head),
+                length: request.body,
+                body: Vec::new(),
+                ended: request.body == BodyLength::None,
+            }))
+        });
     }
 
     /// The backend chosen (none before it is).
@@ -324,16 +341,40 @@ impl<C> InFlight<C> {
     }
 }
 
-/// Body bytes just sent to the backend: kept with the request in `replay`
-/// too, while `limit` allows (past it, nothing is kept: the request will
-/// not go again).
-fn keep_body_for_replay(replay: &mut Option<Vec<u8>>, limit: usize, bytes: &[u8]) {
-    if let Some(kept) = replay {
-        if limit > 0 && kept.len() + bytes.len() <= limit {
-            kept.extend_from_slice(bytes);
-        } else {
-            *replay = None;
+/// Body going to the backend — `bytes` as a socket took them, or `event`
+/// on a pipe — kept with the request in `replay` too, while `limit`
+/// allows (past it, or with trailers on a pipe, nothing is kept: the
+/// request will not go again).
+fn keep_body_for_replay(
+    replay: &mut Option<Resend>,
+    limit: usize,
+    bytes: &[u8],
+    event: Option<&BodyEvent>,
+) {
+    let kept = match (replay.as_mut(), event) {
+        (None, _) => return,
+        (Some(Resend::Bytes(kept)), _) => {
+            let fits = limit > 0 && kept.len() + bytes.len() <= limit;
+            if fits {
+                kept.extend_from_slice(bytes);
+            }
+            fits
         }
+        (Some(Resend::Message(message)), Some(event)) => match event {
+            BodyEvent::Data(data) if limit > 0 && message.body.len() + data.len() <= limit => {
+                message.body.extend_from_slice(data);
+                true
+            }
+            BodyEvent::End => {
+                message.ended = true;
+                true
+            }
+            BodyEvent::Data(_) | BodyEvent::Trailers(_) => false,
+        },
+        (Some(Resend::Message(_)), None) => true,
+    };
+    if !kept {
+        *replay = None;
     }
 }
 

@@ -187,6 +187,8 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         let leg = match protocol {
             BackendProtocol::H2c => {
                 let pipe = self.pipes.open(PipeKind::Outbound { endpoint });
+                let in_flight = self.exchanges[id].request.as_mut().expect("in flight");
+                in_flight.keep_message_for_replay(&request);
                 let body = request.body;
                 let _ = self.pipes.send(pipe, Message::Request(Box::new(request)));
                 self.roles.insert(Wire::Pipe(pipe), Role::Backend(id));
