@@ -179,26 +179,14 @@ async fn h2_exchange(
         received.extend_from_slice(&data);
     }
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    // The same faults and retry simulator as over HTTP/1.1; a reset is
-    // the stream's (RST_STREAM), not the connection's.
-    let answered = identity.answered.fetch_add(1, Ordering::Relaxed) + 1;
-    let faults = identity.faults;
-    let plan = match plan(target) {
-        _ if faults.fail_every > 0 && answered.is_multiple_of(faults.fail_every) => Plan::Fail {
-            delay: Duration::ZERO,
-            status: Some(503),
-        },
-        plan => plan,
-    };
-    tokio::time::sleep(faults.delay).await;
-    match plan {
-        Plan::Echo { delay } => tokio::time::sleep(delay).await,
-        Plan::Fail { delay, status } => {
-            tokio::time::sleep(delay).await;
-            let Some(status) = status else {
-                respond.send_reset(h2::Reason::INTERNAL_ERROR);
-                return Ok(());
-            };
+    // A reset is the stream's (RST_STREAM), not the connection's.
+    match act_on(&identity, target).await {
+        Act::Echo => {}
+        Act::Reset => {
+            respond.send_reset(h2::Reason::INTERNAL_ERROR);
+            return Ok(());
+        }
+        Act::Fail(status) => {
             let body = format!("{status} {}\n", reason_phrase(status));
             let response = http::Response::builder()
                 .status(status)
@@ -376,27 +364,14 @@ async fn h1_connection(mut stream: TcpStream, identity: Identity) -> Result<()> 
             stream.write_all(response.as_bytes()).await?;
             continue;
         }
-        let answered = identity.answered.fetch_add(1, Ordering::Relaxed) + 1;
-        let faults = identity.faults;
-        let plan = match plan(&head.target) {
-            _ if faults.fail_every > 0 && answered.is_multiple_of(faults.fail_every) => {
-                Plan::Fail {
-                    delay: Duration::ZERO,
-                    status: Some(503),
-                }
+        match act_on(&identity, &head.target).await {
+            Act::Echo => {}
+            Act::Reset => {
+                // A reset, not a close: SO_LINGER 0 sends RST.
+                stream.set_zero_linger()?;
+                return Ok(());
             }
-            plan => plan,
-        };
-        tokio::time::sleep(faults.delay).await;
-        match plan {
-            Plan::Echo { delay } => tokio::time::sleep(delay).await,
-            Plan::Fail { delay, status } => {
-                tokio::time::sleep(delay).await;
-                let Some(status) = status else {
-                    // A reset, not a close: SO_LINGER 0 sends RST.
-                    stream.set_zero_linger()?;
-                    return Ok(());
-                };
+            Act::Fail(status) => {
                 let reason = reason_phrase(status);
                 let body = format!("{status} {reason}\n");
                 let response = format!(
@@ -415,6 +390,39 @@ async fn h1_connection(mut stream: TcpStream, identity: Identity) -> Result<()> 
         if !head.keep_alive {
             stream.shutdown().await?;
             return Ok(());
+        }
+    }
+}
+
+/// What to do with a request, its delays waited.
+enum Act {
+    Echo,
+    Fail(u16),
+    Reset,
+}
+
+/// Count a request to `target` as answered and decide what to do with it,
+/// after waiting its delays: the pod's faults (`--fail-every`, `--delay`)
+/// first, then what its query asks ([`plan`]). The same on both protocols.
+async fn act_on(identity: &Identity, target: &str) -> Act {
+    let answered = identity.answered.fetch_add(1, Ordering::Relaxed) + 1;
+    let faults = identity.faults;
+    let plan = match plan(target) {
+        _ if faults.fail_every > 0 && answered.is_multiple_of(faults.fail_every) => Plan::Fail {
+            delay: Duration::ZERO,
+            status: Some(503),
+        },
+        plan => plan,
+    };
+    tokio::time::sleep(faults.delay).await;
+    match plan {
+        Plan::Echo { delay } => {
+            tokio::time::sleep(delay).await;
+            Act::Echo
+        }
+        Plan::Fail { delay, status } => {
+            tokio::time::sleep(delay).await;
+            status.map_or(Act::Reset, Act::Fail)
         }
     }
 }

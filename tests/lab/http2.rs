@@ -167,7 +167,7 @@ fn serves_http2(io: Io, prefix: &str) {
             "client",
             &[
                 "curl",
-                "-s",
+                "-sS",
                 "-m",
                 "30",
                 "-f",
