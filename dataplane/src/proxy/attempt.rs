@@ -36,14 +36,13 @@
 
 use super::body::BodyReader;
 use super::session::Session;
-use super::{Proxy, Role, Transport, Wire};
+use super::{Proxy, Transport, Wire};
 use crate::config::{Backend, RuleAction};
 use crate::error::{Cause, Replay};
-use crate::http2::pipe::{Message, PipeKind};
+use crate::http2::pipe::Message;
 use crate::message::{BodyEvent, BodyLength, Request};
 use crate::metrics::{EjectionCause, ProxyMetrics, StatusClass};
-use bytes::Bytes;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::net::SocketAddr;
@@ -401,12 +400,11 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         kept: Box<KeptMessage>,
         now: Instant,
     ) {
-        let pipe = self.pipes.open(PipeKind::Outbound { endpoint });
         let request = Request {
             head: copy_head(&kept.head),
             body: kept.length,
         };
-        let _ = self.pipes.send(pipe, Message::Request(Box::new(request)));
+        let pipe = self.open_stream(id, endpoint, request);
         if !kept.body.is_empty() {
             let data = Bytes::copy_from_slice(&kept.body);
             let _ = self.pipes.send(pipe, Message::Body(BodyEvent::Data(data)));
@@ -414,7 +412,6 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         if kept.ended && kept.length != BodyLength::None {
             let _ = self.pipes.send(pipe, Message::Body(BodyEvent::End));
         }
-        self.roles.insert(Wire::Pipe(pipe), Role::Backend(id));
         let deadline = self.backend_deadline(id, now);
         let request = self.exchanges[id].request.as_mut().expect("in flight");
         // Kept again, for the attempt after this one.

@@ -116,7 +116,7 @@ impl Load {
         if self.backend_full(backend) {
             return Err(Cause::Overflow);
         }
-        let limit = traffic.max_requests_per_endpoint.unwrap_or(self.limit);
+        let limit = self.endpoint_limit(backend);
         let endpoint = match key.filter(|_| traffic.hash_on.is_some()) {
             // Every one ejected or full: the key's first choice still.
             Some(key) => affinity::pick(key, endpoints, |e| {
@@ -136,6 +136,15 @@ impl Load {
         Ok(endpoint)
     }
 
+    /// Requests in flight to one of `backend`'s endpoints at most: its
+    /// policy's, or this worker's.
+    fn endpoint_limit(&self, backend: &Backend) -> u32 {
+        backend
+            .traffic
+            .max_requests_per_endpoint
+            .unwrap_or(self.limit)
+    }
+
     /// Whether `backend` has its policy's most requests in flight.
     fn backend_full(&self, backend: &Backend) -> bool {
         backend.traffic.max_requests.is_some_and(|max| {
@@ -153,10 +162,7 @@ impl Load {
         endpoint: SocketAddr,
         now: Instant,
     ) -> bool {
-        let limit = backend
-            .traffic
-            .max_requests_per_endpoint
-            .unwrap_or(self.limit);
+        let limit = self.endpoint_limit(backend);
         !self.backend_full(backend) && self.usable(health, endpoint, &[], limit, now)
     }
 

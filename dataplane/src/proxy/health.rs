@@ -102,12 +102,18 @@ impl PassiveHealth {
 
     /// `endpoint` answered in its backend's usual time: it is not slow.
     pub fn latency_normal(&mut self, endpoint: SocketAddr) {
+        self.clear(endpoint, |record| record.slow = 0);
+    }
+
+    /// Apply `clear` to `endpoint`'s record; forget the record once
+    /// nothing is held against it.
+    fn clear(&mut self, endpoint: SocketAddr, clear: impl FnOnce(&mut Record)) {
         if self.records.is_empty() {
             return;
         }
         if let Some(record) = self.records.get_mut(&endpoint) {
-            record.slow = 0;
-            if record.ejections == 0 && record.errors == 0 {
+            clear(record);
+            if record.ejections == 0 && record.errors == 0 && record.slow == 0 {
                 self.records.remove(&endpoint);
             }
         }
@@ -189,17 +195,10 @@ impl PassiveHealth {
     /// `endpoint` answered: it is healthy again (slow or not: that is
     /// [`Self::latency_normal`]'s to say).
     pub fn succeeded(&mut self, endpoint: SocketAddr) {
-        if self.records.is_empty() {
-            return;
-        }
-        if let Some(record) = self.records.get_mut(&endpoint) {
-            if record.slow == 0 {
-                self.records.remove(&endpoint);
-            } else {
-                record.ejections = 0;
-                record.errors = 0;
-            }
-        }
+        self.clear(endpoint, |record| {
+            record.ejections = 0;
+            record.errors = 0;
+        });
     }
 
     /// Whether `endpoint` is out of the rotation at `now`: ejected, or

@@ -186,12 +186,10 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
     ) {
         let leg = match protocol {
             BackendProtocol::H2c => {
-                let pipe = self.pipes.open(PipeKind::Outbound { endpoint });
                 let in_flight = self.exchanges[id].request.as_mut().expect("in flight");
                 in_flight.keep_message_for_replay(&request);
                 let body = request.body;
-                let _ = self.pipes.send(pipe, Message::Request(Box::new(request)));
-                self.roles.insert(Wire::Pipe(pipe), Role::Backend(id));
+                let pipe = self.open_stream(id, endpoint, request);
                 let in_flight = self.exchanges[id].request.as_mut().expect("in flight");
                 in_flight.body_writer = match body {
                     BodyLength::None => BodyWriter::Nothing,
@@ -222,6 +220,20 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         in_flight.attempt = Some(leg);
         in_flight.attempts += 1;
         self.metrics.backend_request();
+    }
+
+    /// A new stream to h2c `endpoint` for exchange `id`, with `request`'s
+    /// head on it (its body follows as events).
+    pub(super) fn open_stream(
+        &mut self,
+        id: usize,
+        endpoint: SocketAddr,
+        request: Request,
+    ) -> usize {
+        let pipe = self.pipes.open(PipeKind::Outbound { endpoint });
+        let _ = self.pipes.send(pipe, Message::Request(Box::new(request)));
+        self.roles.insert(Wire::Pipe(pipe), Role::Backend(id));
+        pipe
     }
 
     /// A pooled HTTP/1.1 connection to `endpoint`, or a new one.
