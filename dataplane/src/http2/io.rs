@@ -167,6 +167,60 @@ pub enum Task {
     Stream(usize),
 }
 
+/// The three kinds of [`Task`], in the order a round polls them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskKind {
+    Stream,
+    Inbound,
+    Outbound,
+}
+
+impl Task {
+    pub fn kind(self) -> TaskKind {
+        match self {
+            Self::Stream(_) => TaskKind::Stream,
+            Self::Inbound(_) => TaskKind::Inbound,
+            Self::Outbound(_) => TaskKind::Outbound,
+        }
+    }
+}
+
+/// Which tasks a round of polling has served already: the round each task
+/// was last served in, by kind and key (slab keys: small and reused). A
+/// task woken many times in a round is polled once, with no sorting.
+#[derive(Debug, Default)]
+pub struct Rounds {
+    round: u32,
+    served: [Vec<u32>; 3],
+}
+
+impl Rounds {
+    /// Start a round.
+    pub fn next(&mut self) -> u32 {
+        self.round = self.round.wrapping_add(1);
+        if self.round == 0 {
+            // Wrapped: stamps of 4 billion rounds ago must not match.
+            self.served.iter_mut().for_each(Vec::clear);
+            self.round = 1;
+        }
+        self.round
+    }
+
+    /// Whether `task` is not yet served in `round`; marks it served.
+    pub fn first_in_round(&mut self, task: Task, round: u32) -> bool {
+        let (kind, key) = match task {
+            Task::Stream(k) => (0, k),
+            Task::Inbound(k) => (1, k),
+            Task::Outbound(k) => (2, k),
+        };
+        let served = &mut self.served[kind];
+        if served.len() <= key {
+            served.resize(key + 1, 0);
+        }
+        std::mem::replace(&mut served[key], round) != round
+    }
+}
+
 /// Tasks `h2` woke, to be polled by the worker.
 #[derive(Clone, Debug, Default)]
 pub struct WakeList(Arc<Mutex<Vec<Task>>>);
@@ -203,11 +257,11 @@ impl WakeList {
         }
     }
 
-    pub fn take(&self) -> Vec<Task> {
-        self.0
-            .lock()
-            .map(|mut list| std::mem::take(&mut *list))
-            .unwrap_or_default()
+    /// Move the woken tasks to `out`.
+    pub fn take_into(&self, out: &mut Vec<Task>) {
+        if let Ok(mut list) = self.0.lock() {
+            out.append(&mut list);
+        }
     }
 }
 
@@ -227,5 +281,19 @@ mod tests {
         assert!(!greeting.complete(), "half the SETTINGS payload");
         greeting.observe(&[0, 0, 0, 0, 0, 0, 0]);
         assert!(greeting.complete());
+    }
+
+    #[test]
+    fn a_task_is_served_once_a_round_whatever_its_wakes() {
+        let mut rounds = Rounds::default();
+        let round = rounds.next();
+        assert!(rounds.first_in_round(Task::Stream(3), round));
+        assert!(!rounds.first_in_round(Task::Stream(3), round));
+        assert!(
+            rounds.first_in_round(Task::Inbound(3), round),
+            "kinds apart"
+        );
+        let round = rounds.next();
+        assert!(rounds.first_in_round(Task::Stream(3), round), "a new round");
     }
 }

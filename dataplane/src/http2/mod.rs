@@ -20,7 +20,7 @@ pub mod window;
 use crate::metrics::ProxyMetrics;
 use crate::proxy::{Deadlines, Handoff, ReadOutcome, Transport};
 use inbound::Inbound;
-use io::{H2Io, Task, WakeList};
+use io::{H2Io, Rounds, Task, TaskKind, WakeList};
 use outbound::Outbound;
 use pipe::{PipeKind, Pipes};
 use std::collections::BTreeSet;
@@ -208,6 +208,9 @@ pub struct Http2<C> {
     inbound: Inbound<C>,
     outbound: Outbound<C>,
     wakes: WakeList,
+    /// The tasks of one [`Http2::run`], kept for their capacity.
+    tasks: Vec<Task>,
+    rounds: Rounds,
 }
 
 impl<C: Copy + Eq + Hash> Http2<C> {
@@ -216,6 +219,8 @@ impl<C: Copy + Eq + Hash> Http2<C> {
             inbound: Inbound::new(settings.clone(), deadlines),
             outbound: Outbound::new(settings),
             wakes: WakeList::default(),
+            tasks: Vec::new(),
+            rounds: Rounds::default(),
         }
     }
 
@@ -267,38 +272,49 @@ impl<C: Copy + Eq + Hash> Http2<C> {
         metrics: &ProxyMetrics,
         now: Instant,
     ) -> bool {
-        let mut tasks = self.wakes.take();
+        let mut tasks = std::mem::take(&mut self.tasks);
+        self.wakes.take_into(&mut tasks);
         tasks.extend(pipes.touched.drain(..).map(Task::Stream));
         if tasks.is_empty() {
+            self.tasks = tasks;
             return false;
         }
-        tasks.sort_unstable_by_key(|t| match *t {
-            // Streams first: what they queue, their connection then sends.
-            Task::Stream(p) => (0, p),
-            Task::Inbound(k) => (1, k),
-            Task::Outbound(k) => (2, k),
-        });
-        tasks.dedup();
-        for task in tasks {
-            match task {
-                Task::Inbound(key) => {
-                    self.inbound
-                        .service(net, pipes, key, &self.wakes, metrics, now)
+        // Streams first: what they queue, their connection then sends.
+        // Each task once, however often it was woken.
+        let round = self.rounds.next();
+        for kind in [TaskKind::Stream, TaskKind::Inbound, TaskKind::Outbound] {
+            for &task in &tasks {
+                if task.kind() != kind || !self.rounds.first_in_round(task, round) {
+                    continue;
                 }
-                Task::Outbound(key) => self.outbound.service(net, key, &self.wakes, metrics, now),
-                Task::Stream(pipe) => match pipes.get(pipe).map(|p| p.kind) {
-                    Some(PipeKind::Inbound) => {
+                match task {
+                    Task::Inbound(key) => {
                         self.inbound
-                            .service_stream(pipes, pipe, &self.wakes, metrics, now)
+                            .service(net, pipes, key, &self.wakes, metrics, now)
                     }
-                    Some(PipeKind::Outbound { endpoint }) => {
-                        self.outbound
-                            .service_pipe(net, pipes, pipe, endpoint, &self.wakes, metrics)
+                    Task::Outbound(key) => {
+                        self.outbound.service(net, key, &self.wakes, metrics, now)
                     }
-                    Some(PipeKind::Mirror) | None => {}
-                },
+                    Task::Stream(pipe) => match pipes.get(pipe).map(|p| p.kind) {
+                        Some(PipeKind::Inbound) => {
+                            self.inbound
+                                .service_stream(pipes, pipe, &self.wakes, metrics, now)
+                        }
+                        Some(PipeKind::Outbound { endpoint }) => self.outbound.service_pipe(
+                            net,
+                            pipes,
+                            pipe,
+                            endpoint,
+                            &self.wakes,
+                            metrics,
+                        ),
+                        Some(PipeKind::Mirror) | None => {}
+                    },
+                }
             }
         }
+        tasks.clear();
+        self.tasks = tasks;
         true
     }
 
