@@ -4,6 +4,7 @@ mod admin;
 mod echo_client;
 mod echo_load;
 mod echo_server;
+mod kernel_routes;
 mod lab;
 mod probe_cmd;
 mod run_cmd;

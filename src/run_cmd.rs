@@ -2,8 +2,10 @@
 //! core under the chosen transport, the admin server beside it.
 
 use crate::admin::{self, AdminState, ExtraSample};
+use crate::kernel_routes;
 use crate::xdp_setup::{self, XdpOptions};
 use anyhow::{bail, Context, Result};
+use arc_swap::ArcSwap;
 use rauta_controlplane::kubernetes::metrics::ControllerMetrics;
 use rauta_controlplane::kubernetes::{self, Controller, KubeOptions};
 use rauta_controlplane::source::{self, Published};
@@ -14,7 +16,7 @@ use rauta_dataplane::kernel::KernelWorker;
 use rauta_dataplane::metrics::ProxyMetrics;
 use rauta_dataplane::proxy::ProxySettings;
 use rauta_dataplane::{SharedReport, WorkerReport};
-use rauta_netstack::{IdlePolicy, Stack};
+use rauta_netstack::{IdlePolicy, Routes, Stack};
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -263,6 +265,8 @@ pub fn run_xdp(options: RunOptions, xdp: XdpOptions, idle: IdlePolicy) -> Result
     let mut handles = Vec::new();
     let workers = runtime.workers.len();
     let draining = Arc::new(std::sync::atomic::AtomicUsize::new(workers));
+    let routes = Arc::new(ArcSwap::from_pointee(Routes::default()));
+    let route_follower = kernel_routes::follow_routes(&iface, routes.clone(), stop.clone())?;
     for (worker, parts) in std::mem::take(&mut runtime.workers).into_iter().enumerate() {
         let m = Arc::new(ProxyMetrics::default());
         metrics.push(m.clone());
@@ -278,6 +282,7 @@ pub fn run_xdp(options: RunOptions, xdp: XdpOptions, idle: IdlePolicy) -> Result
             drain_timeout: options.drain_timeout,
             idle,
             report,
+            routes: routes.clone(),
         };
         handles.push(
             std::thread::Builder::new()
@@ -321,6 +326,7 @@ pub fn run_xdp(options: RunOptions, xdp: XdpOptions, idle: IdlePolicy) -> Result
     ready.store(false, Ordering::Relaxed);
     source.stop();
     let panicked = handles.into_iter().any(|h| h.join().is_err());
+    let _ = route_follower.join();
     runtime.shut_down();
     if panicked {
         bail!("a worker thread panicked; see the log above");

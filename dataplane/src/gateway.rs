@@ -19,6 +19,7 @@ use arc_swap::ArcSwap;
 use rauta_netstack::handoff::Mailbox;
 use rauta_netstack::smoltcp::socket::tcp::State;
 use rauta_netstack::smoltcp::time::Instant;
+use rauta_netstack::Routes;
 use rauta_netstack::{BatchDevice, ConnId, IdlePolicy, IdleWaiter, Stack, XdpDevice};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -103,6 +104,9 @@ pub struct GatewayWorker {
     pub drain_timeout: Duration,
     pub idle: IdlePolicy,
     pub report: SharedReport,
+    /// Routes to what is off the link, as the kernel has them; applied to
+    /// the stack when they change.
+    pub routes: Arc<ArcSwap<Routes>>,
 }
 
 impl GatewayWorker {
@@ -115,6 +119,8 @@ impl GatewayWorker {
                 tracing::error!(port, %error, "cannot listen");
             }
         }
+        let mut routes = self.routes.load_full();
+        stack.set_routes(&routes);
         stack.maintain();
         let mut proxy: HttpService<Stack> =
             HttpService::new(self.settings, self.http2, self.config, self.metrics);
@@ -148,6 +154,12 @@ impl GatewayWorker {
             if wall >= next_tick {
                 proxy.tick(stack, wall);
                 next_tick = wall + TICK_INTERVAL;
+                let latest = self.routes.load();
+                if !Arc::ptr_eq(&latest, &routes) {
+                    let held = stack.set_routes(&latest);
+                    tracing::debug!(routes = held, "routes updated");
+                    routes = Arc::clone(&latest);
+                }
                 if let Some(changes) = ports.changes() {
                     for port in changes.opened {
                         match stack.listen_tcp(port) {

@@ -11,6 +11,7 @@
 //!   ports, timers, hand-off between workers;
 //! - `neighbor`: ARP requests for new next hops, ahead of smoltcp's
 //!   one-per-second limit;
+//! - [`route`]: routes to what is off the link, through next hops on it;
 //! - [`memory`]: an in-memory link, so two stacks talk in unit tests;
 //! - [`idle`]: adaptive polling (spin under load, `poll(2)` when idle);
 //! - [`link`]: interface facts (MAC, MTU, queues).
@@ -26,6 +27,7 @@ pub mod link;
 pub mod memory;
 mod neighbor;
 pub mod rings;
+pub mod route;
 pub mod stack;
 pub mod timer;
 pub mod umem;
@@ -34,6 +36,7 @@ pub mod xsk;
 pub use device::{BatchDevice, Origin, QueueTraffic, XdpDevice};
 pub use idle::{IdlePolicy, IdleWaiter};
 pub use memory::MemoryDevice;
+pub use route::{Route, Routes};
 pub use stack::{ConnId, Stack, StackConfig, StackCounters, StackError, TcpConfig};
 pub use xsk::{
     BindMode, UmemRegistration, XskConfig, XskError, XskGroup, XskQueue, XskSet, XskStatistics,

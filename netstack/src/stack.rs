@@ -19,6 +19,7 @@
 use crate::device::{BatchDevice, Origin};
 use crate::flow::{classify, FlowKey, FlowOwnership, FrameKind};
 use crate::neighbor::{self, Resolver};
+use crate::route::{Routes, MAX_ROUTES};
 use crate::timer::TimerWheel;
 use smoltcp::iface::{Config, Interface, PollIngressSingleResult, SocketHandle, SocketSet};
 use smoltcp::phy::TxToken;
@@ -253,6 +254,8 @@ pub struct Stack {
     counters: StackCounters,
     /// Next hops asked for ahead of smoltcp's one-per-second ARP.
     neighbors: Resolver,
+    /// Routes to what is off the link (also in smoltcp's interface).
+    routes: Routes,
     /// The time of the last pass (connections open between passes).
     now: Instant,
 }
@@ -302,8 +305,50 @@ impl Stack {
             spare: Vec::new(),
             counters: StackCounters::default(),
             neighbors: Resolver::default(),
+            routes: Routes::default(),
             now,
             config,
+        }
+    }
+
+    /// Route what is off the link through `routes`. Routes whose next hop
+    /// is not on the link are left out (the kernel reaches those, through
+    /// another device); past [`MAX_ROUTES`], the least specific. Returns
+    /// how many routes the stack now holds.
+    pub fn set_routes(&mut self, routes: &Routes) -> usize {
+        let subnet = self.config.address;
+        let usable = Routes::new(
+            routes
+                .iter()
+                .filter(|r| subnet.contains_addr(&r.via) && r.via != self.address)
+                .take(MAX_ROUTES)
+                .copied(),
+        );
+        self.iface.routes_mut().update(|table| {
+            table.clear();
+            for r in usable.iter() {
+                let route = smoltcp::iface::Route {
+                    cidr: IpCidr::Ipv4(r.destination),
+                    via_router: IpAddress::Ipv4(r.via),
+                    preferred_until: None,
+                    expires_at: None,
+                };
+                if table.push(route).is_err() {
+                    break;
+                }
+            }
+        });
+        self.routes = usable;
+        self.routes.len()
+    }
+
+    /// The neighbour a packet to `to` goes to first: `to` itself on the
+    /// link, a route's next hop off it.
+    fn next_hop(&self, to: Ipv4Address) -> Option<Ipv4Address> {
+        if self.config.address.contains_addr(&to) {
+            Some(to)
+        } else {
+            self.routes.next_hop(to)
         }
     }
 
@@ -436,8 +481,8 @@ impl Stack {
         };
         let id = self.insert(flow, socket, true);
         self.counters.connected += 1;
-        if self.config.address.contains_addr(&remote.0) {
-            self.neighbors.want(remote.0, self.now);
+        if let Some(hop) = self.next_hop(remote.0) {
+            self.neighbors.want(hop, self.now);
         }
         Ok(id)
     }

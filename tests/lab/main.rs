@@ -10,4 +10,5 @@ mod http2;
 mod kubernetes;
 mod probe;
 mod resilience;
+mod routing;
 mod timeouts;

@@ -9,6 +9,7 @@
 
 mod maps;
 pub mod netlink;
+pub mod routes;
 
 pub use maps::{Config, QueueCounters};
 
@@ -103,7 +104,8 @@ impl std::fmt::Display for RunningMode {
     }
 }
 
-fn ifindex(iface: &str) -> Result<u32, XdpError> {
+/// The kernel's index of interface `iface` in this network namespace.
+pub fn ifindex(iface: &str) -> Result<u32, XdpError> {
     let name = CString::new(iface).map_err(|_| XdpError::NoSuchInterface(iface.to_owned()))?;
     // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
     let index = unsafe { libc::if_nametoindex(name.as_ptr()) };

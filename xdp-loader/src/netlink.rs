@@ -6,7 +6,7 @@
 //! how Rauta finds such a leftover and removes it.
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
 };
 use netlink_packet_route::link::{LinkAttribute, LinkMessage, LinkXdp, XdpAttached};
 use netlink_packet_route::RouteNetlinkMessage;
@@ -51,14 +51,17 @@ pub struct Attachment {
     pub mode: AttachedMode,
 }
 
-fn socket() -> io::Result<Socket> {
+pub(crate) fn socket() -> io::Result<Socket> {
     let mut socket = Socket::new(NETLINK_ROUTE)?;
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
     Ok(socket)
 }
 
-fn request(message: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<RouteNetlinkMessage>> {
+pub(crate) fn request(
+    message: RouteNetlinkMessage,
+    flags: u16,
+) -> io::Result<Vec<RouteNetlinkMessage>> {
     let socket = socket()?;
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | flags;
@@ -83,7 +86,7 @@ fn request(message: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<RouteNetl
                 NetlinkPayload::Error(_) | NetlinkPayload::Done(_) => return Ok(replies),
                 NetlinkPayload::InnerMessage(m) => {
                     replies.push(m);
-                    if flags & NLM_F_ACK == 0 {
+                    if flags & (NLM_F_ACK | NLM_F_DUMP) == 0 {
                         return Ok(replies);
                     }
                 }

@@ -196,7 +196,7 @@ pub struct Rounds {
 
 impl Rounds {
     /// Start a round.
-    pub fn next(&mut self) -> u32 {
+    pub fn begin(&mut self) -> u32 {
         self.round = self.round.wrapping_add(1);
         if self.round == 0 {
             // Wrapped: stamps of 4 billion rounds ago must not match.
@@ -286,14 +286,14 @@ mod tests {
     #[test]
     fn a_task_is_served_once_a_round_whatever_its_wakes() {
         let mut rounds = Rounds::default();
-        let round = rounds.next();
+        let round = rounds.begin();
         assert!(rounds.first_in_round(Task::Stream(3), round));
         assert!(!rounds.first_in_round(Task::Stream(3), round));
         assert!(
             rounds.first_in_round(Task::Inbound(3), round),
             "kinds apart"
         );
-        let round = rounds.next();
+        let round = rounds.begin();
         assert!(rounds.first_in_round(Task::Stream(3), round), "a new round");
     }
 }

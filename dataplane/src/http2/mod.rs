@@ -281,7 +281,7 @@ impl<C: Copy + Eq + Hash> Http2<C> {
         }
         // Streams first: what they queue, their connection then sends.
         // Each task once, however often it was woken.
-        let round = self.rounds.next();
+        let round = self.rounds.begin();
         for kind in [TaskKind::Stream, TaskKind::Inbound, TaskKind::Outbound] {
             for &task in &tasks {
                 if task.kind() != kind || !self.rounds.first_in_round(task, round) {

@@ -1,0 +1,135 @@
+//! A backend off the gateway's link, reached through a route the node's
+//! kernel holds: added while the gateway runs, followed without a restart
+//! (issue: real clusters — routes from the kernel over rtnetlink).
+
+use crate::common::{require_root, serial};
+use crate::gateway::{GatewayLab, Io, RunWith, BACKEND};
+use std::time::{Duration, Instant};
+
+/// Off the lab's 198.18.0.0/24: a "pod CIDR" behind the backend host, as
+/// kindnet puts another node's pods behind that node's address.
+const POD: &str = "198.19.200.1";
+
+/// `/offlink` routed to a Service whose one endpoint is [`POD`].
+const OFFLINK: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: offlink, namespace: default}
+spec:
+  ports:
+  - {name: http, port: 80, targetPort: 3002}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: offlink-lab
+  namespace: default
+  labels: {kubernetes.io/service-name: offlink}
+addressType: IPv4
+ports:
+- {name: http, port: 3002}
+endpoints:
+- addresses: [198.19.200.1]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: offlink, namespace: default}
+spec:
+  parentRefs:
+  - name: lab
+  rules:
+  - matches:
+    - path: {type: PathPrefix, value: /offlink}
+    backendRefs:
+    - {name: offlink, port: 80}
+"#;
+
+fn status(gw: &GatewayLab) -> String {
+    gw.lab.exec_ok(
+        "client",
+        &[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-m",
+            "10",
+            &gw.url("/offlink"),
+        ],
+    )
+}
+
+fn offlink_backend_follows_the_kernels_route(io: Io, prefix: &str) {
+    let _serial = serial();
+    require_root();
+    let run = RunWith {
+        flags: vec!["--connect-timeout".into(), "1".into()],
+        ..RunWith::default()
+    };
+    let gw = GatewayLab::start_with_run(prefix, io, &[("offlink.yaml", OFFLINK)], run);
+    // The backend host holds the pod's address itself (on its loopback),
+    // so a packet routed to it through the host is answered there.
+    gw.lab.exec_ok(
+        "backend",
+        &["ip", "addr", "add", &format!("{POD}/32"), "dev", "lo"],
+    );
+    let _pod = gw.spawn_echo("echo-offlink-0", &format!("{POD}:3002"));
+
+    // No route yet: the gateway's node cannot reach the pod.
+    let before = status(&gw);
+    assert!(
+        before.starts_with('5'),
+        "the pod answered ({before}) before any route led to it"
+    );
+
+    // The CNI's route appears on the gateway's node; the gateway follows it.
+    let iface = gw.lab.gw_iface();
+    gw.lab.exec_ok(
+        "gw",
+        &[
+            "ip",
+            "route",
+            "add",
+            "198.19.200.0/24",
+            "via",
+            BACKEND,
+            "dev",
+            &iface,
+        ],
+    );
+    let added = Instant::now();
+    let mut last = String::new();
+    while added.elapsed() < Duration::from_secs(10) {
+        last = status(&gw);
+        if last == "200" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        last, "200",
+        "the pod never answered after the route was added"
+    );
+    eprintln!("{io:?}: route followed in {:?}", added.elapsed());
+    let body = gw.curl(&[&gw.url("/offlink")]);
+    assert!(
+        body.contains("echo-offlink-0"),
+        "not the pod's answer:\n{body}"
+    );
+    // Every request after that is served.
+    for _ in 0..20 {
+        assert_eq!(status(&gw), "200");
+    }
+}
+
+#[test]
+fn a_backend_off_the_link_is_reached_through_the_kernels_route_on_xdp() {
+    offlink_backend_follows_the_kernels_route(Io::Xdp, "rrt-x");
+}
+
+#[test]
+fn a_backend_off_the_link_is_reached_through_the_kernels_route_on_kernel() {
+    offlink_backend_follows_the_kernels_route(Io::Kernel, "rrt-k");
+}

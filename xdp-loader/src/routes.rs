@@ -1,0 +1,116 @@
+//! The kernel's IPv4 routes through one interface, read and followed over
+//! rtnetlink.
+//!
+//! A node reaches pods on other nodes through routes: kindnet and Calico
+//! (BGP) install one per node's pod CIDR via that node's address, and the
+//! node has a default route. The userspace stack owns no routing table of
+//! its own; it takes these, so `ip route` on the node is the one place an
+//! operator or a CNI changes where traffic goes. Only routes out of the
+//! gateway's interface with a next hop are taken: a route through another
+//! device (a tunnel, a bridge) is the kernel's to serve.
+
+use crate::netlink::{request, socket};
+use netlink_packet_core::NLM_F_DUMP;
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use std::io;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// `RTNLGRP_IPV4_ROUTE` from `linux/rtnetlink.h`: IPv4 route changes.
+const RTNLGRP_IPV4_ROUTE: u32 = 7;
+
+/// One route of the kernel's main table: `destination/prefix_len` via
+/// `gateway`, out of the interface asked about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelRoute {
+    pub destination: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Ipv4Addr,
+    /// The kernel's metric: lower wins among routes to one destination.
+    pub priority: u32,
+}
+
+/// The main table's IPv4 unicast routes with a next hop out of interface
+/// `ifindex`, lowest metric first.
+pub fn routes_via(ifindex: u32) -> io::Result<Vec<KernelRoute>> {
+    let mut message = RouteMessage::default();
+    message.header.address_family = AddressFamily::Inet;
+    let replies = request(RouteNetlinkMessage::GetRoute(message), NLM_F_DUMP)?;
+    let mut routes: Vec<KernelRoute> = replies
+        .iter()
+        .filter_map(|reply| match reply {
+            RouteNetlinkMessage::NewRoute(route) => kernel_route(route, ifindex),
+            _ => None,
+        })
+        .collect();
+    routes.sort_by_key(|r| r.priority);
+    Ok(routes)
+}
+
+fn kernel_route(route: &RouteMessage, ifindex: u32) -> Option<KernelRoute> {
+    let header = &route.header;
+    if header.address_family != AddressFamily::Inet || header.kind != RouteType::Unicast {
+        return None;
+    }
+    let mut table = u32::from(header.table);
+    let (mut destination, mut gateway, mut oif, mut priority) =
+        (Ipv4Addr::UNSPECIFIED, None, None, 0);
+    for attribute in &route.attributes {
+        match attribute {
+            RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Destination(RouteAddress::Inet(d)) => destination = *d,
+            RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(*g),
+            RouteAttribute::Oif(o) => oif = Some(*o),
+            RouteAttribute::Priority(p) => priority = *p,
+            _ => {}
+        }
+    }
+    (table == u32::from(RouteHeader::RT_TABLE_MAIN) && oif == Some(ifindex)).then_some(())?;
+    Some(KernelRoute {
+        destination,
+        prefix_len: header.destination_prefix_length,
+        gateway: gateway?,
+        priority,
+    })
+}
+
+/// Follow the routes through `ifindex`: `on_change` gets the whole set at
+/// the start and again after every change the kernel announces, until
+/// `stop` is set. Announcements are read every `interval` at most; a
+/// change is re-read whole (a route table is small, and a burst of changes
+/// is read once).
+pub fn follow(
+    ifindex: u32,
+    interval: Duration,
+    stop: &AtomicBool,
+    mut on_change: impl FnMut(io::Result<Vec<KernelRoute>>),
+) -> io::Result<()> {
+    let events = socket()?;
+    events.add_membership(RTNLGRP_IPV4_ROUTE)?;
+    events.set_non_blocking(true)?;
+    on_change(routes_via(ifindex));
+    let mut buf = vec![0u8; 64 * 1024];
+    while !stop.load(Ordering::Relaxed) {
+        let mut changed = false;
+        loop {
+            match events.recv(&mut &mut buf[..], 0) {
+                Ok(_) => changed = true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // Announcements lost (ENOBUFS): read the table again.
+                Err(_) => {
+                    changed = true;
+                    break;
+                }
+            }
+        }
+        if changed {
+            on_change(routes_via(ifindex));
+        }
+        std::thread::sleep(interval);
+    }
+    Ok(())
+}
