@@ -1,10 +1,13 @@
-//! The kernel's routes through the gateway's interface, followed for the
-//! workers' stacks (`rauta_xdp::routes` reads them over rtnetlink).
+//! The kernel's routes, followed for the workers' stacks
+//! (`rauta_xdp::routes` reads them over rtnetlink): those through a next
+//! hop out of the gateway's interface the stack uses; the others tell it
+//! what the node's kernel must reach instead (a backend leg over a kernel
+//! socket).
 
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
 use rauta_netstack::smoltcp::wire::Ipv4Cidr;
-use rauta_netstack::{Route, Routes};
+use rauta_netstack::{Hop, Route, Routes};
 use rauta_xdp::routes::{follow, KernelRoute};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -15,7 +18,7 @@ use std::time::Duration;
 /// the workers within this plus one worker tick.
 const READ_EVERY: Duration = Duration::from_millis(100);
 
-/// Follow the routes through `iface` on a thread of its own until `stop`,
+/// Follow the kernel's routes, as seen from `iface`, on a thread of its own until `stop`,
 /// publishing each new set to `published`.
 pub fn follow_routes(
     iface: &str,
@@ -27,9 +30,9 @@ pub fn follow_routes(
     std::thread::Builder::new()
         .name("rauta-routes".into())
         .spawn(move || {
-            let result = follow(ifindex, READ_EVERY, &stop, |routes| match routes {
+            let result = follow(READ_EVERY, &stop, |routes| match routes {
                 Ok(routes) => {
-                    let routes = stack_routes(&routes);
+                    let routes = stack_routes(&routes, ifindex);
                     if **published.load() != routes {
                         tracing::info!(iface = %iface, routes = routes.len(), "routes from the kernel");
                         published.store(Arc::new(routes));
@@ -46,9 +49,12 @@ pub fn follow_routes(
         .context("starting the route follower")
 }
 
-fn stack_routes(routes: &[KernelRoute]) -> Routes {
+fn stack_routes(routes: &[KernelRoute], ifindex: u32) -> Routes {
     Routes::new(routes.iter().map(|r| Route {
         destination: Ipv4Cidr::new(r.destination, r.prefix_len),
-        via: r.gateway,
+        hop: match (r.oif, r.gateway) {
+            (Some(oif), Some(gateway)) if oif == ifindex => Hop::Via(gateway),
+            _ => Hop::Elsewhere,
+        },
     }))
 }

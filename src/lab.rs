@@ -4,7 +4,13 @@
 //!   {p}-client: {p}-cl ──┐                     ┌── {p}-gw : {p}-gw  (N queues, gateway node)
 //!                        └─ {p}-br: bridge {p}-br0 ─┤
 //!   {p}-backend: {p}-be ─┘                     (every veth's other end is a bridge port)
+//!
+//!   {p}-gw : {p}-lp (198.19.100.1/30) ── {p}-lpe (198.19.100.2/30) : {p}-lpod
 //! ```
+//!
+//! `{p}-lpod` is a pod on the gateway's own node: behind that node's
+//! kernel on a veth of its own, as a CNI puts it, not on the segment of
+//! the gateway's interface.
 //!
 //! Addresses come from 198.18.0.0/15. The gateway node's kernel holds
 //! [`GATEWAY_NODE`]; [`GATEWAY`] is left for the userspace stack alone.
@@ -24,6 +30,10 @@ pub const CLIENT: &str = "198.18.0.10";
 pub const BACKEND: &str = "198.18.0.20";
 /// Prefix length of the lab segment.
 pub const PREFIX_LEN: u8 = 24;
+/// The gateway node's end of the node-local pod's veth.
+pub const NODE_LOCAL_NODE: &str = "198.19.100.1";
+/// The pod on the gateway's node.
+pub const NODE_LOCAL_POD: &str = "198.19.100.2";
 
 /// Names of one lab's namespaces and interfaces.
 #[derive(Clone, Debug)]
@@ -67,7 +77,7 @@ impl Lab {
     }
 
     fn namespaces(&self) -> Vec<String> {
-        ["br", "gw", "client", "backend"]
+        ["br", "gw", "client", "backend", "lpod"]
             .iter()
             .map(|r| self.netns(r))
             .collect()
@@ -166,6 +176,23 @@ impl Lab {
                 "{iface} ({cidr}, {queues} queues) in {ns}, bridge port {port}"
             ));
         }
+        let (gw_ns, pod_ns) = (self.netns("gw"), self.netns("lpod"));
+        let node_side = format!("{}-lp", self.prefix);
+        let pod_side = format!("{}-lpe", self.prefix);
+        run(
+            "ip",
+            &[
+                "link", "add", &node_side, "netns", &gw_ns, "type", "veth", "peer", "name",
+                &pod_side, "netns", &pod_ns,
+            ],
+        )?;
+        for (ns, iface, address) in [(&gw_ns, &node_side, NODE_LOCAL_NODE), (&pod_ns, &pod_side, NODE_LOCAL_POD)] {
+            self.ip(ns, &["addr", "add", &format!("{address}/30"), "dev", iface])?;
+            self.ip(ns, &["link", "set", iface, "up"])?;
+        }
+        made.push(format!(
+            "node-local pod {NODE_LOCAL_POD} in {pod_ns}, behind {gw_ns}'s kernel on {node_side}"
+        ));
         // The client is a load generator: tens of thousands of connections
         // a minute would exhaust the default port range while TIME-WAIT
         // holds the ports.
@@ -297,6 +324,7 @@ mod tests {
         for (_, iface, _) in lab.hosts() {
             assert!(format!("{iface}-p").len() <= 15, "{iface}");
         }
+        assert!(format!("{}-lpe", lab.prefix).len() <= 15);
         assert!(Lab::new("much-too-long-prefix").is_err());
         assert!(Lab::new("bad/name").is_err());
     }

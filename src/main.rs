@@ -12,6 +12,7 @@ mod xdp_setup;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
+use rauta_dataplane::legs::LegChoice;
 use rauta_netstack::{BindMode, IdlePolicy, XskConfig};
 use rauta_xdp::{AttachMethod, AttachMode};
 use std::time::Duration;
@@ -342,6 +343,12 @@ struct RunArgs {
     /// xdp: do not try 2 MiB hugepages for the UMEM.
     #[arg(long)]
     no_hugepages: bool,
+    /// xdp: how backend connections go out: `auto` takes the userspace
+    /// stack where it reaches the endpoint (its link, routes out of its
+    /// interface) and a kernel socket elsewhere (a pod on this node, a
+    /// tunnel); `userspace` or `kernel` forces one.
+    #[arg(long, default_value = "auto")]
+    backend_legs: LegChoice,
 }
 
 /// This machine's name, for the leader election's identity.
@@ -608,7 +615,7 @@ fn run(cli: Cli) -> Result<()> {
                         xsk: XskConfig::default(),
                         hugepages: !args.no_hugepages,
                     };
-                    run_cmd::run_xdp(options, xdp, IdlePolicy::default())?;
+                    run_cmd::run_xdp(options, xdp, IdlePolicy::default(), args.backend_legs)?;
                 }
             }
         }

@@ -13,6 +13,7 @@ use rauta_controlplane::Selection;
 use rauta_dataplane::gateway::GatewayWorker;
 use rauta_dataplane::http2::Http2Settings;
 use rauta_dataplane::kernel::KernelWorker;
+use rauta_dataplane::legs::LegChoice;
 use rauta_dataplane::metrics::ProxyMetrics;
 use rauta_dataplane::proxy::ProxySettings;
 use rauta_dataplane::{SharedReport, WorkerReport};
@@ -252,7 +253,12 @@ pub fn run_kernel(options: RunOptions, address: IpAddr) -> Result<()> {
 }
 
 /// `rauta run --io xdp`.
-pub fn run_xdp(options: RunOptions, xdp: XdpOptions, idle: IdlePolicy) -> Result<()> {
+pub fn run_xdp(
+    options: RunOptions,
+    xdp: XdpOptions,
+    idle: IdlePolicy,
+    xdp_legs: LegChoice,
+) -> Result<()> {
     let mut source = start_source(&options)?;
     let published = source.published.clone();
     let ports: Vec<u16> = published.config.load().ports.keys().copied().collect();
@@ -283,6 +289,7 @@ pub fn run_xdp(options: RunOptions, xdp: XdpOptions, idle: IdlePolicy) -> Result
             idle,
             report,
             routes: routes.clone(),
+            legs: xdp_legs,
         };
         handles.push(
             std::thread::Builder::new()
@@ -294,7 +301,9 @@ pub fn run_xdp(options: RunOptions, xdp: XdpOptions, idle: IdlePolicy) -> Result
                         &mut device,
                         rauta_netstack::smoltcp::time::Instant::now(),
                     );
-                    w.run(&mut device, &mut stack, &mut mailbox);
+                    if let Err(error) = w.run(&mut device, &mut stack, &mut mailbox) {
+                        tracing::error!(%error, "worker {worker} cannot start");
+                    }
                 })
                 .context("starting a worker thread")?,
         );
@@ -391,6 +400,16 @@ fn xsk_samples(reports: &[SharedReport]) -> Vec<ExtraSample> {
                 value: value(q),
             });
         }
+    }
+    let userspace = snapshots.iter().map(|w| w.backend_connects.userspace).sum();
+    let kernel = snapshots.iter().map(|w| w.backend_connects.kernel).sum();
+    for (leg, value) in [("userspace", userspace), ("kernel", kernel)] {
+        samples.push(ExtraSample {
+            name: "rauta_backend_connects",
+            help: "Backend connections opened, by leg: the userspace stack or a kernel socket",
+            labels: vec![("leg", leg.to_owned())],
+            value,
+        });
     }
     samples
 }

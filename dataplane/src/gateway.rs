@@ -10,6 +10,7 @@
 use crate::config::BackendProtocol;
 use crate::config::GatewayConfig;
 use crate::http2::Http2Settings;
+use crate::legs::{Leg, LegChoice, Legs};
 use crate::listeners::ListenerPorts;
 use crate::metrics::ProxyMetrics;
 use crate::proxy::{ConnectionGone, ProxySettings, ReadOutcome, Transport, TICK_INTERVAL};
@@ -107,12 +108,20 @@ pub struct GatewayWorker {
     /// Routes to what is off the link, as the kernel has them; applied to
     /// the stack when they change.
     pub routes: Arc<ArcSwap<Routes>>,
+    /// Which leg backend connections take.
+    pub legs: LegChoice,
 }
 
 impl GatewayWorker {
     /// Serve on `stack` over `device` until `stop` is set and the drain
-    /// ends.
-    pub fn run(self, device: &mut XdpDevice, stack: &mut Stack, mailbox: &mut Mailbox) {
+    /// ends. Fails only at the start, when the kernel legs' epoll set
+    /// cannot be made.
+    pub fn run(
+        self,
+        device: &mut XdpDevice,
+        stack: &mut Stack,
+        mailbox: &mut Mailbox,
+    ) -> std::io::Result<()> {
         let mut ports = ListenerPorts::new(self.config.clone());
         for &port in ports.current() {
             if let Err(error) = stack.listen_tcp(port) {
@@ -122,10 +131,13 @@ impl GatewayWorker {
         let mut routes = self.routes.load_full();
         stack.set_routes(&routes);
         stack.maintain();
-        let mut proxy: HttpService<Stack> =
+        let mut legs = Legs::new(stack, self.legs)?;
+        let mut proxy: HttpService<Legs<'_>> =
             HttpService::new(self.settings, self.http2, self.config, self.metrics);
         let mut waiter = IdleWaiter::new(self.idle);
         let mut events = Vec::new();
+        let mut kernel_events = mio::Events::with_capacity(256);
+        let mut kernel_ready = Vec::new();
         let mut handed_in_total = 0u64;
         let start = std::time::Instant::now();
         let mut next_tick = start;
@@ -138,64 +150,68 @@ impl GatewayWorker {
             let received = device.service();
             let now = Instant::now();
             let wall = std::time::Instant::now();
-            let ingress = stack.ingress(now, device, |to, frame| mailbox.send(to, frame));
-            stack.take_events(&mut events);
+            let ingress = legs
+                .stack
+                .ingress(now, device, |to, frame| mailbox.send(to, frame));
+            legs.stack.take_events(&mut events);
             for &id in &events {
-                if proxy.knows(id) {
-                    proxy.on_io(stack, id, wall);
-                } else if let Some((peer, port)) = new_client(stack, id, ports.current()) {
-                    proxy.accept(stack, id, peer, port, wall);
+                let leg = Leg::Stack(id);
+                if proxy.knows(leg) {
+                    proxy.on_io(&mut legs, leg, wall);
+                } else if let Some((peer, port)) = new_client(legs.stack, id, ports.current()) {
+                    proxy.accept(&mut legs, leg, peer, port, wall);
                 }
             }
-            if !events.is_empty() {
-                proxy.flush(stack, wall);
+            legs.kernel_events(&mut kernel_events, &mut kernel_ready);
+            for &leg in &kernel_ready {
+                proxy.on_io(&mut legs, leg, wall);
             }
-            proxy.run_timers(stack, wall);
+            let kernel_news = !kernel_ready.is_empty();
+            kernel_ready.clear();
+            if !events.is_empty() || kernel_news {
+                proxy.flush(&mut legs, wall);
+            }
+            proxy.run_timers(&mut legs, wall);
             if wall >= next_tick {
-                proxy.tick(stack, wall);
+                proxy.tick(&mut legs, wall);
                 next_tick = wall + TICK_INTERVAL;
                 let latest = self.routes.load();
                 if !Arc::ptr_eq(&latest, &routes) {
-                    let held = stack.set_routes(&latest);
+                    let held = legs.stack.set_routes(&latest);
                     tracing::debug!(routes = held, "routes updated");
                     routes = Arc::clone(&latest);
                 }
                 if let Some(changes) = ports.changes() {
                     for port in changes.opened {
-                        match stack.listen_tcp(port) {
+                        match legs.stack.listen_tcp(port) {
                             Ok(()) => tracing::info!(port, "listening"),
                             Err(error) => tracing::error!(port, %error, "cannot listen"),
                         }
                     }
                     for port in changes.closed {
-                        stack.unlisten_tcp(port);
+                        legs.stack.unlisten_tcp(port);
                         tracing::info!(port, "no longer listening");
                     }
                 }
             }
-            stack.egress(now, device);
+            legs.stack.egress(now, device);
             let sent = device.flush();
             let backlog = mailbox.flush();
-            let did_work = handed_in > 0 || received > 0 || ingress || sent > 0 || backlog;
+            let did_work =
+                handed_in > 0 || received > 0 || ingress || sent > 0 || backlog || kernel_news;
             if wall >= next_publish {
-                publish(
-                    &self.report,
-                    device,
-                    stack,
-                    waiter.sleeps(),
-                    handed_in_total,
-                );
+                publish(&self.report, device, &legs, waiter.sleeps(), handed_in_total);
                 next_publish = wall + PUBLISH_EVERY;
             }
             if self.stop.load(Ordering::Relaxed) {
                 let deadline = *drain_deadline.get_or_insert(wall + self.drain_timeout);
                 // Keep the stack running until every response is
                 // delivered, not just handed to the stack.
-                let idle = !proxy.drain(stack, wall) && proxy.clients() == 0;
+                let idle = !proxy.drain(&mut legs, wall) && proxy.clients() == 0;
                 // Send the FINs the drain just queued.
-                stack.egress(now, device);
+                legs.stack.egress(now, device);
                 device.flush();
-                if !drained && idle && !stack.has_unsent_data() {
+                if !drained && idle && !legs.stack.has_unsent_data() {
                     drained = true;
                     self.draining.fetch_sub(1, Ordering::AcqRel);
                 }
@@ -204,25 +220,21 @@ impl GatewayWorker {
                 }
             }
             if waiter.idle_pass(did_work) {
-                stack.maintain();
+                legs.stack.maintain();
                 if mailbox.going_to_sleep() {
                     let wake = proxy.next_timer().map_or(next_tick, |t| t.min(next_tick));
                     let until = wake.saturating_duration_since(wall);
-                    let deadline = stack.poll_delay(now).map_or(until, |d| d.min(until));
+                    let deadline = legs.stack.poll_delay(now).map_or(until, |d| d.min(until));
                     let mut fds = device.fds();
                     fds.push(mailbox.wake_fd());
+                    fds.push(legs.kernel_fd());
                     waiter.sleep(&fds, Some(deadline));
                     mailbox.awake();
                 }
             }
         }
-        publish(
-            &self.report,
-            device,
-            stack,
-            waiter.sleeps(),
-            handed_in_total,
-        );
+        publish(&self.report, device, &legs, waiter.sleeps(), handed_in_total);
+        Ok(())
     }
 }
 
@@ -241,15 +253,17 @@ fn new_client(stack: &Stack, id: ConnId, ports: &[u16]) -> Option<(SocketAddr, u
     Some((SocketAddr::from((ip, remote_port)), port))
 }
 
-fn publish(report: &SharedReport, device: &XdpDevice, stack: &Stack, sleeps: u64, handed_in: u64) {
+fn publish(report: &SharedReport, device: &XdpDevice, legs: &Legs<'_>, sleeps: u64, handed_in: u64) {
     let next = WorkerReport {
         queues: queue_reports(device),
-        connections: stack.connections(),
-        stack: stack.counters(),
+        connections: legs.stack.connections(),
+        stack: legs.stack.counters(),
         tcp_bytes: 0,
         udp_datagrams: 0,
         sleeps,
         handed_in,
+        backend_connects: legs.connects(),
+        kernel_legs_open: legs.kernel_connections(),
     };
     if let Ok(mut shared) = report.lock() {
         *shared = next;

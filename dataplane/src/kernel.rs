@@ -40,12 +40,33 @@ pub fn reuseport_listener(address: SocketAddr) -> io::Result<std::net::TcpListen
 }
 
 /// Kernel sockets as the proxy's transport.
-struct KernelIo {
+pub(crate) struct KernelIo {
     poll: Poll,
     streams: Slab<TcpStream>,
 }
 
 impl KernelIo {
+    pub(crate) fn new() -> io::Result<Self> {
+        Ok(Self {
+            poll: Poll::new()?,
+            streams: Slab::new(),
+        })
+    }
+
+    pub(crate) fn connections(&self) -> usize {
+        self.streams.len()
+    }
+
+    pub(crate) fn wait(&mut self, events: &mut Events, timeout: Option<Duration>) -> io::Result<()> {
+        self.poll.poll(events, timeout)
+    }
+
+    /// The epoll set: readable when a socket in it has news.
+    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.poll.registry().as_fd()
+    }
+
     /// Take a connected (or connecting) stream into the poll set; its key
     /// is its connection handle.
     fn add(&mut self, mut stream: TcpStream) -> Option<usize> {
@@ -147,20 +168,17 @@ pub struct KernelWorker {
 impl KernelWorker {
     /// Serve until `stop` is set and the drain finishes.
     pub fn run(self) -> io::Result<()> {
-        let poll = Poll::new()?;
+        let mut io = KernelIo::new()?;
         let mut ports = ListenerPorts::new(self.config.clone());
         let mut listeners = HashMap::new();
         for &port in ports.current() {
             let address = SocketAddr::new(self.address, port);
             let mut listener = TcpListener::from_std(reuseport_listener(address)?);
-            poll.registry()
+            io.poll
+                .registry()
                 .register(&mut listener, listener_token(port), Interest::READABLE)?;
             listeners.insert(port, listener);
         }
-        let mut io = KernelIo {
-            poll,
-            streams: Slab::new(),
-        };
         let mut proxy = HttpService::new(self.settings, self.http2, self.config, self.metrics);
         let mut events = Events::with_capacity(1024);
         let mut last_tick = Instant::now();

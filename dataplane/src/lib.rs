@@ -13,6 +13,7 @@ pub mod gateway;
 pub mod http1;
 pub mod http2;
 pub mod kernel;
+pub mod legs;
 pub mod listeners;
 pub mod message;
 pub mod metrics;

@@ -5,6 +5,7 @@
 //! sleep as [`IdleWaiter`] decides. Counters are published for the reporter
 //! a few times a second, off the per-packet path.
 
+use crate::legs::LegCounts;
 use crate::probe::Probe;
 use rauta_netstack::handoff::Mailbox;
 use rauta_netstack::smoltcp::time::Instant;
@@ -34,6 +35,10 @@ pub struct WorkerReport {
     pub sleeps: u64,
     /// Frames received from other workers.
     pub handed_in: u64,
+    /// Backend connections opened, by leg (gateway workers).
+    pub backend_connects: LegCounts,
+    /// Backend connections open over kernel sockets.
+    pub kernel_legs_open: usize,
 }
 
 /// Where a worker publishes its report.
@@ -70,6 +75,7 @@ fn publish(report: &SharedReport, device: &XdpDevice, probe: &Probe, sleeps: u64
         udp_datagrams: counters.udp_datagrams,
         sleeps,
         handed_in,
+        ..WorkerReport::default()
     };
     if let Ok(mut shared) = report.lock() {
         *shared = next;

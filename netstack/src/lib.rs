@@ -36,7 +36,7 @@ pub mod xsk;
 pub use device::{BatchDevice, Origin, QueueTraffic, XdpDevice};
 pub use idle::{IdlePolicy, IdleWaiter};
 pub use memory::MemoryDevice;
-pub use route::{Route, Routes};
+pub use route::{Hop, Route, Routes};
 pub use stack::{ConnId, Stack, StackConfig, StackCounters, StackError, TcpConfig};
 pub use xsk::{
     BindMode, UmemRegistration, XskConfig, XskError, XskGroup, XskQueue, XskSet, XskStatistics,

@@ -2,10 +2,13 @@
 //! on the link each is reached through, as the node's kernel routes them
 //! (kindnet's and Calico's pod CIDRs via other nodes, a default route).
 //!
-//! The stack hands them to smoltcp's interface, which picks the longest
-//! match for every packet to an address off its own subnet; the
-//! [`Stack`](crate::Stack) asks for the next hop's hardware address when a
-//! connection through it opens, as it does for neighbours on the link.
+//! The stack hands those through a neighbour on its link to smoltcp's
+//! interface, which picks the longest match for every packet to an address
+//! off its own subnet; the [`Stack`](crate::Stack) asks for the next hop's
+//! hardware address when a connection through it opens, as it does for
+//! neighbours on the link. Routes out of the node's other devices are kept
+//! too, so a more specific one (this node's own pods, behind its kernel)
+//! says the stack cannot reach what a broader one would send away.
 
 use smoltcp::wire::{Ipv4Address, Ipv4Cidr};
 
@@ -14,11 +17,22 @@ use smoltcp::wire::{Ipv4Address, Ipv4Cidr};
 /// are kept.
 pub const MAX_ROUTES: usize = 256;
 
-/// One route: `destination` through `via`, a neighbour on the link.
+/// One route: where packets to `destination` go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Route {
     pub destination: Ipv4Cidr,
-    pub via: Ipv4Address,
+    pub hop: Hop,
+}
+
+/// Where a route leads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hop {
+    /// Through this neighbour on the stack's link.
+    Via(Ipv4Address),
+    /// Out of another device of the node (a pod's veth or bridge on the
+    /// gateway's own node, a tunnel): the node's kernel reaches it, the
+    /// stack does not.
+    Elsewhere,
 }
 
 /// A set of routes, most specific first.
@@ -61,12 +75,12 @@ impl Routes {
         self.routes.is_empty()
     }
 
-    /// The next hop for `to`: the longest matching route's.
-    pub fn next_hop(&self, to: Ipv4Address) -> Option<Ipv4Address> {
+    /// Where `to` goes: the longest matching route's hop.
+    pub fn hop(&self, to: Ipv4Address) -> Option<Hop> {
         self.routes
             .iter()
             .find(|r| r.destination.contains_addr(&to))
-            .map(|r| r.via)
+            .map(|r| r.hop)
     }
 }
 
@@ -78,8 +92,15 @@ mod tests {
         let (address, len) = destination.split_once('/').unwrap();
         Route {
             destination: Ipv4Cidr::new(address.parse().unwrap(), len.parse().unwrap()),
-            via: via.parse().unwrap(),
+            hop: match via {
+                "elsewhere" => Hop::Elsewhere,
+                via => Hop::Via(via.parse().unwrap()),
+            },
         }
+    }
+
+    fn via(address: &str) -> Option<Hop> {
+        Some(Hop::Via(address.parse().unwrap()))
     }
 
     #[test]
@@ -111,6 +132,6 @@ mod tests {
             only.destination.address(),
             "10.244.1.0".parse::<Ipv4Address>().unwrap()
         );
-        assert_eq!(only.via, "198.18.0.21".parse::<Ipv4Address>().unwrap());
+        assert_eq!(only.hop, via("198.18.0.21").unwrap());
     }
 }

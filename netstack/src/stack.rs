@@ -19,7 +19,7 @@
 use crate::device::{BatchDevice, Origin};
 use crate::flow::{classify, FlowKey, FlowOwnership, FrameKind};
 use crate::neighbor::{self, Resolver};
-use crate::route::{Routes, MAX_ROUTES};
+use crate::route::{Hop, Route, Routes, MAX_ROUTES};
 use crate::timer::TimerWheel;
 use smoltcp::iface::{Config, Interface, PollIngressSingleResult, SocketHandle, SocketSet};
 use smoltcp::phy::TxToken;
@@ -311,25 +311,28 @@ impl Stack {
         }
     }
 
-    /// Route what is off the link through `routes`. Routes whose next hop
-    /// is not on the link are left out (the kernel reaches those, through
-    /// another device); past [`MAX_ROUTES`], the least specific. Returns
-    /// how many routes the stack now holds.
+    /// Route what is off the link through `routes`. Routes through a next
+    /// hop not on the link are taken as leading elsewhere (the kernel
+    /// reaches those, through another device); past [`MAX_ROUTES`], the
+    /// least specific are dropped. Returns how many routes the stack now
+    /// holds.
     pub fn set_routes(&mut self, routes: &Routes) -> usize {
         let subnet = self.config.address;
-        let usable = Routes::new(
-            routes
-                .iter()
-                .filter(|r| subnet.contains_addr(&r.via) && r.via != self.address)
-                .take(MAX_ROUTES)
-                .copied(),
-        );
+        let own = self.address;
+        let usable = Routes::new(routes.iter().take(MAX_ROUTES).map(|r| match r.hop {
+            Hop::Via(via) if subnet.contains_addr(&via) && via != own => *r,
+            _ => Route {
+                hop: Hop::Elsewhere,
+                ..*r
+            },
+        }));
         self.iface.routes_mut().update(|table| {
             table.clear();
             for r in usable.iter() {
+                let Hop::Via(via) = r.hop else { continue };
                 let route = smoltcp::iface::Route {
                     cidr: IpCidr::Ipv4(r.destination),
-                    via_router: IpAddress::Ipv4(r.via),
+                    via_router: IpAddress::Ipv4(via),
                     preferred_until: None,
                     expires_at: None,
                 };
@@ -343,13 +346,22 @@ impl Stack {
     }
 
     /// The neighbour a packet to `to` goes to first: `to` itself on the
-    /// link, a route's next hop off it.
+    /// link, a route's next hop off it; `None` when the stack cannot reach
+    /// it (no route, or one out of another device).
     fn next_hop(&self, to: Ipv4Address) -> Option<Ipv4Address> {
         if self.config.address.contains_addr(&to) {
-            Some(to)
-        } else {
-            self.routes.next_hop(to)
+            return Some(to);
         }
+        match self.routes.hop(to)? {
+            Hop::Via(via) => Some(via),
+            Hop::Elsewhere => None,
+        }
+    }
+
+    /// Whether the stack reaches `to`: on its link, or through a route out
+    /// of its interface.
+    pub fn reaches(&self, to: Ipv4Address) -> bool {
+        self.next_hop(to).is_some()
     }
 
     /// The address the stack owns.

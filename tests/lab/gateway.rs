@@ -129,6 +129,18 @@ impl GatewayLab {
     /// `rauta echo` with `extra` flags (its faults: `--fail-every`,
     /// `--delay`).
     pub(crate) fn spawn_echo_with(&self, pod: &str, listen: &str, extra: &[&str]) -> Process {
+        self.spawn_echo_on("backend", pod, listen, extra)
+    }
+
+    /// `rauta echo` on lab host `host` (`backend`, or `lpod`: the pod on
+    /// the gateway's own node).
+    pub(crate) fn spawn_echo_on(
+        &self,
+        host: &str,
+        pod: &str,
+        listen: &str,
+        extra: &[&str],
+    ) -> Process {
         let pod = format!("POD_NAME={pod}");
         let mut args = vec![
             "env",
@@ -140,7 +152,7 @@ impl GatewayLab {
             listen,
         ];
         args.extend_from_slice(extra);
-        let p = self.lab.spawn("backend", &args);
+        let p = self.lab.spawn(host, &args);
         p.wait_for_line(
             |l| l.starts_with("rauta echo: listening"),
             Duration::from_secs(10),

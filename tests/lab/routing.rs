@@ -1,9 +1,10 @@
-//! A backend off the gateway's link, reached through a route the node's
-//! kernel holds: added while the gateway runs, followed without a restart
-//! (issue: real clusters — routes from the kernel over rtnetlink).
+//! Backends off the gateway's link: one reached through a route the node's
+//! kernel holds, added while the gateway runs and followed without a
+//! restart; one on the gateway's own node, behind its kernel, reached over
+//! a kernel-socket leg of the same worker (issue: real clusters).
 
 use crate::common::{require_root, serial};
-use crate::gateway::{GatewayLab, Io, RunWith, BACKEND};
+use crate::gateway::{metric, wrk_ends_without_failures, GatewayLab, Io, RunWith, BACKEND};
 use std::time::{Duration, Instant};
 
 /// Off the lab's 198.18.0.0/24: a "pod CIDR" behind the backend host, as
@@ -132,4 +133,110 @@ fn a_backend_off_the_link_is_reached_through_the_kernels_route_on_xdp() {
 #[test]
 fn a_backend_off_the_link_is_reached_through_the_kernels_route_on_kernel() {
     offlink_backend_follows_the_kernels_route(Io::Kernel, "rrt-k");
+}
+
+/// The pod on the gateway's own node (`src/lab.rs`).
+const NODE_LOCAL_POD: &str = "198.19.100.2";
+
+/// `/nodelocal` and `/nodelocal-h2c` routed to the node-local pod, over
+/// HTTP/1.1 and h2c.
+const NODE_LOCAL: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: nodelocal, namespace: default}
+spec:
+  ports:
+  - {name: http, port: 80, targetPort: 3003}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: nodelocal-lab
+  namespace: default
+  labels: {kubernetes.io/service-name: nodelocal}
+addressType: IPv4
+ports:
+- {name: http, port: 3003}
+endpoints:
+- addresses: [198.19.100.2]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: nodelocal-h2c, namespace: default}
+spec:
+  ports:
+  - {name: h2c, port: 80, targetPort: 3003, appProtocol: kubernetes.io/h2c}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: nodelocal-h2c-lab
+  namespace: default
+  labels: {kubernetes.io/service-name: nodelocal-h2c}
+addressType: IPv4
+ports:
+- {name: h2c, port: 3003}
+endpoints:
+- addresses: [198.19.100.2]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: nodelocal, namespace: default}
+spec:
+  parentRefs:
+  - name: lab
+  rules:
+  - matches:
+    - path: {type: PathPrefix, value: /nodelocal-h2c}
+    backendRefs:
+    - {name: nodelocal-h2c, port: 80}
+  - matches:
+    - path: {type: PathPrefix, value: /nodelocal}
+    backendRefs:
+    - {name: nodelocal, port: 80}
+"#;
+
+fn node_local_pod_is_served(io: Io, prefix: &str) {
+    let _serial = serial();
+    require_root();
+    let gw = GatewayLab::start_with(prefix, io, &[("nodelocal.yaml", NODE_LOCAL)]);
+    let _pod = gw.spawn_echo_on(
+        "lpod",
+        "echo-local-0",
+        &format!("{NODE_LOCAL_POD}:3003"),
+        &[],
+    );
+    for path in ["/nodelocal", "/nodelocal-h2c", "/echo"] {
+        for _ in 0..5 {
+            let answer = gw.curl(&[&gw.url(path)]);
+            assert!(answer.starts_with("HTTP/1.1 200"), "{path}:\n{answer}");
+            if path != "/echo" {
+                assert!(answer.contains("echo-local-0"), "{path}: not the node-local pod:\n{answer}");
+            }
+        }
+    }
+    let mut load = gw.lab.spawn(
+        "client",
+        &["wrk", "-t1", "-c16", "-d3s", "--timeout", "3s", &gw.url("/nodelocal")],
+    );
+    wrk_ends_without_failures(&mut load, "load on the node-local pod");
+    if io == Io::Xdp {
+        // Both legs in use, told apart: the node-local pod over a kernel
+        // socket, the backend on the link over the stack.
+        let metrics = gw.admin("/metrics");
+        let kernel = metric(&metrics, "rauta_backend_connects_total{leg=\"kernel\"}");
+        let userspace = metric(&metrics, "rauta_backend_connects_total{leg=\"userspace\"}");
+        assert!(kernel >= 2.0, "kernel legs: {kernel} (one HTTP/1.1, one h2c at least)");
+        assert!(userspace >= 1.0, "userspace legs: {userspace}");
+    }
+}
+
+#[test]
+fn a_pod_on_the_gateways_own_node_is_served_over_a_kernel_leg_on_xdp() {
+    node_local_pod_is_served(Io::Xdp, "rnl-x");
+}
+
+#[test]
+fn a_pod_on_the_gateways_own_node_is_served_on_kernel() {
+    node_local_pod_is_served(Io::Kernel, "rnl-k");
 }

@@ -1,13 +1,13 @@
-//! The kernel's IPv4 routes through one interface, read and followed over
-//! rtnetlink.
+//! The kernel's IPv4 routes, read and followed over rtnetlink.
 //!
 //! A node reaches pods on other nodes through routes: kindnet and Calico
 //! (BGP) install one per node's pod CIDR via that node's address, and the
 //! node has a default route. The userspace stack owns no routing table of
 //! its own; it takes these, so `ip route` on the node is the one place an
-//! operator or a CNI changes where traffic goes. Only routes out of the
-//! gateway's interface with a next hop are taken: a route through another
-//! device (a tunnel, a bridge) is the kernel's to serve.
+//! operator or a CNI changes where traffic goes. A route out of the
+//! gateway's interface through a next hop is the stack's to use; one out of
+//! another device (a pod's veth on this node, a bridge, a tunnel) says the
+//! node's kernel must carry that traffic.
 
 use crate::netlink::{request, socket};
 use netlink_packet_core::NLM_F_DUMP;
@@ -23,27 +23,28 @@ use std::time::Duration;
 /// `RTNLGRP_IPV4_ROUTE` from `linux/rtnetlink.h`: IPv4 route changes.
 const RTNLGRP_IPV4_ROUTE: u32 = 7;
 
-/// One route of the kernel's main table: `destination/prefix_len` via
-/// `gateway`, out of the interface asked about.
+/// One unicast route of the kernel's main table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelRoute {
     pub destination: Ipv4Addr,
     pub prefix_len: u8,
-    pub gateway: Ipv4Addr,
+    /// The next hop; none for a route straight onto a device's link.
+    pub gateway: Option<Ipv4Addr>,
+    /// The device it leaves by (none for a multipath route).
+    pub oif: Option<u32>,
     /// The kernel's metric: lower wins among routes to one destination.
     pub priority: u32,
 }
 
-/// The main table's IPv4 unicast routes with a next hop out of interface
-/// `ifindex`, lowest metric first.
-pub fn routes_via(ifindex: u32) -> io::Result<Vec<KernelRoute>> {
+/// The main table's IPv4 unicast routes, lowest metric first.
+pub fn routes() -> io::Result<Vec<KernelRoute>> {
     let mut message = RouteMessage::default();
     message.header.address_family = AddressFamily::Inet;
     let replies = request(RouteNetlinkMessage::GetRoute(message), NLM_F_DUMP)?;
     let mut routes: Vec<KernelRoute> = replies
         .iter()
         .filter_map(|reply| match reply {
-            RouteNetlinkMessage::NewRoute(route) => kernel_route(route, ifindex),
+            RouteNetlinkMessage::NewRoute(route) => kernel_route(route),
             _ => None,
         })
         .collect();
@@ -51,7 +52,7 @@ pub fn routes_via(ifindex: u32) -> io::Result<Vec<KernelRoute>> {
     Ok(routes)
 }
 
-fn kernel_route(route: &RouteMessage, ifindex: u32) -> Option<KernelRoute> {
+fn kernel_route(route: &RouteMessage) -> Option<KernelRoute> {
     let header = &route.header;
     if header.address_family != AddressFamily::Inet || header.kind != RouteType::Unicast {
         return None;
@@ -69,22 +70,22 @@ fn kernel_route(route: &RouteMessage, ifindex: u32) -> Option<KernelRoute> {
             _ => {}
         }
     }
-    (table == u32::from(RouteHeader::RT_TABLE_MAIN) && oif == Some(ifindex)).then_some(())?;
+    (table == u32::from(RouteHeader::RT_TABLE_MAIN)).then_some(())?;
     Some(KernelRoute {
         destination,
         prefix_len: header.destination_prefix_length,
-        gateway: gateway?,
+        gateway,
+        oif,
         priority,
     })
 }
 
-/// Follow the routes through `ifindex`: `on_change` gets the whole set at
+/// Follow the routes: `on_change` gets the whole set at
 /// the start and again after every change the kernel announces, until
 /// `stop` is set. Announcements are read every `interval` at most; a
 /// change is re-read whole (a route table is small, and a burst of changes
 /// is read once).
 pub fn follow(
-    ifindex: u32,
     interval: Duration,
     stop: &AtomicBool,
     mut on_change: impl FnMut(io::Result<Vec<KernelRoute>>),
@@ -92,7 +93,7 @@ pub fn follow(
     let events = socket()?;
     events.add_membership(RTNLGRP_IPV4_ROUTE)?;
     events.set_non_blocking(true)?;
-    on_change(routes_via(ifindex));
+    on_change(routes());
     let mut buf = vec![0u8; 64 * 1024];
     while !stop.load(Ordering::Relaxed) {
         let mut changed = false;
@@ -108,7 +109,7 @@ pub fn follow(
             }
         }
         if changed {
-            on_change(routes_via(ifindex));
+            on_change(routes());
         }
         std::thread::sleep(interval);
     }
