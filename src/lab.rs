@@ -186,7 +186,10 @@ impl Lab {
                 &pod_side, "netns", &pod_ns,
             ],
         )?;
-        for (ns, iface, address) in [(&gw_ns, &node_side, NODE_LOCAL_NODE), (&pod_ns, &pod_side, NODE_LOCAL_POD)] {
+        for (ns, iface, address) in [
+            (&gw_ns, &node_side, NODE_LOCAL_NODE),
+            (&pod_ns, &pod_side, NODE_LOCAL_POD),
+        ] {
             self.ip(ns, &["addr", "add", &format!("{address}/30"), "dev", iface])?;
             self.ip(ns, &["link", "set", iface, "up"])?;
         }

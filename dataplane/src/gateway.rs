@@ -200,7 +200,13 @@ impl GatewayWorker {
             let did_work =
                 handed_in > 0 || received > 0 || ingress || sent > 0 || backlog || kernel_news;
             if wall >= next_publish {
-                publish(&self.report, device, &legs, waiter.sleeps(), handed_in_total);
+                publish(
+                    &self.report,
+                    device,
+                    &legs,
+                    waiter.sleeps(),
+                    handed_in_total,
+                );
                 next_publish = wall + PUBLISH_EVERY;
             }
             if self.stop.load(Ordering::Relaxed) {
@@ -233,7 +239,13 @@ impl GatewayWorker {
                 }
             }
         }
-        publish(&self.report, device, &legs, waiter.sleeps(), handed_in_total);
+        publish(
+            &self.report,
+            device,
+            &legs,
+            waiter.sleeps(),
+            handed_in_total,
+        );
         Ok(())
     }
 }
@@ -253,7 +265,13 @@ fn new_client(stack: &Stack, id: ConnId, ports: &[u16]) -> Option<(SocketAddr, u
     Some((SocketAddr::from((ip, remote_port)), port))
 }
 
-fn publish(report: &SharedReport, device: &XdpDevice, legs: &Legs<'_>, sleeps: u64, handed_in: u64) {
+fn publish(
+    report: &SharedReport,
+    device: &XdpDevice,
+    legs: &Legs<'_>,
+    sleeps: u64,
+    handed_in: u64,
+) {
     let next = WorkerReport {
         queues: queue_reports(device),
         connections: legs.stack.connections(),

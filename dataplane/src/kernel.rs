@@ -57,7 +57,11 @@ impl KernelIo {
         self.streams.len()
     }
 
-    pub(crate) fn wait(&mut self, events: &mut Events, timeout: Option<Duration>) -> io::Result<()> {
+    pub(crate) fn wait(
+        &mut self,
+        events: &mut Events,
+        timeout: Option<Duration>,
+    ) -> io::Result<()> {
         self.poll.poll(events, timeout)
     }
 

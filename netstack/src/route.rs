@@ -53,7 +53,7 @@ impl Routes {
                     r.destination.network().address(),
                     r.destination.prefix_len(),
                 ),
-                via: r.via,
+                hop: r.hop,
             })
             .collect();
         // Stable: among equal prefixes the caller's order stands.
@@ -110,13 +110,27 @@ mod tests {
             route("10.244.1.0/24", "198.18.0.21"),
             route("10.244.0.0/16", "198.18.0.22"),
         ]);
-        let hop = |to: &str| routes.next_hop(to.parse().unwrap());
-        assert_eq!(hop("10.244.1.7"), Some("198.18.0.21".parse().unwrap()));
-        assert_eq!(hop("10.244.2.7"), Some("198.18.0.22".parse().unwrap()));
-        assert_eq!(hop("192.0.2.1"), Some("198.18.0.254".parse().unwrap()));
+        let hop = |to: &str| routes.hop(to.parse().unwrap());
+        assert_eq!(hop("10.244.1.7"), via("198.18.0.21"));
+        assert_eq!(hop("10.244.2.7"), via("198.18.0.22"));
+        assert_eq!(hop("192.0.2.1"), via("198.18.0.254"));
+        let narrow = Routes::new([route("10.0.0.0/8", "198.18.0.2")]);
+        assert_eq!(narrow.hop("11.0.0.1".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn a_node_local_pod_cidr_inside_the_default_route_stays_the_kernels() {
+        let routes = Routes::new([
+            route("0.0.0.0/0", "198.18.0.254"),
+            route("10.244.0.0/24", "elsewhere"),
+        ]);
         assert_eq!(
-            Routes::new([route("10.0.0.0/8", "198.18.0.2")]).next_hop("11.0.0.1".parse().unwrap()),
-            None
+            routes.hop("10.244.0.5".parse().unwrap()),
+            Some(Hop::Elsewhere)
+        );
+        assert_eq!(
+            routes.hop("10.244.1.5".parse().unwrap()),
+            via("198.18.0.254")
         );
     }
 
@@ -132,6 +146,6 @@ mod tests {
             only.destination.address(),
             "10.244.1.0".parse::<Ipv4Address>().unwrap()
         );
-        assert_eq!(only.hop, via("198.18.0.21").unwrap());
+        assert_eq!(Some(only.hop), via("198.18.0.21"));
     }
 }

@@ -65,8 +65,14 @@ fn status(gw: &GatewayLab) -> String {
 fn offlink_backend_follows_the_kernels_route(io: Io, prefix: &str) {
     let _serial = serial();
     require_root();
+    let mut flags = vec!["--connect-timeout".to_owned(), "1".to_owned()];
+    if io == Io::Xdp {
+        // The userspace stack's own route, not a kernel leg's (which would
+        // follow the kernel's table by itself).
+        flags.extend(["--backend-legs".to_owned(), "userspace".to_owned()]);
+    }
     let run = RunWith {
-        flags: vec!["--connect-timeout".into(), "1".into()],
+        flags,
         ..RunWith::default()
     };
     let gw = GatewayLab::start_with_run(prefix, io, &[("offlink.yaml", OFFLINK)], run);
@@ -211,13 +217,24 @@ fn node_local_pod_is_served(io: Io, prefix: &str) {
             let answer = gw.curl(&[&gw.url(path)]);
             assert!(answer.starts_with("HTTP/1.1 200"), "{path}:\n{answer}");
             if path != "/echo" {
-                assert!(answer.contains("echo-local-0"), "{path}: not the node-local pod:\n{answer}");
+                assert!(
+                    answer.contains("echo-local-0"),
+                    "{path}: not the node-local pod:\n{answer}"
+                );
             }
         }
     }
     let mut load = gw.lab.spawn(
         "client",
-        &["wrk", "-t1", "-c16", "-d3s", "--timeout", "3s", &gw.url("/nodelocal")],
+        &[
+            "wrk",
+            "-t1",
+            "-c16",
+            "-d3s",
+            "--timeout",
+            "3s",
+            &gw.url("/nodelocal"),
+        ],
     );
     wrk_ends_without_failures(&mut load, "load on the node-local pod");
     if io == Io::Xdp {
@@ -226,7 +243,10 @@ fn node_local_pod_is_served(io: Io, prefix: &str) {
         let metrics = gw.admin("/metrics");
         let kernel = metric(&metrics, "rauta_backend_connects_total{leg=\"kernel\"}");
         let userspace = metric(&metrics, "rauta_backend_connects_total{leg=\"userspace\"}");
-        assert!(kernel >= 2.0, "kernel legs: {kernel} (one HTTP/1.1, one h2c at least)");
+        assert!(
+            kernel >= 2.0,
+            "kernel legs: {kernel} (one HTTP/1.1, one h2c at least)"
+        );
         assert!(userspace >= 1.0, "userspace legs: {userspace}");
     }
 }
