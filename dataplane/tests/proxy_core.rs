@@ -765,6 +765,28 @@ fn a_client_that_stops_reading_loses_both_legs() {
 }
 
 #[test]
+fn a_client_that_stops_reading_is_timed_by_its_reading_while_the_backend_still_sends() {
+    let mut h = Harness::new();
+    h.client_sends("GET /app/big HTTP/1.1\r\nHost: h\r\n\r\n");
+    let backend = h.last_backend();
+    h.io.conns.get_mut(&h.client).unwrap().stalled = true;
+    h.backend_sends(
+        backend,
+        "HTTP/1.1 200 OK\r\ncontent-length: 1000000\r\n\r\n",
+    );
+    h.backend_sends(backend, &"z".repeat(1_000));
+    h.wait(30);
+    // Bytes from the backend half-way: not the client's reading.
+    h.backend_sends(backend, &"z".repeat(1_000));
+    h.wait(29);
+    assert_eq!(h.closed(backend), None);
+    h.wait(1);
+    assert_eq!(h.closed(h.client), Some("rst"));
+    assert_eq!(h.closed(backend), Some("rst"));
+    assert_eq!(h.failures(Cause::ClientNotReading), 1);
+}
+
+#[test]
 fn a_body_announced_after_a_local_answer_must_still_come_in_time() {
     let mut h = Harness::new();
     h.client_sends("POST /elsewhere HTTP/1.1\r\nHost: h\r\nContent-Length: 100000\r\n\r\n");

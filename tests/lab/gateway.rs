@@ -219,6 +219,26 @@ impl GatewayLab {
         self.lab.exec_ok("client", &all)
     }
 
+    /// The status code of `GET path` from the client namespace, within
+    /// `seconds` (`000` when none came).
+    pub(crate) fn status(&self, path: &str, seconds: u32) -> String {
+        let out = self.lab.exec(
+            "client",
+            &[
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-m",
+                &seconds.to_string(),
+                &self.url(path),
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Send raw bytes from the client namespace and return everything the
     /// gateway answered before closing (or 5 s passed).
     pub(crate) fn raw(&self, request: &[u8]) -> String {

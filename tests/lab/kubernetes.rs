@@ -898,40 +898,17 @@ fn routes_follow_the_cluster(io: Io, prefix: &str) {
         let kubeconfig = server.kubeconfig("lab-gateway");
         (server, kubeconfig)
     });
-    let url = gw.url("/hello");
-    let status = |gw: &GatewayLab| {
-        gw.lab
-            .exec(
-                "client",
-                &[
-                    "curl",
-                    "-s",
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{http_code}",
-                    "-m",
-                    "1",
-                    &url,
-                ],
-            )
-            .stdout
-    };
-    assert_ne!(
-        String::from_utf8_lossy(&status(&gw)),
-        "200",
-        "routes before any Gateway exists"
-    );
+    let status = |gw: &GatewayLab| gw.status("/hello", 1);
+    assert_ne!(status(&gw), "200", "routes before any Gateway exists");
 
     // How long after `since` the gateway first answers `code` (5 s at most).
-    let answers = |gw: &GatewayLab, code: &[u8], since: Instant| loop {
+    let answers = |gw: &GatewayLab, code: &str, since: Instant| loop {
         if status(gw) == code {
             break since.elapsed();
         }
         assert!(
             since.elapsed() < Duration::from_secs(5),
-            "never answered {}",
-            String::from_utf8_lossy(code)
+            "never answered {code}"
         );
         std::thread::sleep(Duration::from_millis(10));
     };
@@ -939,7 +916,7 @@ fn routes_follow_the_cluster(io: Io, prefix: &str) {
     // Created: routed within a second.
     let created = Instant::now();
     server.apply(LAB_OBJECTS);
-    let routed = answers(&gw, b"200", created);
+    let routed = answers(&gw, "200", created);
     assert!(routed < Duration::from_secs(1), "routing took {routed:?}");
     let programmed = server.wait_for("Gateway lab Programmed", Duration::from_secs(5), |s| {
         let g = s.object("Gateway", "default", "lab")?;
@@ -959,7 +936,7 @@ fn routes_follow_the_cluster(io: Io, prefix: &str) {
     let pods = |gw: &GatewayLab| {
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..20 {
-            let r = gw.curl(&[&url]);
+            let r = gw.curl(&[&gw.url("/hello")]);
             for pod in ["echo-v1-lab-0", "echo-v2-lab-0"] {
                 if r.contains(pod) {
                     seen.insert(pod);
@@ -984,7 +961,7 @@ fn routes_follow_the_cluster(io: Io, prefix: &str) {
     // Deleted: 404 within a second.
     let deleted = Instant::now();
     server.delete("HTTPRoute", "default", "echo");
-    let took = answers(&gw, b"404", deleted);
+    let took = answers(&gw, "404", deleted);
     assert!(took < Duration::from_secs(1), "404 took {took:?}");
     let metrics = gw.admin("/metrics");
     for name in [

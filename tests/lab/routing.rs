@@ -11,54 +11,47 @@ use std::time::{Duration, Instant};
 /// kindnet puts another node's pods behind that node's address.
 const POD: &str = "198.19.200.1";
 
-/// `/offlink` routed to a Service whose one endpoint is [`POD`].
-const OFFLINK: &str = r#"
+/// A Service `name` with one endpoint, `address:port` (its port speaking
+/// `app_protocol` if given), and an HTTPRoute sending `path` to it.
+fn routed_service(name: &str, path: &str, address: &str, port: u16, app_protocol: &str) -> String {
+    let protocol = if app_protocol.is_empty() {
+        String::new()
+    } else {
+        format!(", appProtocol: {app_protocol}")
+    };
+    format!(
+        r#"
 apiVersion: v1
 kind: Service
-metadata: {name: offlink, namespace: default}
+metadata: {{name: {name}, namespace: default}}
 spec:
   ports:
-  - {name: http, port: 80, targetPort: 3002}
+  - {{name: http, port: 80, targetPort: {port}{protocol}}}
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata:
-  name: offlink-lab
+  name: {name}-lab
   namespace: default
-  labels: {kubernetes.io/service-name: offlink}
+  labels: {{kubernetes.io/service-name: {name}}}
 addressType: IPv4
 ports:
-- {name: http, port: 3002}
+- {{name: http, port: {port}}}
 endpoints:
-- addresses: [198.19.200.1]
+- addresses: [{address}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
-metadata: {name: offlink, namespace: default}
+metadata: {{name: {name}, namespace: default}}
 spec:
   parentRefs:
   - name: lab
   rules:
   - matches:
-    - path: {type: PathPrefix, value: /offlink}
+    - path: {{type: PathPrefix, value: {path}}}
     backendRefs:
-    - {name: offlink, port: 80}
-"#;
-
-fn status(gw: &GatewayLab) -> String {
-    gw.lab.exec_ok(
-        "client",
-        &[
-            "curl",
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-m",
-            "10",
-            &gw.url("/offlink"),
-        ],
+    - {{name: {name}, port: 80}}
+"#
     )
 }
 
@@ -75,7 +68,8 @@ fn offlink_backend_follows_the_kernels_route(io: Io, prefix: &str) {
         flags,
         ..RunWith::default()
     };
-    let gw = GatewayLab::start_with_run(prefix, io, &[("offlink.yaml", OFFLINK)], run);
+    let offlink = routed_service("offlink", "/offlink", POD, 3002, "");
+    let gw = GatewayLab::start_with_run(prefix, io, &[("offlink.yaml", &offlink)], run);
     // The backend host holds the pod's address itself (on its loopback),
     // so a packet routed to it through the host is answered there.
     gw.lab.exec_ok(
@@ -85,7 +79,7 @@ fn offlink_backend_follows_the_kernels_route(io: Io, prefix: &str) {
     let _pod = gw.spawn_echo("echo-offlink-0", &format!("{POD}:3002"));
 
     // No route yet: the gateway's node cannot reach the pod.
-    let before = status(&gw);
+    let before = gw.status("/offlink", 10);
     assert!(
         before.starts_with('5'),
         "the pod answered ({before}) before any route led to it"
@@ -109,7 +103,7 @@ fn offlink_backend_follows_the_kernels_route(io: Io, prefix: &str) {
     let added = Instant::now();
     let mut last = String::new();
     while added.elapsed() < Duration::from_secs(10) {
-        last = status(&gw);
+        last = gw.status("/offlink", 10);
         if last == "200" {
             break;
         }
@@ -127,7 +121,7 @@ fn offlink_backend_follows_the_kernels_route(io: Io, prefix: &str) {
     );
     // Every request after that is served.
     for _ in 0..20 {
-        assert_eq!(status(&gw), "200");
+        assert_eq!(gw.status("/offlink", 10), "200");
     }
 }
 
@@ -144,68 +138,20 @@ fn a_backend_off_the_link_is_reached_through_the_kernels_route_on_kernel() {
 /// The pod on the gateway's own node (`src/lab.rs`).
 const NODE_LOCAL_POD: &str = "198.19.100.2";
 
-/// `/nodelocal` and `/nodelocal-h2c` routed to the node-local pod, over
-/// HTTP/1.1 and h2c.
-const NODE_LOCAL: &str = r#"
-apiVersion: v1
-kind: Service
-metadata: {name: nodelocal, namespace: default}
-spec:
-  ports:
-  - {name: http, port: 80, targetPort: 3003}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: nodelocal-lab
-  namespace: default
-  labels: {kubernetes.io/service-name: nodelocal}
-addressType: IPv4
-ports:
-- {name: http, port: 3003}
-endpoints:
-- addresses: [198.19.100.2]
----
-apiVersion: v1
-kind: Service
-metadata: {name: nodelocal-h2c, namespace: default}
-spec:
-  ports:
-  - {name: h2c, port: 80, targetPort: 3003, appProtocol: kubernetes.io/h2c}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: nodelocal-h2c-lab
-  namespace: default
-  labels: {kubernetes.io/service-name: nodelocal-h2c}
-addressType: IPv4
-ports:
-- {name: h2c, port: 3003}
-endpoints:
-- addresses: [198.19.100.2]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: nodelocal, namespace: default}
-spec:
-  parentRefs:
-  - name: lab
-  rules:
-  - matches:
-    - path: {type: PathPrefix, value: /nodelocal-h2c}
-    backendRefs:
-    - {name: nodelocal-h2c, port: 80}
-  - matches:
-    - path: {type: PathPrefix, value: /nodelocal}
-    backendRefs:
-    - {name: nodelocal, port: 80}
-"#;
-
 fn node_local_pod_is_served(io: Io, prefix: &str) {
     let _serial = serial();
     require_root();
-    let gw = GatewayLab::start_with(prefix, io, &[("nodelocal.yaml", NODE_LOCAL)]);
+    // `/nodelocal` and `/nodelocal-h2c`: the node-local pod over HTTP/1.1
+    // and h2c.
+    let http1 = routed_service("nodelocal", "/nodelocal", NODE_LOCAL_POD, 3003, "");
+    let h2c = routed_service(
+        "nodelocal-h2c",
+        "/nodelocal-h2c",
+        NODE_LOCAL_POD,
+        3003,
+        "kubernetes.io/h2c",
+    );
+    let gw = GatewayLab::start_with(prefix, io, &[("http1.yaml", &http1), ("h2c.yaml", &h2c)]);
     let _pod = gw.spawn_echo_on(
         "lpod",
         "echo-local-0",

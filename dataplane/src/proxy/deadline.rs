@@ -106,18 +106,18 @@ pub(super) fn overdue<C>(
                 }
             }
         }
+        // A client holding the response back is timed by its reading
+        // alone: the backend's bytes still arriving (into room the
+        // gateway had, or as a window shared with streams just reset
+        // opens) do not keep a client that takes nothing.
+        (ResponseState::Body { .. }, Some(_)) if backlog => past(exchange.written, d.response_body)
+            .then_some(Overdue::Failed(Cause::ClientNotReading)),
         (ResponseState::Body { .. }, Some(leg)) => {
             let mut moved = leg.heard.max(exchange.written);
             if body_open {
                 moved = moved.max(request.body_moved);
             }
-            if !past(moved, d.response_body) {
-                None
-            } else if !backlog {
-                failed(Cause::ResponseBodyIdle)
-            } else {
-                failed(Cause::ClientNotReading)
-            }
+            past(moved, d.response_body).then_some(Overdue::Failed(Cause::ResponseBodyIdle))
         }
         _ => {
             if backlog && past(exchange.written, d.response_body) {
