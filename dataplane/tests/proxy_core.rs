@@ -744,9 +744,9 @@ fn a_connect_that_never_completes_is_504_after_the_connect_timeout() {
     assert_eq!(h.failures(Cause::ConnectTimeout), 1);
 }
 
-#[test]
-fn a_client_that_stops_reading_loses_both_legs() {
-    let mut h = Harness::new();
+/// A client asks for a large body and stops reading; the backend answers
+/// with the head and `first` bytes of it. Returns the backend connection.
+fn big_response_to_a_stalled_client(h: &mut Harness, first: usize) -> u32 {
     h.client_sends("GET /app/big HTTP/1.1\r\nHost: h\r\n\r\n");
     let backend = h.last_backend();
     h.io.conns.get_mut(&h.client).unwrap().stalled = true;
@@ -754,7 +754,14 @@ fn a_client_that_stops_reading_loses_both_legs() {
         backend,
         "HTTP/1.1 200 OK\r\ncontent-length: 1000000\r\n\r\n",
     );
-    h.backend_sends(backend, &"z".repeat(100_000));
+    h.backend_sends(backend, &"z".repeat(first));
+    backend
+}
+
+#[test]
+fn a_client_that_stops_reading_loses_both_legs() {
+    let mut h = Harness::new();
+    let backend = big_response_to_a_stalled_client(&mut h, 100_000);
     h.wait(59);
     assert_eq!(h.closed(backend), None);
     h.wait(1);
@@ -767,14 +774,7 @@ fn a_client_that_stops_reading_loses_both_legs() {
 #[test]
 fn a_client_that_stops_reading_is_timed_by_its_reading_while_the_backend_still_sends() {
     let mut h = Harness::new();
-    h.client_sends("GET /app/big HTTP/1.1\r\nHost: h\r\n\r\n");
-    let backend = h.last_backend();
-    h.io.conns.get_mut(&h.client).unwrap().stalled = true;
-    h.backend_sends(
-        backend,
-        "HTTP/1.1 200 OK\r\ncontent-length: 1000000\r\n\r\n",
-    );
-    h.backend_sends(backend, &"z".repeat(1_000));
+    let backend = big_response_to_a_stalled_client(&mut h, 1_000);
     h.wait(30);
     // Bytes from the backend half-way: not the client's reading.
     h.backend_sends(backend, &"z".repeat(1_000));
