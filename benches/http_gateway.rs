@@ -24,7 +24,13 @@
 //! h2load reports no percentiles: HTTP/2 latency is its mean and maximum.
 //!
 //! Environment: RAUTA_BENCH_PROTOCOL (http1 | http2), RAUTA_BENCH_ROUNDS
-//! (3), RAUTA_BENCH_SECONDS (5), RAUTA_BENCH_BACKLOG (16384).
+//! (3), RAUTA_BENCH_SECONDS (5), RAUTA_BENCH_BACKLOG (16384),
+//! RAUTA_BENCH_PEERS (comma-separated peer names; the four above by
+//! default). `rauta-xdp-kernel-legs` is rauta-xdp with every backend
+//! connection on a kernel socket (`--backend-legs kernel`): what a pod on
+//! the gateway's own node costs, against rauta-xdp's all-userspace legs.
+//! A run with other peers than the default writes its results under a
+//! name that lists them, beside the default run's.
 
 #[path = "support/peer.rs"]
 mod peer;
@@ -97,14 +103,23 @@ impl Protocol {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Peer {
     RautaXdp,
+    RautaXdpKernelLegs,
     RautaKernel,
     Nginx,
     Haproxy,
 }
 
 impl Peer {
-    const ALL: [Peer; 4] = [
+    /// The default run's peers.
+    const DEFAULT: [Peer; 4] = [
         Peer::RautaXdp,
+        Peer::RautaKernel,
+        Peer::Nginx,
+        Peer::Haproxy,
+    ];
+    const EVERY: [Peer; 5] = [
+        Peer::RautaXdp,
+        Peer::RautaXdpKernelLegs,
         Peer::RautaKernel,
         Peer::Nginx,
         Peer::Haproxy,
@@ -113,6 +128,7 @@ impl Peer {
     fn name(self) -> &'static str {
         match self {
             Peer::RautaXdp => "rauta-xdp",
+            Peer::RautaXdpKernelLegs => "rauta-xdp-kernel-legs",
             Peer::RautaKernel => "rauta-kernel",
             Peer::Nginx => "nginx",
             Peer::Haproxy => "haproxy",
@@ -121,9 +137,28 @@ impl Peer {
 
     fn target(self) -> &'static str {
         match self {
-            Peer::RautaXdp => GATEWAY,
+            Peer::RautaXdp | Peer::RautaXdpKernelLegs => GATEWAY,
             _ => NODE,
         }
+    }
+
+    /// The peers RAUTA_BENCH_PEERS names (rauta-xdp, the one every ratio
+    /// is of, always among them), or the default run's.
+    fn selected() -> Vec<Peer> {
+        let Ok(names) = std::env::var("RAUTA_BENCH_PEERS") else {
+            return Self::DEFAULT.to_vec();
+        };
+        let mut peers = vec![Peer::RautaXdp];
+        for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let peer = Self::EVERY
+                .into_iter()
+                .find(|p| p.name() == name)
+                .unwrap_or_else(|| panic!("RAUTA_BENCH_PEERS: no peer {name:?}"));
+            if !peers.contains(&peer) {
+                peers.push(peer);
+            }
+        }
+        peers
     }
 }
 
@@ -410,8 +445,8 @@ fn start(peer: Peer, dir: &Path, protocol: Protocol) -> ChildGuard {
     let haproxy_cfg = format!("{d}/haproxy.cfg");
     let iface = format!("{PREFIX}-gw");
     let address = format!("{GATEWAY}/24");
-    let args: Vec<&str> = match peer {
-        Peer::RautaXdp => vec![
+    let mut args: Vec<&str> = match peer {
+        Peer::RautaXdp | Peer::RautaXdpKernelLegs => vec![
             "taskset",
             "-c",
             "1",
@@ -452,6 +487,9 @@ fn start(peer: Peer, dir: &Path, protocol: Protocol) -> ChildGuard {
         Peer::Nginx => vec!["taskset", "-c", "1", "nginx", "-c", &nginx_conf, "-p", &d],
         Peer::Haproxy => vec!["taskset", "-c", "1", "haproxy", "-f", &haproxy_cfg],
     };
+    if peer == Peer::RautaXdpKernelLegs {
+        args.extend(["--backend-legs", "kernel"]);
+    }
     let log = dir.join(format!("{}.log", peer.name()));
     let url = format!("http://{}/", peer.target());
     peer::start_answering(PREFIX, &args, &log, &url, &[protocol.curl_flag()])
@@ -460,7 +498,7 @@ fn start(peer: Peer, dir: &Path, protocol: Protocol) -> ChildGuard {
 /// A chart panel: its title and the value it plots.
 type Panel = (&'static str, fn(&Sample) -> f64);
 
-fn chart(path: &Path, medians: &[(Peer, usize, Sample)], protocol: Protocol) {
+fn chart(path: &Path, peers: &[Peer], medians: &[(Peer, usize, Sample)], protocol: Protocol) {
     let root = SVGBackend::new(path, (900, 480)).into_drawing_area();
     root.fill(&WHITE).unwrap();
     let areas = root.split_evenly((1, 2));
@@ -478,7 +516,7 @@ fn chart(path: &Path, medians: &[(Peer, usize, Sample)], protocol: Protocol) {
             .margin(10)
             .x_label_area_size(40)
             .y_label_area_size(60)
-            .build_cartesian_2d(0f64..(Peer::ALL.len() * 3) as f64, 0f64..max.max(1.0))
+            .build_cartesian_2d(0f64..(peers.len() * 3) as f64, 0f64..max.max(1.0))
             .unwrap();
         chart
             .configure_mesh()
@@ -487,7 +525,7 @@ fn chart(path: &Path, medians: &[(Peer, usize, Sample)], protocol: Protocol) {
             .draw()
             .unwrap();
         let colours = [RGBColor(31, 119, 180), RGBColor(255, 127, 14)];
-        for (p, peer) in Peer::ALL.iter().enumerate() {
+        for (p, peer) in peers.iter().enumerate() {
             for (c, conns) in protocol.points().iter().enumerate() {
                 let Some((_, _, s)) = medians.iter().find(|(mp, mc, _)| mp == peer && mc == conns)
                 else {
@@ -514,11 +552,11 @@ fn chart(path: &Path, medians: &[(Peer, usize, Sample)], protocol: Protocol) {
                 .draw_series([Rectangle::new(
                     [
                         (
-                            (Peer::ALL.len() * 3) as f64 - 2.6,
+                            (peers.len() * 3) as f64 - 2.6,
                             max * (0.95 - c as f64 * 0.06),
                         ),
                         (
-                            (Peer::ALL.len() * 3) as f64 - 2.3,
+                            (peers.len() * 3) as f64 - 2.3,
                             max * (0.92 - c as f64 * 0.06),
                         ),
                     ],
@@ -529,7 +567,7 @@ fn chart(path: &Path, medians: &[(Peer, usize, Sample)], protocol: Protocol) {
                 .draw_series([Text::new(
                     protocol.point_label(*conns),
                     (
-                        (Peer::ALL.len() * 3) as f64 - 2.2,
+                        (peers.len() * 3) as f64 - 2.2,
                         max * (0.955 - c as f64 * 0.06),
                     ),
                     ("sans-serif", 12),
@@ -628,9 +666,10 @@ fn main() {
         &format!("http://{BACKEND}/"),
     ]);
 
+    let peers = Peer::selected();
     let mut samples: Vec<(Peer, usize, Sample)> = Vec::new();
     for round in 1..=rounds {
-        for peer in Peer::ALL {
+        for &peer in &peers {
             let guard = start(peer, &dir, protocol);
             // Warm up: pools filled, caches hot.
             let pid = guard.0.id();
@@ -659,7 +698,7 @@ fn main() {
     }
 
     let mut medians = Vec::new();
-    for peer in Peer::ALL {
+    for &peer in &peers {
         for connections in protocol.points() {
             let runs: Vec<Sample> = samples
                 .iter()
@@ -691,7 +730,7 @@ fn main() {
     let mut ratios = Vec::new();
     for connections in protocol.points() {
         let xdp = get(Peer::RautaXdp, connections);
-        for peer in [Peer::Nginx, Peer::Haproxy, Peer::RautaKernel] {
+        for &peer in peers.iter().filter(|&&p| p != Peer::RautaXdp) {
             let other = get(peer, connections);
             let r = serde_json::json!({
                 "load": protocol.point_label(connections),
@@ -729,7 +768,12 @@ fn main() {
         Protocol::Http1 => "wrk -t1 --latency".to_string(),
         Protocol::Http2 => format!("h2load -t1 -m{STREAMS} over h2c with prior knowledge (nginx `listen http2`, HAProxy `proto h2`)"),
     };
-    let name = protocol.results_name();
+    let name = if peers == Peer::DEFAULT {
+        protocol.results_name().to_owned()
+    } else {
+        let names: Vec<&str> = peers.iter().map(|p| p.name()).collect();
+        format!("{}-{}", protocol.results_name(), names.join("+"))
+    };
     let report = serde_json::json!({
         "benchmark": name,
         "method": format!("veth lab (2 queues; rauta-xdp: one worker on both); backend nginx (fixed 200, HTTP/1.1 keep-alive) in the backend namespace on CPU 0; {load_tool} in the client namespace on CPU 0; the peer pinned to CPU 1 with one worker; rounds alternate peers; CPU per request from /proc/stat (whole machine) and from the peer's own processes over each run; net.core.netdev_max_backlog raised to 16384 for the run"),
@@ -745,7 +789,12 @@ fn main() {
         serde_json::to_string_pretty(&report).unwrap() + "\n",
     )
     .unwrap();
-    chart(&out_dir.join(format!("{name}.svg")), &medians, protocol);
+    chart(
+        &out_dir.join(format!("{name}.svg")),
+        &peers,
+        &medians,
+        protocol,
+    );
     let _ = std::fs::remove_dir_all(&dir);
     eprintln!("results: benches/results/{name}.json, benches/results/{name}.svg");
 }
