@@ -6,11 +6,19 @@
 //!   {p}-backend: {p}-be ─┘                     (every veth's other end is a bridge port)
 //!
 //!   {p}-gw : {p}-lp (198.19.100.1/30) ── {p}-lpe (198.19.100.2/30) : {p}-lpod
+//!
+//!   on the bridge too, as kind's other nodes and a router would be:
+//!   {p}-node2: {p}-n2 198.18.0.32 ── {p}-v2 198.19.2.1/30 ── {p}-e2 198.19.2.2 : {p}-pod2
+//!   {p}-node3: {p}-n3 198.18.0.33 ── {p}-v3 198.19.3.1/30 ── {p}-e3 198.19.3.2 : {p}-pod3
+//!   {p}-rtr:   {p}-rt 198.18.0.254 ── {p}-rv 198.18.1.1/24 ── {p}-rc 198.18.1.10 : {p}-rcl
 //! ```
 //!
 //! `{p}-lpod` is a pod on the gateway's own node: behind that node's
 //! kernel on a veth of its own, as a CNI puts it, not on the segment of
-//! the gateway's interface.
+//! the gateway's interface. `{p}-pod2` and `{p}-pod3` are pods on two other
+//! nodes, reached through kindnet-style routes on the gateway node (each
+//! node's pod CIDR via the node's address); `{p}-rcl` is a client on
+//! another subnet behind a router.
 //!
 //! Addresses come from 198.18.0.0/15. The gateway node's kernel holds
 //! [`GATEWAY_NODE`]; [`GATEWAY`] is left for the userspace stack alone.
@@ -28,12 +36,22 @@ pub const GATEWAY_NODE: &str = "198.18.0.2";
 pub const CLIENT: &str = "198.18.0.10";
 /// The backend host.
 pub const BACKEND: &str = "198.18.0.20";
+/// The client behind the router, on another subnet.
+pub const REMOTE_CLIENT: &str = "198.18.1.10";
 /// Prefix length of the lab segment.
 pub const PREFIX_LEN: u8 = 24;
 /// The gateway node's end of the node-local pod's veth.
 pub const NODE_LOCAL_NODE: &str = "198.19.100.1";
 /// The pod on the gateway's node.
 pub const NODE_LOCAL_POD: &str = "198.19.100.2";
+/// Other nodes: (role, interface, address on the segment, pod CIDR's
+/// third octet).
+const NODES: [(&str, &str, &str, u8); 2] = [
+    ("node2", "n2", "198.18.0.32", 2),
+    ("node3", "n3", "198.18.0.33", 3),
+];
+/// The router to the remote client's subnet.
+const ROUTER: &str = "198.18.0.254";
 
 /// Names of one lab's namespaces and interfaces.
 #[derive(Clone, Debug)]
@@ -68,19 +86,25 @@ impl Lab {
         format!("{}-gw", self.prefix)
     }
 
-    fn hosts(&self) -> [(String, String, &'static str); 3] {
+    fn hosts(&self) -> [(String, String, &'static str); 6] {
+        let p = &self.prefix;
         [
-            ("gw".into(), format!("{}-gw", self.prefix), GATEWAY_NODE),
-            ("client".into(), format!("{}-cl", self.prefix), CLIENT),
-            ("backend".into(), format!("{}-be", self.prefix), BACKEND),
+            ("gw".into(), format!("{p}-gw"), GATEWAY_NODE),
+            ("client".into(), format!("{p}-cl"), CLIENT),
+            ("backend".into(), format!("{p}-be"), BACKEND),
+            (NODES[0].0.into(), format!("{p}-{}", NODES[0].1), NODES[0].2),
+            (NODES[1].0.into(), format!("{p}-{}", NODES[1].1), NODES[1].2),
+            ("rtr".into(), format!("{p}-rt"), ROUTER),
         ]
     }
 
     fn namespaces(&self) -> Vec<String> {
-        ["br", "gw", "client", "backend", "lpod"]
-            .iter()
-            .map(|r| self.netns(r))
-            .collect()
+        [
+            "br", "gw", "client", "backend", "lpod", "node2", "pod2", "node3", "pod3", "rtr", "rcl",
+        ]
+        .iter()
+        .map(|r| self.netns(r))
+        .collect()
     }
 
     /// Whether any of the lab's namespaces exists.
@@ -179,23 +203,15 @@ impl Lab {
         let (gw_ns, pod_ns) = (self.netns("gw"), self.netns("lpod"));
         let node_side = format!("{}-lp", self.prefix);
         let pod_side = format!("{}-lpe", self.prefix);
-        run(
-            "ip",
-            &[
-                "link", "add", &node_side, "netns", &gw_ns, "type", "veth", "peer", "name",
-                &pod_side, "netns", &pod_ns,
-            ],
-        )?;
-        for (ns, iface, address) in [
+        self.pair(
             (&gw_ns, &node_side, NODE_LOCAL_NODE),
             (&pod_ns, &pod_side, NODE_LOCAL_POD),
-        ] {
-            self.ip(ns, &["addr", "add", &format!("{address}/30"), "dev", iface])?;
-            self.ip(ns, &["link", "set", iface, "up"])?;
-        }
+            30,
+        )?;
         made.push(format!(
             "node-local pod {NODE_LOCAL_POD} in {pod_ns}, behind {gw_ns}'s kernel on {node_side}"
         ));
+        self.build_cluster(made)?;
         // The client is a load generator: tens of thousands of connections
         // a minute would exhaust the default port range while TIME-WAIT
         // holds the ports.
@@ -219,6 +235,76 @@ impl Lab {
             self.netns("gw")
         ));
         Ok(())
+    }
+
+    /// The other nodes' pods, the router and the client behind it, and the
+    /// gateway node's routes to them (see the module's picture).
+    fn build_cluster(&self, made: &mut Vec<String>) -> Result<()> {
+        let p = &self.prefix;
+        let gw_ns = self.netns("gw");
+        for (node, _, node_address, n) in NODES {
+            let (node_ns, pod_ns) = (self.netns(node), self.netns(&format!("pod{n}")));
+            let (node_side, pod_side) = (format!("{p}-v{n}"), format!("{p}-e{n}"));
+            let (hop, pod) = (format!("198.19.{n}.1"), format!("198.19.{n}.2"));
+            self.pair((&node_ns, &node_side, &hop), (&pod_ns, &pod_side, &pod), 30)?;
+            self.forwarding(&node_ns)?;
+            let cidr = format!("198.19.{n}.0/24");
+            self.ip(&gw_ns, &["route", "add", &cidr, "via", node_address])?;
+            made.push(format!(
+                "pod {pod} in {pod_ns} on {node_ns}; {cidr} via {node_address} on the gateway node"
+            ));
+        }
+        let (rtr_ns, rcl_ns) = (self.netns("rtr"), self.netns("rcl"));
+        let (rtr_side, rcl_side) = (format!("{p}-rv"), format!("{p}-rc"));
+        self.pair(
+            (&rtr_ns, &rtr_side, "198.18.1.1"),
+            (&rcl_ns, &rcl_side, REMOTE_CLIENT),
+            24,
+        )?;
+        self.forwarding(&rtr_ns)?;
+        self.ip(&gw_ns, &["route", "add", "198.18.1.0/24", "via", ROUTER])?;
+        made.push(format!(
+            "remote client {REMOTE_CLIENT} in {rcl_ns}, behind the router {ROUTER} in {rtr_ns}"
+        ));
+        Ok(())
+    }
+
+    /// A veth between two namespaces, each end (namespace, interface,
+    /// address) addressed `/len`, the second end's default route through
+    /// the first; no checksum offload (what they send may reach the
+    /// gateway's AF_XDP sockets).
+    fn pair(&self, a: (&str, &str, &str), b: (&str, &str, &str), len: u8) -> Result<()> {
+        run(
+            "ip",
+            &[
+                "link", "add", a.1, "netns", a.0, "type", "veth", "peer", "name", b.1, "netns", b.0,
+            ],
+        )?;
+        for (ns, iface, address) in [a, b] {
+            self.ip(
+                ns,
+                &["addr", "add", &format!("{address}/{len}"), "dev", iface],
+            )?;
+            self.ip(ns, &["link", "set", iface, "up"])?;
+            self.ethtool(ns, iface)?;
+        }
+        self.ip(b.0, &["route", "add", "default", "via", a.2])
+    }
+
+    fn forwarding(&self, ns: &str) -> Result<()> {
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                ns,
+                "sysctl",
+                "-q",
+                "-w",
+                "net.ipv4.ip_forward=1",
+            ],
+        )
+        .with_context(|| format!("turning on forwarding in {ns}"))
     }
 
     /// Remove everything the lab made (deleting a namespace deletes its

@@ -11,14 +11,24 @@ use std::time::{Duration, Instant};
 /// kindnet puts another node's pods behind that node's address.
 const POD: &str = "198.19.200.1";
 
-/// A Service `name` with one endpoint, `address:port` (its port speaking
+/// A Service `name` with endpoints `addresses` on `port` (speaking
 /// `app_protocol` if given), and an HTTPRoute sending `path` to it.
-fn routed_service(name: &str, path: &str, address: &str, port: u16, app_protocol: &str) -> String {
+fn routed_service(
+    name: &str,
+    path: &str,
+    addresses: &[&str],
+    port: u16,
+    app_protocol: &str,
+) -> String {
     let protocol = if app_protocol.is_empty() {
         String::new()
     } else {
         format!(", appProtocol: {app_protocol}")
     };
+    let endpoints: String = addresses
+        .iter()
+        .map(|a| format!("- addresses: [{a}]\n"))
+        .collect();
     format!(
         r#"
 apiVersion: v1
@@ -38,8 +48,7 @@ addressType: IPv4
 ports:
 - {{name: http, port: {port}}}
 endpoints:
-- addresses: [{address}]
----
+{endpoints}---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {{name: {name}, namespace: default}}
@@ -68,7 +77,7 @@ fn offlink_backend_follows_the_kernels_route(io: Io, prefix: &str) {
         flags,
         ..RunWith::default()
     };
-    let offlink = routed_service("offlink", "/offlink", POD, 3002, "");
+    let offlink = routed_service("offlink", "/offlink", &[POD], 3002, "");
     let gw = GatewayLab::start_with_run(prefix, io, &[("offlink.yaml", &offlink)], run);
     // The backend host holds the pod's address itself (on its loopback),
     // so a packet routed to it through the host is answered there.
@@ -143,11 +152,11 @@ fn node_local_pod_is_served(io: Io, prefix: &str) {
     require_root();
     // `/nodelocal` and `/nodelocal-h2c`: the node-local pod over HTTP/1.1
     // and h2c.
-    let http1 = routed_service("nodelocal", "/nodelocal", NODE_LOCAL_POD, 3003, "");
+    let http1 = routed_service("nodelocal", "/nodelocal", &[NODE_LOCAL_POD], 3003, "");
     let h2c = routed_service(
         "nodelocal-h2c",
         "/nodelocal-h2c",
-        NODE_LOCAL_POD,
+        &[NODE_LOCAL_POD],
         3003,
         "kubernetes.io/h2c",
     );
@@ -205,4 +214,87 @@ fn a_pod_on_the_gateways_own_node_is_served_over_a_kernel_leg_on_xdp() {
 #[test]
 fn a_pod_on_the_gateways_own_node_is_served_on_kernel() {
     node_local_pod_is_served(Io::Kernel, "rnl-k");
+}
+
+/// Pods on the two other nodes and on the gateway's own (`src/lab.rs`).
+const PODS: [(&str, &str); 3] = [
+    ("pod2", "198.19.2.2"),
+    ("pod3", "198.19.3.2"),
+    ("lpod", NODE_LOCAL_POD),
+];
+
+/// A client on another subnet, behind a router, reaches one Service whose
+/// pods are on both other nodes (through the node's routes, over the
+/// userspace stack) and on the gateway's own node (over a kernel leg), over
+/// HTTP/1.1 and h2c, and a wrk run over all of them ends with 0 errors.
+#[test]
+fn a_routed_client_reaches_pods_on_every_node_on_xdp() {
+    let _serial = serial();
+    require_root();
+    let addresses: Vec<&str> = PODS.iter().map(|(_, a)| *a).collect();
+    let http1 = routed_service("spread", "/spread", &addresses, 3004, "");
+    let h2c = routed_service(
+        "spread-h2c",
+        "/spread-h2c",
+        &addresses,
+        3004,
+        "kubernetes.io/h2c",
+    );
+    let gw = GatewayLab::start_with(
+        "rcn-x",
+        Io::Xdp,
+        &[("http1.yaml", &http1), ("h2c.yaml", &h2c)],
+    );
+    let _pods: Vec<_> = PODS
+        .iter()
+        .map(|(host, address)| {
+            gw.spawn_echo_on(
+                host,
+                &format!("echo-{host}"),
+                &format!("{address}:3004"),
+                &[],
+            )
+        })
+        .collect();
+    let url = |path: &str| gw.url(path);
+    for path in ["/spread", "/spread-h2c"] {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..30 {
+            let answer = gw
+                .lab
+                .exec_ok("rcl", &["curl", "-s", "-i", "-m", "10", &url(path)]);
+            assert!(answer.starts_with("HTTP/1.1 200"), "{path}:\n{answer}");
+            for (host, _) in PODS {
+                if answer.contains(&format!("echo-{host}")) {
+                    seen.insert(host);
+                }
+            }
+        }
+        assert_eq!(
+            seen.len(),
+            PODS.len(),
+            "{path}: pods that answered: {seen:?}"
+        );
+    }
+    let mut load = gw.lab.spawn(
+        "rcl",
+        &[
+            "wrk",
+            "-t1",
+            "-c32",
+            "-d4s",
+            "--timeout",
+            "3s",
+            &url("/spread"),
+        ],
+    );
+    wrk_ends_without_failures(
+        &mut load,
+        "load from the routed client over every node's pods",
+    );
+    let metrics = gw.admin("/metrics");
+    let kernel = metric(&metrics, "rauta_backend_connects_total{leg=\"kernel\"}");
+    let userspace = metric(&metrics, "rauta_backend_connects_total{leg=\"userspace\"}");
+    assert!(kernel >= 2.0, "kernel legs: {kernel}");
+    assert!(userspace >= 4.0, "userspace legs: {userspace}");
 }
