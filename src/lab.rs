@@ -215,20 +215,13 @@ impl Lab {
         // The client is a load generator: tens of thousands of connections
         // a minute would exhaust the default port range while TIME-WAIT
         // holds the ports.
-        run(
-            "ip",
+        self.sysctl(
+            &self.netns("client"),
             &[
-                "netns",
-                "exec",
-                &self.netns("client"),
-                "sysctl",
-                "-q",
-                "-w",
                 "net.ipv4.ip_local_port_range=1024 65000",
                 "net.ipv4.tcp_tw_reuse=1",
             ],
-        )
-        .context("widening the client's port range")?;
+        )?;
         made.push(format!(
             "gateway address {GATEWAY}/{PREFIX_LEN} is free for the userspace stack on {} in {}",
             self.gateway_iface(),
@@ -247,7 +240,7 @@ impl Lab {
             let (node_side, pod_side) = (format!("{p}-v{n}"), format!("{p}-e{n}"));
             let (hop, pod) = (format!("198.19.{n}.1"), format!("198.19.{n}.2"));
             self.pair((&node_ns, &node_side, &hop), (&pod_ns, &pod_side, &pod), 30)?;
-            self.forwarding(&node_ns)?;
+            self.sysctl(&node_ns, &["net.ipv4.ip_forward=1"])?;
             let cidr = format!("198.19.{n}.0/24");
             self.ip(&gw_ns, &["route", "add", &cidr, "via", node_address])?;
             made.push(format!(
@@ -261,7 +254,7 @@ impl Lab {
             (&rcl_ns, &rcl_side, REMOTE_CLIENT),
             24,
         )?;
-        self.forwarding(&rtr_ns)?;
+        self.sysctl(&rtr_ns, &["net.ipv4.ip_forward=1"])?;
         self.ip(&gw_ns, &["route", "add", "198.18.1.0/24", "via", ROUTER])?;
         made.push(format!(
             "remote client {REMOTE_CLIENT} in {rcl_ns}, behind the router {ROUTER} in {rtr_ns}"
@@ -291,20 +284,11 @@ impl Lab {
         self.ip(b.0, &["route", "add", "default", "via", a.2])
     }
 
-    fn forwarding(&self, ns: &str) -> Result<()> {
-        run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                ns,
-                "sysctl",
-                "-q",
-                "-w",
-                "net.ipv4.ip_forward=1",
-            ],
-        )
-        .with_context(|| format!("turning on forwarding in {ns}"))
+    /// Set kernel `settings` (`key=value`) in namespace `ns`.
+    fn sysctl(&self, ns: &str, settings: &[&str]) -> Result<()> {
+        let mut args = vec!["netns", "exec", ns, "sysctl", "-q", "-w"];
+        args.extend_from_slice(settings);
+        run("ip", &args).with_context(|| format!("setting {settings:?} in {ns}"))
     }
 
     /// Remove everything the lab made (deleting a namespace deletes its

@@ -281,7 +281,6 @@ fn publish(
         sleeps,
         handed_in,
         backend_connects: legs.connects(),
-        kernel_legs_open: legs.kernel_connections(),
     };
     if let Ok(mut shared) = report.lock() {
         *shared = next;

@@ -194,7 +194,7 @@ impl KernelWorker {
                     at.saturating_duration_since(Instant::now())
                 })
                 .min(TICK_INTERVAL);
-            match io.poll.poll(&mut events, Some(wake)) {
+            match io.wait(&mut events, Some(wake)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),

@@ -80,11 +80,6 @@ impl<'s> Legs<'s> {
         self.connects
     }
 
-    /// Kernel connections open.
-    pub fn kernel_connections(&self) -> usize {
-        self.kernel.connections()
-    }
-
     /// Kernel sockets with news, without waiting; nothing to ask (no
     /// system call) while there are none.
     pub fn kernel_events(&mut self, events: &mut Events, into: &mut Vec<Leg>) {

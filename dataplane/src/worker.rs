@@ -37,8 +37,6 @@ pub struct WorkerReport {
     pub handed_in: u64,
     /// Backend connections opened, by leg (gateway workers).
     pub backend_connects: LegCounts,
-    /// Backend connections open over kernel sockets.
-    pub kernel_legs_open: usize,
 }
 
 /// Where a worker publishes its report.

@@ -239,6 +239,29 @@ impl GatewayLab {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// How long after `since` `GET path` first answers `code`, asked every
+    /// 10 ms with `per_try` seconds for each answer; fails past `within`.
+    pub(crate) fn until_status(
+        &self,
+        path: &str,
+        code: &str,
+        per_try: u32,
+        since: Instant,
+        within: Duration,
+    ) -> Duration {
+        loop {
+            let last = self.status(path, per_try);
+            if last == code {
+                return since.elapsed();
+            }
+            assert!(
+                since.elapsed() < within,
+                "{path} never answered {code} within {within:?} (last {last})"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Send raw bytes from the client namespace and return everything the
     /// gateway answered before closing (or 5 s passed).
     pub(crate) fn raw(&self, request: &[u8]) -> String {

@@ -898,19 +898,14 @@ fn routes_follow_the_cluster(io: Io, prefix: &str) {
         let kubeconfig = server.kubeconfig("lab-gateway");
         (server, kubeconfig)
     });
-    let status = |gw: &GatewayLab| gw.status("/hello", 1);
-    assert_ne!(status(&gw), "200", "routes before any Gateway exists");
-
+    assert_ne!(
+        gw.status("/hello", 1),
+        "200",
+        "routes before any Gateway exists"
+    );
     // How long after `since` the gateway first answers `code` (5 s at most).
-    let answers = |gw: &GatewayLab, code: &str, since: Instant| loop {
-        if status(gw) == code {
-            break since.elapsed();
-        }
-        assert!(
-            since.elapsed() < Duration::from_secs(5),
-            "never answered {code}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
+    let answers = |gw: &GatewayLab, code: &str, since: Instant| {
+        gw.until_status("/hello", code, 1, since, Duration::from_secs(5))
     };
 
     // Created: routed within a second.

@@ -110,19 +110,8 @@ fn offlink_backend_follows_the_kernels_route(io: Io, prefix: &str) {
         ],
     );
     let added = Instant::now();
-    let mut last = String::new();
-    while added.elapsed() < Duration::from_secs(10) {
-        last = gw.status("/offlink", 10);
-        if last == "200" {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(
-        last, "200",
-        "the pod never answered after the route was added"
-    );
-    eprintln!("{io:?}: route followed in {:?}", added.elapsed());
+    let took = gw.until_status("/offlink", "200", 10, added, Duration::from_secs(10));
+    eprintln!("{io:?}: route followed in {took:?}");
     let body = gw.curl(&[&gw.url("/offlink")]);
     assert!(
         body.contains("echo-offlink-0"),
@@ -256,13 +245,12 @@ fn a_routed_client_reaches_pods_on_every_node_on_xdp() {
             )
         })
         .collect();
-    let url = |path: &str| gw.url(path);
     for path in ["/spread", "/spread-h2c"] {
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..30 {
             let answer = gw
                 .lab
-                .exec_ok("rcl", &["curl", "-s", "-i", "-m", "10", &url(path)]);
+                .exec_ok("rcl", &["curl", "-s", "-i", "-m", "10", &gw.url(path)]);
             assert!(answer.starts_with("HTTP/1.1 200"), "{path}:\n{answer}");
             for (host, _) in PODS {
                 if answer.contains(&format!("echo-{host}")) {
@@ -285,7 +273,7 @@ fn a_routed_client_reaches_pods_on_every_node_on_xdp() {
             "-d4s",
             "--timeout",
             "3s",
-            &url("/spread"),
+            &gw.url("/spread"),
         ],
     );
     wrk_ends_without_failures(

@@ -70,7 +70,9 @@ fn kernel_route(route: &RouteMessage) -> Option<KernelRoute> {
             _ => {}
         }
     }
-    (table == u32::from(RouteHeader::RT_TABLE_MAIN)).then_some(())?;
+    if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
+        return None;
+    }
     Some(KernelRoute {
         destination,
         prefix_len: header.destination_prefix_length,
