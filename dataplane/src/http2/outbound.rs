@@ -2,10 +2,10 @@
 //! per endpoint.
 //!
 //! The core opens a pipe where it would open a TCP connection and puts one
-//! request on it, head and body events. Each becomes a stream on a pooled
-//! connection to the endpoint, filling one before the next; the pool grows
-//! to [`Http2Settings::backend_connections`], and [`PREWARMED`] of them
-//! are opened ahead of the first request when an endpoint appears. A connection that fails or is told
+//! request on it, head and body events. Each becomes a stream on the least
+//! busy pooled connection to the endpoint; the pool grows to
+//! [`Http2Settings::backend_connections`] and is opened ahead of the first
+//! request when an endpoint appears. A connection that fails or is told
 //! GOAWAY leaves the pool; its streams fail, and the next request opens a
 //! replacement. A stream that fails before it was opened on a connection
 //! is marked unsent: the core may send its request elsewhere, as after a
@@ -40,11 +40,6 @@ type Handshake = Pin<
     >,
 >;
 
-/// Connections opened to an endpoint ahead of its first request: one to
-/// carry its streams, one ready for when that one fails or is told to go.
-/// The pool grows past them as streams fill them.
-const PREWARMED: usize = 2;
-
 enum State {
     Handshake(Handshake),
     Ready {
@@ -66,18 +61,6 @@ struct Connection<C> {
     retired: bool,
     /// Told apart from a later connection in the same slot.
     generation: u64,
-}
-
-impl<C> Connection<C> {
-    /// Whether it takes another stream: below our limit and the backend's
-    /// (SETTINGS_MAX_CONCURRENT_STREAMS; streams past it would wait).
-    fn has_room(&self, configured: usize) -> bool {
-        let limit = match &self.state {
-            State::Ready { sender, .. } => configured.min(sender.current_max_send_streams()),
-            State::Handshake(_) | State::Ended => configured,
-        };
-        self.active < limit
-    }
 }
 
 enum Response {
@@ -172,8 +155,7 @@ impl<C: Copy + Eq + Hash> Outbound<C> {
         }
         for &endpoint in endpoints {
             let have = self.pools.get(&endpoint).map_or(0, Vec::len);
-            let want = PREWARMED.min(self.settings.backend_connections);
-            for _ in have..want {
+            for _ in have..self.settings.backend_connections {
                 if self.open(net, endpoint, wakes, metrics).is_none() {
                     break;
                 }
@@ -211,11 +193,8 @@ impl<C: Copy + Eq + Hash> Outbound<C> {
         Some(key)
     }
 
-    /// The connection a new stream to `endpoint` goes on: the busiest one
-    /// with room for it, so streams share connections (their frames share
-    /// reads, writes and polls) as Envoy's and HAProxy's pools do; a new
-    /// connection once every one is full; the least busy when the pool is
-    /// full too.
+    /// The connection a new stream to `endpoint` goes on: the least busy,
+    /// or a new one while the pool is not full and all are busy.
     fn pick<T: Transport<Conn = C>>(
         &mut self,
         net: &mut T,
@@ -224,21 +203,18 @@ impl<C: Copy + Eq + Hash> Outbound<C> {
         metrics: &ProxyMetrics,
     ) -> Option<usize> {
         let pool = self.pools.get(&endpoint).map(Vec::as_slice).unwrap_or(&[]);
-        let configured = self.settings.backend_streams;
-        let usable = || pool.iter().copied().filter(|&k| !self.conns[k].retired);
-        if let Some(key) = usable()
-            .filter(|&k| self.conns[k].has_room(configured))
-            .max_by_key(|&k| self.conns[k].active)
-        {
-            return Some(key);
-        }
-        let least_busy = usable().min_by_key(|&k| self.conns[k].active);
-        if pool.len() < self.settings.backend_connections {
+        let best = pool
+            .iter()
+            .copied()
+            .filter(|&k| !self.conns[k].retired)
+            .min_by_key(|&k| self.conns[k].active);
+        let busy = best.is_none_or(|k| self.conns[k].active >= self.settings.backend_streams);
+        if pool.len() < self.settings.backend_connections && busy {
             if let Some(key) = self.open(net, endpoint, wakes, metrics) {
                 return Some(key);
             }
         }
-        least_busy
+        best
     }
 
     /// Read, poll and write connection `key` until it stops moving.
