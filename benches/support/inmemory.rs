@@ -171,7 +171,10 @@ pub fn run(pairing: Pairing, requests: usize) -> RunSummary {
         let client_progress = client.turn(&mut cx);
         events.clear();
         events.extend(net.take_news().into_iter().map(GatewayEvent::Io));
-        if !events.is_empty() {
+        // Work left over from a turn is done without a new event, as the
+        // workers do.
+        let left_over = gateway.has_work();
+        if !events.is_empty() || left_over {
             gateway_turn(&mut gateway, &mut net, &events, now);
         }
         let dialled = std::mem::take(&mut net.dialled);
@@ -193,6 +196,7 @@ pub fn run(pairing: Pairing, requests: usize) -> RunSummary {
         let idle = !client_progress
             && !backend_progress
             && events.is_empty()
+            && !left_over
             && opened == 0
             && net.shared.peer_bytes.get() == moved_before;
         assert!(

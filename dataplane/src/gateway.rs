@@ -168,7 +168,8 @@ impl GatewayWorker {
             }
             let kernel_news = !kernel_ready.is_empty();
             kernel_ready.clear();
-            if !events.is_empty() || kernel_news {
+            let left_over = proxy.has_work();
+            if !events.is_empty() || kernel_news || left_over {
                 proxy.flush(&mut legs, wall);
             }
             proxy.run_timers(&mut legs, wall);
@@ -197,8 +198,13 @@ impl GatewayWorker {
             legs.stack.egress(now, device);
             let sent = device.flush();
             let backlog = mailbox.flush();
-            let did_work =
-                handed_in > 0 || received > 0 || ingress || sent > 0 || backlog || kernel_news;
+            let did_work = handed_in > 0
+                || received > 0
+                || ingress
+                || sent > 0
+                || backlog
+                || kernel_news
+                || left_over;
             if wall >= next_publish {
                 publish(
                     &self.report,

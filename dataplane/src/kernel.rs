@@ -188,12 +188,16 @@ impl KernelWorker {
         let mut last_tick = Instant::now();
         let mut drain_deadline: Option<Instant> = None;
         loop {
-            let wake = proxy
-                .next_timer()
-                .map_or(TICK_INTERVAL, |at| {
-                    at.saturating_duration_since(Instant::now())
-                })
-                .min(TICK_INTERVAL);
+            let wake = if proxy.has_work() {
+                Duration::ZERO
+            } else {
+                proxy
+                    .next_timer()
+                    .map_or(TICK_INTERVAL, |at| {
+                        at.saturating_duration_since(Instant::now())
+                    })
+                    .min(TICK_INTERVAL)
+            };
             match io.wait(&mut events, Some(wake)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

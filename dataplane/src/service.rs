@@ -24,8 +24,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Rounds of core ↔ HTTP/2 hand-over per call; what is left waits for the
-/// next call (the next event or tick).
+/// Rounds of core ↔ HTTP/2 hand-over per call; what is left is done at
+/// the next call, which [`HttpService::has_work`] tells a driver not to
+/// sleep before.
 const SETTLE_ROUNDS: usize = 64;
 
 pub struct HttpService<T: Transport> {
@@ -36,6 +37,8 @@ pub struct HttpService<T: Transport> {
     /// The configuration the backend pools were last opened for (held, so
     /// a new one is never mistaken for it).
     warm: Option<Arc<GatewayConfig>>,
+    /// The last settle ran out of rounds with work left.
+    unsettled: bool,
 }
 
 impl<T: Transport> HttpService<T> {
@@ -51,6 +54,7 @@ impl<T: Transport> HttpService<T> {
             config,
             metrics,
             warm: None,
+            unsettled: false,
         }
     }
 
@@ -121,6 +125,13 @@ impl<T: Transport> HttpService<T> {
         }
     }
 
+    /// Whether work is left that no socket event will announce (a drive
+    /// or a settle that ran out of rounds): the driver must call
+    /// [`Self::flush`] again before it sleeps.
+    pub fn has_work(&self) -> bool {
+        self.unsettled || self.core.has_unfinished()
+    }
+
     /// Stop taking requests (HTTP/1.1: close idle connections; HTTP/2:
     /// GOAWAY) and finish those in flight. Returns whether any is still
     /// in flight.
@@ -134,6 +145,8 @@ impl<T: Transport> HttpService<T> {
     /// Pass work between the core and the HTTP/2 layer until neither has
     /// any.
     fn settle(&mut self, io: &mut T, now: Instant) {
+        self.core.resume_unfinished(io, now);
+        self.unsettled = false;
         for _ in 0..SETTLE_ROUNDS {
             let mut busy = false;
             for handoff in self.core.take_handoffs() {
@@ -154,6 +167,7 @@ impl<T: Transport> HttpService<T> {
                 return;
             }
         }
+        self.unsettled = true;
     }
 }
 

@@ -121,6 +121,9 @@ pub trait Transport {
 /// timeout.
 pub const TICK_INTERVAL: Duration = Duration::from_millis(100);
 
+/// Rounds of flush, read and advance per drive of one exchange.
+const DRIVE_ROUNDS: usize = 64;
+
 /// Proxy settings.
 #[derive(Clone, Debug)]
 pub struct ProxySettings {
@@ -431,6 +434,11 @@ pub struct Proxy<C> {
     /// retry's back-off, a route's timeout), earliest first. An entry may
     /// be stale: what is due is checked when it comes up.
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// Exchanges whose drive ran out of rounds with progress still being
+    /// made. An edge-triggered socket that was not read to `WouldBlock`
+    /// will not report its bytes again, so these are driven again at the
+    /// next [`Self::resume_unfinished`] whatever the events say.
+    unfinished: Vec<usize>,
     /// Outstanding requests and latency per endpoint; the random draws.
     load: Load,
     scratch: Vec<u8>,
@@ -506,6 +514,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             health: PassiveHealth::default(),
             checks: ActiveChecks::default(),
             timers: BinaryHeap::new(),
+            unfinished: Vec::new(),
             scratch,
             out_of_rotation: Vec::new(),
             backend_conns: HashMap::new(),
@@ -879,7 +888,25 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         self.in_flight() > 0
     }
 
-    /// Make all the progress the exchange can make now.
+    /// Drive again the exchanges whose last drive ran out of rounds.
+    pub fn resume_unfinished<T: Transport<Conn = C>>(&mut self, io: &mut T, now: Instant) {
+        let mut ids = std::mem::take(&mut self.unfinished);
+        ids.sort_unstable();
+        ids.dedup();
+        for id in ids {
+            self.drive(io, id, now);
+        }
+    }
+
+    /// Whether an exchange waits for [`Self::resume_unfinished`]: a
+    /// driver must not sleep on its events until it has run.
+    pub fn has_unfinished(&self) -> bool {
+        !self.unfinished.is_empty()
+    }
+
+    /// Make all the progress the exchange can make now, up to
+    /// [`DRIVE_ROUNDS`] rounds: one busy exchange does not hold up the
+    /// rest of the batch, and what it has left is remembered.
     fn drive<T: Transport<Conn = C>>(&mut self, io: &mut T, id: usize, now: Instant) {
         // Every step may end the exchange (a reset seen on a write or a
         // read, a malformed body): the next step must not run on it.
@@ -892,7 +919,8 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             Step::AdvanceResponse,
             Step::FinishRequest,
         ];
-        for _ in 0..64 {
+        let mut settled = false;
+        for _ in 0..DRIVE_ROUNDS {
             let mut progress = false;
             for step in STEPS {
                 if !self.exchanges.contains(id) {
@@ -909,8 +937,12 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
                 };
             }
             if !progress {
+                settled = true;
                 break;
             }
+        }
+        if !settled && self.exchanges.contains(id) {
+            self.unfinished.push(id);
         }
         self.note_request_end(id, now);
         self.maybe_close(io, id);
