@@ -4,6 +4,7 @@ mod admin;
 mod echo_client;
 mod echo_load;
 mod echo_server;
+mod kernel_neighbours;
 mod kernel_routes;
 mod lab;
 mod probe_cmd;
@@ -103,6 +104,12 @@ enum XdpAction {
     /// Detach Rauta's XDP program from an interface (another program is
     /// left alone).
     Detach { iface: String },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AddressModeArg {
+    Dedicated,
+    Node,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -266,9 +273,23 @@ struct RunArgs {
     #[command(flatten)]
     selection: SelectionArgs,
     /// kernel: IP address to listen on (default all); xdp: ADDR/PREFIX the
-    /// userspace stack owns.
+    /// userspace stack owns, or with --address-mode node the node's address
+    /// to share (default: the interface's primary IPv4 address).
     #[arg(long)]
     address: Option<String>,
+    /// xdp: `dedicated`: --address is the gateway's alone (it answers ARP;
+    /// everything sent to it is the gateway's). `node`: the node's own
+    /// address, shared with its kernel: XDP takes only TCP to the listener
+    /// ports and to --ephemeral-ports; ARP, ICMP, SSH and every other port
+    /// stay with the kernel.
+    #[arg(long, value_enum, default_value = "dedicated")]
+    address_mode: AddressModeArg,
+    /// xdp, node address: the userspace stack's outbound ports, FIRST-LAST
+    /// (default 61000-65535). They must lie outside the kernel's
+    /// net.ipv4.ip_local_port_range unless reserved from it
+    /// (net.ipv4.ip_local_reserved_ports); the gateway checks at start.
+    #[arg(long)]
+    ephemeral_ports: Option<String>,
     /// xdp: interface to run on.
     #[arg(long)]
     iface: Option<String>,
@@ -462,6 +483,7 @@ fn run(cli: Cli) -> Result<()> {
             let options = probe_cmd::ProbeOptions {
                 xdp: xdp_setup::XdpOptions {
                     address: xdp_setup::parse_cidr(&args.address)?,
+                    addressing: xdp_setup::Addressing::Dedicated,
                     iface: args.iface,
                     queues: args.queues,
                     workers: args.workers.unwrap_or(args.queues),
@@ -595,12 +617,40 @@ fn run(cli: Cli) -> Result<()> {
                     let iface = args
                         .iface
                         .ok_or_else(|| anyhow::anyhow!("--io xdp needs --iface"))?;
-                    let address = args
-                        .address
-                        .as_deref()
-                        .ok_or_else(|| anyhow::anyhow!("--io xdp needs --address ADDR/PREFIX"))?;
+                    let (address, addressing) = match args.address_mode {
+                        AddressModeArg::Dedicated => {
+                            let address = args.address.as_deref().ok_or_else(|| {
+                                anyhow::anyhow!(
+                                    "--io xdp needs --address ADDR/PREFIX (an address only the \
+                                     gateway holds), or --address-mode node"
+                                )
+                            })?;
+                            (
+                                xdp_setup::parse_cidr(address)?,
+                                xdp_setup::Addressing::Dedicated,
+                            )
+                        }
+                        AddressModeArg::Node => {
+                            let ephemeral = match args.ephemeral_ports.as_deref() {
+                                None => xdp_setup::NODE_EPHEMERAL_PORTS,
+                                Some(text) => xdp_setup::parse_port_range(text)
+                                    .filter(|r| *r.start() >= 1024)
+                                    .ok_or_else(|| {
+                                        anyhow::anyhow!(
+                                            "--ephemeral-ports {text:?}: expected FIRST-LAST, \
+                                             e.g. 61000-65535 (from 1024 up)"
+                                        )
+                                    })?,
+                            };
+                            (
+                                xdp_setup::node_address(&iface, args.address.as_deref())?,
+                                xdp_setup::Addressing::Node { ephemeral },
+                            )
+                        }
+                    };
                     let xdp = xdp_setup::XdpOptions {
-                        address: xdp_setup::parse_cidr(address)?,
+                        address,
+                        addressing,
                         iface,
                         queues: args.queues,
                         workers: options.workers as u32,

@@ -2,22 +2,24 @@
 //! core under the chosen transport, the admin server beside it.
 
 use crate::admin::{self, AdminState, ExtraSample};
+use crate::kernel_neighbours;
 use crate::kernel_routes;
-use crate::xdp_setup::{self, XdpOptions};
+use crate::xdp_setup::{self, Addressing, XdpOptions};
 use anyhow::{bail, Context, Result};
 use arc_swap::ArcSwap;
 use rauta_controlplane::kubernetes::metrics::ControllerMetrics;
 use rauta_controlplane::kubernetes::{self, Controller, KubeOptions};
 use rauta_controlplane::source::{self, Published};
 use rauta_controlplane::Selection;
-use rauta_dataplane::gateway::GatewayWorker;
+use rauta_dataplane::gateway::{GatewayWorker, NeighbourFeed};
 use rauta_dataplane::http2::Http2Settings;
 use rauta_dataplane::kernel::KernelWorker;
 use rauta_dataplane::legs::LegChoice;
+use rauta_dataplane::listeners::ListenerPorts;
 use rauta_dataplane::metrics::ProxyMetrics;
 use rauta_dataplane::proxy::ProxySettings;
 use rauta_dataplane::{SharedReport, WorkerReport};
-use rauta_netstack::{IdlePolicy, Routes, Stack};
+use rauta_netstack::{IdlePolicy, NeighbourTable, Routes, Stack, StackCounters};
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -234,7 +236,7 @@ pub fn run_kernel(options: RunOptions, address: IpAddr) -> Result<()> {
         options.admin.map(|a| format!("; admin on http://{a}")).unwrap_or_default()
     );
     let _ = std::io::stdout().flush();
-    wait(&stop, &handles);
+    wait(&stop, &handles, || {});
     ready.store(false, Ordering::Relaxed);
     source.stop();
     let mut failed = None;
@@ -263,7 +265,15 @@ pub fn run_xdp(
     let published = source.published.clone();
     let ports: Vec<u16> = published.config.load().ports.keys().copied().collect();
     let (iface, address, queues) = (xdp.iface.clone(), xdp.address, xdp.queues);
+    let addressing = xdp.addressing.clone();
+    if let Addressing::Node { ephemeral } = &addressing {
+        xdp_setup::check_node_ports(ephemeral, &ports)?;
+    }
     let mut runtime = xdp_setup::bring_up(xdp)?;
+    let node_address = matches!(addressing, Addressing::Node { .. });
+    if node_address {
+        runtime.program.set_listener_ports(&ports)?;
+    }
     let stop = xdp_setup::stop_flag()?;
     let ready = Arc::new(AtomicBool::new(false));
     let mut metrics = Vec::new();
@@ -273,6 +283,20 @@ pub fn run_xdp(
     let draining = Arc::new(std::sync::atomic::AtomicUsize::new(workers));
     let routes = Arc::new(ArcSwap::from_pointee(Routes::default()));
     let route_follower = kernel_routes::follow_routes(&iface, routes.clone(), stop.clone())?;
+    // On the node's address the kernel keeps ARP: the stacks take their
+    // neighbours from its table.
+    let neighbour_table = Arc::new(ArcSwap::from_pointee(NeighbourTable::default()));
+    let (neighbour_asks, asked) = mpsc::channel();
+    let neighbour_follower = if node_address {
+        Some(kernel_neighbours::follow_neighbours(
+            &iface,
+            neighbour_table.clone(),
+            asked,
+            stop.clone(),
+        )?)
+    } else {
+        None
+    };
     for (worker, parts) in std::mem::take(&mut runtime.workers).into_iter().enumerate() {
         let m = Arc::new(ProxyMetrics::default());
         metrics.push(m.clone());
@@ -290,6 +314,10 @@ pub fn run_xdp(
             report,
             routes: routes.clone(),
             legs: xdp_legs,
+            neighbours: node_address.then(|| NeighbourFeed {
+                table: neighbour_table.clone(),
+                asks: neighbour_asks.clone(),
+            }),
         };
         handles.push(
             std::thread::Builder::new()
@@ -323,19 +351,41 @@ pub fn run_xdp(
         )?;
     }
     ready.store(true, Ordering::Relaxed);
+    let steered = match &addressing {
+        Addressing::Dedicated => "the address is the gateway's alone".to_owned(),
+        Addressing::Node { ephemeral } => format!(
+            "node address: XDP takes TCP to these ports and {}-{}, the kernel keeps the rest",
+            ephemeral.start(),
+            ephemeral.end()
+        ),
+    };
     println!(
-        "rauta run: serving {} on {address} port(s) {ports:?} (io xdp on {iface}, {} XDP, {queues} queue(s), {workers} worker(s), UMEM on {}){}. SIGTERM drains and stops.",
+        "rauta run: serving {} on {address} port(s) {ports:?} ({steered}; io xdp on {iface}, {} XDP, {queues} queue(s), {workers} worker(s), UMEM on {}){}. SIGTERM drains and stops.",
         options.source,
         runtime.program.running_mode(),
         runtime.backing,
         options.admin.map(|a| format!("; admin on http://{a}")).unwrap_or_default()
     );
     let _ = std::io::stdout().flush();
-    wait(&stop, &handles);
+    let mut listener_ports = ListenerPorts::new(published.config.clone());
+    wait(&stop, &handles, || {
+        // On the node's address the program steers only the listener
+        // ports: it follows the configuration's.
+        if node_address && listener_ports.changes().is_some() {
+            let ports = listener_ports.current();
+            match runtime.program.set_listener_ports(ports) {
+                Ok(()) => tracing::info!(?ports, "XDP steers the listener ports"),
+                Err(error) => tracing::error!(%error, "cannot steer the listener ports"),
+            }
+        }
+    });
     ready.store(false, Ordering::Relaxed);
     source.stop();
     let panicked = handles.into_iter().any(|h| h.join().is_err());
     let _ = route_follower.join();
+    if let Some(follower) = neighbour_follower {
+        let _ = follower.join();
+    }
     runtime.shut_down();
     if panicked {
         bail!("a worker thread panicked; see the log above");
@@ -411,13 +461,30 @@ fn xsk_samples(reports: &[SharedReport]) -> Vec<ExtraSample> {
             value,
         });
     }
+    let neighbours = |value: fn(&StackCounters) -> u64| -> u64 {
+        snapshots.iter().map(|w| value(&w.stack)).sum()
+    };
+    samples.push(ExtraSample {
+        name: "rauta_neighbours_learned",
+        help: "Neighbours handed to the userspace stack from the kernel's table or a client's SYN (node address)",
+        labels: Vec::new(),
+        value: neighbours(|s| s.neighbours_learned),
+    });
+    samples.push(ExtraSample {
+        name: "rauta_neighbours_asked",
+        help: "Neighbours the kernel was asked to resolve for the userspace stack (node address)",
+        labels: Vec::new(),
+        value: neighbours(|s| s.neighbours_asked),
+    });
     samples
 }
 
-/// Until a signal, or a worker ends on its own (an error).
-fn wait<T>(stop: &AtomicBool, handles: &[std::thread::JoinHandle<T>]) {
+/// Until `stop`, or a worker ended (which stops the others): `each` runs
+/// every 20 ms meanwhile.
+fn wait<T>(stop: &AtomicBool, handles: &[std::thread::JoinHandle<T>], mut each: impl FnMut()) {
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(20));
+        each();
         if handles.iter().any(|h| h.is_finished()) {
             stop.store(true, Ordering::Relaxed);
         }

@@ -9,11 +9,30 @@ use rauta_netstack::handoff::{self, Mailbox};
 use rauta_netstack::smoltcp::wire::Ipv4Cidr;
 use rauta_netstack::umem::HugePagePolicy;
 use rauta_netstack::{
-    link, StackConfig, TcpConfig, UmemRegistration, XdpDevice, XskConfig, XskGroup, XskSet,
+    link, NeighbourSource, StackConfig, TcpConfig, UmemRegistration, XdpDevice, XskConfig,
+    XskGroup, XskSet,
 };
-use rauta_xdp::{AttachMethod, AttachMode, XdpProgram};
+use rauta_xdp::{AttachMethod, AttachMode, Steering, XdpProgram};
+use std::net::Ipv4Addr;
+use std::ops::RangeInclusive;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+
+/// The stack's ephemeral ports on the node's address: above the kernel's
+/// default range (32768-60999), so the two never pick the same port.
+pub const NODE_EPHEMERAL_PORTS: RangeInclusive<u16> = 61_000..=65_535;
+
+/// Whose address the gateway answers on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Addressing {
+    /// An address only the userspace stack holds: it answers ARP itself
+    /// and the XDP program takes everything sent to it.
+    Dedicated,
+    /// The node's own address: the XDP program takes only TCP to the
+    /// listener ports and to `ephemeral` (the stack's outbound ports); the
+    /// kernel keeps ARP, ICMP and every other port.
+    Node { ephemeral: RangeInclusive<u16> },
+}
 
 /// Per-worker connection limits.
 pub struct Limits {
@@ -26,6 +45,7 @@ pub struct Limits {
 pub struct XdpOptions {
     pub iface: String,
     pub address: Ipv4Cidr,
+    pub addressing: Addressing,
     pub queues: u32,
     pub workers: u32,
     pub limits: Limits,
@@ -89,11 +109,137 @@ pub fn parse_cidr(text: &str) -> Result<Ipv4Cidr> {
     Ok(Ipv4Cidr::new(addr, len))
 }
 
+/// The node's address on `iface` for node-address mode: `given` (ADDR or
+/// ADDR/PREFIX), which the kernel must hold there, or else the
+/// interface's primary IPv4 address.
+pub fn node_address(iface: &str, given: Option<&str>) -> Result<Ipv4Cidr> {
+    let ifindex = rauta_xdp::ifindex(iface)?;
+    let held = rauta_xdp::netlink::ipv4_addresses(ifindex)
+        .with_context(|| format!("reading {iface}'s addresses"))?;
+    let list = || {
+        held.iter()
+            .map(|(a, len)| format!("{a}/{len}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let Some(given) = given else {
+        let &(address, len) = held.first().with_context(|| {
+            format!("--address-mode node: {iface} has no IPv4 address for the gateway to share")
+        })?;
+        return Ok(Ipv4Cidr::new(address, len));
+    };
+    let text = given.split_once('/').map_or(given, |(a, _)| a);
+    let address: Ipv4Addr = text
+        .parse()
+        .with_context(|| format!("--address {given:?}: {text:?} is not an IPv4 address"))?;
+    let &(_, len) = held.iter().find(|(a, _)| *a == address).with_context(|| {
+        format!(
+            "--address-mode node: {address} is not an address of {iface} (it has: {}); \
+             an address only the gateway holds needs --address-mode dedicated",
+            list()
+        )
+    })?;
+    Ok(Ipv4Cidr::new(address, len))
+}
+
+/// `first-last` or a single port, as in `ip_local_port_range` (tab or
+/// space separated) and `ip_local_reserved_ports` (comma separated).
+pub fn parse_port_range(text: &str) -> Option<RangeInclusive<u16>> {
+    let text = text.trim();
+    let (first, last) = text
+        .split_once('-')
+        .or_else(|| text.split_once(char::is_whitespace))
+        .map_or((text, text), |(a, b)| (a.trim(), b.trim()));
+    let (first, last) = (first.parse().ok()?, last.parse().ok()?);
+    (first <= last).then_some(first..=last)
+}
+
+/// Ports in both `a` and `b`.
+fn overlap(a: &RangeInclusive<u16>, b: &RangeInclusive<u16>) -> Option<RangeInclusive<u16>> {
+    let (first, last) = (*a.start().max(b.start()), *a.end().min(b.end()));
+    (first <= last).then_some(first..=last)
+}
+
+/// Node-address mode: the kernel picks its own outbound ports on the same
+/// address from `ip_local_port_range` (less `ip_local_reserved_ports`);
+/// replies to any port the XDP program steers would reach the stack, not
+/// the kernel. Says which ports clash and how to part them.
+pub fn check_kernel_ports(
+    kernel_range: &str,
+    kernel_reserved: &str,
+    ephemeral: &RangeInclusive<u16>,
+    listeners: &[u16],
+) -> Result<()> {
+    let kernel = parse_port_range(kernel_range).with_context(|| {
+        format!("net.ipv4.ip_local_port_range {kernel_range:?}: not a port range")
+    })?;
+    let reserved: Vec<RangeInclusive<u16>> = kernel_reserved
+        .split(',')
+        .filter(|p| !p.trim().is_empty())
+        .filter_map(parse_port_range)
+        .collect();
+    let kept_from_kernel = |port: u16| reserved.iter().any(|r| r.contains(&port));
+    if let Some(both) = overlap(&kernel, ephemeral) {
+        if !both.clone().all(kept_from_kernel) {
+            bail!(
+                "the kernel's ephemeral ports (net.ipv4.ip_local_port_range = {}-{}) overlap \
+                 the gateway's ({}-{}) at {}-{}: the node's own outbound connections would \
+                 lose their replies to the gateway. Part them: `sysctl -w \
+                 net.ipv4.ip_local_port_range=\"{} {}\"`, or reserve the gateway's \
+                 (`sysctl -w net.ipv4.ip_local_reserved_ports={}-{}`), or pass \
+                 --ephemeral-ports outside the kernel's",
+                kernel.start(),
+                kernel.end(),
+                ephemeral.start(),
+                ephemeral.end(),
+                both.start(),
+                both.end(),
+                kernel.start(),
+                ephemeral.start().saturating_sub(1).max(*kernel.start()),
+                ephemeral.start(),
+                ephemeral.end(),
+            );
+        }
+    }
+    let clashing: Vec<u16> = listeners
+        .iter()
+        .copied()
+        .filter(|&p| (kernel.contains(&p) && !kept_from_kernel(p)) || ephemeral.contains(&p))
+        .collect();
+    if !clashing.is_empty() {
+        bail!(
+            "listener port(s) {clashing:?} lie in an ephemeral range (the kernel's {}-{}, \
+             the gateway's {}-{}): a connection of the node's or the gateway's own could \
+             take such a port and lose its replies",
+            kernel.start(),
+            kernel.end(),
+            ephemeral.start(),
+            ephemeral.end()
+        );
+    }
+    Ok(())
+}
+
+/// [`check_kernel_ports`] against this network namespace's settings.
+pub fn check_node_ports(ephemeral: &RangeInclusive<u16>, listeners: &[u16]) -> Result<()> {
+    let read = |name: &str| {
+        std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"))
+            .with_context(|| format!("reading net.ipv4.{name}"))
+    };
+    check_kernel_ports(
+        &read("ip_local_port_range")?,
+        &read("ip_local_reserved_ports").unwrap_or_default(),
+        ephemeral,
+        listeners,
+    )
+}
+
 /// Open the sockets, attach the program, split the queues over workers.
 pub fn bring_up(options: XdpOptions) -> Result<XdpRuntime> {
     let XdpOptions {
         iface,
         address,
+        addressing,
         queues,
         workers,
         limits,
@@ -120,7 +266,14 @@ pub fn bring_up(options: XdpOptions) -> Result<XdpRuntime> {
     // Sockets first: without privileges this fails before anything is
     // attached to the interface.
     let xsks = XskSet::open(&iface, &queue_ids, &xsk)?;
-    let mut program = XdpProgram::attach(&iface, address.address(), xdp_mode, xdp_attach)?;
+    let steering = match &addressing {
+        Addressing::Dedicated => Steering::Dedicated(address.address()),
+        Addressing::Node { ephemeral } => Steering::NodeAddress {
+            address: address.address(),
+            ephemeral: ephemeral.clone(),
+        },
+    };
+    let mut program = XdpProgram::attach(&iface, &steering, xdp_mode, xdp_attach)?;
     for queue in xsks.queues() {
         program.register_socket(queue.queue_id(), queue.fd())?;
     }
@@ -141,6 +294,10 @@ pub fn bring_up(options: XdpOptions) -> Result<XdpRuntime> {
             stack.spare_sockets = limits.spare_sockets;
             stack.worker = worker;
             stack.ownership = ownership.clone();
+            if let Addressing::Node { ephemeral } = &addressing {
+                stack.ephemeral_ports = ephemeral.clone();
+                stack.neighbours = NeighbourSource::Kernel;
+            }
             WorkerParts {
                 group,
                 mailbox,
@@ -164,4 +321,41 @@ pub fn stop_flag() -> Result<Arc<AtomicBool>> {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
     }
     Ok(stop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_ranges_parse_as_the_kernel_writes_them() {
+        assert_eq!(parse_port_range("32768\t60999\n"), Some(32768..=60999));
+        assert_eq!(parse_port_range("8080"), Some(8080..=8080));
+        assert_eq!(parse_port_range("9000-9100"), Some(9000..=9100));
+        assert_eq!(parse_port_range("9100-9000"), None);
+        assert_eq!(parse_port_range("x"), None);
+    }
+
+    #[test]
+    fn a_clash_with_the_kernels_ports_is_named_unless_they_are_reserved() {
+        let gateway = 61_000..=65_535;
+        assert!(check_kernel_ports("32768\t60999", "", &gateway, &[80, 443]).is_ok());
+        let error = check_kernel_ports("32768\t65000", "", &gateway, &[80])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("overlap"), "{error}");
+        assert!(error.contains("at 61000-65000"), "{error}");
+        assert!(
+            error.contains("ip_local_port_range=\"32768 60999\""),
+            "{error}"
+        );
+        assert!(
+            check_kernel_ports("32768\t65000", "8080,61000-65535", &gateway, &[80]).is_ok(),
+            "reserved ports are not the kernel's to pick"
+        );
+        let error = check_kernel_ports("32768\t60999", "", &gateway, &[80, 40000])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("[40000]"), "{error}");
+    }
 }

@@ -20,8 +20,9 @@ use arc_swap::ArcSwap;
 use rauta_netstack::handoff::Mailbox;
 use rauta_netstack::smoltcp::socket::tcp::State;
 use rauta_netstack::smoltcp::time::Instant;
-use rauta_netstack::Routes;
+use rauta_netstack::smoltcp::wire::Ipv4Address;
 use rauta_netstack::{BatchDevice, ConnId, IdlePolicy, IdleWaiter, Stack, XdpDevice};
+use rauta_netstack::{NeighbourTable, Routes};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -110,6 +111,15 @@ pub struct GatewayWorker {
     pub routes: Arc<ArcSwap<Routes>>,
     /// Which leg backend connections take.
     pub legs: LegChoice,
+    /// On the node's address: the kernel's neighbours.
+    pub neighbours: Option<NeighbourFeed>,
+}
+
+/// The kernel's neighbours for a stack on the node's address (the kernel
+/// keeps ARP there), and where the stack asks for those the table lacks.
+pub struct NeighbourFeed {
+    pub table: Arc<ArcSwap<NeighbourTable>>,
+    pub asks: std::sync::mpsc::Sender<Ipv4Address>,
 }
 
 impl GatewayWorker {
@@ -130,6 +140,12 @@ impl GatewayWorker {
         }
         let mut routes = self.routes.load_full();
         stack.set_routes(&routes);
+        let mut neighbours = self.neighbours.as_ref().map(|feed| {
+            let table = feed.table.load_full();
+            stack.set_neighbours(Arc::clone(&table));
+            table
+        });
+        let mut asks = Vec::new();
         stack.maintain();
         let mut legs = Legs::new(stack, self.legs)?;
         let mut proxy: HttpService<Legs<'_>> =
@@ -196,6 +212,17 @@ impl GatewayWorker {
                 }
             }
             legs.stack.egress(now, device);
+            if let (Some(feed), Some(table)) = (&self.neighbours, &mut neighbours) {
+                let latest = feed.table.load();
+                if !Arc::ptr_eq(&latest, table) {
+                    *table = Arc::clone(&latest);
+                    legs.stack.set_neighbours(Arc::clone(table));
+                }
+                legs.stack.take_neighbour_asks(&mut asks);
+                for address in asks.drain(..) {
+                    let _ = feed.asks.send(address);
+                }
+            }
             let sent = device.flush();
             let backlog = mailbox.flush();
             let did_work = handed_in > 0

@@ -10,7 +10,7 @@
 //! - [`stack`]: the TCP/IP stack: connection index, listeners, ephemeral
 //!   ports, timers, hand-off between workers;
 //! - `neighbor`: ARP requests for new next hops, ahead of smoltcp's
-//!   one-per-second limit;
+//!   one-per-second limit, or neighbours from the kernel's table;
 //! - [`route`]: routes to what is off the link, through next hops on it;
 //! - [`memory`]: an in-memory link, so two stacks talk in unit tests;
 //! - [`idle`]: adaptive polling (spin under load, `poll(2)` when idle);
@@ -36,6 +36,7 @@ pub mod xsk;
 pub use device::{BatchDevice, Origin, QueueTraffic, XdpDevice};
 pub use idle::{IdlePolicy, IdleWaiter};
 pub use memory::MemoryDevice;
+pub use neighbor::{NeighbourSource, NeighbourTable};
 pub use route::{Hop, Route, Routes};
 pub use stack::{ConnId, Stack, StackConfig, StackCounters, StackError, TcpConfig};
 pub use xsk::{

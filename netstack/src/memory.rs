@@ -43,6 +43,12 @@ pub fn link(mtu: usize) -> (MemoryDevice, MemoryDevice) {
 }
 
 impl MemoryDevice {
+    /// Take off the wire, unseen, every frame on its way here that
+    /// `lost` picks (what a switch or the kernel would keep from this end).
+    pub fn lose_inbound(&mut self, mut lost: impl FnMut(&[u8]) -> bool) {
+        self.inbound.borrow_mut().retain(|frame| !lost(frame));
+    }
+
     fn pop(&mut self) -> Option<Vec<u8>> {
         if let Some(frame) = self.injected.pop_front() {
             return Some(frame);

@@ -1,4 +1,5 @@
-//! Neighbour resolution ahead of need (ARP, RFC 826).
+//! Neighbour resolution ahead of need (ARP, RFC 826), by the stack's own
+//! ARP or from the kernel's table.
 //!
 //! smoltcp sends at most one ARP request per second per interface: its
 //! neighbour cache's rate limit is global, not per address. A worker that
@@ -8,8 +9,15 @@
 //! the stack asks for a next hop itself when a connection to it opens and
 //! no ARP from it has been heard lately; smoltcp's cache fills from the
 //! reply as usual, and connections waiting for it are woken.
+//!
+//! On the node's own address the kernel keeps ARP, so replies never reach
+//! the stack. There the neighbours come from the kernel's table
+//! ([`NeighbourTable`], followed by the driver) and from the SYNs of
+//! clients on the link; the stack hands smoltcp each one as the ARP reply
+//! it would have heard, and what the table lacks it asks the kernel for.
 
 use crate::stack::FastMap;
+use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
@@ -19,7 +27,7 @@ use smoltcp::wire::{
 /// How long an address counts as resolved after an ARP from it: well
 /// inside smoltcp's 60 s entry lifetime, so a connection opened later asks
 /// again (one frame) rather than risk the global rate limit.
-const HEARD_FOR: Duration = Duration::from_secs(30);
+pub(crate) const HEARD_FOR: Duration = Duration::from_secs(30);
 /// How soon a request unanswered is sent again.
 const RETRY_AFTER: Duration = Duration::from_millis(200);
 /// Past this many addresses, old records are dropped.
@@ -82,6 +90,137 @@ impl Resolver {
     /// Give a request back (no frame to send it in).
     pub fn defer(&mut self, address: Ipv4Address) {
         self.pending.push(address);
+    }
+
+    /// Addresses known to the resolver and not heard from for
+    /// [`HEARD_FOR`]: smoltcp's entry for them is due to expire.
+    pub fn stale(&self, now: Instant) -> impl Iterator<Item = Ipv4Address> + '_ {
+        self.records
+            .iter()
+            .filter(move |(_, r)| r.heard.is_none_or(|at| now >= at + HEARD_FOR))
+            .map(|(&a, _)| a)
+    }
+
+    /// Drop what is known of `address`.
+    pub fn forget(&mut self, address: Ipv4Address) {
+        self.records.remove(&address);
+    }
+
+    /// Whether `address` was heard from lately.
+    pub fn fresh(&self, address: Ipv4Address, now: Instant) -> bool {
+        self.records
+            .get(&address)
+            .and_then(|r| r.heard)
+            .is_some_and(|at| now < at + HEARD_FOR)
+    }
+}
+
+/// Where the stack's neighbours come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NeighbourSource {
+    /// Its own ARP: the stack answers and asks on a dedicated address.
+    #[default]
+    Arp,
+    /// The kernel's table ([`crate::Stack::set_neighbours`]) and the SYNs
+    /// of clients on the link: the node's kernel keeps ARP for its address.
+    Kernel,
+}
+
+/// The kernel's resolved neighbours on the gateway's interface.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NeighbourTable(FastMap<Ipv4Address, EthernetAddress>);
+
+impl NeighbourTable {
+    pub fn new(entries: impl IntoIterator<Item = (Ipv4Address, EthernetAddress)>) -> Self {
+        Self(entries.into_iter().collect())
+    }
+
+    pub fn get(&self, address: Ipv4Address) -> Option<EthernetAddress> {
+        self.0.get(&address).copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The ARP reply `neighbour` at `mac` would send (`us`, `our_mac`): how a
+/// neighbour learned elsewhere is handed to smoltcp, whose cache has no
+/// other door.
+pub(crate) fn reply_frame(
+    neighbour: Ipv4Address,
+    mac: EthernetAddress,
+    us: Ipv4Address,
+    our_mac: EthernetAddress,
+) -> [u8; REQUEST_LEN] {
+    let mut buf = [0u8; REQUEST_LEN];
+    let mut frame = EthernetFrame::new_unchecked(&mut buf[..]);
+    EthernetRepr {
+        src_addr: mac,
+        dst_addr: our_mac,
+        ethertype: EthernetProtocol::Arp,
+    }
+    .emit(&mut frame);
+    ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Reply,
+        source_hardware_addr: mac,
+        source_protocol_addr: neighbour,
+        target_hardware_addr: our_mac,
+        target_protocol_addr: us,
+    }
+    .emit(&mut ArpPacket::new_unchecked(frame.payload_mut()));
+    buf
+}
+
+/// A device holding one received frame and sending nothing: smoltcp takes
+/// an ARP reply through it.
+pub(crate) struct OneFrame<'a>(pub Option<&'a [u8]>);
+
+pub(crate) struct OneRx<'a>(&'a [u8]);
+
+/// Whatever smoltcp would answer to a frame given this way is dropped (an
+/// ARP reply needs no answer).
+pub(crate) struct Discard;
+
+impl phy::RxToken for OneRx<'_> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(self.0)
+    }
+}
+
+impl phy::TxToken for Discard {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        f(&mut vec![0; len])
+    }
+}
+
+impl Device for OneFrame<'_> {
+    type RxToken<'b>
+        = OneRx<'b>
+    where
+        Self: 'b;
+    type TxToken<'b>
+        = Discard
+    where
+        Self: 'b;
+
+    fn receive(&mut self, _: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        self.0.take().map(|frame| (OneRx(frame), Discard))
+    }
+
+    fn transmit(&mut self, _: Instant) -> Option<Self::TxToken<'_>> {
+        None
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        caps.max_transmission_unit = 1514;
+        caps
     }
 }
 

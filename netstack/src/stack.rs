@@ -18,7 +18,7 @@
 
 use crate::device::{BatchDevice, Origin};
 use crate::flow::{classify, FlowKey, FlowOwnership, FrameKind};
-use crate::neighbor::{self, Resolver};
+use crate::neighbor::{self, NeighbourSource, NeighbourTable, OneFrame, Resolver};
 use crate::route::{Hop, Route, Routes, MAX_ROUTES};
 use crate::timer::TimerWheel;
 use smoltcp::iface::{Config, Interface, PollIngressSingleResult, SocketHandle, SocketSet};
@@ -31,6 +31,7 @@ use smoltcp::wire::{
 };
 use std::collections::HashMap;
 use std::ops::RangeInclusive;
+use std::sync::Arc;
 
 pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
@@ -97,6 +98,8 @@ pub struct StackConfig {
     /// This worker's index, and who owns which flow (None: one worker).
     pub worker: usize,
     pub ownership: Option<FlowOwnership>,
+    /// Whose ARP the stack's neighbours come from.
+    pub neighbours: NeighbourSource,
 }
 
 impl StackConfig {
@@ -112,6 +115,7 @@ impl StackConfig {
             spare_sockets: 64,
             worker: 0,
             ownership: None,
+            neighbours: NeighbourSource::Arp,
         }
     }
 }
@@ -152,6 +156,11 @@ pub struct StackCounters {
     pub egress_polls: u64,
     /// ARP requests the stack sent itself for new next hops.
     pub arp_requests: u64,
+    /// Neighbours handed to smoltcp from the kernel's table or a client's
+    /// SYN (node-address mode).
+    pub neighbours_learned: u64,
+    /// Neighbours the kernel was asked to resolve (node-address mode).
+    pub neighbours_asked: u64,
 }
 
 struct Conn {
@@ -254,6 +263,12 @@ pub struct Stack {
     counters: StackCounters,
     /// Next hops asked for ahead of smoltcp's one-per-second ARP.
     neighbors: Resolver,
+    /// The kernel's neighbours (node-address mode).
+    kernel_neighbours: Arc<NeighbourTable>,
+    /// Addresses for the kernel to resolve, taken by the driver.
+    neighbour_asks: Vec<Ipv4Address>,
+    /// When smoltcp's entries are next renewed from the kernel's table.
+    next_renewal: Instant,
     /// Routes to what is off the link (also in smoltcp's interface).
     routes: Routes,
     /// The time of the last pass (connections open between passes).
@@ -305,6 +320,9 @@ impl Stack {
             spare: Vec::new(),
             counters: StackCounters::default(),
             neighbors: Resolver::default(),
+            kernel_neighbours: Arc::default(),
+            neighbour_asks: Vec::new(),
+            next_renewal: now,
             routes: Routes::default(),
             now,
             config,
@@ -342,6 +360,24 @@ impl Stack {
             }
         });
         self.routes = usable;
+        if self.config.neighbours == NeighbourSource::Kernel {
+            // smoltcp's own ARP for a next hop is answered to the kernel:
+            // have each one ready before a packet needs it (a route moved
+            // to a new hop under open connections).
+            let hops: Vec<Ipv4Address> = self
+                .routes
+                .iter()
+                .filter_map(|r| match r.hop {
+                    Hop::Via(via) => Some(via),
+                    Hop::Elsewhere => None,
+                })
+                .collect();
+            for hop in hops {
+                if !self.neighbors.fresh(hop, self.now) {
+                    self.neighbors.want(hop, self.now);
+                }
+            }
+        }
         self.routes.len()
     }
 
@@ -362,6 +398,87 @@ impl Stack {
     /// of its interface.
     pub fn reaches(&self, to: Ipv4Address) -> bool {
         self.next_hop(to).is_some()
+    }
+
+    /// The kernel's neighbours, for a stack whose neighbours come from
+    /// the kernel: next hops waiting for one of them go at once.
+    pub fn set_neighbours(&mut self, table: Arc<NeighbourTable>) {
+        self.kernel_neighbours = table;
+        self.renew_neighbours();
+    }
+
+    /// Addresses the kernel's table lacked, for the driver to ask the
+    /// kernel to resolve (taken).
+    pub fn take_neighbour_asks(&mut self, into: &mut Vec<Ipv4Address>) {
+        into.append(&mut self.neighbour_asks);
+    }
+
+    /// Keep smoltcp's entries for the neighbours that connections use:
+    /// each one it is about to forget (or still waits for) is handed over
+    /// again from the kernel's table, or asked of the kernel when the table
+    /// lacks it (the ARP smoltcp would send itself is answered to the
+    /// kernel). Neighbours no connection uses any more are forgotten.
+    fn renew_neighbours(&mut self) {
+        let now = self.now;
+        let stale: Vec<Ipv4Address> = self.neighbors.stale(now).collect();
+        if stale.is_empty() {
+            return;
+        }
+        let in_use: std::collections::HashSet<Ipv4Address> = self
+            .slots
+            .iter()
+            .filter_map(|slot| slot.conn.as_ref())
+            .filter_map(|conn| self.next_hop(conn.flow.remote_addr))
+            .collect();
+        let mut learned = false;
+        for address in stale {
+            if !in_use.contains(&address) {
+                self.neighbors.forget(address);
+                continue;
+            }
+            match self.kernel_neighbours.get(address) {
+                Some(mac) => {
+                    self.learn_neighbour(address, mac);
+                    learned = true;
+                }
+                // Asked of the kernel at the next egress, unless it was a
+                // moment ago.
+                None => self.neighbors.want(address, now),
+            }
+        }
+        if learned {
+            self.wake_neighbor_waiters();
+        }
+    }
+
+    /// Give smoltcp `address` at `mac` as the ARP reply it would have
+    /// heard (callers wake the connections waiting for it).
+    fn learn_neighbour(&mut self, address: Ipv4Address, mac: EthernetAddress) {
+        let frame = neighbor::reply_frame(address, mac, self.address, self.config.mac);
+        self.iface
+            .poll_ingress_single(self.now, &mut OneFrame(Some(&frame)), &mut self.control);
+        self.neighbors.heard(address, self.now);
+        self.counters.neighbours_learned += 1;
+    }
+
+    /// Node-address mode: a TCP frame from `remote` in `frame`. A client
+    /// on the link is learned from its frame (the kernel may never have
+    /// spoken to it); the next hop to one off it is wanted, as for a
+    /// connection out.
+    fn learn_from_frame(&mut self, frame: &[u8], remote: Ipv4Address, syn: bool) {
+        if self.config.address.contains_addr(&remote) {
+            if !self.neighbors.fresh(remote, self.now) {
+                let mac = EthernetAddress::from_bytes(&frame[6..12]);
+                if mac.is_unicast() {
+                    self.learn_neighbour(remote, mac);
+                    self.wake_neighbor_waiters();
+                }
+            }
+        } else if syn {
+            if let Some(hop) = self.next_hop(remote) {
+                self.neighbors.want(hop, self.now);
+            }
+        }
     }
 
     /// The address the stack owns.
@@ -676,6 +793,11 @@ impl Stack {
                     }
                 }
             }
+            if let FrameKind::Tcp { flow, syn_only, .. } = kind {
+                if self.config.neighbours == NeighbourSource::Kernel {
+                    self.learn_from_frame(frame, flow.remote_addr, syn_only);
+                }
+            }
             let consumed = match kind {
                 FrameKind::Tcp {
                     local_addr,
@@ -806,8 +928,15 @@ impl Stack {
     pub fn egress<D: BatchDevice + ?Sized>(&mut self, now: Instant, device: &mut D) {
         set_clock(now);
         self.now = now;
+        if self.config.neighbours == NeighbourSource::Kernel && now >= self.next_renewal {
+            self.next_renewal = now + Duration::from_secs(1);
+            self.renew_neighbours();
+        }
         if self.neighbors.has_pending() {
-            self.ask_neighbors(now, device);
+            match self.config.neighbours {
+                NeighbourSource::Arp => self.ask_neighbors(now, device),
+                NeighbourSource::Kernel => self.look_up_neighbours(),
+            }
         }
         let mut due = std::mem::take(&mut self.due);
         self.timers.expire(now, &mut due);
@@ -875,6 +1004,27 @@ impl Stack {
                 neighbor::emit_request(buf, mac, address, target)
             });
             self.counters.arp_requests += 1;
+        }
+    }
+
+    /// The next hops owed, from the kernel's table, or asked of the
+    /// kernel.
+    fn look_up_neighbours(&mut self) {
+        let mut learned = false;
+        while let Some(target) = self.neighbors.next_pending() {
+            match self.kernel_neighbours.get(target) {
+                Some(mac) => {
+                    self.learn_neighbour(target, mac);
+                    learned = true;
+                }
+                None => {
+                    self.counters.neighbours_asked += 1;
+                    self.neighbour_asks.push(target);
+                }
+            }
+        }
+        if learned {
+            self.wake_neighbor_waiters();
         }
     }
 

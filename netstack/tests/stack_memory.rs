@@ -7,7 +7,8 @@ use rauta_netstack::memory::{link, MemoryDevice};
 use rauta_netstack::smoltcp::socket::tcp::State;
 use rauta_netstack::smoltcp::time::{Duration, Instant};
 use rauta_netstack::smoltcp::wire::{EthernetAddress, Ipv4Address, Ipv4Cidr};
-use rauta_netstack::{BatchDevice, ConnId, Stack, StackConfig};
+use rauta_netstack::{BatchDevice, ConnId, NeighbourSource, NeighbourTable, Stack, StackConfig};
+use std::sync::Arc;
 
 const SERVER: Ipv4Address = Ipv4Address::new(198, 18, 0, 1);
 const CLIENT: Ipv4Address = Ipv4Address::new(198, 18, 0, 10);
@@ -19,6 +20,12 @@ struct Pair {
     client_dev: MemoryDevice,
     now: Instant,
     events: Vec<ConnId>,
+    /// ARP frames never arrive (the node's kernel keeps them).
+    lose_arp: bool,
+}
+
+fn is_arp(frame: &[u8]) -> bool {
+    frame.get(12..14) == Some(&[0x08, 0x06][..])
 }
 
 impl Pair {
@@ -48,6 +55,7 @@ impl Pair {
             client_dev,
             now,
             events: Vec::new(),
+            lose_arp: false,
         }
     }
 
@@ -56,6 +64,10 @@ impl Pair {
     fn step(&mut self) {
         self.now += Duration::from_millis(1);
         for _ in 0..2 {
+            if self.lose_arp {
+                self.server_dev.lose_inbound(is_arp);
+                self.client_dev.lose_inbound(is_arp);
+            }
             self.server_dev.service();
             self.server
                 .ingress(self.now, &mut self.server_dev, |_, _| {});
@@ -80,6 +92,10 @@ impl Pair {
                 .ingress(self.now, &mut self.client_dev, |_, _| {});
             self.client.take_events(&mut self.events);
             self.client.egress(self.now, &mut self.client_dev);
+            if self.lose_arp {
+                self.server_dev.lose_inbound(is_arp);
+                self.client_dev.lose_inbound(is_arp);
+            }
         }
     }
 
@@ -362,4 +378,45 @@ fn new_next_hops_are_asked_for_at_once_not_one_a_second() {
     assert_eq!(syns, backends, "resolved, the SYNs leave at once");
     assert!(asked.is_empty(), "nothing asked twice: {asked:?}");
     assert_eq!(stack.counters().arp_requests, 3);
+}
+
+/// Node-address mode: the kernel keeps ARP, so neither stack hears any.
+/// The connecting one asks the kernel for its peer and connects once the
+/// kernel's table has it; the listening one learns its client from the SYN.
+#[test]
+fn with_the_kernels_neighbours_a_stack_asks_the_kernel_and_learns_clients_from_their_syns() {
+    let kernel = |c: &mut StackConfig| c.neighbours = NeighbourSource::Kernel;
+    let mut pair = Pair::new(kernel, kernel);
+    pair.lose_arp = true;
+    let id = pair.client.connect((SERVER, 7)).unwrap();
+    for _ in 0..300 {
+        pair.step();
+    }
+    assert_eq!(pair.client.tcp(id).unwrap().state(), State::SynSent);
+    let mut asks = Vec::new();
+    pair.client.take_neighbour_asks(&mut asks);
+    assert_eq!(asks, [SERVER], "the kernel is asked for the peer");
+    assert_eq!(pair.client.counters().arp_requests, 0, "no ARP of its own");
+    let server_mac = EthernetAddress([2, 0, 0, 0, 0, 1]);
+    pair.client
+        .set_neighbours(Arc::new(NeighbourTable::new([(SERVER, server_mac)])));
+    pair.established(&[id]);
+    let socket = pair.client.tcp_mut(id).unwrap();
+    socket.send_slice(b"node address").unwrap();
+    let mut got = Vec::new();
+    pair.run_until(1_000, |p| {
+        let socket = p.client.tcp_mut(id).unwrap();
+        let mut buf = [0u8; 64];
+        while let Ok(n) = socket.recv_slice(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        got == b"node address"
+    });
+    assert!(
+        pair.server.counters().neighbours_learned >= 1,
+        "the server learned its client from the SYN"
+    );
 }

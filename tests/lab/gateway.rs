@@ -33,6 +33,9 @@ pub(crate) struct RunWith {
     pub(crate) env: Vec<String>,
     /// More flags (timeouts, limits).
     pub(crate) flags: Vec<String>,
+    /// On `--io xdp`: share the gateway node's own address with its kernel
+    /// (`--address-mode node`) rather than own one of its own.
+    pub(crate) node_address: bool,
 }
 
 impl GatewayLab {
@@ -163,6 +166,7 @@ impl GatewayLab {
     pub(crate) fn start_gateway(&mut self) {
         let iface = self.lab.gw_iface();
         let address = format!("{GATEWAY}/24");
+        let node_address = self.run.node_address;
         let mut args = Vec::new();
         if !self.run.env.is_empty() {
             // `env` execs the gateway: the process's PID stays the gateway's.
@@ -173,6 +177,18 @@ impl GatewayLab {
         args.extend(self.source.iter().map(String::as_str));
         args.extend(self.run.flags.iter().map(String::as_str));
         match self.io {
+            Io::Xdp if node_address => args.extend([
+                "--io",
+                "xdp",
+                "--iface",
+                &iface,
+                "--address-mode",
+                "node",
+                "--address",
+                GATEWAY_NODE,
+                "--queues",
+                "2",
+            ]),
             Io::Xdp => args.extend([
                 "--io",
                 "xdp",
@@ -203,8 +219,8 @@ impl GatewayLab {
     /// The address clients use.
     pub(crate) fn target(&self) -> &'static str {
         match self.io {
-            Io::Xdp => GATEWAY,
-            Io::Kernel => GATEWAY_NODE,
+            Io::Xdp if !self.run.node_address => GATEWAY,
+            Io::Xdp | Io::Kernel => GATEWAY_NODE,
         }
     }
 

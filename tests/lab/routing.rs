@@ -3,7 +3,7 @@
 //! restart; one on the gateway's own node, behind its kernel, reached over
 //! a kernel-socket leg of the same worker (issue: real clusters).
 
-use crate::common::{require_root, serial};
+use crate::common::{require_root, serial, RAUTA};
 use crate::gateway::{metric, wrk_ends_without_failures, GatewayLab, Io, RunWith, BACKEND};
 use std::time::{Duration, Instant};
 
@@ -285,4 +285,230 @@ fn a_routed_client_reaches_pods_on_every_node_on_xdp() {
     let userspace = metric(&metrics, "rauta_backend_connects_total{leg=\"userspace\"}");
     assert!(kernel >= 2.0, "kernel legs: {kernel}");
     assert!(userspace >= 4.0, "userspace legs: {userspace}");
+}
+
+/// `/proc/net/snmp`'s `Ip: ForwDatagrams` in `host`'s namespace: packets
+/// that host routed on.
+fn forwarded(gw: &GatewayLab, host: &str) -> u64 {
+    let snmp = gw.lab.exec_ok(host, &["cat", "/proc/net/snmp"]);
+    let mut ip = snmp.lines().filter(|l| l.starts_with("Ip:"));
+    let (names, values) = (ip.next().unwrap_or(""), ip.next().unwrap_or(""));
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "ForwDatagrams")
+        .and_then(|(_, value)| value.parse().ok())
+        .expect("Ip: ForwDatagrams in /proc/net/snmp")
+}
+
+/// Node-address mode (issue: real clusters). The gateway shares the
+/// gateway node's own address with its kernel: XDP takes only TCP to the
+/// listener port and the stack's ephemeral ports. A routed client reaches
+/// pods on both other nodes over the userspace stack and the pod on the
+/// gateway's node over a kernel leg (HTTP/1.1 and h2c); the node's own TCP
+/// service and ping on the same address keep answering under load; a pod
+/// CIDR moved to another next hop mid-run is followed with no failed
+/// request; and an ephemeral range that clashes with the kernel's is
+/// refused at start with the ports named.
+#[test]
+fn the_node_address_is_shared_with_the_nodes_own_services_on_xdp() {
+    let _serial = serial();
+    require_root();
+    let addresses: Vec<&str> = PODS.iter().map(|(_, a)| *a).collect();
+    let http1 = routed_service("spread", "/spread", &addresses, 3004, "");
+    let h2c = routed_service(
+        "spread-h2c",
+        "/spread-h2c",
+        &addresses,
+        3004,
+        "kubernetes.io/h2c",
+    );
+    let moved = routed_service("moved", "/moved", &["198.19.2.2"], 3004, "");
+    let run = RunWith {
+        node_address: true,
+        ..RunWith::default()
+    };
+    let gw = GatewayLab::start_with_run(
+        "rna-x",
+        Io::Xdp,
+        &[
+            ("http1.yaml", &http1),
+            ("h2c.yaml", &h2c),
+            ("moved.yaml", &moved),
+        ],
+        run,
+    );
+    let node = gw.target();
+    // The node's own service on its address: the kernel's, not the
+    // gateway's (port 2222, as SSH might be).
+    let node_service = format!("http://{node}:2222/node");
+    let _node_service = gw.spawn_echo_on("gw", "the-node-itself", &format!("{node}:2222"), &[]);
+    let _pods: Vec<_> = PODS
+        .iter()
+        .map(|(host, address)| {
+            gw.spawn_echo_on(
+                host,
+                &format!("echo-{host}"),
+                &format!("{address}:3004"),
+                &[],
+            )
+        })
+        .collect();
+    let answer = gw.curl(&[&node_service]);
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.contains("the-node-itself"),
+        "the node's own service:\n{answer}"
+    );
+    for path in ["/spread", "/spread-h2c"] {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..30 {
+            let answer = gw
+                .lab
+                .exec_ok("rcl", &["curl", "-s", "-i", "-m", "10", &gw.url(path)]);
+            assert!(answer.starts_with("HTTP/1.1 200"), "{path}:\n{answer}");
+            assert!(
+                !answer.contains("the-node-itself"),
+                "{path}: the node's service answered the gateway's port"
+            );
+            for (host, _) in PODS {
+                if answer.contains(&format!("echo-{host}")) {
+                    seen.insert(host);
+                }
+            }
+        }
+        assert_eq!(
+            seen.len(),
+            PODS.len(),
+            "{path}: pods that answered: {seen:?}"
+        );
+    }
+
+    // Load over every pod; meanwhile the node's service and ping answer.
+    let mut load = gw.lab.spawn(
+        "rcl",
+        &[
+            "wrk",
+            "-t1",
+            "-c32",
+            "-d4s",
+            "--timeout",
+            "3s",
+            &gw.url("/spread"),
+        ],
+    );
+    let mut node_answers = 0;
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        let status = gw.lab.exec_ok(
+            "rcl",
+            &[
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-m",
+                "2",
+                &node_service,
+            ],
+        );
+        assert_eq!(status, "200", "the node's own service under load");
+        gw.lab
+            .exec_ok("client", &["ping", "-c", "1", "-W", "2", node]);
+        node_answers += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wrk_ends_without_failures(
+        &mut load,
+        "load from the routed client on the node's address",
+    );
+    eprintln!("the node's own service answered {node_answers} times under load");
+
+    // Node2's pod CIDR moves behind node3 (which routes it on to node2),
+    // mid-run: the stack follows, and no request fails.
+    gw.lab.exec_ok(
+        "node3",
+        &["sysctl", "-q", "-w", "net.ipv4.conf.all.send_redirects=0"],
+    );
+    gw.lab.exec_ok(
+        "node3",
+        &["ip", "route", "add", "198.19.2.0/24", "via", "198.18.0.32"],
+    );
+    let mut load = gw.lab.spawn(
+        "rcl",
+        &[
+            "wrk",
+            "-t1",
+            "-c16",
+            "-d6s",
+            "--timeout",
+            "3s",
+            &gw.url("/moved"),
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let before = forwarded(&gw, "node3");
+    gw.lab.exec_ok(
+        "gw",
+        &[
+            "ip",
+            "route",
+            "replace",
+            "198.19.2.0/24",
+            "via",
+            "198.18.0.33",
+        ],
+    );
+    let changed = Instant::now();
+    let settled = loop {
+        if forwarded(&gw, "node3") > before + 100 {
+            break changed.elapsed();
+        }
+        assert!(
+            changed.elapsed() < Duration::from_secs(3),
+            "the gateway still sends to node2 3 s after the route moved"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    eprintln!("route move followed in {settled:?} (node3 forwarding the gateway's packets)");
+    wrk_ends_without_failures(&mut load, "a route move");
+
+    let metrics = gw.admin("/metrics");
+    let kernel = metric(&metrics, "rauta_backend_connects_total{leg=\"kernel\"}");
+    let userspace = metric(&metrics, "rauta_backend_connects_total{leg=\"userspace\"}");
+    assert!(kernel >= 2.0, "kernel legs: {kernel}");
+    assert!(userspace >= 4.0, "userspace legs: {userspace}");
+    let learned = metric(&metrics, "rauta_neighbours_learned_total");
+    assert!(
+        learned >= 3.0,
+        "neighbours from the kernel's table and the clients' SYNs: {learned}"
+    );
+
+    // A stack range inside the kernel's: refused at start, ports named.
+    let clash = gw.lab.exec(
+        "gw",
+        &[
+            RAUTA,
+            "run",
+            "--config",
+            &gw.config.to_string_lossy(),
+            "--admin",
+            "127.0.0.1:9902",
+            "--io",
+            "xdp",
+            "--iface",
+            &gw.lab.gw_iface(),
+            "--address-mode",
+            "node",
+            "--ephemeral-ports",
+            "50000-60000",
+        ],
+    );
+    let said = String::from_utf8_lossy(&clash.stderr);
+    assert!(!clash.status.success(), "a clashing range was accepted");
+    assert!(
+        said.contains("overlap") && said.contains("at 50000-60000"),
+        "{said}"
+    );
 }

@@ -505,6 +505,7 @@ fn timeout_matrix(io: Io, prefix: &str) {
         // allocations go on: RSS then measures what the gateway holds.
         env: vec![ALLOCATOR_RETURNS_AT_ONCE.to_owned()],
         flags: bounds.into_iter().flatten().collect(),
+        ..RunWith::default()
     };
     let gw = GatewayLab::start_with_run(
         prefix,

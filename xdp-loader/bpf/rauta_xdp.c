@@ -3,10 +3,15 @@
 // Rauta's XDP program: steer the gateway's own traffic into AF_XDP sockets,
 // pass everything else to the kernel untouched.
 //
-// Steered (XDP_REDIRECT into RAUTA_XSKS[rx_queue_index]):
+// Steered (XDP_REDIRECT into RAUTA_XSKS[rx_queue_index]), for a dedicated
+// gateway address that only the userspace stack holds:
 //   - ARP whose target protocol address is the gateway address (requests for
 //     it and replies to it);
 //   - IPv4 TCP, UDP and ICMP whose destination is the gateway address.
+// For the node's own address (RAUTA_NODE_ADDRESS), only IPv4 TCP to it whose
+// destination port is a listener port (RAUTA_PORTS) or in the stack's
+// ephemeral range: ARP, ICMP, SSH, the kubelet and every other port stay
+// with the node's kernel.
 // Everything else returns XDP_PASS. When no socket is bound at the queue's
 // slot, bpf_redirect_map falls back to XDP_PASS (the flags argument), so a
 // program left behind by a dead process never blackholes traffic.
@@ -17,6 +22,7 @@
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <linux/ip.h>
+#include <linux/tcp.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
@@ -26,10 +32,15 @@
 #define ARP_PLEN_IPV4 4
 #define ARP_HLEN_ETHER 6
 
+#define RAUTA_NODE_ADDRESS 1
+#define RAUTA_MAX_PORTS 256
+
 // Keep in sync with `Config` in xdp-loader/src/maps.rs.
 struct rauta_config {
-	__u32 gateway_addr; // IPv4, network byte order; 0 = steer nothing
-	__u32 flags;        // reserved for listener ports / ephemeral range
+	__u32 gateway_addr;    // IPv4, network byte order; 0 = steer nothing
+	__u32 flags;           // RAUTA_NODE_ADDRESS: steer only the ports below
+	__u16 ephemeral_first; // the stack's ephemeral range, host order
+	__u16 ephemeral_last;
 };
 
 // Keep in sync with `QueueCounters` in xdp-loader/src/maps.rs.
@@ -64,6 +75,14 @@ struct {
 	__type(value, struct rauta_config);
 } RAUTA_CONFIG SEC(".maps");
 
+// Listener ports (host order) steered in node-address mode.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, RAUTA_MAX_PORTS);
+	__type(key, __u32);
+	__type(value, __u8);
+} RAUTA_PORTS SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, RAUTA_MAX_QUEUES);
@@ -76,6 +95,33 @@ static __always_inline int pass(struct rauta_counters *c)
 	if (c)
 		c->passed++;
 	return XDP_PASS;
+}
+
+// TCP to the node's address on a port the gateway owns.
+static __always_inline int is_gateway_port(void *data, void *data_end,
+					   const struct rauta_config *config)
+{
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return 0;
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > data_end)
+		return 0;
+	if (ip->daddr != config->gateway_addr || ip->protocol != IPPROTO_TCP)
+		return 0;
+	// A later fragment carries no ports: the kernel's.
+	if (ip->frag_off & bpf_htons(0x1fff))
+		return 0;
+	__u32 ihl = ip->ihl * 4;
+	if (ihl < sizeof(*ip))
+		return 0;
+	struct tcphdr *tcp = (void *)ip + ihl;
+	if ((void *)(tcp + 1) > data_end)
+		return 0;
+	__u32 port = bpf_ntohs(tcp->dest);
+	if (port >= config->ephemeral_first && port <= config->ephemeral_last)
+		return 1;
+	return bpf_map_lookup_elem(&RAUTA_PORTS, &port) != 0;
 }
 
 static __always_inline int is_gateway_traffic(void *data, void *data_end, __u32 gateway_addr)
@@ -122,7 +168,10 @@ int rauta_xdp(struct xdp_md *ctx)
 
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	if (!is_gateway_traffic(data, data_end, config->gateway_addr))
+	int ours = config->flags & RAUTA_NODE_ADDRESS
+			   ? is_gateway_port(data, data_end, config)
+			   : is_gateway_traffic(data, data_end, config->gateway_addr);
+	if (!ours)
 		return pass(counters);
 
 	int action = bpf_redirect_map(&RAUTA_XSKS, queue, XDP_PASS);

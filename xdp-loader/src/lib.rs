@@ -8,16 +8,18 @@
 //! an operator's request.
 
 mod maps;
+pub mod neighbours;
 pub mod netlink;
 pub mod routes;
 
 pub use maps::{Config, QueueCounters};
 
-use aya::maps::{Array, MapData, PerCpuArray, XskMap};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, XskMap};
 use aya::programs::{ProgramError, Xdp, XdpMode};
 use aya::Ebpf;
 use std::ffi::CString;
 use std::net::Ipv4Addr;
+use std::ops::RangeInclusive;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use tracing::{info, warn};
 
@@ -27,6 +29,32 @@ pub const PROGRAM_NAME: &str = "rauta_xdp";
 
 /// The most queues the program's maps have slots for.
 pub const MAX_QUEUES: u32 = 64;
+
+/// The most listener ports node-address mode steers.
+pub const MAX_PORTS: usize = 256;
+
+/// What the program takes from the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Steering {
+    /// Everything for an address only the userspace stack holds: ARP,
+    /// and IPv4 TCP, UDP and ICMP.
+    Dedicated(Ipv4Addr),
+    /// The node's own address: only TCP to the listener ports
+    /// ([`XdpProgram::set_listener_ports`]) and to the stack's ephemeral
+    /// range. ARP, ICMP and every other port stay with the kernel.
+    NodeAddress {
+        address: Ipv4Addr,
+        ephemeral: RangeInclusive<u16>,
+    },
+}
+
+impl Steering {
+    pub fn address(&self) -> Ipv4Addr {
+        match self {
+            Self::Dedicated(address) | Self::NodeAddress { address, .. } => *address,
+        }
+    }
+}
 
 /// The compiled XDP program.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rauta_xdp.o"));
@@ -58,6 +86,8 @@ pub enum XdpError {
     HeldByLiveProcess { iface: String, id: u32 },
     #[error("queue {0} is beyond the program's {MAX_QUEUES} queue slots")]
     QueueOutOfRange(u32),
+    #[error("{0} listener ports: node-address mode steers {MAX_PORTS} at most")]
+    TooManyPorts(usize),
     #[error("XDP map {map}: {reason}")]
     Map { map: &'static str, reason: String },
     #[error("netlink: {0}")]
@@ -134,6 +164,7 @@ pub struct XdpProgram {
     sockets: XskMap<MapData>,
     counters: PerCpuArray<MapData, QueueCounters>,
     _config: Array<MapData, Config>,
+    ports: HashMap<MapData, u32, u8>,
     /// Owns the loaded program and its link: held, never read, so that
     /// dropping it detaches.
     _ebpf: Ebpf,
@@ -144,11 +175,11 @@ pub struct XdpProgram {
 }
 
 impl XdpProgram {
-    /// Load the program, point it at `gateway`, and attach it to `iface`,
-    /// replacing a Rauta program that a dead process left behind.
+    /// Load the program, steering as `steering` says, and attach it to
+    /// `iface`, replacing a Rauta program that a dead process left behind.
     pub fn attach(
         iface: &str,
-        gateway: Ipv4Addr,
+        steering: &Steering,
         mode: AttachMode,
         method: AttachMethod,
     ) -> Result<Self, XdpError> {
@@ -166,8 +197,9 @@ impl XdpProgram {
 
         let mut config: Array<MapData, Config> = take_map(&mut ebpf, "RAUTA_CONFIG")?;
         config
-            .set(0, Config::for_address(gateway), 0)
+            .set(0, Config::new(steering), 0)
             .map_err(|e| map_error("RAUTA_CONFIG", e))?;
+        let ports = take_map(&mut ebpf, "RAUTA_PORTS")?;
         let counters = take_map(&mut ebpf, "RAUTA_COUNTERS")?;
         let sockets = take_map(&mut ebpf, "RAUTA_XSKS")?;
 
@@ -245,11 +277,12 @@ impl XdpProgram {
             iface: iface.to_owned(),
             reason: last_error,
         })?;
-        info!(iface, mode = %running, ?method, %gateway, "XDP program attached");
+        info!(iface, mode = %running, ?method, ?steering, "XDP program attached");
         Ok(Self {
             sockets,
             counters,
             _config: config,
+            ports,
             _ebpf: ebpf,
             iface: iface.to_owned(),
             ifindex,
@@ -271,6 +304,27 @@ impl XdpProgram {
         self.sockets
             .set(queue, socket.as_raw_fd(), 0)
             .map_err(|e| map_error("RAUTA_XSKS", e))
+    }
+
+    /// Steer TCP to exactly `ports` (node-address mode; a dedicated
+    /// address has all its ports steered anyway).
+    pub fn set_listener_ports(&mut self, ports: &[u16]) -> Result<(), XdpError> {
+        if ports.len() > MAX_PORTS {
+            return Err(XdpError::TooManyPorts(ports.len()));
+        }
+        let wanted: Vec<u32> = ports.iter().map(|&p| u32::from(p)).collect();
+        let held: Vec<u32> = self.ports.keys().filter_map(Result::ok).collect();
+        for port in held.iter().filter(|p| !wanted.contains(p)) {
+            self.ports
+                .remove(port)
+                .map_err(|e| map_error("RAUTA_PORTS", e))?;
+        }
+        for port in wanted.iter().filter(|p| !held.contains(p)) {
+            self.ports
+                .insert(port, 1, 0)
+                .map_err(|e| map_error("RAUTA_PORTS", e))?;
+        }
+        Ok(())
     }
 
     /// The program's counters for `queue`, summed over CPUs.

@@ -1,7 +1,10 @@
 //! Plain-data views of the XDP program's maps, laid out exactly as the C
 //! structs in `bpf/rauta_xdp.c`.
 
-use std::net::Ipv4Addr;
+use crate::Steering;
+
+/// `RAUTA_NODE_ADDRESS`: steer only listener ports and the ephemeral range.
+const NODE_ADDRESS: u32 = 1;
 
 /// The XDP program's configuration (`struct rauta_config`).
 #[repr(C)]
@@ -9,16 +12,26 @@ use std::net::Ipv4Addr;
 pub struct Config {
     /// The gateway's IPv4 address in network byte order; 0 steers nothing.
     pub gateway_addr: u32,
-    /// Reserved for listener ports and the ephemeral range.
+    /// `NODE_ADDRESS` or 0.
     pub flags: u32,
+    /// The stack's ephemeral ports, first and last (node-address mode).
+    pub ephemeral_first: u16,
+    pub ephemeral_last: u16,
 }
 
 impl Config {
-    /// Steer ARP and IPv4 TCP/UDP/ICMP for `addr` to the gateway's sockets.
-    pub fn for_address(addr: Ipv4Addr) -> Self {
-        Self {
-            gateway_addr: u32::from_ne_bytes(addr.octets()),
-            flags: 0,
+    pub fn new(steering: &Steering) -> Self {
+        match steering {
+            Steering::Dedicated(address) => Self {
+                gateway_addr: u32::from_ne_bytes(address.octets()),
+                ..Self::default()
+            },
+            Steering::NodeAddress { address, ephemeral } => Self {
+                gateway_addr: u32::from_ne_bytes(address.octets()),
+                flags: NODE_ADDRESS,
+                ephemeral_first: *ephemeral.start(),
+                ephemeral_last: *ephemeral.end(),
+            },
         }
     }
 }
@@ -52,15 +65,28 @@ impl std::ops::AddAssign for QueueCounters {
 mod tests {
     use super::*;
 
+    use std::net::Ipv4Addr;
+
     #[test]
-    fn address_is_kept_in_network_order() {
-        let config = Config::for_address(Ipv4Addr::new(198, 19, 1, 1));
+    fn address_is_kept_in_network_order_and_ports_in_host_order() {
+        let config = Config::new(&Steering::Dedicated(Ipv4Addr::new(198, 19, 1, 1)));
         assert_eq!(config.gateway_addr.to_ne_bytes(), [198, 19, 1, 1]);
+        assert_eq!(config.flags, 0);
+        let config = Config::new(&Steering::NodeAddress {
+            address: Ipv4Addr::new(198, 18, 0, 2),
+            ephemeral: 61_000..=65_535,
+        });
+        assert_eq!(config.gateway_addr.to_ne_bytes(), [198, 18, 0, 2]);
+        assert_eq!(config.flags, NODE_ADDRESS);
+        assert_eq!(
+            (config.ephemeral_first, config.ephemeral_last),
+            (61_000, 65_535)
+        );
     }
 
     #[test]
     fn layouts_match_the_c_structs() {
-        assert_eq!(std::mem::size_of::<Config>(), 8);
+        assert_eq!(std::mem::size_of::<Config>(), 12);
         assert_eq!(std::mem::size_of::<QueueCounters>(), 16);
     }
 }

@@ -13,6 +13,8 @@ use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use std::io;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 /// XDP_FLAGS_SKB_MODE from `linux/if_link.h`.
 pub const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
@@ -98,6 +100,62 @@ pub(crate) fn request(
             offset += len;
         }
     }
+}
+
+/// Call `pass` every `interval` until `stop`: with `true` at the start
+/// and whenever the kernel announced something in multicast `group` since
+/// the last pass (or announcements were lost), with `false` otherwise.
+pub(crate) fn watch(
+    group: u32,
+    interval: Duration,
+    stop: &AtomicBool,
+    mut pass: impl FnMut(bool),
+) -> io::Result<()> {
+    let events = socket()?;
+    events.add_membership(group)?;
+    events.set_non_blocking(true)?;
+    pass(true);
+    let mut buf = vec![0u8; 64 * 1024];
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(interval);
+        let mut changed = false;
+        loop {
+            match events.recv(&mut &mut buf[..], 0) {
+                Ok(_) => changed = true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // Announcements lost (ENOBUFS): read everything again.
+                Err(_) => {
+                    changed = true;
+                    break;
+                }
+            }
+        }
+        pass(changed);
+    }
+    Ok(())
+}
+
+/// The IPv4 addresses the kernel holds on interface `ifindex`, with their
+/// prefix lengths, in the kernel's order (the primary first).
+pub fn ipv4_addresses(ifindex: u32) -> io::Result<Vec<(std::net::Ipv4Addr, u8)>> {
+    use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+    let mut message = AddressMessage::default();
+    message.header.family = netlink_packet_route::AddressFamily::Inet;
+    let replies = request(RouteNetlinkMessage::GetAddress(message), NLM_F_DUMP)?;
+    Ok(replies
+        .iter()
+        .filter_map(|reply| match reply {
+            RouteNetlinkMessage::NewAddress(a) if a.header.index == ifindex => {
+                a.attributes.iter().find_map(|attribute| match attribute {
+                    AddressAttribute::Local(std::net::IpAddr::V4(v4)) => {
+                        Some((*v4, a.header.prefix_len))
+                    }
+                    _ => None,
+                })
+            }
+            _ => None,
+        })
+        .collect())
 }
 
 fn link_message(ifindex: u32, attributes: Vec<LinkAttribute>) -> LinkMessage {

@@ -9,7 +9,7 @@
 //! another device (a pod's veth on this node, a bridge, a tunnel) says the
 //! node's kernel must carry that traffic.
 
-use crate::netlink::{request, socket};
+use crate::netlink::{request, watch};
 use netlink_packet_core::NLM_F_DUMP;
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType,
@@ -17,7 +17,7 @@ use netlink_packet_route::route::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use std::io;
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 /// `RTNLGRP_IPV4_ROUTE` from `linux/rtnetlink.h`: IPv4 route changes.
@@ -92,28 +92,9 @@ pub fn follow(
     stop: &AtomicBool,
     mut on_change: impl FnMut(io::Result<Vec<KernelRoute>>),
 ) -> io::Result<()> {
-    let events = socket()?;
-    events.add_membership(RTNLGRP_IPV4_ROUTE)?;
-    events.set_non_blocking(true)?;
-    on_change(routes());
-    let mut buf = vec![0u8; 64 * 1024];
-    while !stop.load(Ordering::Relaxed) {
-        let mut changed = false;
-        loop {
-            match events.recv(&mut &mut buf[..], 0) {
-                Ok(_) => changed = true,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                // Announcements lost (ENOBUFS): read the table again.
-                Err(_) => {
-                    changed = true;
-                    break;
-                }
-            }
-        }
+    watch(RTNLGRP_IPV4_ROUTE, interval, stop, |changed| {
         if changed {
             on_change(routes());
         }
-        std::thread::sleep(interval);
-    }
-    Ok(())
+    })
 }
