@@ -20,8 +20,11 @@
 //! node's pod CIDR via the node's address); `{p}-rcl` is a client on
 //! another subnet behind a router.
 //!
-//! Addresses come from 198.18.0.0/15. The gateway node's kernel holds
-//! [`GATEWAY_NODE`]; [`GATEWAY`] is left for the userspace stack alone.
+//! Addresses come from 198.18.0.0/15, and on the segment also from
+//! 2001:2::/64 (the IPv6 benchmarking range, RFC 5180): every host there
+//! has both (`2001:2::` and the IPv4 address's last number). The gateway
+//! node's kernel holds [`GATEWAY_NODE`] and [`GATEWAY_NODE6`];
+//! [`GATEWAY`] and [`GATEWAY6`] are left for the userspace stack alone.
 //! TX checksum offload is off on every interface that sends toward the
 //! gateway (AF_XDP would otherwise see partial checksums).
 
@@ -30,6 +33,12 @@ use std::process::{Command, Stdio};
 
 /// The address the userspace stack owns.
 pub const GATEWAY: &str = "198.18.0.1";
+/// The IPv6 address the userspace stack owns.
+pub const GATEWAY6: &str = "2001:2::1";
+/// The gateway node's kernel IPv6 address.
+pub const GATEWAY_NODE6: &str = "2001:2::2";
+/// The IPv6 segment's prefix length.
+pub const PREFIX_LEN6: u8 = 64;
 /// The gateway node's kernel address (host traffic).
 pub const GATEWAY_NODE: &str = "198.18.0.2";
 /// The client host.
@@ -188,6 +197,9 @@ impl Lab {
             self.ip(&br_ns, &["link", "set", &port, "up"])?;
             let cidr = format!("{address}/{PREFIX_LEN}");
             self.ip(&ns, &["addr", "add", &cidr, "dev", &iface])?;
+            let cidr6 = format!("{}/{PREFIX_LEN6}", ipv6_of(address));
+            // No duplicate detection: the address is usable at once.
+            self.ip(&ns, &["-6", "addr", "add", &cidr6, "dev", &iface, "nodad"])?;
             self.ip(&ns, &["link", "set", &iface, "up"])?;
             // Whatever sends toward the gateway must send full checksums.
             self.ethtool(&br_ns, &port)?;
@@ -197,7 +209,7 @@ impl Lab {
                 self.spread_over_queues(&br_ns, &port, queues)?;
             }
             made.push(format!(
-                "{iface} ({cidr}, {queues} queues) in {ns}, bridge port {port}"
+                "{iface} ({cidr}, {cidr6}, {queues} queues) in {ns}, bridge port {port}"
             ));
         }
         let (gw_ns, pod_ns) = (self.netns("gw"), self.netns("lpod"));
@@ -223,7 +235,7 @@ impl Lab {
             ],
         )?;
         made.push(format!(
-            "gateway address {GATEWAY}/{PREFIX_LEN} is free for the userspace stack on {} in {}",
+            "gateway addresses {GATEWAY}/{PREFIX_LEN} and {GATEWAY6}/{PREFIX_LEN6} are free for the userspace stack on {} in {} (its kernel holds {GATEWAY_NODE} and {GATEWAY_NODE6})",
             self.gateway_iface(),
             self.netns("gw")
         ));
@@ -351,6 +363,12 @@ impl Lab {
     }
 }
 
+/// A segment host's IPv6 address: `2001:2::` and the last number of its
+/// IPv4 address (198.18.0.10 is 2001:2::10).
+pub fn ipv6_of(ipv4: &str) -> String {
+    format!("2001:2::{}", ipv4.rsplit('.').next().unwrap_or("0"))
+}
+
 fn run(program: &str, args: &[&str]) -> Result<()> {
     let out = Command::new(program)
         .args(args)
@@ -400,5 +418,12 @@ mod tests {
         assert!(format!("{}-lpe", lab.prefix).len() <= 15);
         assert!(Lab::new("much-too-long-prefix").is_err());
         assert!(Lab::new("bad/name").is_err());
+    }
+
+    #[test]
+    fn ipv6_addresses_follow_the_ipv4_ones() {
+        assert_eq!(ipv6_of(CLIENT), "2001:2::10");
+        assert_eq!(ipv6_of(GATEWAY_NODE), GATEWAY_NODE6);
+        assert_eq!(ipv6_of(GATEWAY), GATEWAY6);
     }
 }

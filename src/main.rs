@@ -284,6 +284,11 @@ struct RunArgs {
     /// stay with the kernel.
     #[arg(long, value_enum, default_value = "dedicated")]
     address_mode: AddressModeArg,
+    /// xdp, dedicated address: the userspace stack's IPv6 address beside
+    /// --address, ADDR/PREFIX (dual stack; neighbour discovery on its
+    /// link). kernel: an IPv6 address to listen on as well.
+    #[arg(long)]
+    address6: Option<String>,
     /// xdp, node address: the userspace stack's outbound ports, FIRST-LAST
     /// (default 61000-65535). They must lie outside the kernel's
     /// net.ipv4.ip_local_port_range unless reserved from it
@@ -483,6 +488,7 @@ fn run(cli: Cli) -> Result<()> {
             let options = probe_cmd::ProbeOptions {
                 xdp: xdp_setup::XdpOptions {
                     address: xdp_setup::parse_cidr(&args.address)?,
+                    address6: None,
                     addressing: xdp_setup::Addressing::Dedicated,
                     iface: args.iface,
                     queues: args.queues,
@@ -611,7 +617,14 @@ fn run(cli: Cli) -> Result<()> {
                             anyhow::anyhow!("--address {a:?}: expected an IP address")
                         })?,
                     };
-                    run_cmd::run_kernel(options, address)?;
+                    let mut addresses = vec![address];
+                    if let Some(a) = args.address6.as_deref() {
+                        let v6: std::net::Ipv6Addr = a.parse().map_err(|_| {
+                            anyhow::anyhow!("--address6 {a:?}: expected an IPv6 address")
+                        })?;
+                        addresses.push(v6.into());
+                    }
+                    run_cmd::run_kernel(options, addresses)?;
                 }
                 IoArg::Xdp => {
                     let iface = args
@@ -648,8 +661,19 @@ fn run(cli: Cli) -> Result<()> {
                             )
                         }
                     };
+                    let address6 = match (&args.address6, &addressing) {
+                        (None, _) => None,
+                        (Some(text), xdp_setup::Addressing::Dedicated) => {
+                            Some(xdp_setup::parse_cidr6(text)?)
+                        }
+                        (Some(_), xdp_setup::Addressing::Node { .. }) => anyhow::bail!(
+                            "--address6 is for --address-mode dedicated: on the node's address \
+                             the gateway serves IPv4 only, for now"
+                        ),
+                    };
                     let xdp = xdp_setup::XdpOptions {
                         address,
+                        address6,
                         addressing,
                         iface,
                         queues: args.queues,

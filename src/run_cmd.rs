@@ -180,17 +180,19 @@ pub fn start_source(options: &RunOptions) -> Result<Source> {
 const KUBERNETES_SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `rauta run --io kernel`.
-pub fn run_kernel(options: RunOptions, address: IpAddr) -> Result<()> {
+pub fn run_kernel(options: RunOptions, addresses: Vec<IpAddr>) -> Result<()> {
     let mut source = start_source(&options)?;
     let published = source.published.clone();
     let ports: Vec<u16> = published.config.load().ports.keys().copied().collect();
     // Bind once up front so a taken port fails here, with its address.
-    for &port in &ports {
-        let address = SocketAddr::new(address, port);
-        drop(
-            rauta_dataplane::kernel::reuseport_listener(address)
-                .with_context(|| format!("listening on {address}"))?,
-        );
+    for &ip in &addresses {
+        for &port in &ports {
+            let address = SocketAddr::new(ip, port);
+            drop(
+                rauta_dataplane::kernel::reuseport_listener(address)
+                    .with_context(|| format!("listening on {address}"))?,
+            );
+        }
     }
     let stop = xdp_setup::stop_flag()?;
     let ready = Arc::new(AtomicBool::new(false));
@@ -200,7 +202,7 @@ pub fn run_kernel(options: RunOptions, address: IpAddr) -> Result<()> {
         let m = Arc::new(ProxyMetrics::default());
         metrics.push(m.clone());
         let w = KernelWorker {
-            address,
+            addresses: addresses.clone(),
             settings: options.settings.clone(),
             http2: Http2Settings::default(),
             config: published.config.clone(),
@@ -229,6 +231,11 @@ pub fn run_kernel(options: RunOptions, address: IpAddr) -> Result<()> {
         )?;
     }
     ready.store(true, Ordering::Relaxed);
+    let address = addresses
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" and ");
     println!(
         "rauta run: serving {} on {address} port(s) {ports:?} (io kernel, {} worker(s)){}. SIGTERM drains and stops.",
         options.source,
@@ -264,7 +271,11 @@ pub fn run_xdp(
     let mut source = start_source(&options)?;
     let published = source.published.clone();
     let ports: Vec<u16> = published.config.load().ports.keys().copied().collect();
-    let (iface, address, queues) = (xdp.iface.clone(), xdp.address, xdp.queues);
+    let (iface, queues) = (xdp.iface.clone(), xdp.queues);
+    let address = match xdp.address6 {
+        Some(address6) => format!("{} and {address6}", xdp.address),
+        None => xdp.address.to_string(),
+    };
     let addressing = xdp.addressing.clone();
     if let Addressing::Node { ephemeral } = &addressing {
         xdp_setup::check_node_ports(ephemeral, &ports)?;

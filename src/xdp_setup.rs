@@ -6,7 +6,7 @@
 use anyhow::{bail, Context, Result};
 use rauta_netstack::flow::FlowOwnership;
 use rauta_netstack::handoff::{self, Mailbox};
-use rauta_netstack::smoltcp::wire::Ipv4Cidr;
+use rauta_netstack::smoltcp::wire::{Ipv4Cidr, Ipv6Cidr};
 use rauta_netstack::umem::HugePagePolicy;
 use rauta_netstack::{
     link, NeighbourSource, StackConfig, TcpConfig, UmemRegistration, XdpDevice, XskConfig,
@@ -45,6 +45,8 @@ pub struct Limits {
 pub struct XdpOptions {
     pub iface: String,
     pub address: Ipv4Cidr,
+    /// The stack's IPv6 address beside it (dual stack), dedicated mode.
+    pub address6: Option<Ipv6Cidr>,
     pub addressing: Addressing,
     pub queues: u32,
     pub workers: u32,
@@ -107,6 +109,22 @@ pub fn parse_cidr(text: &str) -> Result<Ipv4Cidr> {
         .filter(|l| (1..=32).contains(l))
         .with_context(|| format!("--address {text:?}: prefix must be 1..=32"))?;
     Ok(Ipv4Cidr::new(addr, len))
+}
+
+/// Parse `--address6 ADDR/PREFIX`.
+pub fn parse_cidr6(text: &str) -> Result<Ipv6Cidr> {
+    let (addr, len) = text
+        .split_once('/')
+        .with_context(|| format!("--address6 {text:?}: expected ADDR/PREFIX, e.g. 2001:2::1/64"))?;
+    let addr: std::net::Ipv6Addr = addr
+        .parse()
+        .with_context(|| format!("--address6 {text:?}: {addr:?} is not an IPv6 address"))?;
+    let len: u8 = len
+        .parse()
+        .ok()
+        .filter(|l| (1..=128).contains(l))
+        .with_context(|| format!("--address6 {text:?}: prefix must be 1..=128"))?;
+    Ok(Ipv6Cidr::new(addr, len))
 }
 
 /// The node's address on `iface` for node-address mode: `given` (ADDR or
@@ -239,6 +257,7 @@ pub fn bring_up(options: XdpOptions) -> Result<XdpRuntime> {
     let XdpOptions {
         iface,
         address,
+        address6,
         addressing,
         queues,
         workers,
@@ -267,9 +286,13 @@ pub fn bring_up(options: XdpOptions) -> Result<XdpRuntime> {
     // attached to the interface.
     let xsks = XskSet::open(&iface, &queue_ids, &xsk)?;
     let steering = match &addressing {
-        Addressing::Dedicated => Steering::Dedicated(address.address()),
+        Addressing::Dedicated => Steering::Dedicated {
+            address: address.address(),
+            address6: address6.map(|a| a.address()),
+        },
         Addressing::Node { ephemeral } => Steering::NodeAddress {
             address: address.address(),
+            address6: address6.map(|a| a.address()),
             ephemeral: ephemeral.clone(),
         },
     };
@@ -288,6 +311,7 @@ pub fn bring_up(options: XdpOptions) -> Result<XdpRuntime> {
         .enumerate()
         .map(|(worker, (group, mailbox))| {
             let mut stack = StackConfig::new(address, mac);
+            stack.address6 = address6;
             stack.tcp = tcp.clone();
             stack.max_connections = limits.max_connections;
             stack.max_half_open = limits.max_half_open;

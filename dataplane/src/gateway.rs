@@ -23,7 +23,7 @@ use rauta_netstack::smoltcp::time::Instant;
 use rauta_netstack::smoltcp::wire::Ipv4Address;
 use rauta_netstack::{BatchDevice, ConnId, IdlePolicy, IdleWaiter, Stack, XdpDevice};
 use rauta_netstack::{NeighbourTable, Routes};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,10 +62,7 @@ impl Transport for Stack {
     }
 
     fn connect(&mut self, to: SocketAddr, _: BackendProtocol) -> Option<ConnId> {
-        let IpAddr::V4(ip) = to.ip() else {
-            return None;
-        };
-        match Stack::connect(self, (ip, to.port())) {
+        match Stack::connect(self, (to.ip(), to.port())) {
             Ok(id) => Some(id),
             Err(error) => {
                 tracing::debug!(%to, %error, "backend connect failed");
@@ -295,7 +292,7 @@ fn new_client(stack: &Stack, id: ConnId, ports: &[u16]) -> Option<(SocketAddr, u
         return None;
     }
     let (ip, remote_port) = stack.remote(id)?;
-    Some((SocketAddr::from((ip, remote_port)), port))
+    Some((SocketAddr::new(ip.into(), remote_port), port))
 }
 
 fn publish(

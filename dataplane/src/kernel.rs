@@ -25,12 +25,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Listener tokens are this plus the port; connection tokens are slab keys.
+/// Listener tokens are this plus the address's slot × 65536 plus the port;
+/// connection tokens are slab keys.
 const LISTENER_BASE: usize = usize::MAX / 2;
 
 /// A listening socket shared out by `SO_REUSEPORT`, non-blocking.
 pub fn reuseport_listener(address: SocketAddr) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
+    if address.is_ipv6() {
+        // IPv4 has listeners of its own: no v4-mapped peers here.
+        socket.set_only_v6(true)?;
+    }
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
@@ -157,8 +162,9 @@ impl Transport for KernelIo {
 
 /// What a kernel worker needs.
 pub struct KernelWorker {
-    /// The address to listen on; the ports are the configuration's.
-    pub address: IpAddr,
+    /// The addresses to listen on (an IPv4 and an IPv6 one for dual
+    /// stack); the ports are the configuration's.
+    pub addresses: Vec<IpAddr>,
     pub settings: ProxySettings,
     pub http2: Http2Settings,
     pub config: Arc<ArcSwap<GatewayConfig>>,
@@ -175,13 +181,17 @@ impl KernelWorker {
         let mut io = KernelIo::new()?;
         let mut ports = ListenerPorts::new(self.config.clone());
         let mut listeners = HashMap::new();
-        for &port in ports.current() {
-            let address = SocketAddr::new(self.address, port);
-            let mut listener = TcpListener::from_std(reuseport_listener(address)?);
-            io.poll
-                .registry()
-                .register(&mut listener, listener_token(port), Interest::READABLE)?;
-            listeners.insert(port, listener);
+        for (slot, &ip) in self.addresses.iter().enumerate() {
+            for &port in ports.current() {
+                let address = SocketAddr::new(ip, port);
+                let mut listener = TcpListener::from_std(reuseport_listener(address)?);
+                io.poll.registry().register(
+                    &mut listener,
+                    listener_token(slot, port),
+                    Interest::READABLE,
+                )?;
+                listeners.insert((slot, port), listener);
+            }
         }
         let mut proxy = HttpService::new(self.settings, self.http2, self.config, self.metrics);
         let mut events = Events::with_capacity(1024);
@@ -207,8 +217,8 @@ impl KernelWorker {
             for event in events.iter() {
                 let token = event.token().0;
                 if token >= LISTENER_BASE {
-                    let port = (token - LISTENER_BASE) as u16;
-                    let Some(listener) = listeners.get(&port) else {
+                    let (slot, port) = listener_slot_and_port(token);
+                    let Some(listener) = listeners.get(&(slot, port)) else {
                         continue;
                     };
                     accept_all(&mut io, &mut proxy, listener, port, now);
@@ -223,7 +233,7 @@ impl KernelWorker {
                 last_tick = now;
                 if drain_deadline.is_none() {
                     if let Some(changes) = ports.changes() {
-                        follow(self.address, &io, &mut listeners, changes);
+                        follow(&self.addresses, &io, &mut listeners, changes);
                     }
                 }
             }
@@ -244,41 +254,53 @@ impl KernelWorker {
     }
 }
 
-/// Open and close listeners on `ip` as the configuration's ports changed.
+/// Open and close listeners on `ips` as the configuration's ports changed.
 fn follow(
-    ip: IpAddr,
+    ips: &[IpAddr],
     io: &KernelIo,
-    listeners: &mut HashMap<u16, TcpListener>,
+    listeners: &mut HashMap<(usize, u16), TcpListener>,
     changes: PortChanges,
 ) {
     for port in changes.closed {
-        if let Some(mut listener) = listeners.remove(&port) {
-            let _ = io.poll.registry().deregister(&mut listener);
-            tracing::info!(port, "no longer listening");
+        for slot in 0..ips.len() {
+            if let Some(mut listener) = listeners.remove(&(slot, port)) {
+                let _ = io.poll.registry().deregister(&mut listener);
+                tracing::info!(port, "no longer listening");
+            }
         }
     }
     for port in changes.opened {
-        let address = SocketAddr::new(ip, port);
-        let opened = reuseport_listener(address).and_then(|l| {
-            let mut listener = TcpListener::from_std(l);
-            io.poll
-                .registry()
-                .register(&mut listener, listener_token(port), Interest::READABLE)?;
-            Ok(listener)
-        });
-        match opened {
-            Ok(listener) => {
-                listeners.insert(port, listener);
-                tracing::info!(%address, "listening");
+        for (slot, &ip) in ips.iter().enumerate() {
+            let address = SocketAddr::new(ip, port);
+            let opened = reuseport_listener(address).and_then(|l| {
+                let mut listener = TcpListener::from_std(l);
+                io.poll.registry().register(
+                    &mut listener,
+                    listener_token(slot, port),
+                    Interest::READABLE,
+                )?;
+                Ok(listener)
+            });
+            match opened {
+                Ok(listener) => {
+                    listeners.insert((slot, port), listener);
+                    tracing::info!(%address, "listening");
+                }
+                Err(error) => tracing::error!(%address, %error, "cannot listen"),
             }
-            Err(error) => tracing::error!(%address, %error, "cannot listen"),
         }
     }
 }
 
 /// A listener's poll token: above every connection's.
-fn listener_token(port: u16) -> Token {
-    Token(LISTENER_BASE + usize::from(port))
+fn listener_token(slot: usize, port: u16) -> Token {
+    Token(LISTENER_BASE + (slot << 16) + usize::from(port))
+}
+
+/// The address slot and port of a listener's token.
+fn listener_slot_and_port(token: usize) -> (usize, u16) {
+    let offset = token - LISTENER_BASE;
+    (offset >> 16, (offset & 0xffff) as u16)
 }
 
 fn accept_all(

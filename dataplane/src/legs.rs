@@ -101,8 +101,7 @@ impl<'s> Legs<'s> {
         match (self.choice, to) {
             (LegChoice::Kernel, _) => false,
             (LegChoice::Userspace, _) => true,
-            (LegChoice::Auto, SocketAddr::V4(v4)) => self.stack.reaches(*v4.ip()),
-            (LegChoice::Auto, SocketAddr::V6(_)) => false,
+            (LegChoice::Auto, to) => self.stack.reaches(to.ip().into()),
         }
     }
 }

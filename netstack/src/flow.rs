@@ -2,21 +2,22 @@
 //!
 //! [`classify`] reads just enough of a frame (zero-copy smoltcp `wire` views)
 //! to route it: to a connection by its 4-tuple, to a listener, or to the
-//! stack's control path (ARP, ICMP, anything else). [`FlowOwnership`] maps a
+//! stack's control path (ARP, neighbour discovery, ICMP, anything else). [`FlowOwnership`] maps a
 //! flow to its worker with the Toeplitz hash NICs use for RSS (Microsoft RSS
 //! spec, "Verifying the RSS hash calculation"), so that on a NIC with RSS
 //! the owner is the queue the NIC picks, and on veth any worker can tell the
 //! owner without asking anyone.
 
 use smoltcp::wire::{
-    EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Address, Ipv4Packet, TcpPacket, UdpPacket,
+    EthernetFrame, EthernetProtocol, Icmpv6Message, Icmpv6Packet, IpAddress, IpProtocol,
+    Ipv4Packet, Ipv6Packet, TcpPacket, UdpPacket,
 };
 
 /// A transport flow seen from our side: the peer's address and port and our
-/// port (the local address is the stack's one address).
+/// port (the local address is the stack's address of the peer's family).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
-    pub remote_addr: Ipv4Address,
+    pub remote_addr: IpAddress,
     pub remote_port: u16,
     pub local_port: u16,
 }
@@ -24,11 +25,12 @@ pub struct FlowKey {
 /// What a received frame is, for dispatch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FrameKind {
-    /// ARP: every worker's neighbour cache wants it.
-    Arp,
+    /// ARP, or IPv6 neighbour discovery (RFC 4861): every worker's
+    /// neighbour cache wants it.
+    Neighbour,
     /// A TCP segment to `local_addr`.
     Tcp {
-        local_addr: Ipv4Address,
+        local_addr: IpAddress,
         flow: FlowKey,
         /// SYN without ACK: the opening of a connection.
         syn_only: bool,
@@ -36,7 +38,7 @@ pub enum FrameKind {
     },
     /// A UDP datagram to `local_addr`.
     Udp {
-        local_addr: Ipv4Address,
+        local_addr: IpAddress,
         flow: FlowKey,
     },
     /// ICMP, IP fragments, other protocols, malformed frames: the stack's
@@ -50,8 +52,9 @@ pub fn classify(frame: &[u8]) -> FrameKind {
         return FrameKind::Other;
     };
     match eth.ethertype() {
-        EthernetProtocol::Arp => FrameKind::Arp,
+        EthernetProtocol::Arp => FrameKind::Neighbour,
         EthernetProtocol::Ipv4 => classify_ipv4(eth.payload()),
+        EthernetProtocol::Ipv6 => classify_ipv6(eth.payload()),
         _ => FrameKind::Other,
     }
 }
@@ -64,10 +67,51 @@ fn classify_ipv4(packet: &[u8]) -> FrameKind {
     if ip.frag_offset() != 0 || ip.more_frags() {
         return FrameKind::Other;
     }
-    let (remote_addr, local_addr) = (ip.src_addr(), ip.dst_addr());
-    match ip.next_header() {
+    classify_transport(
+        ip.src_addr().into(),
+        ip.dst_addr().into(),
+        ip.next_header(),
+        ip.payload(),
+    )
+}
+
+/// IPv6: TCP and UDP right after the fixed header; extension headers
+/// (fragments among them) go to the control path.
+fn classify_ipv6(packet: &[u8]) -> FrameKind {
+    let Ok(ip) = Ipv6Packet::new_checked(packet) else {
+        return FrameKind::Other;
+    };
+    let next = ip.next_header();
+    if next == IpProtocol::Icmpv6 {
+        let Ok(icmp) = Icmpv6Packet::new_checked(ip.payload()) else {
+            return FrameKind::Other;
+        };
+        return match icmp.msg_type() {
+            Icmpv6Message::RouterSolicit
+            | Icmpv6Message::RouterAdvert
+            | Icmpv6Message::NeighborSolicit
+            | Icmpv6Message::NeighborAdvert
+            | Icmpv6Message::Redirect => FrameKind::Neighbour,
+            _ => FrameKind::Other,
+        };
+    }
+    classify_transport(
+        ip.src_addr().into(),
+        ip.dst_addr().into(),
+        next,
+        ip.payload(),
+    )
+}
+
+fn classify_transport(
+    remote_addr: IpAddress,
+    local_addr: IpAddress,
+    protocol: IpProtocol,
+    payload: &[u8],
+) -> FrameKind {
+    match protocol {
         IpProtocol::Tcp => {
-            let Ok(tcp) = TcpPacket::new_checked(ip.payload()) else {
+            let Ok(tcp) = TcpPacket::new_checked(payload) else {
                 return FrameKind::Other;
             };
             FrameKind::Tcp {
@@ -82,7 +126,7 @@ fn classify_ipv4(packet: &[u8]) -> FrameKind {
             }
         }
         IpProtocol::Udp => {
-            let Ok(udp) = UdpPacket::new_checked(ip.payload()) else {
+            let Ok(udp) = UdpPacket::new_checked(payload) else {
                 return FrameKind::Other;
             };
             FrameKind::Udp {
@@ -159,18 +203,32 @@ impl FlowOwnership {
         self.workers
     }
 
-    /// The RSS hash of a TCP/UDP flow arriving from `remote` at `local`.
-    pub fn hash(&self, local_addr: Ipv4Address, flow: &FlowKey) -> u32 {
-        let mut input = [0u8; 12];
-        input[0..4].copy_from_slice(&flow.remote_addr.octets());
-        input[4..8].copy_from_slice(&local_addr.octets());
-        input[8..10].copy_from_slice(&flow.remote_port.to_be_bytes());
-        input[10..12].copy_from_slice(&flow.local_port.to_be_bytes());
-        toeplitz(&self.key, &input)
+    /// The RSS hash of a TCP/UDP flow arriving from `remote` at `local`:
+    /// source address, destination address, source port, destination port,
+    /// as the RSS specification lays them out for IPv4 and IPv6 alike.
+    pub fn hash(&self, local_addr: IpAddress, flow: &FlowKey) -> u32 {
+        let mut input = [0u8; 36];
+        let addresses = match (flow.remote_addr, local_addr) {
+            (IpAddress::Ipv4(remote), IpAddress::Ipv4(local)) => {
+                input[0..4].copy_from_slice(&remote.octets());
+                input[4..8].copy_from_slice(&local.octets());
+                8
+            }
+            (IpAddress::Ipv6(remote), IpAddress::Ipv6(local)) => {
+                input[0..16].copy_from_slice(&remote.octets());
+                input[16..32].copy_from_slice(&local.octets());
+                32
+            }
+            // Not a flow the NIC would see; hash the ports alone.
+            _ => 0,
+        };
+        input[addresses..addresses + 2].copy_from_slice(&flow.remote_port.to_be_bytes());
+        input[addresses + 2..addresses + 4].copy_from_slice(&flow.local_port.to_be_bytes());
+        toeplitz(&self.key, &input[..addresses + 4])
     }
 
     /// The worker that owns the flow.
-    pub fn owner(&self, local_addr: Ipv4Address, flow: &FlowKey) -> usize {
+    pub fn owner(&self, local_addr: IpAddress, flow: &FlowKey) -> usize {
         let bucket = self.hash(local_addr, flow) as usize % self.table.len();
         usize::from(self.table[bucket])
     }
@@ -181,7 +239,8 @@ mod tests {
     use super::*;
     use smoltcp::phy::ChecksumCapabilities;
     use smoltcp::wire::{
-        EthernetAddress, EthernetRepr, IpAddress, Ipv4Repr, TcpControl, TcpRepr, TcpSeqNumber,
+        EthernetAddress, EthernetRepr, Icmpv6Repr, Ipv4Address, Ipv4Repr, Ipv6Address, Ipv6Repr,
+        NdiscRepr, RawHardwareAddress, TcpControl, TcpRepr, TcpSeqNumber,
     };
 
     /// The Microsoft RSS verification suite, IPv4 with TCP ports.
@@ -228,14 +287,56 @@ mod tests {
         let ownership = FlowOwnership::new(1);
         for (dst, dport, src, sport, want) in cases {
             let flow = FlowKey {
-                remote_addr: Ipv4Address::from(src),
+                remote_addr: IpAddress::Ipv4(Ipv4Address::from(src)),
                 remote_port: sport,
                 local_port: dport,
             };
             assert_eq!(
-                ownership.hash(Ipv4Address::from(dst), &flow),
+                ownership.hash(IpAddress::Ipv4(Ipv4Address::from(dst)), &flow),
                 want,
                 "{src:?}:{sport}"
+            );
+        }
+    }
+
+    /// The same suite's IPv6 cases with TCP ports.
+    #[test]
+    fn toeplitz_matches_the_rss_specification_for_ipv6() {
+        let cases = [
+            // (destination, dst port, source, src port, hash)
+            (
+                "3ffe:2501:200:3::1",
+                1766,
+                "3ffe:2501:200:1fff::7",
+                2794,
+                0x4020_7d3du32,
+            ),
+            (
+                "ff02::1",
+                4739,
+                "3ffe:501:8::260:97ff:fe40:efab",
+                14230,
+                0xdde5_1bbf,
+            ),
+            (
+                "fe80::200:f8ff:fe21:67cf",
+                38024,
+                "3ffe:1900:4545:3:200:f8ff:fe21:67cf",
+                44251,
+                0x02d1_feef,
+            ),
+        ];
+        let ownership = FlowOwnership::new(1);
+        for (dst, dport, src, sport, want) in cases {
+            let flow = FlowKey {
+                remote_addr: IpAddress::Ipv6(src.parse().unwrap()),
+                remote_port: sport,
+                local_port: dport,
+            };
+            assert_eq!(
+                ownership.hash(IpAddress::Ipv6(dst.parse().unwrap()), &flow),
+                want,
+                "{src}:{sport}"
             );
         }
     }
@@ -243,11 +344,11 @@ mod tests {
     #[test]
     fn owners_spread_over_workers_and_are_stable() {
         let ownership = FlowOwnership::new(2);
-        let local = Ipv4Address::new(198, 18, 0, 1);
+        let local = IpAddress::v4(198, 18, 0, 1);
         let mut counts = [0usize; 2];
         for port in 40_000..41_000 {
             let flow = FlowKey {
-                remote_addr: Ipv4Address::new(198, 18, 0, 10),
+                remote_addr: IpAddress::v4(198, 18, 0, 10),
                 remote_port: port,
                 local_port: 7,
             };
@@ -316,7 +417,7 @@ mod tests {
             panic!("{syn:?}");
         };
         assert!(syn_only && !rst);
-        assert_eq!(local_addr, Ipv4Address::new(198, 18, 0, 1));
+        assert_eq!(local_addr, IpAddress::v4(198, 18, 0, 1));
         assert_eq!(flow.remote_port, 40000);
         assert_eq!(flow.local_port, 7);
         assert!(matches!(
@@ -340,5 +441,93 @@ mod tests {
             );
         }
         assert_eq!(classify(&[0xff; 64]), FrameKind::Other);
+    }
+
+    /// An Ethernet frame carrying IPv6 from `src` to `dst` with `payload`
+    /// written by `emit` (`len` bytes of `next_header`).
+    fn ipv6_frame(
+        src: Ipv6Address,
+        dst: Ipv6Address,
+        next_header: IpProtocol,
+        len: usize,
+        emit: impl FnOnce(&mut [u8]),
+    ) -> Vec<u8> {
+        let ip = Ipv6Repr {
+            src_addr: src,
+            dst_addr: dst,
+            next_header,
+            payload_len: len,
+            hop_limit: 255,
+        };
+        let mut buf = vec![0; 14 + 40 + len];
+        let mut frame = EthernetFrame::new_unchecked(&mut buf[..]);
+        EthernetRepr {
+            src_addr: EthernetAddress([2, 0, 0, 0, 0, 2]),
+            dst_addr: EthernetAddress([2, 0, 0, 0, 0, 1]),
+            ethertype: EthernetProtocol::Ipv6,
+        }
+        .emit(&mut frame);
+        let mut packet = Ipv6Packet::new_unchecked(frame.payload_mut());
+        ip.emit(&mut packet);
+        emit(packet.payload_mut());
+        buf
+    }
+
+    #[test]
+    fn classifies_ipv6_tcp_and_neighbour_discovery() {
+        let (client, us): (Ipv6Address, Ipv6Address) =
+            ("2001:2::10".parse().unwrap(), "2001:2::1".parse().unwrap());
+        let tcp = TcpRepr {
+            src_port: 40000,
+            dst_port: 80,
+            control: TcpControl::Syn,
+            seq_number: TcpSeqNumber(1),
+            ack_number: None,
+            window_len: 1024,
+            window_scale: None,
+            max_seg_size: None,
+            sack_permitted: false,
+            sack_ranges: [None; 3],
+            timestamp: None,
+            payload: b"",
+        };
+        let caps = ChecksumCapabilities::default();
+        let frame = ipv6_frame(client, us, IpProtocol::Tcp, tcp.buffer_len(), |b| {
+            tcp.emit(
+                &mut TcpPacket::new_unchecked(b),
+                &IpAddress::Ipv6(client),
+                &IpAddress::Ipv6(us),
+                &caps,
+            )
+        });
+        assert_eq!(
+            classify(&frame),
+            FrameKind::Tcp {
+                local_addr: IpAddress::Ipv6(us),
+                flow: FlowKey {
+                    remote_addr: IpAddress::Ipv6(client),
+                    remote_port: 40000,
+                    local_port: 80,
+                },
+                syn_only: true,
+                rst: false,
+            }
+        );
+        let solicit = Icmpv6Repr::Ndisc(NdiscRepr::NeighborSolicit {
+            target_addr: us,
+            lladdr: Some(RawHardwareAddress::from_bytes(&[2, 0, 0, 0, 0, 2])),
+        });
+        let group = crate::neighbor::solicited_node(us);
+        let frame = ipv6_frame(
+            client,
+            group,
+            IpProtocol::Icmpv6,
+            solicit.buffer_len(),
+            |b| solicit.emit(&client, &group, &mut Icmpv6Packet::new_unchecked(b), &caps),
+        );
+        assert_eq!(classify(&frame), FrameKind::Neighbour);
+        for len in 0..frame.len() - 1 {
+            assert!(!matches!(classify(&frame[..len]), FrameKind::Tcp { .. }));
+        }
     }
 }

@@ -1,14 +1,17 @@
-//! Neighbour resolution ahead of need (ARP, RFC 826), by the stack's own
-//! ARP or from the kernel's table.
+//! Neighbour resolution ahead of need (ARP, RFC 826; IPv6 neighbour
+//! discovery, RFC 4861 §7), by the stack's own requests or from the
+//! kernel's table.
 //!
 //! smoltcp sends at most one ARP request per second per interface: its
 //! neighbour cache's rate limit is global, not per address. A worker that
 //! opens connections to N backends it has not resolved yet would send the
 //! first SYN at once and the last after N seconds (in the lab, three
-//! endpoints cost the first seconds of traffic a p99 near one second). So
-//! the stack asks for a next hop itself when a connection to it opens and
-//! no ARP from it has been heard lately; smoltcp's cache fills from the
-//! reply as usual, and connections waiting for it are woken.
+//! endpoints cost the first seconds of traffic a p99 near one second).
+//! IPv6 neighbour solicitations share the same limit. So the stack asks for
+//! a next hop itself (an ARP request, or a solicitation to the target's
+//! solicited-node group) when a connection to it opens and nothing from it
+//! has been heard lately; smoltcp's cache fills from the reply as usual,
+//! and connections waiting for it are woken.
 //!
 //! On the node's own address the kernel keeps ARP, so replies never reach
 //! the stack. There the neighbours come from the kernel's table
@@ -17,11 +20,13 @@
 //! it would have heard, and what the table lacks it asks the kernel for.
 
 use crate::stack::FastMap;
+use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
-    EthernetRepr, Ipv4Address,
+    EthernetRepr, Icmpv6Packet, Icmpv6Repr, IpAddress, IpProtocol, Ipv4Address, Ipv6Address,
+    Ipv6Packet, Ipv6Repr, NdiscRepr, RawHardwareAddress,
 };
 
 /// How long an address counts as resolved after an ARP from it: well
@@ -42,15 +47,15 @@ struct Record {
 /// What this stack knows of its neighbours, and the requests it owes.
 #[derive(Debug, Default)]
 pub(crate) struct Resolver {
-    records: FastMap<Ipv4Address, Record>,
+    records: FastMap<IpAddress, Record>,
     /// Requests to send at the next egress.
-    pending: Vec<Ipv4Address>,
+    pending: Vec<IpAddress>,
 }
 
 impl Resolver {
     /// A connection to `address` (on the link) is opening: ask for it
     /// unless it was heard from lately or asked for a moment ago.
-    pub fn want(&mut self, address: Ipv4Address, now: Instant) {
+    pub fn want(&mut self, address: IpAddress, now: Instant) {
         if self.records.len() > PRUNE_OVER {
             self.records
                 .retain(|_, r| r.heard.or(r.asked).is_some_and(|at| now < at + HEARD_FOR));
@@ -67,8 +72,9 @@ impl Resolver {
         }
     }
 
-    /// An ARP frame from `address`, aimed at us, arrived.
-    pub fn heard(&mut self, address: Ipv4Address, now: Instant) {
+    /// An ARP or neighbour discovery frame from `address`, aimed at us,
+    /// arrived.
+    pub fn heard(&mut self, address: IpAddress, now: Instant) {
         self.records
             .entry(address)
             .and_modify(|r| r.heard = Some(now))
@@ -83,18 +89,18 @@ impl Resolver {
     }
 
     /// The next request owed, taken.
-    pub fn next_pending(&mut self) -> Option<Ipv4Address> {
+    pub fn next_pending(&mut self) -> Option<IpAddress> {
         self.pending.pop()
     }
 
     /// Give a request back (no frame to send it in).
-    pub fn defer(&mut self, address: Ipv4Address) {
+    pub fn defer(&mut self, address: IpAddress) {
         self.pending.push(address);
     }
 
     /// Addresses known to the resolver and not heard from for
     /// [`HEARD_FOR`]: smoltcp's entry for them is due to expire.
-    pub fn stale(&self, now: Instant) -> impl Iterator<Item = Ipv4Address> + '_ {
+    pub fn stale(&self, now: Instant) -> impl Iterator<Item = IpAddress> + '_ {
         self.records
             .iter()
             .filter(move |(_, r)| r.heard.is_none_or(|at| now >= at + HEARD_FOR))
@@ -102,12 +108,12 @@ impl Resolver {
     }
 
     /// Drop what is known of `address`.
-    pub fn forget(&mut self, address: Ipv4Address) {
+    pub fn forget(&mut self, address: IpAddress) {
         self.records.remove(&address);
     }
 
     /// Whether `address` was heard from lately.
-    pub fn fresh(&self, address: Ipv4Address, now: Instant) -> bool {
+    pub fn fresh(&self, address: IpAddress, now: Instant) -> bool {
         self.records
             .get(&address)
             .and_then(|r| r.heard)
@@ -238,6 +244,90 @@ pub(crate) fn arp_sender(frame: &[u8], us: Ipv4Address) -> Option<Ipv4Address> {
     }
 }
 
+/// The neighbour `frame` tells us the link-layer address of, if it is
+/// neighbour discovery aimed at `us`: an advertisement (of its target) or
+/// a solicitation for us (from its sender).
+pub(crate) fn ndisc_sender(frame: &[u8], us: Ipv6Address) -> Option<Ipv6Address> {
+    let ethernet = EthernetFrame::new_checked(frame).ok()?;
+    let ip = Ipv6Packet::new_checked(ethernet.payload()).ok()?;
+    if ip.next_header() != IpProtocol::Icmpv6 {
+        return None;
+    }
+    let icmp = Icmpv6Packet::new_checked(ip.payload()).ok()?;
+    let (src, dst) = (ip.src_addr(), ip.dst_addr());
+    match Icmpv6Repr::parse(&src, &dst, &icmp, &ChecksumCapabilities::default()).ok()? {
+        Icmpv6Repr::Ndisc(NdiscRepr::NeighborAdvert {
+            target_addr,
+            lladdr: Some(_),
+            ..
+        }) if dst == us || dst.is_multicast() => Some(target_addr),
+        Icmpv6Repr::Ndisc(NdiscRepr::NeighborSolicit {
+            target_addr,
+            lladdr: Some(_),
+        }) if target_addr == us => Some(src),
+        _ => None,
+    }
+}
+
+/// The solicited-node multicast group of `address` (RFC 4291 §2.7.1).
+pub(crate) fn solicited_node(address: Ipv6Address) -> Ipv6Address {
+    let o = address.octets();
+    Ipv6Address::new(
+        0xff02,
+        0,
+        0,
+        0,
+        0,
+        1,
+        0xff00 | u16::from(o[13]),
+        u16::from_be_bytes([o[14], o[15]]),
+    )
+}
+
+/// The length of a neighbour solicitation frame with our link-layer
+/// address: Ethernet, IPv6, the solicitation and one 8-byte option.
+pub(crate) const SOLICITATION_LEN: usize = 14 + 40 + 24 + 8;
+
+/// A neighbour solicitation for `target` from (`mac`, `address`) to the
+/// target's solicited-node group, written into `buf` of
+/// [`SOLICITATION_LEN`] bytes.
+pub(crate) fn emit_solicitation(
+    buf: &mut [u8],
+    mac: EthernetAddress,
+    address: Ipv6Address,
+    target: Ipv6Address,
+) {
+    let group = solicited_node(target);
+    let g = group.octets();
+    let mut frame = EthernetFrame::new_unchecked(buf);
+    EthernetRepr {
+        src_addr: mac,
+        // 33:33 and the group's low 32 bits (RFC 2464 §7).
+        dst_addr: EthernetAddress([0x33, 0x33, g[12], g[13], g[14], g[15]]),
+        ethertype: EthernetProtocol::Ipv6,
+    }
+    .emit(&mut frame);
+    let solicit = Icmpv6Repr::Ndisc(NdiscRepr::NeighborSolicit {
+        target_addr: target,
+        lladdr: Some(RawHardwareAddress::from(mac)),
+    });
+    let mut ip = Ipv6Packet::new_unchecked(frame.payload_mut());
+    Ipv6Repr {
+        src_addr: address,
+        dst_addr: group,
+        next_header: IpProtocol::Icmpv6,
+        payload_len: solicit.buffer_len(),
+        hop_limit: 255,
+    }
+    .emit(&mut ip);
+    solicit.emit(
+        &address,
+        &group,
+        &mut Icmpv6Packet::new_unchecked(ip.payload_mut()),
+        &ChecksumCapabilities::default(),
+    );
+}
+
 /// The length of a broadcast ARP request frame.
 pub(crate) const REQUEST_LEN: usize = 14 + 28;
 
@@ -276,20 +366,21 @@ mod tests {
 
     #[test]
     fn asks_once_per_retry_period_until_heard_and_again_when_stale() {
+        let peer = IpAddress::Ipv4(PEER);
         let mut r = Resolver::default();
         let t0 = Instant::from_millis(1_000);
-        r.want(PEER, t0);
-        r.want(PEER, t0 + Duration::from_millis(50));
-        assert_eq!(r.next_pending(), Some(PEER));
+        r.want(peer, t0);
+        r.want(peer, t0 + Duration::from_millis(50));
+        assert_eq!(r.next_pending(), Some(peer));
         assert_eq!(r.next_pending(), None, "asked once");
-        r.want(PEER, t0 + RETRY_AFTER);
-        assert_eq!(r.next_pending(), Some(PEER), "unanswered: asked again");
+        r.want(peer, t0 + RETRY_AFTER);
+        assert_eq!(r.next_pending(), Some(peer), "unanswered: asked again");
         let heard = t0 + Duration::from_secs(1);
-        r.heard(PEER, heard);
-        r.want(PEER, heard + Duration::from_secs(1));
+        r.heard(peer, heard);
+        r.want(peer, heard + Duration::from_secs(1));
         assert!(!r.has_pending(), "heard lately");
-        r.want(PEER, heard + HEARD_FOR);
-        assert_eq!(r.next_pending(), Some(PEER), "stale");
+        r.want(peer, heard + HEARD_FOR);
+        assert_eq!(r.next_pending(), Some(peer), "stale");
     }
 
     #[test]
@@ -300,5 +391,25 @@ mod tests {
         assert_eq!(arp_sender(&buf, US), None);
         assert_eq!(arp_sender(&buf, PEER), Some(US));
         assert_eq!(arp_sender(&buf[..20], PEER), None, "truncated");
+    }
+
+    #[test]
+    fn a_solicitation_emitted_parses_back_and_names_its_sender_to_the_target() {
+        let (us, peer): (Ipv6Address, Ipv6Address) =
+            ("2001:2::10".parse().unwrap(), "2001:2::20".parse().unwrap());
+        let mut buf = [0u8; SOLICITATION_LEN];
+        emit_solicitation(&mut buf, MAC, us, peer);
+        assert_eq!(&buf[0..6], &[0x33, 0x33, 0xff, 0, 0, 0x20]);
+        assert_eq!(
+            solicited_node(peer),
+            "ff02::1:ff00:20".parse::<Ipv6Address>().unwrap()
+        );
+        assert_eq!(
+            ndisc_sender(&buf, peer),
+            Some(us),
+            "the peer hears who asks"
+        );
+        assert_eq!(ndisc_sender(&buf, us), None, "not a solicitation for us");
+        assert_eq!(ndisc_sender(&buf[..60], peer), None, "truncated");
     }
 }

@@ -27,7 +27,7 @@ use smoltcp::socket::{tcp, udp, Socket};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
     EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint, IpListenEndpoint, Ipv4Address,
-    Ipv4Cidr,
+    Ipv4Cidr, Ipv6Address, Ipv6Cidr,
 };
 use std::collections::HashMap;
 use std::ops::RangeInclusive;
@@ -82,8 +82,10 @@ impl Default for TcpConfig {
 /// Settings of one worker's stack.
 #[derive(Clone, Debug)]
 pub struct StackConfig {
-    /// The one address the stack owns.
+    /// The IPv4 address the stack owns.
     pub address: Ipv4Cidr,
+    /// Its IPv6 address, if it has one (dual stack).
+    pub address6: Option<Ipv6Cidr>,
     pub mac: EthernetAddress,
     pub tcp: TcpConfig,
     /// Connections at most (established, half-open and closing).
@@ -107,6 +109,7 @@ impl StackConfig {
     pub fn new(address: Ipv4Cidr, mac: EthernetAddress) -> Self {
         Self {
             address,
+            address6: None,
             mac,
             tcp: TcpConfig::default(),
             max_connections: 65_536,
@@ -154,7 +157,8 @@ pub struct StackCounters {
     /// Connections polled for egress (touched by a packet, a timer or the
     /// application): the stack's work per pass is proportional to this.
     pub egress_polls: u64,
-    /// ARP requests the stack sent itself for new next hops.
+    /// ARP requests and IPv6 neighbour solicitations the stack sent itself
+    /// for new next hops.
     pub arp_requests: u64,
     /// Neighbours handed to smoltcp from the kernel's table or a client's
     /// SYN (node-address mode).
@@ -245,6 +249,7 @@ pub struct Stack {
     iface: Interface,
     config: StackConfig,
     address: Ipv4Address,
+    address6: Option<Ipv6Address>,
     slots: Vec<Slot>,
     free: Vec<u32>,
     live: usize,
@@ -297,12 +302,16 @@ impl Stack {
         iface_config.random_seed = seed(config.worker);
         let mut iface = Interface::new(iface_config, device, now);
         iface.update_ip_addrs(|addrs| {
-            // A fresh interface has room for its first address.
+            // A fresh interface has room for two addresses.
             let _ = addrs.push(IpCidr::Ipv4(config.address));
+            if let Some(address6) = config.address6 {
+                let _ = addrs.push(IpCidr::Ipv6(address6));
+            }
         });
         Self {
             iface,
             address: config.address.address(),
+            address6: config.address6.map(|a| a.address()),
             slots: Vec::new(),
             free: Vec::new(),
             live: 0,
@@ -364,11 +373,11 @@ impl Stack {
             // smoltcp's own ARP for a next hop is answered to the kernel:
             // have each one ready before a packet needs it (a route moved
             // to a new hop under open connections).
-            let hops: Vec<Ipv4Address> = self
+            let hops: Vec<IpAddress> = self
                 .routes
                 .iter()
                 .filter_map(|r| match r.hop {
-                    Hop::Via(via) => Some(via),
+                    Hop::Via(via) => Some(IpAddress::Ipv4(via)),
                     Hop::Elsewhere => None,
                 })
                 .collect();
@@ -383,21 +392,47 @@ impl Stack {
 
     /// The neighbour a packet to `to` goes to first: `to` itself on the
     /// link, a route's next hop off it; `None` when the stack cannot reach
-    /// it (no route, or one out of another device).
-    fn next_hop(&self, to: Ipv4Address) -> Option<Ipv4Address> {
-        if self.config.address.contains_addr(&to) {
-            return Some(to);
-        }
-        match self.routes.hop(to)? {
-            Hop::Via(via) => Some(via),
-            Hop::Elsewhere => None,
+    /// it (no address of that family, no route, or one out of another
+    /// device). IPv6 reaches its link only, for now.
+    fn next_hop(&self, to: IpAddress) -> Option<IpAddress> {
+        match to {
+            IpAddress::Ipv4(to) => {
+                if self.config.address.contains_addr(&to) {
+                    return Some(IpAddress::Ipv4(to));
+                }
+                match self.routes.hop(to)? {
+                    Hop::Via(via) => Some(IpAddress::Ipv4(via)),
+                    Hop::Elsewhere => None,
+                }
+            }
+            IpAddress::Ipv6(to) => self
+                .config
+                .address6
+                .filter(|subnet| subnet.contains_addr(&to))
+                .map(|_| IpAddress::Ipv6(to)),
         }
     }
 
     /// Whether the stack reaches `to`: on its link, or through a route out
     /// of its interface.
-    pub fn reaches(&self, to: Ipv4Address) -> bool {
+    pub fn reaches(&self, to: IpAddress) -> bool {
         self.next_hop(to).is_some()
+    }
+
+    /// Whether `address` is the stack's own.
+    fn is_local(&self, address: IpAddress) -> bool {
+        match address {
+            IpAddress::Ipv4(a) => a == self.address,
+            IpAddress::Ipv6(a) => self.address6 == Some(a),
+        }
+    }
+
+    /// The stack's address of `remote`'s family.
+    fn local_for(&self, remote: IpAddress) -> Option<IpAddress> {
+        match remote {
+            IpAddress::Ipv4(_) => Some(IpAddress::Ipv4(self.address)),
+            IpAddress::Ipv6(_) => self.address6.map(IpAddress::Ipv6),
+        }
     }
 
     /// The kernel's neighbours, for a stack whose neighbours come from
@@ -420,11 +455,11 @@ impl Stack {
     /// kernel). Neighbours no connection uses any more are forgotten.
     fn renew_neighbours(&mut self) {
         let now = self.now;
-        let stale: Vec<Ipv4Address> = self.neighbors.stale(now).collect();
+        let stale: Vec<IpAddress> = self.neighbors.stale(now).collect();
         if stale.is_empty() {
             return;
         }
-        let in_use: std::collections::HashSet<Ipv4Address> = self
+        let in_use: std::collections::HashSet<IpAddress> = self
             .slots
             .iter()
             .filter_map(|slot| slot.conn.as_ref())
@@ -436,9 +471,13 @@ impl Stack {
                 self.neighbors.forget(address);
                 continue;
             }
-            match self.kernel_neighbours.get(address) {
+            // The kernel's table is IPv4's (node-address mode is IPv4).
+            let IpAddress::Ipv4(v4) = address else {
+                continue;
+            };
+            match self.kernel_neighbours.get(v4) {
                 Some(mac) => {
-                    self.learn_neighbour(address, mac);
+                    self.learn_neighbour(v4, mac);
                     learned = true;
                 }
                 // Asked of the kernel at the next egress, unless it was a
@@ -457,7 +496,7 @@ impl Stack {
         let frame = neighbor::reply_frame(address, mac, self.address, self.config.mac);
         self.iface
             .poll_ingress_single(self.now, &mut OneFrame(Some(&frame)), &mut self.control);
-        self.neighbors.heard(address, self.now);
+        self.neighbors.heard(IpAddress::Ipv4(address), self.now);
         self.counters.neighbours_learned += 1;
     }
 
@@ -465,9 +504,13 @@ impl Stack {
     /// on the link is learned from its frame (the kernel may never have
     /// spoken to it); the next hop to one off it is wanted, as for a
     /// connection out.
-    fn learn_from_frame(&mut self, frame: &[u8], remote: Ipv4Address, syn: bool) {
-        if self.config.address.contains_addr(&remote) {
-            if !self.neighbors.fresh(remote, self.now) {
+    fn learn_from_frame(&mut self, frame: &[u8], remote: IpAddress, syn: bool) {
+        let on_link = match remote {
+            IpAddress::Ipv4(v4) => self.config.address.contains_addr(&v4).then_some(v4),
+            IpAddress::Ipv6(_) => None,
+        };
+        if let Some(remote) = on_link {
+            if !self.neighbors.fresh(IpAddress::Ipv4(remote), self.now) {
                 let mac = EthernetAddress::from_bytes(&frame[6..12]);
                 if mac.is_unicast() {
                     self.learn_neighbour(remote, mac);
@@ -481,9 +524,14 @@ impl Stack {
         }
     }
 
-    /// The address the stack owns.
+    /// The IPv4 address the stack owns.
     pub fn address(&self) -> Ipv4Address {
         self.address
+    }
+
+    /// The IPv6 address the stack owns, if any.
+    pub fn address6(&self) -> Option<Ipv6Address> {
+        self.address6
     }
 
     /// Connections open (any state but closed).
@@ -568,13 +616,16 @@ impl Stack {
     }
 
     /// Open a connection to `remote` from an ephemeral port whose replies
-    /// this worker owns.
-    pub fn connect(&mut self, remote: (Ipv4Address, u16)) -> Result<ConnId, StackError> {
-        let endpoint = IpEndpoint::new(IpAddress::Ipv4(remote.0), remote.1);
+    /// this worker owns, from the stack's address of its family.
+    pub fn connect(&mut self, remote: (impl Into<IpAddress>, u16)) -> Result<ConnId, StackError> {
+        let remote = (remote.0.into(), remote.1);
+        let endpoint = IpEndpoint::new(remote.0, remote.1);
         if self.live >= self.config.max_connections {
             return Err(StackError::TooManyConnections(self.config.max_connections));
         }
-        let address = self.address;
+        let address = self
+            .local_for(remote.0)
+            .ok_or(StackError::Unreachable(endpoint))?;
         let worker = self.config.worker;
         let ownership = self.config.ownership.as_ref();
         let index = &self.index;
@@ -592,11 +643,7 @@ impl Stack {
             .ok_or(StackError::NoFreePort(endpoint))?;
         let mut socket = self.new_socket();
         if socket
-            .connect(
-                self.iface.context(),
-                endpoint,
-                (IpAddress::Ipv4(address), port),
-            )
+            .connect(self.iface.context(), endpoint, (address, port))
             .is_err()
         {
             self.ports.release(port);
@@ -730,7 +777,7 @@ impl Stack {
     }
 
     /// The peer of a connection.
-    pub fn remote(&self, id: ConnId) -> Option<(Ipv4Address, u16)> {
+    pub fn remote(&self, id: ConnId) -> Option<(IpAddress, u16)> {
         self.slot(id)
             .map(|c| (c.flow.remote_addr, c.flow.remote_port))
     }
@@ -754,8 +801,8 @@ impl Stack {
     }
 
     /// Take in every frame the device holds. Frames whose flow another
-    /// worker owns go to `handoff(owner, frame)`; ARP goes to every other
-    /// worker as well as here. Returns whether anything was received.
+    /// worker owns go to `handoff(owner, frame)`; ARP and neighbour
+    /// discovery go to every other worker as well as here. Returns whether anything was received.
     pub fn ingress<D, H>(&mut self, now: Instant, device: &mut D, mut handoff: H) -> bool
     where
         D: BatchDevice + ?Sized,
@@ -772,7 +819,7 @@ impl Stack {
                 if let Some(ownership) = &self.config.ownership {
                     let me = self.config.worker;
                     match kind {
-                        FrameKind::Arp => {
+                        FrameKind::Neighbour => {
                             for worker in (0..ownership.workers()).filter(|&w| w != me) {
                                 handoff(worker, frame);
                             }
@@ -804,15 +851,21 @@ impl Stack {
                     flow,
                     syn_only,
                     ..
-                } if local_addr == self.address => self.ingress_tcp(now, device, flow, syn_only),
-                FrameKind::Udp { local_addr, .. } if local_addr == self.address => {
+                } if self.is_local(local_addr) => self.ingress_tcp(now, device, flow, syn_only),
+                FrameKind::Udp { local_addr, .. } if self.is_local(local_addr) => {
                     self.udp_dirty = true;
                     consumed(self.iface.poll_ingress_single(now, device, &mut self.udp))
                 }
                 kind => {
-                    if kind == FrameKind::Arp {
+                    if kind == FrameKind::Neighbour {
                         arp_seen = true;
-                        if let Some(sender) = neighbor::arp_sender(frame, self.address) {
+                        let sender = neighbor::arp_sender(frame, self.address)
+                            .map(IpAddress::Ipv4)
+                            .or_else(|| {
+                                let us = self.address6?;
+                                neighbor::ndisc_sender(frame, us).map(IpAddress::Ipv6)
+                            });
+                        if let Some(sender) = sender {
                             self.neighbors.heard(sender, now);
                         }
                     }
@@ -994,15 +1047,28 @@ impl Stack {
 
     /// Broadcast the ARP requests owed, before the SYNs that need them.
     fn ask_neighbors<D: BatchDevice + ?Sized>(&mut self, now: Instant, device: &mut D) {
-        let (mac, address) = (self.config.mac, self.address);
+        let (mac, address, address6) = (self.config.mac, self.address, self.address6);
         while let Some(target) = self.neighbors.next_pending() {
+            if let (IpAddress::Ipv6(_), None) = (target, address6) {
+                continue;
+            }
             let Some(token) = device.transmit(now) else {
                 self.neighbors.defer(target);
                 return;
             };
-            token.consume(neighbor::REQUEST_LEN, |buf| {
-                neighbor::emit_request(buf, mac, address, target)
-            });
+            match (target, address6) {
+                (IpAddress::Ipv4(target), _) => {
+                    token.consume(neighbor::REQUEST_LEN, |buf| {
+                        neighbor::emit_request(buf, mac, address, target)
+                    });
+                }
+                (IpAddress::Ipv6(target), Some(address6)) => {
+                    token.consume(neighbor::SOLICITATION_LEN, |buf| {
+                        neighbor::emit_solicitation(buf, mac, address6, target)
+                    });
+                }
+                (IpAddress::Ipv6(_), None) => {}
+            }
             self.counters.arp_requests += 1;
         }
     }
@@ -1012,6 +1078,10 @@ impl Stack {
     fn look_up_neighbours(&mut self) {
         let mut learned = false;
         while let Some(target) = self.neighbors.next_pending() {
+            // The kernel's table is IPv4's (node-address mode is IPv4).
+            let IpAddress::Ipv4(target) = target else {
+                continue;
+            };
             match self.kernel_neighbours.get(target) {
                 Some(mac) => {
                     self.learn_neighbour(target, mac);

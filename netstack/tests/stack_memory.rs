@@ -239,17 +239,17 @@ fn outbound_ports_are_chosen_so_replies_reach_the_opening_worker() {
     assert_eq!(pair.client.counters().handed_off, 0);
     for &id in &ids {
         let (addr, port) = pair.client.remote(id).unwrap();
-        assert_eq!((addr, port), (SERVER, 7));
+        assert_eq!((addr, port), (SERVER.into(), 7));
     }
     // And the ports satisfy the hash as the server's replies present it.
     let mut ports = 0;
     for local_port in 32_768..=60_999u16 {
         let flow = FlowKey {
-            remote_addr: SERVER,
+            remote_addr: SERVER.into(),
             remote_port: 7,
             local_port,
         };
-        if ownership.owner(CLIENT, &flow) == 1 {
+        if ownership.owner(CLIENT.into(), &flow) == 1 {
             ports += 1;
         }
     }

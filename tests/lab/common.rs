@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 pub const RAUTA: &str = env!("CARGO_BIN_EXE_rauta");
 pub const GATEWAY: &str = "198.18.0.1";
 pub const GATEWAY_NODE: &str = "198.18.0.2";
+pub const GATEWAY6: &str = "2001:2::1";
+pub const GATEWAY_NODE6: &str = "2001:2::2";
 
 /// Lab tests share the machine's two cores and the network namespaces:
 /// one at a time.

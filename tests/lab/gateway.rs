@@ -2,7 +2,7 @@
 //! h2load, wrk, raw sockets) in the client namespace, `rauta echo` backends
 //! in the backend namespace, the example routes of `examples/gateway`.
 
-use crate::common::{serial, Lab, Process, GATEWAY, GATEWAY_NODE, RAUTA};
+use crate::common::{serial, Lab, Process, GATEWAY, GATEWAY6, GATEWAY_NODE, GATEWAY_NODE6, RAUTA};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,8 @@ pub(crate) struct RunWith {
     /// On `--io xdp`: share the gateway node's own address with its kernel
     /// (`--address-mode node`) rather than own one of its own.
     pub(crate) node_address: bool,
+    /// Dual stack: serve on an IPv6 address as well (`--address6`).
+    pub(crate) ipv6: bool,
 }
 
 impl GatewayLab {
@@ -167,6 +169,7 @@ impl GatewayLab {
         let iface = self.lab.gw_iface();
         let address = format!("{GATEWAY}/24");
         let node_address = self.run.node_address;
+        let address6 = format!("{GATEWAY6}/64");
         let mut args = Vec::new();
         if !self.run.env.is_empty() {
             // `env` execs the gateway: the process's PID stays the gateway's.
@@ -208,6 +211,12 @@ impl GatewayLab {
                 "2",
             ]),
         }
+        if self.run.ipv6 {
+            match self.io {
+                Io::Xdp => args.extend(["--address6", &address6]),
+                Io::Kernel => args.extend(["--address6", GATEWAY_NODE6]),
+            }
+        }
         let p = self.lab.spawn("gw", &args);
         p.wait_for_line(
             |l| l.starts_with("rauta run: serving"),
@@ -226,6 +235,18 @@ impl GatewayLab {
 
     pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.target())
+    }
+
+    /// The IPv6 address clients use (with [`RunWith::ipv6`]).
+    pub(crate) fn target6(&self) -> &'static str {
+        match self.io {
+            Io::Xdp => GATEWAY6,
+            Io::Kernel => GATEWAY_NODE6,
+        }
+    }
+
+    pub(crate) fn url6(&self, path: &str) -> String {
+        format!("http://[{}]{path}", self.target6())
     }
 
     /// curl from the client namespace: (status, headers and body as text).

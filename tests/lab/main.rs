@@ -4,6 +4,7 @@
 
 mod common;
 mod conformance;
+mod dual_stack;
 mod gateway;
 mod grpc;
 mod http2;

@@ -7,7 +7,10 @@
 // gateway address that only the userspace stack holds:
 //   - ARP whose target protocol address is the gateway address (requests for
 //     it and replies to it);
-//   - IPv4 TCP, UDP and ICMP whose destination is the gateway address.
+//   - IPv4 TCP, UDP and ICMP whose destination is the gateway address;
+//   - with an IPv6 address (RAUTA_HAS_IPV6): IPv6 TCP, UDP and ICMPv6 to it,
+//     and neighbour solicitations whose target it is (sent to its
+//     solicited-node group).
 // For the node's own address (RAUTA_NODE_ADDRESS), only IPv4 TCP to it whose
 // destination port is a listener port (RAUTA_PORTS) or in the stack's
 // ephemeral range: ARP, ICMP, SSH, the kubelet and every other port stay
@@ -22,6 +25,8 @@
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/icmpv6.h>
 #include <linux/tcp.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
@@ -33,6 +38,8 @@
 #define ARP_HLEN_ETHER 6
 
 #define RAUTA_NODE_ADDRESS 1
+#define RAUTA_HAS_IPV6 2
+#define NDISC_NEIGHBOUR_SOLICITATION 135
 #define RAUTA_MAX_PORTS 256
 
 // Keep in sync with `Config` in xdp-loader/src/maps.rs.
@@ -41,6 +48,7 @@ struct rauta_config {
 	__u32 flags;           // RAUTA_NODE_ADDRESS: steer only the ports below
 	__u16 ephemeral_first; // the stack's ephemeral range, host order
 	__u16 ephemeral_last;
+	__u32 gateway_addr6[4]; // IPv6, network byte order (RAUTA_HAS_IPV6)
 };
 
 // Keep in sync with `QueueCounters` in xdp-loader/src/maps.rs.
@@ -97,6 +105,55 @@ static __always_inline int pass(struct rauta_counters *c)
 	return XDP_PASS;
 }
 
+static __always_inline int is_addr6(const struct in6_addr *a, const struct rauta_config *config)
+{
+	return a->in6_u.u6_addr32[0] == config->gateway_addr6[0] &&
+	       a->in6_u.u6_addr32[1] == config->gateway_addr6[1] &&
+	       a->in6_u.u6_addr32[2] == config->gateway_addr6[2] &&
+	       a->in6_u.u6_addr32[3] == config->gateway_addr6[3];
+}
+
+static __always_inline int is_gateway_tcp_port(struct tcphdr *tcp, void *data_end,
+					       const struct rauta_config *config)
+{
+	if ((void *)(tcp + 1) > data_end)
+		return 0;
+	__u32 port = bpf_ntohs(tcp->dest);
+	if (port >= config->ephemeral_first && port <= config->ephemeral_last)
+		return 1;
+	return bpf_map_lookup_elem(&RAUTA_PORTS, &port) != 0;
+}
+
+// IPv6 for the gateway's address: in node-address mode TCP to its ports;
+// on a dedicated address TCP, UDP and ICMPv6 to it, and neighbour
+// solicitations for it.
+static __always_inline int is_gateway_ipv6(void *data, void *data_end,
+					   const struct rauta_config *config)
+{
+	struct ethhdr *eth = data;
+	struct ipv6hdr *ip6 = (void *)(eth + 1);
+	if ((void *)(ip6 + 1) > data_end)
+		return 0;
+	if (config->flags & RAUTA_NODE_ADDRESS) {
+		if (ip6->nexthdr != IPPROTO_TCP || !is_addr6(&ip6->daddr, config))
+			return 0;
+		return is_gateway_tcp_port((void *)(ip6 + 1), data_end, config);
+	}
+	if (is_addr6(&ip6->daddr, config))
+		return ip6->nexthdr == IPPROTO_TCP || ip6->nexthdr == IPPROTO_UDP ||
+		       ip6->nexthdr == IPPROTO_ICMPV6;
+	if (ip6->nexthdr != IPPROTO_ICMPV6)
+		return 0;
+	// A solicitation: type, code, checksum, reserved, then the target.
+	struct icmp6hdr *icmp = (void *)(ip6 + 1);
+	if ((void *)(icmp + 1) > data_end || icmp->icmp6_type != NDISC_NEIGHBOUR_SOLICITATION)
+		return 0;
+	struct in6_addr *target = (void *)(icmp + 1);
+	if ((void *)(target + 1) > data_end)
+		return 0;
+	return is_addr6(target, config);
+}
+
 // TCP to the node's address on a port the gateway owns.
 static __always_inline int is_gateway_port(void *data, void *data_end,
 					   const struct rauta_config *config)
@@ -115,13 +172,7 @@ static __always_inline int is_gateway_port(void *data, void *data_end,
 	__u32 ihl = ip->ihl * 4;
 	if (ihl < sizeof(*ip))
 		return 0;
-	struct tcphdr *tcp = (void *)ip + ihl;
-	if ((void *)(tcp + 1) > data_end)
-		return 0;
-	__u32 port = bpf_ntohs(tcp->dest);
-	if (port >= config->ephemeral_first && port <= config->ephemeral_last)
-		return 1;
-	return bpf_map_lookup_elem(&RAUTA_PORTS, &port) != 0;
+	return is_gateway_tcp_port((void *)ip + ihl, data_end, config);
 }
 
 static __always_inline int is_gateway_traffic(void *data, void *data_end, __u32 gateway_addr)
@@ -168,9 +219,16 @@ int rauta_xdp(struct xdp_md *ctx)
 
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	int ours = config->flags & RAUTA_NODE_ADDRESS
-			   ? is_gateway_port(data, data_end, config)
-			   : is_gateway_traffic(data, data_end, config->gateway_addr);
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return pass(counters);
+	int ours;
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		ours = (config->flags & RAUTA_HAS_IPV6) && is_gateway_ipv6(data, data_end, config);
+	else if (config->flags & RAUTA_NODE_ADDRESS)
+		ours = is_gateway_port(data, data_end, config);
+	else
+		ours = is_gateway_traffic(data, data_end, config->gateway_addr);
 	if (!ours)
 		return pass(counters);
 

@@ -18,7 +18,7 @@ use aya::maps::{Array, HashMap, MapData, PerCpuArray, XskMap};
 use aya::programs::{ProgramError, Xdp, XdpMode};
 use aya::Ebpf;
 use std::ffi::CString;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::ops::RangeInclusive;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use tracing::{info, warn};
@@ -36,14 +36,19 @@ pub const MAX_PORTS: usize = 256;
 /// What the program takes from the kernel.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Steering {
-    /// Everything for an address only the userspace stack holds: ARP,
-    /// and IPv4 TCP, UDP and ICMP.
-    Dedicated(Ipv4Addr),
+    /// Everything for addresses only the userspace stack holds: ARP, and
+    /// IPv4 TCP, UDP and ICMP; with an IPv6 address, IPv6 TCP, UDP and
+    /// ICMPv6 and the neighbour solicitations for it.
+    Dedicated {
+        address: Ipv4Addr,
+        address6: Option<Ipv6Addr>,
+    },
     /// The node's own address: only TCP to the listener ports
     /// ([`XdpProgram::set_listener_ports`]) and to the stack's ephemeral
     /// range. ARP, ICMP and every other port stay with the kernel.
     NodeAddress {
         address: Ipv4Addr,
+        address6: Option<Ipv6Addr>,
         ephemeral: RangeInclusive<u16>,
     },
 }
@@ -51,7 +56,13 @@ pub enum Steering {
 impl Steering {
     pub fn address(&self) -> Ipv4Addr {
         match self {
-            Self::Dedicated(address) | Self::NodeAddress { address, .. } => *address,
+            Self::Dedicated { address, .. } | Self::NodeAddress { address, .. } => *address,
+        }
+    }
+
+    pub fn address6(&self) -> Option<Ipv6Addr> {
+        match self {
+            Self::Dedicated { address6, .. } | Self::NodeAddress { address6, .. } => *address6,
         }
     }
 }

@@ -5,6 +5,8 @@ use crate::Steering;
 
 /// `RAUTA_NODE_ADDRESS`: steer only listener ports and the ephemeral range.
 const NODE_ADDRESS: u32 = 1;
+/// `RAUTA_HAS_IPV6`: `gateway_addr6` is set.
+const HAS_IPV6: u32 = 2;
 
 /// The XDP program's configuration (`struct rauta_config`).
 #[repr(C)]
@@ -17,22 +19,32 @@ pub struct Config {
     /// The stack's ephemeral ports, first and last (node-address mode).
     pub ephemeral_first: u16,
     pub ephemeral_last: u16,
+    /// The gateway's IPv6 address (network byte order), with `HAS_IPV6`.
+    pub gateway_addr6: [u8; 16],
 }
 
 impl Config {
     pub fn new(steering: &Steering) -> Self {
-        match steering {
-            Steering::Dedicated(address) => Self {
+        let mut config = match steering {
+            Steering::Dedicated { address, .. } => Self {
                 gateway_addr: u32::from_ne_bytes(address.octets()),
                 ..Self::default()
             },
-            Steering::NodeAddress { address, ephemeral } => Self {
+            Steering::NodeAddress {
+                address, ephemeral, ..
+            } => Self {
                 gateway_addr: u32::from_ne_bytes(address.octets()),
                 flags: NODE_ADDRESS,
                 ephemeral_first: *ephemeral.start(),
                 ephemeral_last: *ephemeral.end(),
+                ..Self::default()
             },
+        };
+        if let Some(address6) = steering.address6() {
+            config.flags |= HAS_IPV6;
+            config.gateway_addr6 = address6.octets();
         }
+        config
     }
 }
 
@@ -69,11 +81,22 @@ mod tests {
 
     #[test]
     fn address_is_kept_in_network_order_and_ports_in_host_order() {
-        let config = Config::new(&Steering::Dedicated(Ipv4Addr::new(198, 19, 1, 1)));
+        let config = Config::new(&Steering::Dedicated {
+            address: Ipv4Addr::new(198, 19, 1, 1),
+            address6: None,
+        });
         assert_eq!(config.gateway_addr.to_ne_bytes(), [198, 19, 1, 1]);
         assert_eq!(config.flags, 0);
+        let config = Config::new(&Steering::Dedicated {
+            address: Ipv4Addr::new(198, 19, 1, 1),
+            address6: Some("2001:2::1".parse().unwrap()),
+        });
+        assert_eq!(config.flags, HAS_IPV6);
+        assert_eq!(config.gateway_addr6[..2], [0x20, 0x01]);
+        assert_eq!(config.gateway_addr6[15], 1);
         let config = Config::new(&Steering::NodeAddress {
             address: Ipv4Addr::new(198, 18, 0, 2),
+            address6: None,
             ephemeral: 61_000..=65_535,
         });
         assert_eq!(config.gateway_addr.to_ne_bytes(), [198, 18, 0, 2]);
@@ -86,7 +109,7 @@ mod tests {
 
     #[test]
     fn layouts_match_the_c_structs() {
-        assert_eq!(std::mem::size_of::<Config>(), 12);
+        assert_eq!(std::mem::size_of::<Config>(), 28);
         assert_eq!(std::mem::size_of::<QueueCounters>(), 16);
     }
 }
