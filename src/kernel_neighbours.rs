@@ -7,7 +7,7 @@ use arc_swap::ArcSwap;
 use rauta_netstack::smoltcp::wire::EthernetAddress;
 use rauta_netstack::NeighbourTable;
 use rauta_xdp::neighbours::follow;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
@@ -24,7 +24,7 @@ const READ_EVERY: Duration = Duration::from_millis(20);
 pub fn follow_neighbours(
     iface: &str,
     published: Arc<ArcSwap<NeighbourTable>>,
-    asks: Receiver<Ipv4Addr>,
+    asks: Receiver<IpAddr>,
     stop: Arc<AtomicBool>,
 ) -> Result<JoinHandle<()>> {
     let ifindex = rauta_xdp::ifindex(iface)?;
@@ -33,7 +33,7 @@ pub fn follow_neighbours(
         .name("rauta-neighbours".into())
         .spawn(move || {
             let pending = || {
-                let mut wanted: Vec<Ipv4Addr> = asks.try_iter().collect();
+                let mut wanted: Vec<IpAddr> = asks.try_iter().collect();
                 wanted.sort_unstable();
                 wanted.dedup();
                 wanted
@@ -43,7 +43,7 @@ pub fn follow_neighbours(
                     let table = NeighbourTable::new(
                         found
                             .iter()
-                            .map(|n| (n.address, EthernetAddress(n.mac))),
+                            .map(|n| (n.address.into(), EthernetAddress(n.mac))),
                     );
                     if **published.load() != table {
                         tracing::debug!(iface = %iface, neighbours = table.len(), "neighbours from the kernel");

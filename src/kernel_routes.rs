@@ -6,7 +6,7 @@
 
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
-use rauta_netstack::smoltcp::wire::Ipv4Cidr;
+use rauta_netstack::smoltcp::wire::IpCidr;
 use rauta_netstack::{Hop, Route, Routes};
 use rauta_xdp::routes::{follow, KernelRoute};
 use std::sync::atomic::AtomicBool;
@@ -51,9 +51,9 @@ pub fn follow_routes(
 
 fn stack_routes(routes: &[KernelRoute], ifindex: u32) -> Routes {
     Routes::new(routes.iter().map(|r| Route {
-        destination: Ipv4Cidr::new(r.destination, r.prefix_len),
+        destination: IpCidr::new(r.destination.into(), r.prefix_len),
         hop: match (r.oif, r.gateway) {
-            (Some(oif), Some(gateway)) if oif == ifindex => Hop::Via(gateway),
+            (Some(oif), Some(gateway)) if oif == ifindex => Hop::Via(gateway.into()),
             _ => Hop::Elsewhere,
         },
     }))

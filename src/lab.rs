@@ -11,6 +11,10 @@
 //!   {p}-node2: {p}-n2 198.18.0.32 ── {p}-v2 198.19.2.1/30 ── {p}-e2 198.19.2.2 : {p}-pod2
 //!   {p}-node3: {p}-n3 198.18.0.33 ── {p}-v3 198.19.3.1/30 ── {p}-e3 198.19.3.2 : {p}-pod3
 //!   {p}-rtr:   {p}-rt 198.18.0.254 ── {p}-rv 198.18.1.1/24 ── {p}-rc 198.18.1.10 : {p}-rcl
+//!
+//!   and IPv6 beside each: the pods' 2001:2:0:N::2/64 (the node-local
+//!   pod's N is 100), the remote client's 2001:2:1::10/64, with routes to
+//!   them as for IPv4
 //! ```
 //!
 //! `{p}-lpod` is a pod on the gateway's own node: behind that node's
@@ -53,6 +57,10 @@ pub const PREFIX_LEN: u8 = 24;
 pub const NODE_LOCAL_NODE: &str = "198.19.100.1";
 /// The pod on the gateway's node.
 pub const NODE_LOCAL_POD: &str = "198.19.100.2";
+/// Its IPv6 address.
+pub const NODE_LOCAL_POD6: &str = "2001:2:0:100::2";
+/// The remote client's IPv6 address.
+pub const REMOTE_CLIENT6: &str = "2001:2:1::10";
 /// Other nodes: (role, interface, address on the segment, pod CIDR's
 /// third octet).
 const NODES: [(&str, &str, &str, u8); 2] = [
@@ -220,6 +228,10 @@ impl Lab {
             (&pod_ns, &pod_side, NODE_LOCAL_POD),
             30,
         )?;
+        self.pair6(
+            (&gw_ns, &node_side, "2001:2:0:100::1"),
+            (&pod_ns, &pod_side, NODE_LOCAL_POD6),
+        )?;
         made.push(format!(
             "node-local pod {NODE_LOCAL_POD} in {pod_ns}, behind {gw_ns}'s kernel on {node_side}"
         ));
@@ -252,9 +264,17 @@ impl Lab {
             let (node_side, pod_side) = (format!("{p}-v{n}"), format!("{p}-e{n}"));
             let (hop, pod) = (format!("198.19.{n}.1"), format!("198.19.{n}.2"));
             self.pair((&node_ns, &node_side, &hop), (&pod_ns, &pod_side, &pod), 30)?;
-            self.sysctl(&node_ns, &["net.ipv4.ip_forward=1"])?;
+            let (hop6, pod6) = (format!("2001:2:0:{n}::1"), format!("2001:2:0:{n}::2"));
+            self.pair6((&node_ns, &node_side, &hop6), (&pod_ns, &pod_side, &pod6))?;
+            self.sysctl(
+                &node_ns,
+                &["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"],
+            )?;
             let cidr = format!("198.19.{n}.0/24");
             self.ip(&gw_ns, &["route", "add", &cidr, "via", node_address])?;
+            let cidr6 = format!("2001:2:0:{n}::/64");
+            let node6 = ipv6_of(node_address);
+            self.ip(&gw_ns, &["-6", "route", "add", &cidr6, "via", &node6])?;
             made.push(format!(
                 "pod {pod} in {pod_ns} on {node_ns}; {cidr} via {node_address} on the gateway node"
             ));
@@ -266,8 +286,20 @@ impl Lab {
             (&rcl_ns, &rcl_side, REMOTE_CLIENT),
             24,
         )?;
-        self.sysctl(&rtr_ns, &["net.ipv4.ip_forward=1"])?;
+        self.pair6(
+            (&rtr_ns, &rtr_side, "2001:2:1::1"),
+            (&rcl_ns, &rcl_side, REMOTE_CLIENT6),
+        )?;
+        self.sysctl(
+            &rtr_ns,
+            &["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"],
+        )?;
         self.ip(&gw_ns, &["route", "add", "198.18.1.0/24", "via", ROUTER])?;
+        let router6 = ipv6_of(ROUTER);
+        self.ip(
+            &gw_ns,
+            &["-6", "route", "add", "2001:2:1::/64", "via", &router6],
+        )?;
         made.push(format!(
             "remote client {REMOTE_CLIENT} in {rcl_ns}, behind the router {ROUTER} in {rtr_ns}"
         ));
@@ -294,6 +326,17 @@ impl Lab {
             self.ethtool(ns, iface)?;
         }
         self.ip(b.0, &["route", "add", "default", "via", a.2])
+    }
+
+    /// IPv6 on a pair [`Self::pair`] made: each end (namespace,
+    /// interface, address) addressed `/64`, the second end's default route
+    /// through the first.
+    fn pair6(&self, a: (&str, &str, &str), b: (&str, &str, &str)) -> Result<()> {
+        for (ns, iface, address) in [a, b] {
+            let cidr = format!("{address}/64");
+            self.ip(ns, &["-6", "addr", "add", &cidr, "dev", iface, "nodad"])?;
+        }
+        self.ip(b.0, &["-6", "route", "add", "default", "via", a.2])
     }
 
     /// Set kernel `settings` (`key=value`) in namespace `ns`.

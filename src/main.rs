@@ -284,9 +284,10 @@ struct RunArgs {
     /// stay with the kernel.
     #[arg(long, value_enum, default_value = "dedicated")]
     address_mode: AddressModeArg,
-    /// xdp, dedicated address: the userspace stack's IPv6 address beside
-    /// --address, ADDR/PREFIX (dual stack; neighbour discovery on its
-    /// link). kernel: an IPv6 address to listen on as well.
+    /// xdp: the userspace stack's IPv6 address beside --address (dual
+    /// stack): ADDR/PREFIX of its own, or with --address-mode node the
+    /// node's IPv6 address to share. kernel: an IPv6 address to listen on
+    /// as well.
     #[arg(long)]
     address6: Option<String>,
     /// xdp, node address: the userspace stack's outbound ports, FIRST-LAST
@@ -666,10 +667,9 @@ fn run(cli: Cli) -> Result<()> {
                         (Some(text), xdp_setup::Addressing::Dedicated) => {
                             Some(xdp_setup::parse_cidr6(text)?)
                         }
-                        (Some(_), xdp_setup::Addressing::Node { .. }) => anyhow::bail!(
-                            "--address6 is for --address-mode dedicated: on the node's address \
-                             the gateway serves IPv4 only, for now"
-                        ),
+                        (Some(text), xdp_setup::Addressing::Node { .. }) => {
+                            Some(xdp_setup::node_address6(&iface, text)?)
+                        }
                     };
                     let xdp = xdp_setup::XdpOptions {
                         address,

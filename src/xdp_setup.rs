@@ -131,9 +131,13 @@ pub fn parse_cidr6(text: &str) -> Result<Ipv6Cidr> {
 /// ADDR/PREFIX), which the kernel must hold there, or else the
 /// interface's primary IPv4 address.
 pub fn node_address(iface: &str, given: Option<&str>) -> Result<Ipv4Cidr> {
-    let ifindex = rauta_xdp::ifindex(iface)?;
-    let held = rauta_xdp::netlink::ipv4_addresses(ifindex)
-        .with_context(|| format!("reading {iface}'s addresses"))?;
+    let held: Vec<(Ipv4Addr, u8)> = held_addresses(iface)?
+        .into_iter()
+        .filter_map(|(ip, len)| match ip {
+            std::net::IpAddr::V4(v4) => Some((v4, len)),
+            std::net::IpAddr::V6(_) => None,
+        })
+        .collect();
     let list = || {
         held.iter()
             .map(|(a, len)| format!("{a}/{len}"))
@@ -158,6 +162,32 @@ pub fn node_address(iface: &str, given: Option<&str>) -> Result<Ipv4Cidr> {
         )
     })?;
     Ok(Ipv4Cidr::new(address, len))
+}
+
+/// What the kernel holds on `iface`.
+fn held_addresses(iface: &str) -> Result<Vec<(std::net::IpAddr, u8)>> {
+    let ifindex = rauta_xdp::ifindex(iface)?;
+    rauta_xdp::netlink::addresses(ifindex).with_context(|| format!("reading {iface}'s addresses"))
+}
+
+/// The node's IPv6 address `given` for node-address mode: the kernel must
+/// hold it on `iface`; its prefix is the kernel's.
+pub fn node_address6(iface: &str, given: &str) -> Result<Ipv6Cidr> {
+    let text = given.split_once('/').map_or(given, |(a, _)| a);
+    let address: std::net::Ipv6Addr = text
+        .parse()
+        .with_context(|| format!("--address6 {given:?}: {text:?} is not an IPv6 address"))?;
+    let held = held_addresses(iface)?;
+    let &(_, len) = held
+        .iter()
+        .find(|(a, _)| *a == std::net::IpAddr::V6(address))
+        .with_context(|| {
+            format!(
+                "--address-mode node: {address} is not an address of {iface}; an address only \
+                 the gateway holds needs --address-mode dedicated"
+            )
+        })?;
+    Ok(Ipv6Cidr::new(address, len))
 }
 
 /// `first-last` or a single port, as in `ip_local_port_range` (tab or

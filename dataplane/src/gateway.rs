@@ -20,7 +20,7 @@ use arc_swap::ArcSwap;
 use rauta_netstack::handoff::Mailbox;
 use rauta_netstack::smoltcp::socket::tcp::State;
 use rauta_netstack::smoltcp::time::Instant;
-use rauta_netstack::smoltcp::wire::Ipv4Address;
+use rauta_netstack::smoltcp::wire::IpAddress;
 use rauta_netstack::{BatchDevice, ConnId, IdlePolicy, IdleWaiter, Stack, XdpDevice};
 use rauta_netstack::{NeighbourTable, Routes};
 use std::net::SocketAddr;
@@ -116,7 +116,7 @@ pub struct GatewayWorker {
 /// keeps ARP there), and where the stack asks for those the table lacks.
 pub struct NeighbourFeed {
     pub table: Arc<ArcSwap<NeighbourTable>>,
-    pub asks: std::sync::mpsc::Sender<Ipv4Address>,
+    pub asks: std::sync::mpsc::Sender<std::net::IpAddr>,
 }
 
 impl GatewayWorker {
@@ -217,7 +217,7 @@ impl GatewayWorker {
                 }
                 legs.stack.take_neighbour_asks(&mut asks);
                 for address in asks.drain(..) {
-                    let _ = feed.asks.send(address);
+                    let _ = feed.asks.send(IpAddress::into(address));
                 }
             }
             let sent = device.flush();

@@ -26,7 +26,7 @@ use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
     EthernetRepr, Icmpv6Packet, Icmpv6Repr, IpAddress, IpProtocol, Ipv4Address, Ipv6Address,
-    Ipv6Packet, Ipv6Repr, NdiscRepr, RawHardwareAddress,
+    Ipv6Packet, Ipv6Repr, NdiscNeighborFlags, NdiscRepr, RawHardwareAddress,
 };
 
 /// How long an address counts as resolved after an ARP from it: well
@@ -134,14 +134,14 @@ pub enum NeighbourSource {
 
 /// The kernel's resolved neighbours on the gateway's interface.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct NeighbourTable(FastMap<Ipv4Address, EthernetAddress>);
+pub struct NeighbourTable(FastMap<IpAddress, EthernetAddress>);
 
 impl NeighbourTable {
-    pub fn new(entries: impl IntoIterator<Item = (Ipv4Address, EthernetAddress)>) -> Self {
+    pub fn new(entries: impl IntoIterator<Item = (IpAddress, EthernetAddress)>) -> Self {
         Self(entries.into_iter().collect())
     }
 
-    pub fn get(&self, address: Ipv4Address) -> Option<EthernetAddress> {
+    pub fn get(&self, address: IpAddress) -> Option<EthernetAddress> {
         self.0.get(&address).copied()
     }
 
@@ -179,6 +179,49 @@ pub(crate) fn reply_frame(
         target_protocol_addr: us,
     }
     .emit(&mut ArpPacket::new_unchecked(frame.payload_mut()));
+    buf
+}
+
+/// The length of a neighbour advertisement frame with the target's
+/// link-layer address: Ethernet, IPv6, the advertisement and one option.
+pub(crate) const ADVERTISEMENT_LEN: usize = 14 + 40 + 24 + 8;
+
+/// The neighbour advertisement `neighbour` at `mac` would send us (`us`,
+/// `our_mac`) in answer to a solicitation: IPv6's [`reply_frame`].
+pub(crate) fn advertisement_frame(
+    neighbour: Ipv6Address,
+    mac: EthernetAddress,
+    us: Ipv6Address,
+    our_mac: EthernetAddress,
+) -> [u8; ADVERTISEMENT_LEN] {
+    let mut buf = [0u8; ADVERTISEMENT_LEN];
+    let mut frame = EthernetFrame::new_unchecked(&mut buf[..]);
+    EthernetRepr {
+        src_addr: mac,
+        dst_addr: our_mac,
+        ethertype: EthernetProtocol::Ipv6,
+    }
+    .emit(&mut frame);
+    let advert = Icmpv6Repr::Ndisc(NdiscRepr::NeighborAdvert {
+        flags: NdiscNeighborFlags::SOLICITED | NdiscNeighborFlags::OVERRIDE,
+        target_addr: neighbour,
+        lladdr: Some(RawHardwareAddress::from(mac)),
+    });
+    let mut ip = Ipv6Packet::new_unchecked(frame.payload_mut());
+    Ipv6Repr {
+        src_addr: neighbour,
+        dst_addr: us,
+        next_header: IpProtocol::Icmpv6,
+        payload_len: advert.buffer_len(),
+        hop_limit: 255,
+    }
+    .emit(&mut ip);
+    advert.emit(
+        &neighbour,
+        &us,
+        &mut Icmpv6Packet::new_unchecked(ip.payload_mut()),
+        &ChecksumCapabilities::default(),
+    );
     buf
 }
 
@@ -411,5 +454,13 @@ mod tests {
         );
         assert_eq!(ndisc_sender(&buf, us), None, "not a solicitation for us");
         assert_eq!(ndisc_sender(&buf[..60], peer), None, "truncated");
+    }
+
+    #[test]
+    fn an_advertisement_made_for_smoltcp_parses_back_to_its_neighbour() {
+        let (us, peer): (Ipv6Address, Ipv6Address) =
+            ("2001:2::2".parse().unwrap(), "2001:2::32".parse().unwrap());
+        let frame = advertisement_frame(peer, EthernetAddress([2, 0, 0, 0, 0, 9]), us, MAC);
+        assert_eq!(ndisc_sender(&frame, us), Some(peer));
     }
 }

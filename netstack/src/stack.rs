@@ -271,7 +271,7 @@ pub struct Stack {
     /// The kernel's neighbours (node-address mode).
     kernel_neighbours: Arc<NeighbourTable>,
     /// Addresses for the kernel to resolve, taken by the driver.
-    neighbour_asks: Vec<Ipv4Address>,
+    neighbour_asks: Vec<IpAddress>,
     /// When smoltcp's entries are next renewed from the kernel's table.
     next_renewal: Instant,
     /// Routes to what is off the link (also in smoltcp's interface).
@@ -302,10 +302,14 @@ impl Stack {
         iface_config.random_seed = seed(config.worker);
         let mut iface = Interface::new(iface_config, device, now);
         iface.update_ip_addrs(|addrs| {
-            // A fresh interface has room for two addresses.
+            // A fresh interface has room for three addresses.
             let _ = addrs.push(IpCidr::Ipv4(config.address));
             if let Some(address6) = config.address6 {
                 let _ = addrs.push(IpCidr::Ipv6(address6));
+                // A router solicits from its link-local address (RFC 4861
+                // §7.2.2: the source of the packet it forwards is not its
+                // own), and the advertisement goes back there.
+                let _ = addrs.push(IpCidr::Ipv6(Ipv6Cidr::new(link_local(config.mac), 64)));
             }
         });
         Self {
@@ -344,10 +348,8 @@ impl Stack {
     /// least specific are dropped. Returns how many routes the stack now
     /// holds.
     pub fn set_routes(&mut self, routes: &Routes) -> usize {
-        let subnet = self.config.address;
-        let own = self.address;
         let usable = Routes::new(routes.iter().take(MAX_ROUTES).map(|r| match r.hop {
-            Hop::Via(via) if subnet.contains_addr(&via) && via != own => *r,
+            Hop::Via(via) if self.on_link(via) && !self.is_local(via) => *r,
             _ => Route {
                 hop: Hop::Elsewhere,
                 ..*r
@@ -358,8 +360,8 @@ impl Stack {
             for r in usable.iter() {
                 let Hop::Via(via) = r.hop else { continue };
                 let route = smoltcp::iface::Route {
-                    cidr: IpCidr::Ipv4(r.destination),
-                    via_router: IpAddress::Ipv4(via),
+                    cidr: r.destination,
+                    via_router: via,
                     preferred_until: None,
                     expires_at: None,
                 };
@@ -377,7 +379,7 @@ impl Stack {
                 .routes
                 .iter()
                 .filter_map(|r| match r.hop {
-                    Hop::Via(via) => Some(IpAddress::Ipv4(via)),
+                    Hop::Via(via) => Some(via),
                     Hop::Elsewhere => None,
                 })
                 .collect();
@@ -393,23 +395,24 @@ impl Stack {
     /// The neighbour a packet to `to` goes to first: `to` itself on the
     /// link, a route's next hop off it; `None` when the stack cannot reach
     /// it (no address of that family, no route, or one out of another
-    /// device). IPv6 reaches its link only, for now.
+    /// device).
     fn next_hop(&self, to: IpAddress) -> Option<IpAddress> {
-        match to {
-            IpAddress::Ipv4(to) => {
-                if self.config.address.contains_addr(&to) {
-                    return Some(IpAddress::Ipv4(to));
-                }
-                match self.routes.hop(to)? {
-                    Hop::Via(via) => Some(IpAddress::Ipv4(via)),
-                    Hop::Elsewhere => None,
-                }
-            }
-            IpAddress::Ipv6(to) => self
-                .config
-                .address6
-                .filter(|subnet| subnet.contains_addr(&to))
-                .map(|_| IpAddress::Ipv6(to)),
+        if self.on_link(to) {
+            return Some(to);
+        }
+        self.local_for(to)?;
+        match self.routes.hop(to)? {
+            Hop::Via(via) => Some(via),
+            Hop::Elsewhere => None,
+        }
+    }
+
+    /// Whether `address` is on the stack's link (in the subnet of its
+    /// address of that family).
+    fn on_link(&self, address: IpAddress) -> bool {
+        match address {
+            IpAddress::Ipv4(a) => self.config.address.contains_addr(&a),
+            IpAddress::Ipv6(a) => self.config.address6.is_some_and(|s| s.contains_addr(&a)),
         }
     }
 
@@ -444,7 +447,7 @@ impl Stack {
 
     /// Addresses the kernel's table lacked, for the driver to ask the
     /// kernel to resolve (taken).
-    pub fn take_neighbour_asks(&mut self, into: &mut Vec<Ipv4Address>) {
+    pub fn take_neighbour_asks(&mut self, into: &mut Vec<IpAddress>) {
         into.append(&mut self.neighbour_asks);
     }
 
@@ -471,13 +474,9 @@ impl Stack {
                 self.neighbors.forget(address);
                 continue;
             }
-            // The kernel's table is IPv4's (node-address mode is IPv4).
-            let IpAddress::Ipv4(v4) = address else {
-                continue;
-            };
-            match self.kernel_neighbours.get(v4) {
+            match self.kernel_neighbours.get(address) {
                 Some(mac) => {
-                    self.learn_neighbour(v4, mac);
+                    self.learn_neighbour(address, mac);
                     learned = true;
                 }
                 // Asked of the kernel at the next egress, unless it was a
@@ -490,13 +489,31 @@ impl Stack {
         }
     }
 
-    /// Give smoltcp `address` at `mac` as the ARP reply it would have
-    /// heard (callers wake the connections waiting for it).
-    fn learn_neighbour(&mut self, address: Ipv4Address, mac: EthernetAddress) {
-        let frame = neighbor::reply_frame(address, mac, self.address, self.config.mac);
-        self.iface
-            .poll_ingress_single(self.now, &mut OneFrame(Some(&frame)), &mut self.control);
-        self.neighbors.heard(IpAddress::Ipv4(address), self.now);
+    /// Give smoltcp `address` at `mac` as the ARP reply or neighbour
+    /// advertisement it would have heard (callers wake the connections
+    /// waiting for it).
+    fn learn_neighbour(&mut self, address: IpAddress, mac: EthernetAddress) {
+        let our_mac = self.config.mac;
+        match (address, self.address6) {
+            (IpAddress::Ipv4(v4), _) => {
+                let frame = neighbor::reply_frame(v4, mac, self.address, our_mac);
+                self.iface.poll_ingress_single(
+                    self.now,
+                    &mut OneFrame(Some(&frame)),
+                    &mut self.control,
+                );
+            }
+            (IpAddress::Ipv6(v6), Some(us)) => {
+                let frame = neighbor::advertisement_frame(v6, mac, us, our_mac);
+                self.iface.poll_ingress_single(
+                    self.now,
+                    &mut OneFrame(Some(&frame)),
+                    &mut self.control,
+                );
+            }
+            (IpAddress::Ipv6(_), None) => return,
+        }
+        self.neighbors.heard(address, self.now);
         self.counters.neighbours_learned += 1;
     }
 
@@ -505,12 +522,8 @@ impl Stack {
     /// spoken to it); the next hop to one off it is wanted, as for a
     /// connection out.
     fn learn_from_frame(&mut self, frame: &[u8], remote: IpAddress, syn: bool) {
-        let on_link = match remote {
-            IpAddress::Ipv4(v4) => self.config.address.contains_addr(&v4).then_some(v4),
-            IpAddress::Ipv6(_) => None,
-        };
-        if let Some(remote) = on_link {
-            if !self.neighbors.fresh(IpAddress::Ipv4(remote), self.now) {
+        if self.on_link(remote) {
+            if !self.neighbors.fresh(remote, self.now) {
                 let mac = EthernetAddress::from_bytes(&frame[6..12]);
                 if mac.is_unicast() {
                     self.learn_neighbour(remote, mac);
@@ -1078,10 +1091,6 @@ impl Stack {
     fn look_up_neighbours(&mut self) {
         let mut learned = false;
         while let Some(target) = self.neighbors.next_pending() {
-            // The kernel's table is IPv4's (node-address mode is IPv4).
-            let IpAddress::Ipv4(target) = target else {
-                continue;
-            };
             match self.kernel_neighbours.get(target) {
                 Some(mac) => {
                     self.learn_neighbour(target, mac);
@@ -1104,6 +1113,31 @@ impl Stack {
         let micros = (at - now.min(at)).total_micros();
         Some(std::time::Duration::from_micros(micros))
     }
+}
+
+/// The link-local address of an interface with hardware address `mac`:
+/// `fe80::/64` and the modified EUI-64 interface identifier (RFC 4291
+/// §2.5.1, appendix A), as the kernel forms its own.
+fn link_local(mac: EthernetAddress) -> Ipv6Address {
+    let m = mac.0;
+    Ipv6Address::from([
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        m[0] ^ 0x02,
+        m[1],
+        m[2],
+        0xff,
+        0xfe,
+        m[3],
+        m[4],
+        m[5],
+    ])
 }
 
 fn consumed(result: PollIngressSingleResult) -> bool {
@@ -1141,6 +1175,15 @@ fn seed(worker: usize) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_link_local_address_is_the_modified_eui_64_one() {
+        let mac = EthernetAddress([0x02, 0x42, 0xac, 0x11, 0x00, 0x02]);
+        assert_eq!(
+            link_local(mac),
+            "fe80::42:acff:fe11:2".parse::<Ipv6Address>().unwrap()
+        );
+    }
 
     #[test]
     fn ephemeral_ports_rotate_skip_used_and_honour_the_filter() {

@@ -395,11 +395,11 @@ fn with_the_kernels_neighbours_a_stack_asks_the_kernel_and_learns_clients_from_t
     assert_eq!(pair.client.tcp(id).unwrap().state(), State::SynSent);
     let mut asks = Vec::new();
     pair.client.take_neighbour_asks(&mut asks);
-    assert_eq!(asks, [SERVER], "the kernel is asked for the peer");
+    assert_eq!(asks, [SERVER.into()], "the kernel is asked for the peer");
     assert_eq!(pair.client.counters().arp_requests, 0, "no ARP of its own");
     let server_mac = EthernetAddress([2, 0, 0, 0, 0, 1]);
     pair.client
-        .set_neighbours(Arc::new(NeighbourTable::new([(SERVER, server_mac)])));
+        .set_neighbours(Arc::new(NeighbourTable::new([(SERVER.into(), server_mac)])));
     pair.established(&[id]);
     let socket = pair.client.tcp_mut(id).unwrap();
     socket.send_slice(b"node address").unwrap();

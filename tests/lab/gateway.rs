@@ -213,8 +213,8 @@ impl GatewayLab {
         }
         if self.run.ipv6 {
             match self.io {
-                Io::Xdp => args.extend(["--address6", &address6]),
-                Io::Kernel => args.extend(["--address6", GATEWAY_NODE6]),
+                Io::Xdp if !node_address => args.extend(["--address6", &address6]),
+                Io::Xdp | Io::Kernel => args.extend(["--address6", GATEWAY_NODE6]),
             }
         }
         let p = self.lab.spawn("gw", &args);
@@ -240,8 +240,8 @@ impl GatewayLab {
     /// The IPv6 address clients use (with [`RunWith::ipv6`]).
     pub(crate) fn target6(&self) -> &'static str {
         match self.io {
-            Io::Xdp => GATEWAY6,
-            Io::Kernel => GATEWAY_NODE6,
+            Io::Xdp if !self.run.node_address => GATEWAY6,
+            Io::Xdp | Io::Kernel => GATEWAY_NODE6,
         }
     }
 

@@ -27,8 +27,13 @@ fn routed_service(
     };
     let endpoints: String = addresses
         .iter()
-        .map(|a| format!("- addresses: [{a}]\n"))
+        .map(|a| format!("- addresses: [\"{a}\"]\n"))
         .collect();
+    let family = if addresses.iter().any(|a| a.contains(':')) {
+        "IPv6"
+    } else {
+        "IPv4"
+    };
     format!(
         r#"
 apiVersion: v1
@@ -44,7 +49,7 @@ metadata:
   name: {name}-lab
   namespace: default
   labels: {{kubernetes.io/service-name: {name}}}
-addressType: IPv4
+addressType: {family}
 ports:
 - {{name: http, port: {port}}}
 endpoints:
@@ -308,8 +313,9 @@ fn forwarded(gw: &GatewayLab, host: &str) -> u64 {
 /// gateway's node over a kernel leg (HTTP/1.1 and h2c); the node's own TCP
 /// service and ping on the same address keep answering under load; a pod
 /// CIDR moved to another next hop mid-run is followed with no failed
-/// request; and an ephemeral range that clashes with the kernel's is
-/// refused at start with the ports named.
+/// request; the same pods and the node's service answer over IPv6 on the
+/// node's IPv6 address; and an ephemeral range that clashes with the
+/// kernel's is refused at start with the ports named.
 #[test]
 fn the_node_address_is_shared_with_the_nodes_own_services_on_xdp() {
     let _serial = serial();
@@ -324,8 +330,11 @@ fn the_node_address_is_shared_with_the_nodes_own_services_on_xdp() {
         "kubernetes.io/h2c",
     );
     let moved = routed_service("moved", "/moved", &["198.19.2.2"], 3004, "");
+    let addresses6: Vec<&str> = PODS6.iter().map(|(_, a)| *a).collect();
+    let http1_v6 = routed_service("spread6", "/spread6", &addresses6, 3007, "");
     let run = RunWith {
         node_address: true,
+        ipv6: true,
         ..RunWith::default()
     };
     let gw = GatewayLab::start_with_run(
@@ -335,6 +344,7 @@ fn the_node_address_is_shared_with_the_nodes_own_services_on_xdp() {
             ("http1.yaml", &http1),
             ("h2c.yaml", &h2c),
             ("moved.yaml", &moved),
+            ("v6.yaml", &http1_v6),
         ],
         run,
     );
@@ -358,6 +368,48 @@ fn the_node_address_is_shared_with_the_nodes_own_services_on_xdp() {
     assert!(
         answer.starts_with("HTTP/1.1 200") && answer.contains("the-node-itself"),
         "the node's own service:\n{answer}"
+    );
+
+    // IPv6: the node's IPv6 address, shared the same way.
+    let node6 = gw.target6();
+    let node_service6 = format!("http://[{node6}]:2222/node");
+    let _node_service6 = gw.spawn_echo_on("gw", "the-node-itself", &format!("[{node6}]:2222"), &[]);
+    let _pods6: Vec<_> = PODS6
+        .iter()
+        .map(|(host, address)| {
+            gw.spawn_echo_on(
+                host,
+                &format!("echo-{host}"),
+                &format!("[{address}]:3007"),
+                &[],
+            )
+        })
+        .collect();
+    let answer = gw.lab.exec_ok(
+        "rcl",
+        &["curl", "-g", "-s", "-i", "-m", "10", &node_service6],
+    );
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.contains("the-node-itself"),
+        "the node's own service over IPv6:\n{answer}"
+    );
+    let mut seen6 = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        let answer = gw.lab.exec_ok(
+            "rcl",
+            &["curl", "-g", "-s", "-i", "-m", "10", &gw.url6("/spread6")],
+        );
+        assert!(answer.starts_with("HTTP/1.1 200"), "/spread6:\n{answer}");
+        for (host, _) in PODS6 {
+            if answer.contains(&format!("echo-{host}")) {
+                seen6.insert(host);
+            }
+        }
+    }
+    assert_eq!(
+        seen6.len(),
+        PODS6.len(),
+        "IPv6 pods that answered: {seen6:?}"
     );
     for path in ["/spread", "/spread-h2c"] {
         let mut seen = std::collections::BTreeSet::new();
@@ -511,4 +563,94 @@ fn the_node_address_is_shared_with_the_nodes_own_services_on_xdp() {
         said.contains("overlap") && said.contains("at 50000-60000"),
         "{said}"
     );
+}
+
+/// IPv6 pods on the two other nodes and on the gateway's own
+/// (`src/lab.rs`).
+const PODS6: [(&str, &str); 3] = [
+    ("pod2", "2001:2:0:2::2"),
+    ("pod3", "2001:2:0:3::2"),
+    ("lpod", "2001:2:0:100::2"),
+];
+
+/// The routed-client test over IPv6: a client on another IPv6 subnet,
+/// behind the router, reaches IPv6 pods on both other nodes (through the
+/// node's IPv6 routes, over the userspace stack) and on the gateway's own
+/// node (over a kernel leg), over HTTP/1.1 and h2c, and a wrk run over all
+/// of them ends with 0 errors.
+#[test]
+fn a_routed_ipv6_client_reaches_pods_on_every_node_on_xdp() {
+    let _serial = serial();
+    require_root();
+    let addresses: Vec<&str> = PODS6.iter().map(|(_, a)| *a).collect();
+    let http1 = routed_service("spread6", "/spread6", &addresses, 3007, "");
+    let h2c = routed_service(
+        "spread6-h2c",
+        "/spread6-h2c",
+        &addresses,
+        3007,
+        "kubernetes.io/h2c",
+    );
+    let run = RunWith {
+        ipv6: true,
+        ..RunWith::default()
+    };
+    let gw = GatewayLab::start_with_run(
+        "rc6-x",
+        Io::Xdp,
+        &[("http1.yaml", &http1), ("h2c.yaml", &h2c)],
+        run,
+    );
+    let _pods: Vec<_> = PODS6
+        .iter()
+        .map(|(host, address)| {
+            gw.spawn_echo_on(
+                host,
+                &format!("echo-{host}"),
+                &format!("[{address}]:3007"),
+                &[],
+            )
+        })
+        .collect();
+    for path in ["/spread6", "/spread6-h2c"] {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..30 {
+            let answer = gw.lab.exec_ok(
+                "rcl",
+                &["curl", "-g", "-s", "-i", "-m", "10", &gw.url6(path)],
+            );
+            assert!(answer.starts_with("HTTP/1.1 200"), "{path}:\n{answer}");
+            for (host, _) in PODS6 {
+                if answer.contains(&format!("echo-{host}")) {
+                    seen.insert(host);
+                }
+            }
+        }
+        assert_eq!(
+            seen.len(),
+            PODS6.len(),
+            "{path}: pods that answered: {seen:?}"
+        );
+    }
+    let mut load = gw.lab.spawn(
+        "rcl",
+        &[
+            "wrk",
+            "-t1",
+            "-c32",
+            "-d4s",
+            "--timeout",
+            "3s",
+            &gw.url6("/spread6"),
+        ],
+    );
+    wrk_ends_without_failures(
+        &mut load,
+        "load from the routed IPv6 client over every node's pods",
+    );
+    let metrics = gw.admin("/metrics");
+    let kernel = metric(&metrics, "rauta_backend_connects_total{leg=\"kernel\"}");
+    let userspace = metric(&metrics, "rauta_backend_connects_total{leg=\"userspace\"}");
+    assert!(kernel >= 2.0, "kernel legs: {kernel}");
+    assert!(userspace >= 4.0, "userspace legs: {userspace}");
 }

@@ -103,16 +103,19 @@ pub(crate) fn request(
 }
 
 /// Call `pass` every `interval` until `stop`: with `true` at the start
-/// and whenever the kernel announced something in multicast `group` since
-/// the last pass (or announcements were lost), with `false` otherwise.
+/// and whenever the kernel announced something in one of the multicast
+/// `groups` since the last pass (or announcements were lost), with `false`
+/// otherwise.
 pub(crate) fn watch(
-    group: u32,
+    groups: &[u32],
     interval: Duration,
     stop: &AtomicBool,
     mut pass: impl FnMut(bool),
 ) -> io::Result<()> {
     let events = socket()?;
-    events.add_membership(group)?;
+    for &group in groups {
+        events.add_membership(group)?;
+    }
     events.set_non_blocking(true)?;
     pass(true);
     let mut buf = vec![0u8; 64 * 1024];
@@ -135,27 +138,31 @@ pub(crate) fn watch(
     Ok(())
 }
 
-/// The IPv4 addresses the kernel holds on interface `ifindex`, with their
-/// prefix lengths, in the kernel's order (the primary first).
-pub fn ipv4_addresses(ifindex: u32) -> io::Result<Vec<(std::net::Ipv4Addr, u8)>> {
+/// The addresses the kernel holds on interface `ifindex` (IPv4, then
+/// IPv6), with their prefix lengths, in the kernel's order (the primary
+/// first).
+pub fn addresses(ifindex: u32) -> io::Result<Vec<(std::net::IpAddr, u8)>> {
     use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-    let mut message = AddressMessage::default();
-    message.header.family = netlink_packet_route::AddressFamily::Inet;
-    let replies = request(RouteNetlinkMessage::GetAddress(message), NLM_F_DUMP)?;
-    Ok(replies
-        .iter()
-        .filter_map(|reply| match reply {
+    use netlink_packet_route::AddressFamily;
+    let mut found = Vec::new();
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        let mut message = AddressMessage::default();
+        message.header.family = family;
+        let replies = request(RouteNetlinkMessage::GetAddress(message), NLM_F_DUMP)?;
+        found.extend(replies.iter().filter_map(|reply| match reply {
             RouteNetlinkMessage::NewAddress(a) if a.header.index == ifindex => {
+                // IPv4 says its own address in `Local`, IPv6 in `Address`.
                 a.attributes.iter().find_map(|attribute| match attribute {
-                    AddressAttribute::Local(std::net::IpAddr::V4(v4)) => {
-                        Some((*v4, a.header.prefix_len))
+                    AddressAttribute::Local(ip) | AddressAttribute::Address(ip) => {
+                        Some((*ip, a.header.prefix_len))
                     }
                     _ => None,
                 })
             }
             _ => None,
-        })
-        .collect())
+        }));
+    }
+    Ok(found)
 }
 
 fn link_message(ifindex: u32, attributes: Vec<LinkAttribute>) -> LinkMessage {

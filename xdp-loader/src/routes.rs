@@ -1,4 +1,4 @@
-//! The kernel's IPv4 routes, read and followed over rtnetlink.
+//! The kernel's IPv4 and IPv6 routes, read and followed over rtnetlink.
 //!
 //! A node reaches pods on other nodes through routes: kindnet and Calico
 //! (BGP) install one per node's pod CIDR via that node's address, and the
@@ -16,55 +16,63 @@ use netlink_packet_route::route::{
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 /// `RTNLGRP_IPV4_ROUTE` from `linux/rtnetlink.h`: IPv4 route changes.
 const RTNLGRP_IPV4_ROUTE: u32 = 7;
+/// `RTNLGRP_IPV6_ROUTE`: IPv6 route changes.
+const RTNLGRP_IPV6_ROUTE: u32 = 11;
 
 /// One unicast route of the kernel's main table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelRoute {
-    pub destination: Ipv4Addr,
+    pub destination: IpAddr,
     pub prefix_len: u8,
     /// The next hop; none for a route straight onto a device's link.
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<IpAddr>,
     /// The device it leaves by (none for a multipath route).
     pub oif: Option<u32>,
     /// The kernel's metric: lower wins among routes to one destination.
     pub priority: u32,
 }
 
-/// The main table's IPv4 unicast routes, lowest metric first.
+/// The main table's IPv4 and IPv6 unicast routes, lowest metric first.
 pub fn routes() -> io::Result<Vec<KernelRoute>> {
-    let mut message = RouteMessage::default();
-    message.header.address_family = AddressFamily::Inet;
-    let replies = request(RouteNetlinkMessage::GetRoute(message), NLM_F_DUMP)?;
-    let mut routes: Vec<KernelRoute> = replies
-        .iter()
-        .filter_map(|reply| match reply {
+    let mut routes = Vec::new();
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        let mut message = RouteMessage::default();
+        message.header.address_family = family;
+        let replies = request(RouteNetlinkMessage::GetRoute(message), NLM_F_DUMP)?;
+        routes.extend(replies.iter().filter_map(|reply| match reply {
             RouteNetlinkMessage::NewRoute(route) => kernel_route(route),
             _ => None,
-        })
-        .collect();
+        }));
+    }
     routes.sort_by_key(|r| r.priority);
     Ok(routes)
 }
 
 fn kernel_route(route: &RouteMessage) -> Option<KernelRoute> {
     let header = &route.header;
-    if header.address_family != AddressFamily::Inet || header.kind != RouteType::Unicast {
+    let unspecified = match header.address_family {
+        AddressFamily::Inet => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        _ => return None,
+    };
+    if header.kind != RouteType::Unicast {
         return None;
     }
     let mut table = u32::from(header.table);
-    let (mut destination, mut gateway, mut oif, mut priority) =
-        (Ipv4Addr::UNSPECIFIED, None, None, 0);
+    let (mut destination, mut gateway, mut oif, mut priority) = (unspecified, None, None, 0);
     for attribute in &route.attributes {
         match attribute {
             RouteAttribute::Table(t) => table = *t,
-            RouteAttribute::Destination(RouteAddress::Inet(d)) => destination = *d,
-            RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(*g),
+            RouteAttribute::Destination(RouteAddress::Inet(d)) => destination = (*d).into(),
+            RouteAttribute::Destination(RouteAddress::Inet6(d)) => destination = (*d).into(),
+            RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some((*g).into()),
+            RouteAttribute::Gateway(RouteAddress::Inet6(g)) => gateway = Some((*g).into()),
             RouteAttribute::Oif(o) => oif = Some(*o),
             RouteAttribute::Priority(p) => priority = *p,
             _ => {}
@@ -92,9 +100,14 @@ pub fn follow(
     stop: &AtomicBool,
     mut on_change: impl FnMut(io::Result<Vec<KernelRoute>>),
 ) -> io::Result<()> {
-    watch(RTNLGRP_IPV4_ROUTE, interval, stop, |changed| {
-        if changed {
-            on_change(routes());
-        }
-    })
+    watch(
+        &[RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE],
+        interval,
+        stop,
+        |changed| {
+            if changed {
+                on_change(routes());
+            }
+        },
+    )
 }
