@@ -359,12 +359,11 @@ mod tests {
         assert!(counts.iter().all(|&c| c > 400), "{counts:?}");
     }
 
-    fn tcp_frame(control: TcpControl, ack: bool) -> Vec<u8> {
-        let src = Ipv4Address::new(198, 18, 0, 10);
-        let dst = Ipv4Address::new(198, 18, 0, 1);
-        let tcp = TcpRepr {
+    /// An empty segment from port 40000 to `dst_port`.
+    fn segment(dst_port: u16, control: TcpControl, ack: bool) -> TcpRepr<'static> {
+        TcpRepr {
             src_port: 40000,
-            dst_port: 7,
+            dst_port,
             control,
             seq_number: TcpSeqNumber(1),
             ack_number: ack.then_some(TcpSeqNumber(1)),
@@ -375,7 +374,13 @@ mod tests {
             sack_ranges: [None; 3],
             timestamp: None,
             payload: b"",
-        };
+        }
+    }
+
+    fn tcp_frame(control: TcpControl, ack: bool) -> Vec<u8> {
+        let src = Ipv4Address::new(198, 18, 0, 10);
+        let dst = Ipv4Address::new(198, 18, 0, 1);
+        let tcp = segment(7, control, ack);
         let ip = Ipv4Repr {
             src_addr: src,
             dst_addr: dst,
@@ -477,20 +482,7 @@ mod tests {
     fn classifies_ipv6_tcp_and_neighbour_discovery() {
         let (client, us): (Ipv6Address, Ipv6Address) =
             ("2001:2::10".parse().unwrap(), "2001:2::1".parse().unwrap());
-        let tcp = TcpRepr {
-            src_port: 40000,
-            dst_port: 80,
-            control: TcpControl::Syn,
-            seq_number: TcpSeqNumber(1),
-            ack_number: None,
-            window_len: 1024,
-            window_scale: None,
-            max_seg_size: None,
-            sack_permitted: false,
-            sack_ranges: [None; 3],
-            timestamp: None,
-            payload: b"",
-        };
+        let tcp = segment(80, TcpControl::Syn, false);
         let caps = ChecksumCapabilities::default();
         let frame = ipv6_frame(client, us, IpProtocol::Tcp, tcp.buffer_len(), |b| {
             tcp.emit(

@@ -182,10 +182,6 @@ pub(crate) fn reply_frame(
     buf
 }
 
-/// The length of a neighbour advertisement frame with the target's
-/// link-layer address: Ethernet, IPv6, the advertisement and one option.
-pub(crate) const ADVERTISEMENT_LEN: usize = 14 + 40 + 24 + 8;
-
 /// The neighbour advertisement `neighbour` at `mac` would send us (`us`,
 /// `our_mac`) in answer to a solicitation: IPv6's [`reply_frame`].
 pub(crate) fn advertisement_frame(
@@ -193,35 +189,14 @@ pub(crate) fn advertisement_frame(
     mac: EthernetAddress,
     us: Ipv6Address,
     our_mac: EthernetAddress,
-) -> [u8; ADVERTISEMENT_LEN] {
-    let mut buf = [0u8; ADVERTISEMENT_LEN];
-    let mut frame = EthernetFrame::new_unchecked(&mut buf[..]);
-    EthernetRepr {
-        src_addr: mac,
-        dst_addr: our_mac,
-        ethertype: EthernetProtocol::Ipv6,
-    }
-    .emit(&mut frame);
-    let advert = Icmpv6Repr::Ndisc(NdiscRepr::NeighborAdvert {
+) -> [u8; NDISC_LEN] {
+    let mut buf = [0u8; NDISC_LEN];
+    let advert = NdiscRepr::NeighborAdvert {
         flags: NdiscNeighborFlags::SOLICITED | NdiscNeighborFlags::OVERRIDE,
         target_addr: neighbour,
         lladdr: Some(RawHardwareAddress::from(mac)),
-    });
-    let mut ip = Ipv6Packet::new_unchecked(frame.payload_mut());
-    Ipv6Repr {
-        src_addr: neighbour,
-        dst_addr: us,
-        next_header: IpProtocol::Icmpv6,
-        payload_len: advert.buffer_len(),
-        hop_limit: 255,
-    }
-    .emit(&mut ip);
-    advert.emit(
-        &neighbour,
-        &us,
-        &mut Icmpv6Packet::new_unchecked(ip.payload_mut()),
-        &ChecksumCapabilities::default(),
-    );
+    };
+    emit_ndisc(&mut buf, (mac, our_mac), (neighbour, us), advert);
     buf
 }
 
@@ -327,13 +302,13 @@ pub(crate) fn solicited_node(address: Ipv6Address) -> Ipv6Address {
     )
 }
 
-/// The length of a neighbour solicitation frame with our link-layer
-/// address: Ethernet, IPv6, the solicitation and one 8-byte option.
-pub(crate) const SOLICITATION_LEN: usize = 14 + 40 + 24 + 8;
+/// The length of a neighbour solicitation or advertisement frame with one
+/// link-layer address option: Ethernet, IPv6, the message and the option.
+pub(crate) const NDISC_LEN: usize = 14 + 40 + 24 + 8;
 
 /// A neighbour solicitation for `target` from (`mac`, `address`) to the
-/// target's solicited-node group, written into `buf` of
-/// [`SOLICITATION_LEN`] bytes.
+/// target's solicited-node group, written into `buf` of [`NDISC_LEN`]
+/// bytes.
 pub(crate) fn emit_solicitation(
     buf: &mut [u8],
     mac: EthernetAddress,
@@ -342,30 +317,43 @@ pub(crate) fn emit_solicitation(
 ) {
     let group = solicited_node(target);
     let g = group.octets();
+    // 33:33 and the group's low 32 bits (RFC 2464 §7).
+    let group_mac = EthernetAddress([0x33, 0x33, g[12], g[13], g[14], g[15]]);
+    let solicit = NdiscRepr::NeighborSolicit {
+        target_addr: target,
+        lladdr: Some(RawHardwareAddress::from(mac)),
+    };
+    emit_ndisc(buf, (mac, group_mac), (address, group), solicit);
+}
+
+/// Neighbour discovery `message` from (`src_mac`, `src`) to (`dst_mac`,
+/// `dst`), written into `buf` of [`NDISC_LEN`] bytes.
+fn emit_ndisc(
+    buf: &mut [u8],
+    (src_mac, dst_mac): (EthernetAddress, EthernetAddress),
+    (src, dst): (Ipv6Address, Ipv6Address),
+    message: NdiscRepr<'_>,
+) {
     let mut frame = EthernetFrame::new_unchecked(buf);
     EthernetRepr {
-        src_addr: mac,
-        // 33:33 and the group's low 32 bits (RFC 2464 §7).
-        dst_addr: EthernetAddress([0x33, 0x33, g[12], g[13], g[14], g[15]]),
+        src_addr: src_mac,
+        dst_addr: dst_mac,
         ethertype: EthernetProtocol::Ipv6,
     }
     .emit(&mut frame);
-    let solicit = Icmpv6Repr::Ndisc(NdiscRepr::NeighborSolicit {
-        target_addr: target,
-        lladdr: Some(RawHardwareAddress::from(mac)),
-    });
+    let icmp = Icmpv6Repr::Ndisc(message);
     let mut ip = Ipv6Packet::new_unchecked(frame.payload_mut());
     Ipv6Repr {
-        src_addr: address,
-        dst_addr: group,
+        src_addr: src,
+        dst_addr: dst,
         next_header: IpProtocol::Icmpv6,
-        payload_len: solicit.buffer_len(),
+        payload_len: icmp.buffer_len(),
         hop_limit: 255,
     }
     .emit(&mut ip);
-    solicit.emit(
-        &address,
-        &group,
+    icmp.emit(
+        &src,
+        &dst,
         &mut Icmpv6Packet::new_unchecked(ip.payload_mut()),
         &ChecksumCapabilities::default(),
     );
@@ -440,7 +428,7 @@ mod tests {
     fn a_solicitation_emitted_parses_back_and_names_its_sender_to_the_target() {
         let (us, peer): (Ipv6Address, Ipv6Address) =
             ("2001:2::10".parse().unwrap(), "2001:2::20".parse().unwrap());
-        let mut buf = [0u8; SOLICITATION_LEN];
+        let mut buf = [0u8; NDISC_LEN];
         emit_solicitation(&mut buf, MAC, us, peer);
         assert_eq!(&buf[0..6], &[0x33, 0x33, 0xff, 0, 0, 0x20]);
         assert_eq!(

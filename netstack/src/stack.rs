@@ -1076,7 +1076,7 @@ impl Stack {
                     });
                 }
                 (IpAddress::Ipv6(target), Some(address6)) => {
-                    token.consume(neighbor::SOLICITATION_LEN, |buf| {
+                    token.consume(neighbor::NDISC_LEN, |buf| {
                         neighbor::emit_solicitation(buf, mac, address6, target)
                     });
                 }

@@ -6,45 +6,12 @@
 
 use crate::common::{require_root, serial};
 use crate::gateway::{metric, wrk_ends_without_failures, GatewayLab, Io, RunWith};
+use crate::routing::routed_service;
 
 /// The backend host's IPv6 address (`src/lab.rs`: every segment host has
 /// one).
 const BACKEND6: &str = "2001:2::20";
 const CLIENT6: &str = "2001:2::10";
-
-const IPV6_SERVICE: &str = r#"
-apiVersion: v1
-kind: Service
-metadata: {name: echo-v6, namespace: default}
-spec:
-  ipFamilies: [IPv6]
-  ports:
-  - {name: http, port: 80, targetPort: 3006}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: echo-v6-lab
-  namespace: default
-  labels: {kubernetes.io/service-name: echo-v6}
-addressType: IPv6
-ports:
-- {name: http, port: 3006}
-endpoints:
-- addresses: ["2001:2::20"]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: echo-v6, namespace: default}
-spec:
-  parentRefs:
-  - name: lab
-  rules:
-  - matches:
-    - path: {type: PathPrefix, value: /v6}
-    backendRefs:
-    - {name: echo-v6, port: 80}
-"#;
 
 fn dual_stack(io: Io, prefix: &str) {
     let _serial = serial();
@@ -53,7 +20,9 @@ fn dual_stack(io: Io, prefix: &str) {
         ipv6: true,
         ..RunWith::default()
     };
-    let gw = GatewayLab::start_with_run(prefix, io, &[("v6.yaml", IPV6_SERVICE)], run);
+    // An EndpointSlice of addressType IPv6.
+    let service = routed_service("echo-v6", "/v6", &[BACKEND6], 3006, "");
+    let gw = GatewayLab::start_with_run(prefix, io, &[("v6.yaml", &service)], run);
     let _backend6 = gw.spawn_echo("echo-v6-lab-0", &format!("[{BACKEND6}]:3006"));
     // Every pairing of client and backend family, HTTP/1.1 and h2c.
     let cases = [

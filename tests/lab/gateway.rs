@@ -259,10 +259,17 @@ impl GatewayLab {
     /// The status code of `GET path` from the client namespace, within
     /// `seconds` (`000` when none came).
     pub(crate) fn status(&self, path: &str, seconds: u32) -> String {
+        self.status_from("client", &self.url(path), seconds)
+    }
+
+    /// The status code of `GET url` from `host`'s namespace, within
+    /// `seconds` (`000` when none came).
+    pub(crate) fn status_from(&self, host: &str, url: &str, seconds: u32) -> String {
         let out = self.lab.exec(
-            "client",
+            host,
             &[
                 "curl",
+                "-g",
                 "-s",
                 "-o",
                 "/dev/null",
@@ -270,7 +277,7 @@ impl GatewayLab {
                 "%{http_code}",
                 "-m",
                 &seconds.to_string(),
-                &self.url(path),
+                url,
             ],
         );
         String::from_utf8_lossy(&out.stdout).into_owned()

@@ -3,7 +3,7 @@
 //! restart; one on the gateway's own node, behind its kernel, reached over
 //! a kernel-socket leg of the same worker (issue: real clusters).
 
-use crate::common::{require_root, serial, RAUTA};
+use crate::common::{require_root, serial, Process, RAUTA};
 use crate::gateway::{metric, wrk_ends_without_failures, GatewayLab, Io, RunWith, BACKEND};
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,7 @@ const POD: &str = "198.19.200.1";
 
 /// A Service `name` with endpoints `addresses` on `port` (speaking
 /// `app_protocol` if given), and an HTTPRoute sending `path` to it.
-fn routed_service(
+pub(crate) fn routed_service(
     name: &str,
     path: &str,
     addresses: &[&str],
@@ -217,79 +217,124 @@ const PODS: [(&str, &str); 3] = [
     ("lpod", NODE_LOCAL_POD),
 ];
 
-/// A client on another subnet, behind a router, reaches one Service whose
-/// pods are on both other nodes (through the node's routes, over the
-/// userspace stack) and on the gateway's own node (over a kernel leg), over
-/// HTTP/1.1 and h2c, and a wrk run over all of them ends with 0 errors.
-#[test]
-fn a_routed_client_reaches_pods_on_every_node_on_xdp() {
-    let _serial = serial();
-    require_root();
-    let addresses: Vec<&str> = PODS.iter().map(|(_, a)| *a).collect();
-    let http1 = routed_service("spread", "/spread", &addresses, 3004, "");
-    let h2c = routed_service(
-        "spread-h2c",
-        "/spread-h2c",
-        &addresses,
-        3004,
-        "kubernetes.io/h2c",
-    );
-    let gw = GatewayLab::start_with(
-        "rcn-x",
-        Io::Xdp,
-        &[("http1.yaml", &http1), ("h2c.yaml", &h2c)],
-    );
-    let _pods: Vec<_> = PODS
-        .iter()
+/// The Services `{name}` (HTTP/1.1) and `{name}-h2c` (h2c), at paths of
+/// the same names, over `pods` (host, address) on `port`: manifest files.
+fn spread_services(name: &str, pods: &[(&str, &str)], port: u16) -> Vec<(String, String)> {
+    let addresses: Vec<&str> = pods.iter().map(|(_, a)| *a).collect();
+    let h2c = format!("{name}-h2c");
+    vec![
+        (
+            format!("{name}.yaml"),
+            routed_service(name, &format!("/{name}"), &addresses, port, ""),
+        ),
+        (
+            format!("{h2c}.yaml"),
+            routed_service(
+                &h2c,
+                &format!("/{h2c}"),
+                &addresses,
+                port,
+                "kubernetes.io/h2c",
+            ),
+        ),
+    ]
+}
+
+/// `rauta echo` as `echo-{host}` on each of `pods` (host, address), on
+/// `port`.
+fn spawn_pods(gw: &GatewayLab, pods: &[(&str, &str)], port: u16) -> Vec<Process> {
+    pods.iter()
         .map(|(host, address)| {
-            gw.spawn_echo_on(
-                host,
-                &format!("echo-{host}"),
-                &format!("{address}:3004"),
-                &[],
-            )
+            let listen = std::net::SocketAddr::new(address.parse().unwrap(), port);
+            gw.spawn_echo_on(host, &format!("echo-{host}"), &listen.to_string(), &[])
         })
-        .collect();
-    for path in ["/spread", "/spread-h2c"] {
-        let mut seen = std::collections::BTreeSet::new();
-        for _ in 0..30 {
-            let answer = gw
-                .lab
-                .exec_ok("rcl", &["curl", "-s", "-i", "-m", "10", &gw.url(path)]);
-            assert!(answer.starts_with("HTTP/1.1 200"), "{path}:\n{answer}");
-            for (host, _) in PODS {
-                if answer.contains(&format!("echo-{host}")) {
-                    seen.insert(host);
-                }
+        .collect()
+}
+
+/// 30 requests to `url` from the routed client: every one 200, and every
+/// pod of `pods` among those that answered.
+fn every_pod_answers(gw: &GatewayLab, url: &str, pods: &[(&str, &str)]) {
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        let answer = gw
+            .lab
+            .exec_ok("rcl", &["curl", "-g", "-s", "-i", "-m", "10", url]);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{url}:\n{answer}");
+        assert!(
+            !answer.contains("echo-gw"),
+            "{url}: the node's own service answered the gateway's port"
+        );
+        for (host, _) in pods {
+            if answer.contains(&format!("echo-{host}")) {
+                seen.insert(*host);
             }
         }
-        assert_eq!(
-            seen.len(),
-            PODS.len(),
-            "{path}: pods that answered: {seen:?}"
-        );
     }
-    let mut load = gw.lab.spawn(
-        "rcl",
-        &[
-            "wrk",
-            "-t1",
-            "-c32",
-            "-d4s",
-            "--timeout",
-            "3s",
-            &gw.url("/spread"),
-        ],
+    assert_eq!(
+        seen.len(),
+        pods.len(),
+        "{url}: pods that answered: {seen:?}"
     );
+}
+
+/// wrk from the routed client on `url` (32 connections, 4 s).
+fn routed_load(gw: &GatewayLab, url: &str) -> Process {
+    gw.lab.spawn(
+        "rcl",
+        &["wrk", "-t1", "-c32", "-d4s", "--timeout", "3s", url],
+    )
+}
+
+/// Backend connects so far over kernel legs and over the stack are at
+/// least `kernel` and `userspace`.
+fn legs_used(gw: &GatewayLab, kernel: f64, userspace: f64) {
+    let metrics = gw.admin("/metrics");
+    let on_kernel = metric(&metrics, "rauta_backend_connects_total{leg=\"kernel\"}");
+    let on_stack = metric(&metrics, "rauta_backend_connects_total{leg=\"userspace\"}");
+    assert!(on_kernel >= kernel, "kernel legs: {on_kernel}");
+    assert!(on_stack >= userspace, "userspace legs: {on_stack}");
+}
+
+/// A client on another subnet, behind a router, reaches one Service whose
+/// `pods` are on both other nodes (through the node's routes, over the
+/// userspace stack) and on the gateway's own node (over a kernel leg), over
+/// HTTP/1.1 and h2c, and a wrk run over all of them ends with 0 errors.
+fn routed_client_reaches_every_node(prefix: &str, pods: &[(&str, &str)], ipv6: bool) {
+    let _serial = serial();
+    require_root();
+    let manifests = spread_services("spread", pods, 3004);
+    let manifests: Vec<(&str, &str)> = manifests
+        .iter()
+        .map(|(f, m)| (f.as_str(), m.as_str()))
+        .collect();
+    let run = RunWith {
+        ipv6,
+        ..RunWith::default()
+    };
+    let gw = GatewayLab::start_with_run(prefix, Io::Xdp, &manifests, run);
+    let _pods = spawn_pods(&gw, pods, 3004);
+    let url = |path: &str| if ipv6 { gw.url6(path) } else { gw.url(path) };
+    for path in ["/spread", "/spread-h2c"] {
+        every_pod_answers(&gw, &url(path), pods);
+    }
+    let mut load = routed_load(&gw, &url("/spread"));
     wrk_ends_without_failures(
         &mut load,
         "load from the routed client over every node's pods",
     );
-    let metrics = gw.admin("/metrics");
-    let kernel = metric(&metrics, "rauta_backend_connects_total{leg=\"kernel\"}");
-    let userspace = metric(&metrics, "rauta_backend_connects_total{leg=\"userspace\"}");
-    assert!(kernel >= 2.0, "kernel legs: {kernel}");
-    assert!(userspace >= 4.0, "userspace legs: {userspace}");
+    legs_used(&gw, 2.0, 4.0);
+}
+
+#[test]
+fn a_routed_client_reaches_pods_on_every_node_on_xdp() {
+    routed_client_reaches_every_node("rcn-x", &PODS, false);
+}
+
+/// The same over IPv6: a client on another IPv6 subnet and IPv6 pods, on
+/// the stack's IPv6 address, through the node's IPv6 routes.
+#[test]
+fn a_routed_ipv6_client_reaches_pods_on_every_node_on_xdp() {
+    routed_client_reaches_every_node("rc6-x", &PODS6, true);
 }
 
 /// `/proc/net/snmp`'s `Ip: ForwDatagrams` in `host`'s namespace: packets
@@ -320,151 +365,53 @@ fn forwarded(gw: &GatewayLab, host: &str) -> u64 {
 fn the_node_address_is_shared_with_the_nodes_own_services_on_xdp() {
     let _serial = serial();
     require_root();
-    let addresses: Vec<&str> = PODS.iter().map(|(_, a)| *a).collect();
-    let http1 = routed_service("spread", "/spread", &addresses, 3004, "");
-    let h2c = routed_service(
-        "spread-h2c",
-        "/spread-h2c",
-        &addresses,
-        3004,
-        "kubernetes.io/h2c",
-    );
-    let moved = routed_service("moved", "/moved", &["198.19.2.2"], 3004, "");
-    let addresses6: Vec<&str> = PODS6.iter().map(|(_, a)| *a).collect();
-    let http1_v6 = routed_service("spread6", "/spread6", &addresses6, 3007, "");
+    let mut manifests = spread_services("spread", &PODS, 3004);
+    manifests.extend(spread_services("spread6", &PODS6, 3007));
+    manifests.push((
+        "moved.yaml".to_owned(),
+        routed_service("moved", "/moved", &["198.19.2.2"], 3004, ""),
+    ));
+    let manifests: Vec<(&str, &str)> = manifests
+        .iter()
+        .map(|(f, m)| (f.as_str(), m.as_str()))
+        .collect();
     let run = RunWith {
         node_address: true,
         ipv6: true,
         ..RunWith::default()
     };
-    let gw = GatewayLab::start_with_run(
-        "rna-x",
-        Io::Xdp,
-        &[
-            ("http1.yaml", &http1),
-            ("h2c.yaml", &h2c),
-            ("moved.yaml", &moved),
-            ("v6.yaml", &http1_v6),
-        ],
-        run,
-    );
-    let node = gw.target();
-    // The node's own service on its address: the kernel's, not the
+    let gw = GatewayLab::start_with_run("rna-x", Io::Xdp, &manifests, run);
+    let (node, node6) = (gw.target(), gw.target6());
+    // The node's own service on its addresses: the kernel's, not the
     // gateway's (port 2222, as SSH might be).
     let node_service = format!("http://{node}:2222/node");
-    let _node_service = gw.spawn_echo_on("gw", "the-node-itself", &format!("{node}:2222"), &[]);
-    let _pods: Vec<_> = PODS
-        .iter()
-        .map(|(host, address)| {
-            gw.spawn_echo_on(
-                host,
-                &format!("echo-{host}"),
-                &format!("{address}:3004"),
-                &[],
-            )
-        })
-        .collect();
-    let answer = gw.curl(&[&node_service]);
-    assert!(
-        answer.starts_with("HTTP/1.1 200") && answer.contains("the-node-itself"),
-        "the node's own service:\n{answer}"
-    );
-
-    // IPv6: the node's IPv6 address, shared the same way.
-    let node6 = gw.target6();
     let node_service6 = format!("http://[{node6}]:2222/node");
-    let _node_service6 = gw.spawn_echo_on("gw", "the-node-itself", &format!("[{node6}]:2222"), &[]);
-    let _pods6: Vec<_> = PODS6
-        .iter()
-        .map(|(host, address)| {
-            gw.spawn_echo_on(
-                host,
-                &format!("echo-{host}"),
-                &format!("[{address}]:3007"),
-                &[],
-            )
-        })
-        .collect();
-    let answer = gw.lab.exec_ok(
-        "rcl",
-        &["curl", "-g", "-s", "-i", "-m", "10", &node_service6],
-    );
-    assert!(
-        answer.starts_with("HTTP/1.1 200") && answer.contains("the-node-itself"),
-        "the node's own service over IPv6:\n{answer}"
-    );
-    let mut seen6 = std::collections::BTreeSet::new();
-    for _ in 0..30 {
-        let answer = gw.lab.exec_ok(
-            "rcl",
-            &["curl", "-g", "-s", "-i", "-m", "10", &gw.url6("/spread6")],
+    let _node_service = spawn_pods(&gw, &[("gw", node), ("gw", node6)], 2222);
+    let _pods = spawn_pods(&gw, &PODS, 3004);
+    let _pods6 = spawn_pods(&gw, &PODS6, 3007);
+    for url in [&node_service, &node_service6] {
+        let answer = gw
+            .lab
+            .exec_ok("rcl", &["curl", "-g", "-s", "-i", "-m", "10", url]);
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.contains("echo-gw"),
+            "the node's own service at {url}:\n{answer}"
         );
-        assert!(answer.starts_with("HTTP/1.1 200"), "/spread6:\n{answer}");
-        for (host, _) in PODS6 {
-            if answer.contains(&format!("echo-{host}")) {
-                seen6.insert(host);
-            }
-        }
     }
-    assert_eq!(
-        seen6.len(),
-        PODS6.len(),
-        "IPv6 pods that answered: {seen6:?}"
-    );
     for path in ["/spread", "/spread-h2c"] {
-        let mut seen = std::collections::BTreeSet::new();
-        for _ in 0..30 {
-            let answer = gw
-                .lab
-                .exec_ok("rcl", &["curl", "-s", "-i", "-m", "10", &gw.url(path)]);
-            assert!(answer.starts_with("HTTP/1.1 200"), "{path}:\n{answer}");
-            assert!(
-                !answer.contains("the-node-itself"),
-                "{path}: the node's service answered the gateway's port"
-            );
-            for (host, _) in PODS {
-                if answer.contains(&format!("echo-{host}")) {
-                    seen.insert(host);
-                }
-            }
-        }
-        assert_eq!(
-            seen.len(),
-            PODS.len(),
-            "{path}: pods that answered: {seen:?}"
-        );
+        every_pod_answers(&gw, &gw.url(path), &PODS);
+    }
+    // IPv6: the node's IPv6 address, shared the same way.
+    for path in ["/spread6", "/spread6-h2c"] {
+        every_pod_answers(&gw, &gw.url6(path), &PODS6);
     }
 
     // Load over every pod; meanwhile the node's service and ping answer.
-    let mut load = gw.lab.spawn(
-        "rcl",
-        &[
-            "wrk",
-            "-t1",
-            "-c32",
-            "-d4s",
-            "--timeout",
-            "3s",
-            &gw.url("/spread"),
-        ],
-    );
+    let mut load = routed_load(&gw, &gw.url("/spread"));
     let mut node_answers = 0;
     let until = Instant::now() + Duration::from_secs(4);
     while Instant::now() < until {
-        let status = gw.lab.exec_ok(
-            "rcl",
-            &[
-                "curl",
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "-m",
-                "2",
-                &node_service,
-            ],
-        );
+        let status = gw.status_from("rcl", &node_service, 2);
         assert_eq!(status, "200", "the node's own service under load");
         gw.lab
             .exec_ok("client", &["ping", "-c", "1", "-W", "2", node]);
@@ -526,11 +473,8 @@ fn the_node_address_is_shared_with_the_nodes_own_services_on_xdp() {
     eprintln!("route move followed in {settled:?} (node3 forwarding the gateway's packets)");
     wrk_ends_without_failures(&mut load, "a route move");
 
+    legs_used(&gw, 4.0, 8.0);
     let metrics = gw.admin("/metrics");
-    let kernel = metric(&metrics, "rauta_backend_connects_total{leg=\"kernel\"}");
-    let userspace = metric(&metrics, "rauta_backend_connects_total{leg=\"userspace\"}");
-    assert!(kernel >= 2.0, "kernel legs: {kernel}");
-    assert!(userspace >= 4.0, "userspace legs: {userspace}");
     let learned = metric(&metrics, "rauta_neighbours_learned_total");
     assert!(
         learned >= 3.0,
@@ -572,85 +516,3 @@ const PODS6: [(&str, &str); 3] = [
     ("pod3", "2001:2:0:3::2"),
     ("lpod", "2001:2:0:100::2"),
 ];
-
-/// The routed-client test over IPv6: a client on another IPv6 subnet,
-/// behind the router, reaches IPv6 pods on both other nodes (through the
-/// node's IPv6 routes, over the userspace stack) and on the gateway's own
-/// node (over a kernel leg), over HTTP/1.1 and h2c, and a wrk run over all
-/// of them ends with 0 errors.
-#[test]
-fn a_routed_ipv6_client_reaches_pods_on_every_node_on_xdp() {
-    let _serial = serial();
-    require_root();
-    let addresses: Vec<&str> = PODS6.iter().map(|(_, a)| *a).collect();
-    let http1 = routed_service("spread6", "/spread6", &addresses, 3007, "");
-    let h2c = routed_service(
-        "spread6-h2c",
-        "/spread6-h2c",
-        &addresses,
-        3007,
-        "kubernetes.io/h2c",
-    );
-    let run = RunWith {
-        ipv6: true,
-        ..RunWith::default()
-    };
-    let gw = GatewayLab::start_with_run(
-        "rc6-x",
-        Io::Xdp,
-        &[("http1.yaml", &http1), ("h2c.yaml", &h2c)],
-        run,
-    );
-    let _pods: Vec<_> = PODS6
-        .iter()
-        .map(|(host, address)| {
-            gw.spawn_echo_on(
-                host,
-                &format!("echo-{host}"),
-                &format!("[{address}]:3007"),
-                &[],
-            )
-        })
-        .collect();
-    for path in ["/spread6", "/spread6-h2c"] {
-        let mut seen = std::collections::BTreeSet::new();
-        for _ in 0..30 {
-            let answer = gw.lab.exec_ok(
-                "rcl",
-                &["curl", "-g", "-s", "-i", "-m", "10", &gw.url6(path)],
-            );
-            assert!(answer.starts_with("HTTP/1.1 200"), "{path}:\n{answer}");
-            for (host, _) in PODS6 {
-                if answer.contains(&format!("echo-{host}")) {
-                    seen.insert(host);
-                }
-            }
-        }
-        assert_eq!(
-            seen.len(),
-            PODS6.len(),
-            "{path}: pods that answered: {seen:?}"
-        );
-    }
-    let mut load = gw.lab.spawn(
-        "rcl",
-        &[
-            "wrk",
-            "-t1",
-            "-c32",
-            "-d4s",
-            "--timeout",
-            "3s",
-            &gw.url6("/spread6"),
-        ],
-    );
-    wrk_ends_without_failures(
-        &mut load,
-        "load from the routed IPv6 client over every node's pods",
-    );
-    let metrics = gw.admin("/metrics");
-    let kernel = metric(&metrics, "rauta_backend_connects_total{leg=\"kernel\"}");
-    let userspace = metric(&metrics, "rauta_backend_connects_total{leg=\"userspace\"}");
-    assert!(kernel >= 2.0, "kernel legs: {kernel}");
-    assert!(userspace >= 4.0, "userspace legs: {userspace}");
-}
