@@ -337,9 +337,17 @@ fn a_routed_ipv6_client_reaches_pods_on_every_node_on_xdp() {
     routed_client_reaches_every_node("rc6-x", &PODS6, true);
 }
 
-/// `/proc/net/snmp`'s `Ip: ForwDatagrams` in `host`'s namespace: packets
-/// that host routed on.
-fn forwarded(gw: &GatewayLab, host: &str) -> u64 {
+/// Packets `host` routed on: `/proc/net/snmp`'s `Ip: ForwDatagrams`, or
+/// for IPv6 `/proc/net/snmp6`'s `Ip6OutForwDatagrams`.
+fn forwarded(gw: &GatewayLab, host: &str, ipv6: bool) -> u64 {
+    if ipv6 {
+        let snmp6 = gw.lab.exec_ok(host, &["cat", "/proc/net/snmp6"]);
+        return snmp6
+            .lines()
+            .find_map(|l| l.strip_prefix("Ip6OutForwDatagrams"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("Ip6OutForwDatagrams in /proc/net/snmp6");
+    }
     let snmp = gw.lab.exec_ok(host, &["cat", "/proc/net/snmp"]);
     let mut ip = snmp.lines().filter(|l| l.starts_with("Ip:"));
     let (names, values) = (ip.next().unwrap_or(""), ip.next().unwrap_or(""));
@@ -355,12 +363,13 @@ fn forwarded(gw: &GatewayLab, host: &str) -> u64 {
 /// gateway node's own address with its kernel: XDP takes only TCP to the
 /// listener port and the stack's ephemeral ports. A routed client reaches
 /// pods on both other nodes over the userspace stack and the pod on the
-/// gateway's node over a kernel leg (HTTP/1.1 and h2c); the node's own TCP
-/// service and ping on the same address keep answering under load; a pod
-/// CIDR moved to another next hop mid-run is followed with no failed
-/// request; the same pods and the node's service answer over IPv6 on the
-/// node's IPv6 address; and an ephemeral range that clashes with the
-/// kernel's is refused at start with the ports named.
+/// gateway's node over a kernel leg (HTTP/1.1 and h2c), over IPv4 and over
+/// IPv6 on the node's IPv6 address, with an IPv4 and an IPv6 client loading
+/// it at once; the node's own TCP service and ping on the same addresses
+/// keep answering under that load; pod CIDRs of both families moved to
+/// another next hop mid-run are followed with no failed request; and an
+/// ephemeral range that clashes with the kernel's is refused at start with
+/// the ports named.
 #[test]
 fn the_node_address_is_shared_with_the_nodes_own_services_on_xdp() {
     let _serial = serial();
@@ -370,6 +379,10 @@ fn the_node_address_is_shared_with_the_nodes_own_services_on_xdp() {
     manifests.push((
         "moved.yaml".to_owned(),
         routed_service("moved", "/moved", &["198.19.2.2"], 3004, ""),
+    ));
+    manifests.push((
+        "moved6.yaml".to_owned(),
+        routed_service("moved6", "/moved6", &["2001:2:0:2::2"], 3007, ""),
     ));
     let manifests: Vec<(&str, &str)> = manifests
         .iter()
@@ -406,72 +419,83 @@ fn the_node_address_is_shared_with_the_nodes_own_services_on_xdp() {
         every_pod_answers(&gw, &gw.url6(path), &PODS6);
     }
 
-    // Load over every pod; meanwhile the node's service and ping answer.
+    // Load over every pod from an IPv4 and an IPv6 client at once;
+    // meanwhile the node's own service and ping answer on both addresses.
     let mut load = routed_load(&gw, &gw.url("/spread"));
+    let mut load6 = routed_load(&gw, &gw.url6("/spread6"));
     let mut node_answers = 0;
     let until = Instant::now() + Duration::from_secs(4);
     while Instant::now() < until {
-        let status = gw.status_from("rcl", &node_service, 2);
-        assert_eq!(status, "200", "the node's own service under load");
-        gw.lab
-            .exec_ok("client", &["ping", "-c", "1", "-W", "2", node]);
+        for url in [&node_service, &node_service6] {
+            let status = gw.status_from("rcl", url, 2);
+            assert_eq!(status, "200", "the node's own service at {url} under load");
+        }
+        for address in [node, node6] {
+            gw.lab
+                .exec_ok("client", &["ping", "-c", "1", "-W", "2", address]);
+        }
         node_answers += 1;
         std::thread::sleep(Duration::from_millis(100));
     }
-    wrk_ends_without_failures(
-        &mut load,
-        "load from the routed client on the node's address",
-    );
-    eprintln!("the node's own service answered {node_answers} times under load");
+    wrk_ends_without_failures(&mut load, "IPv4 load on the node's address");
+    wrk_ends_without_failures(&mut load6, "IPv6 load on the node's IPv6 address");
+    eprintln!("the node's own service answered {node_answers} times on each family under load");
 
-    // Node2's pod CIDR moves behind node3 (which routes it on to node2),
-    // mid-run: the stack follows, and no request fails.
+    // Node2's pod CIDRs move behind node3 (which routes them on to
+    // node2), mid-run: the stack follows both, and no request fails.
     gw.lab.exec_ok(
         "node3",
         &["sysctl", "-q", "-w", "net.ipv4.conf.all.send_redirects=0"],
     );
-    gw.lab.exec_ok(
-        "node3",
-        &["ip", "route", "add", "198.19.2.0/24", "via", "198.18.0.32"],
-    );
-    let mut load = gw.lab.spawn(
-        "rcl",
-        &[
-            "wrk",
-            "-t1",
-            "-c16",
-            "-d6s",
-            "--timeout",
-            "3s",
-            &gw.url("/moved"),
-        ],
-    );
-    std::thread::sleep(Duration::from_secs(2));
-    let before = forwarded(&gw, "node3");
-    gw.lab.exec_ok(
-        "gw",
-        &[
-            "ip",
-            "route",
-            "replace",
+    let moves = [
+        (
             "198.19.2.0/24",
-            "via",
+            "198.18.0.32",
             "198.18.0.33",
-        ],
-    );
-    let changed = Instant::now();
-    let settled = loop {
-        if forwarded(&gw, "node3") > before + 100 {
-            break changed.elapsed();
-        }
-        assert!(
-            changed.elapsed() < Duration::from_secs(3),
-            "the gateway still sends to node2 3 s after the route moved"
+            "/moved",
+            false,
+        ),
+        (
+            "2001:2:0:2::/64",
+            "2001:2::32",
+            "2001:2::33",
+            "/moved6",
+            true,
+        ),
+    ];
+    let mut loads = Vec::new();
+    for (cidr, node2, _, path, ipv6) in moves {
+        gw.lab
+            .exec_ok("node3", &["ip", "route", "add", cidr, "via", node2]);
+        let url = if ipv6 { gw.url6(path) } else { gw.url(path) };
+        loads.push(gw.lab.spawn(
+            "rcl",
+            &["wrk", "-t1", "-c16", "-d6s", "--timeout", "3s", &url],
+        ));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    for (cidr, _, node3, _, ipv6) in moves {
+        let before = forwarded(&gw, "node3", ipv6);
+        gw.lab
+            .exec_ok("gw", &["ip", "route", "replace", cidr, "via", node3]);
+        let changed = Instant::now();
+        let settled = loop {
+            if forwarded(&gw, "node3", ipv6) > before + 100 {
+                break changed.elapsed();
+            }
+            assert!(
+                changed.elapsed() < Duration::from_secs(3),
+                "the gateway still sends {cidr} to node2 3 s after the route moved"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        eprintln!(
+            "route move of {cidr} followed in {settled:?} (node3 forwarding the gateway's packets)"
         );
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    eprintln!("route move followed in {settled:?} (node3 forwarding the gateway's packets)");
-    wrk_ends_without_failures(&mut load, "a route move");
+    }
+    for mut load in loads {
+        wrk_ends_without_failures(&mut load, "a route move");
+    }
 
     legs_used(&gw, 4.0, 8.0);
     let metrics = gw.admin("/metrics");
