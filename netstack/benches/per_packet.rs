@@ -109,7 +109,9 @@ impl Bench {
     }
 
     /// One 64-byte echo round trip on the next of the first `active`
-    /// connections.
+    /// connections. Not inlined, so callgrind can count it alone
+    /// (docs/performance.md).
+    #[inline(never)]
     fn round_trip(&mut self, active: usize) {
         let id = self.conns[self.next % active];
         self.next = (self.next + 1) % active;
