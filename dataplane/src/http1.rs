@@ -555,13 +555,25 @@ impl ChunkedDecoder {
                 Ok((2, None))
             }
             ChunkState::Trailers => {
-                let room = self.limits.max_trailer_bytes - self.trailer_bytes;
-                let Some(line_end) = find_crlf(input, room)? else {
-                    if input.len() > room {
-                        return Err(HttpError::HeadTooLarge(self.limits.max_trailer_bytes));
+                // Each field line counts with its CRLF, and must fit whole
+                // in what is left of the limit.
+                let room = self
+                    .limits
+                    .max_trailer_bytes
+                    .saturating_sub(self.trailer_bytes);
+                let too_large = HttpError::HeadTooLarge(self.limits.max_trailer_bytes);
+                let Some(line_end) = find_crlf(input, usize::MAX)? else {
+                    // Too long for what is left, unless it may still be
+                    // the empty line that ends the trailers (not counted).
+                    let may_end = input.len() < 2 && input.first().is_none_or(|&b| b == b'\r');
+                    if input.len() >= room && !may_end {
+                        return Err(too_large);
                     }
                     return Ok((0, None));
                 };
+                if line_end > 0 && line_end + 2 > room {
+                    return Err(too_large);
+                }
                 self.trailer_bytes += line_end + 2;
                 if line_end == 0 {
                     self.state = ChunkState::Done;
@@ -836,5 +848,51 @@ mod tests {
             ..Limits::default()
         });
         assert_eq!(decoder.decode(b"5\r\n").unwrap_err().status(), 413);
+    }
+
+    /// Trailers against a 16-byte limit, fed at every split.
+    fn trailers_within_16_bytes(trailers: &[u8]) -> Result<(), HttpError> {
+        let mut body = b"0\r\n".to_vec();
+        body.extend_from_slice(trailers);
+        body.extend_from_slice(b"\r\n");
+        for step in 1..=body.len() {
+            let mut decoder = ChunkedDecoder::new(Limits {
+                max_trailer_bytes: 16,
+                ..Limits::default()
+            });
+            let mut pos = 0;
+            let mut available = step;
+            loop {
+                let (n, chunk) = decoder.decode(&body[pos..available])?;
+                pos += n;
+                match chunk {
+                    Some(Chunk::End) => break,
+                    None if n == 0 => {
+                        assert!(available < body.len(), "stuck at step {step}");
+                        available = (available + step).min(body.len());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn trailers_are_held_to_their_limit_line_endings_and_all() {
+        // 14 bytes and CRLF: 16, the limit.
+        assert!(trailers_within_16_bytes(b"A: 0123456789a\r\n").is_ok());
+        // Two lines of 8 with their CRLFs: 16.
+        assert!(trailers_within_16_bytes(b"A: 123\r\nB: 456\r\n").is_ok());
+        // 15 and CRLF: 17.
+        let over = trailers_within_16_bytes(b"A: 0123456789ab\r\n").unwrap_err();
+        assert_eq!(over.status(), 431);
+        // The limit reached exactly, then one more line: refused, not a
+        // wrapped-around budget.
+        let more = trailers_within_16_bytes(b"A: 0123456789a\r\nB: 1\r\n").unwrap_err();
+        assert_eq!(more.status(), 431);
+        // 16 and CRLF: 18; it used to pass, and left the budget negative.
+        let wrapped = trailers_within_16_bytes(b"A: 0123456789abc\r\nB: 1\r\n").unwrap_err();
+        assert_eq!(wrapped.status(), 431);
     }
 }
