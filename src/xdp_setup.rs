@@ -95,36 +95,40 @@ impl XdpRuntime {
     }
 }
 
-/// Parse `ADDR/PREFIX`.
+/// Parse `--address ADDR/PREFIX`.
 pub fn parse_cidr(text: &str) -> Result<Ipv4Cidr> {
-    let (addr, len) = text
-        .split_once('/')
-        .with_context(|| format!("--address {text:?}: expected ADDR/PREFIX, e.g. 198.18.0.1/24"))?;
-    let addr: std::net::Ipv4Addr = addr
-        .parse()
-        .with_context(|| format!("--address {text:?}: {addr:?} is not an IPv4 address"))?;
-    let len: u8 = len
-        .parse()
-        .ok()
-        .filter(|l| (1..=32).contains(l))
-        .with_context(|| format!("--address {text:?}: prefix must be 1..=32"))?;
+    let (addr, len) = parse_prefix("--address", "IPv4", "198.18.0.1/24", 32, text)?;
     Ok(Ipv4Cidr::new(addr, len))
 }
 
 /// Parse `--address6 ADDR/PREFIX`.
 pub fn parse_cidr6(text: &str) -> Result<Ipv6Cidr> {
+    let (addr, len) = parse_prefix("--address6", "IPv6", "2001:2::1/64", 128, text)?;
+    Ok(Ipv6Cidr::new(addr, len))
+}
+
+/// `text` as ADDR/PREFIX of a `family` address, the prefix 1..=`max`;
+/// errors name `flag` and show `example`.
+fn parse_prefix<A: std::str::FromStr>(
+    flag: &str,
+    family: &str,
+    example: &str,
+    max: u8,
+    text: &str,
+) -> Result<(A, u8)> {
     let (addr, len) = text
         .split_once('/')
-        .with_context(|| format!("--address6 {text:?}: expected ADDR/PREFIX, e.g. 2001:2::1/64"))?;
-    let addr: std::net::Ipv6Addr = addr
+        .with_context(|| format!("{flag} {text:?}: expected ADDR/PREFIX, e.g. {example}"))?;
+    let addr = addr
         .parse()
-        .with_context(|| format!("--address6 {text:?}: {addr:?} is not an IPv6 address"))?;
+        .ok()
+        .with_context(|| format!("{flag} {text:?}: {addr:?} is not an {family} address"))?;
     let len: u8 = len
         .parse()
         .ok()
-        .filter(|l| (1..=128).contains(l))
-        .with_context(|| format!("--address6 {text:?}: prefix must be 1..=128"))?;
-    Ok(Ipv6Cidr::new(addr, len))
+        .filter(|l| (1..=max).contains(l))
+        .with_context(|| format!("{flag} {text:?}: prefix must be 1..={max}"))?;
+    Ok((addr, len))
 }
 
 /// The node's address on `iface` for node-address mode: `given` (ADDR or

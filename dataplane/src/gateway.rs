@@ -20,7 +20,6 @@ use arc_swap::ArcSwap;
 use rauta_netstack::handoff::Mailbox;
 use rauta_netstack::smoltcp::socket::tcp::State;
 use rauta_netstack::smoltcp::time::Instant;
-use rauta_netstack::smoltcp::wire::IpAddress;
 use rauta_netstack::{BatchDevice, ConnId, IdlePolicy, IdleWaiter, Stack, XdpDevice};
 use rauta_netstack::{NeighbourTable, Routes};
 use std::net::SocketAddr;
@@ -217,7 +216,7 @@ impl GatewayWorker {
                 }
                 legs.stack.take_neighbour_asks(&mut asks);
                 for address in asks.drain(..) {
-                    let _ = feed.asks.send(IpAddress::into(address));
+                    let _ = feed.asks.send(std::net::IpAddr::from(address));
                 }
             }
             let sent = device.flush();

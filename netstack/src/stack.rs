@@ -494,25 +494,20 @@ impl Stack {
     /// waiting for it).
     fn learn_neighbour(&mut self, address: IpAddress, mac: EthernetAddress) {
         let our_mac = self.config.mac;
-        match (address, self.address6) {
+        let (reply, advertisement);
+        let frame: &[u8] = match (address, self.address6) {
             (IpAddress::Ipv4(v4), _) => {
-                let frame = neighbor::reply_frame(v4, mac, self.address, our_mac);
-                self.iface.poll_ingress_single(
-                    self.now,
-                    &mut OneFrame(Some(&frame)),
-                    &mut self.control,
-                );
+                reply = neighbor::reply_frame(v4, mac, self.address, our_mac);
+                &reply
             }
             (IpAddress::Ipv6(v6), Some(us)) => {
-                let frame = neighbor::advertisement_frame(v6, mac, us, our_mac);
-                self.iface.poll_ingress_single(
-                    self.now,
-                    &mut OneFrame(Some(&frame)),
-                    &mut self.control,
-                );
+                advertisement = neighbor::advertisement_frame(v6, mac, us, our_mac);
+                &advertisement
             }
             (IpAddress::Ipv6(_), None) => return,
-        }
+        };
+        self.iface
+            .poll_ingress_single(self.now, &mut OneFrame(Some(frame)), &mut self.control);
         self.neighbors.heard(address, self.now);
         self.counters.neighbours_learned += 1;
     }
@@ -540,11 +535,6 @@ impl Stack {
     /// The IPv4 address the stack owns.
     pub fn address(&self) -> Ipv4Address {
         self.address
-    }
-
-    /// The IPv6 address the stack owns, if any.
-    pub fn address6(&self) -> Option<Ipv6Address> {
-        self.address6
     }
 
     /// Connections open (any state but closed).

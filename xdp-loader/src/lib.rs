@@ -54,12 +54,6 @@ pub enum Steering {
 }
 
 impl Steering {
-    pub fn address(&self) -> Ipv4Addr {
-        match self {
-            Self::Dedicated { address, .. } | Self::NodeAddress { address, .. } => *address,
-        }
-    }
-
     pub fn address6(&self) -> Option<Ipv6Addr> {
         match self {
             Self::Dedicated { address6, .. } | Self::NodeAddress { address6, .. } => *address6,
