@@ -218,6 +218,7 @@ impl SelectionArgs {
         rauta_controlplane::Selection {
             gateway_classes: self.gateway_classes,
             gateways: self.gateways,
+            own: Default::default(),
         }
     }
 }
@@ -376,6 +377,90 @@ struct RunArgs {
     /// tunnel); `userspace` or `kernel` forces one.
     #[arg(long, default_value = "auto")]
     backend_legs: LegChoice,
+    #[command(flatten)]
+    edge: EdgeArgs,
+}
+
+/// How request heads are admitted, before route match (see
+/// docs/operations.md, "Edge defaults").
+#[derive(clap::Args)]
+struct EdgeArgs {
+    /// Decode percent-encoded unreserved characters and remove `.` and
+    /// `..` segments (RFC 3986) before routing; the backend gets the
+    /// normalised path.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    normalize_path: bool,
+    /// Merge runs of `/` in paths into one.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    merge_slashes: bool,
+    /// Encoded slashes (`%2F`, `%5C`) in a path: `keep` them encoded,
+    /// `reject` (400), `decode` and forward, or `redirect` the client to
+    /// the decoded path (307; gRPC gets 400).
+    #[arg(long, value_enum, default_value = "redirect")]
+    escaped_slashes: EscapedSlashesArg,
+    /// Request header names holding `_`: `reject` (400), `drop` the
+    /// fields, or `allow`.
+    #[arg(long, value_enum, default_value = "reject")]
+    headers_with_underscores: UnderscoresArg,
+    /// CIDRs of the proxies in front of the gateway (comma-separated or
+    /// repeated): only their X-Forwarded-For/-Proto/-Host/-Port and
+    /// Forwarded fields are kept and extended; any other client's are
+    /// removed.
+    #[arg(long, value_delimiter = ',')]
+    trusted_proxies: Vec<ipnet::IpNet>,
+    /// Also append an RFC 7239 `Forwarded: for=…;proto=http` element.
+    #[arg(long, value_enum, default_value = "x-forwarded-only")]
+    forwarded: ForwardedArg,
+}
+
+impl EdgeArgs {
+    fn settings(&self) -> rauta_dataplane::proxy::AdmitSettings {
+        use rauta_dataplane::path::EscapedSlashes;
+        use rauta_dataplane::proxy::{ForwardedPolicy, UnderscoreHeaders};
+        rauta_dataplane::proxy::AdmitSettings {
+            path: rauta_dataplane::path::PathPolicy {
+                normalize: self.normalize_path,
+                merge_slashes: self.merge_slashes,
+                escaped_slashes: match self.escaped_slashes {
+                    EscapedSlashesArg::Keep => EscapedSlashes::Keep,
+                    EscapedSlashesArg::Reject => EscapedSlashes::Reject,
+                    EscapedSlashesArg::Decode => EscapedSlashes::Decode,
+                    EscapedSlashesArg::Redirect => EscapedSlashes::Redirect,
+                },
+            },
+            underscores: match self.headers_with_underscores {
+                UnderscoresArg::Reject => UnderscoreHeaders::Reject,
+                UnderscoresArg::Drop => UnderscoreHeaders::Drop,
+                UnderscoresArg::Allow => UnderscoreHeaders::Allow,
+            },
+            trusted_proxies: self.trusted_proxies.clone(),
+            forwarded: match self.forwarded {
+                ForwardedArg::XForwardedOnly => ForwardedPolicy::XForwardedOnly,
+                ForwardedArg::Append => ForwardedPolicy::Append,
+            },
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum EscapedSlashesArg {
+    Keep,
+    Reject,
+    Decode,
+    Redirect,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum UnderscoresArg {
+    Reject,
+    Drop,
+    Allow,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ForwardedArg {
+    XForwardedOnly,
+    Append,
 }
 
 /// This machine's name, for the leader election's identity.
@@ -539,7 +624,7 @@ fn run(cli: Cli) -> Result<()> {
                 Some(dir) => run_cmd::RouteSource::Dir(dir),
                 None => run_cmd::RouteSource::Kubernetes {
                     kubeconfig: args.kubeconfig,
-                    options: rauta_controlplane::kubernetes::KubeOptions {
+                    options: Box::new(rauta_controlplane::kubernetes::KubeOptions {
                         controller_name: args.controller_name,
                         gateways: selection.gateways.clone(),
                         // The address Gateways are reached at: --address
@@ -551,6 +636,8 @@ fn run(cli: Cli) -> Result<()> {
                             .filter(|ip| !ip.is_unspecified())
                             .into_iter()
                             .collect(),
+                        // Set where the transport knows its addresses.
+                        own: Default::default(),
                         lease: rauta_controlplane::kubernetes::lease::LeaseSettings::new(
                             args.lease_namespace
                                 .or_else(|| std::env::var("POD_NAMESPACE").ok())
@@ -559,7 +646,7 @@ fn run(cli: Cli) -> Result<()> {
                                 .or_else(|| std::env::var("POD_NAME").ok())
                                 .unwrap_or_else(host_name),
                         ),
-                    },
+                    }),
                 },
             };
             let options = run_cmd::RunOptions {
@@ -603,6 +690,7 @@ fn run(cli: Cli) -> Result<()> {
                         ratio: args.retry_budget_ratio.max(0.0),
                         min_per_second: args.retry_budget_min_per_second,
                     },
+                    admit: args.edge.settings(),
                     ..Default::default()
                 },
                 drain_timeout: seconds(args.drain_timeout),

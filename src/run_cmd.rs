@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use rauta_controlplane::kubernetes::metrics::ControllerMetrics;
 use rauta_controlplane::kubernetes::{self, Controller, KubeOptions};
 use rauta_controlplane::source::{self, Published};
-use rauta_controlplane::Selection;
+use rauta_controlplane::{OwnSockets, Selection};
 use rauta_dataplane::gateway::{GatewayWorker, NeighbourFeed};
 use rauta_dataplane::http2::Http2Settings;
 use rauta_dataplane::kernel::KernelWorker;
@@ -35,7 +35,7 @@ pub enum RouteSource {
     /// configuration.
     Kubernetes {
         kubeconfig: Option<PathBuf>,
-        options: KubeOptions,
+        options: Box<KubeOptions>,
     },
 }
 
@@ -85,10 +85,17 @@ impl Source {
 /// Load and compile the first configuration and keep following the source.
 /// A directory must give at least one listener (the error names file,
 /// object and field); a cluster may have none yet.
-pub fn start_source(options: &RunOptions) -> Result<Source> {
+pub fn start_source(options: &RunOptions, addresses: Vec<IpAddr>) -> Result<Source> {
+    // No endpoint may be the gateway itself: its listeners, its admin.
+    let own = OwnSockets {
+        addresses,
+        admin: options.admin,
+    };
+    let mut selection = options.selection.clone();
+    selection.own = own.clone();
     match &options.source {
         RouteSource::Dir(dir) => {
-            let compiled = source::load(dir, &options.selection)
+            let compiled = source::load(dir, &selection)
                 .with_context(|| format!("--config {}", dir.display()))?;
             for warning in &compiled.warnings {
                 tracing::warn!("{warning}");
@@ -106,7 +113,7 @@ pub fn start_source(options: &RunOptions) -> Result<Source> {
                 );
             }
             let published = Published::new(compiled);
-            let watcher = source::watch(dir.clone(), options.selection.clone(), published.clone())
+            let watcher = source::watch(dir.clone(), selection, published.clone())
                 .context("watching the config directory")?;
             Ok(Source {
                 published,
@@ -123,8 +130,12 @@ pub fn start_source(options: &RunOptions) -> Result<Source> {
             let (tx, rx) = mpsc::channel();
             let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
             let (stopped_tx, stopped) = mpsc::channel::<()>();
-            let (kubeconfig, kube_options, thread_metrics) =
-                (kubeconfig.clone(), kube_options.clone(), metrics.clone());
+            let (kubeconfig, mut kube_options, thread_metrics) = (
+                kubeconfig.clone(),
+                (**kube_options).clone(),
+                metrics.clone(),
+            );
+            kube_options.own = own;
             std::thread::Builder::new()
                 .name("rauta-kubernetes".into())
                 .spawn(move || {
@@ -181,7 +192,7 @@ const KUBERNETES_SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `rauta run --io kernel`.
 pub fn run_kernel(options: RunOptions, addresses: Vec<IpAddr>) -> Result<()> {
-    let mut source = start_source(&options)?;
+    let mut source = start_source(&options, addresses.clone())?;
     let published = source.published.clone();
     let ports: Vec<u16> = published.config.load().ports.keys().copied().collect();
     // Bind once up front so a taken port fails here, with its address.
@@ -268,7 +279,11 @@ pub fn run_xdp(
     idle: IdlePolicy,
     xdp_legs: LegChoice,
 ) -> Result<()> {
-    let mut source = start_source(&options)?;
+    let own = [
+        Some(IpAddr::from(xdp.address.address())),
+        xdp.address6.map(|a| a.address().into()),
+    ];
+    let mut source = start_source(&options, own.into_iter().flatten().collect())?;
     let published = source.published.clone();
     let ports: Vec<u16> = published.config.load().ports.keys().copied().collect();
     let (iface, queues) = (xdp.iface.clone(), xdp.queues);

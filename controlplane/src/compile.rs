@@ -10,6 +10,7 @@
 //! Service: 500; an unsupported filter: 500) becomes part of the table and a
 //! warning.
 
+use crate::endpoints::{EndpointRules, OwnSockets};
 use crate::manifests::{Manifests, Origin, Sourced};
 use crate::policy::{self, Attached};
 use crate::verdict::{
@@ -28,6 +29,7 @@ use gateway_api::experimental::httproutes::{
     HttpRouteRulesSessionPersistenceCookieConfigLifetimeType as Lifetime,
     HttpRouteRulesSessionPersistenceType as SessionType, HttpRouteRulesTimeouts,
 };
+use http::header::{HeaderName, HeaderValue};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointConditions;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -54,6 +56,8 @@ pub struct Selection {
     pub gateway_classes: Vec<String>,
     /// `namespace/name` of the Gateways to serve; empty: all of the classes.
     pub gateways: Vec<String>,
+    /// The gateway's own sockets, which no endpoint may be.
+    pub own: OwnSockets,
 }
 
 impl Default for Selection {
@@ -61,6 +65,7 @@ impl Default for Selection {
         Self {
             gateway_classes: vec!["rauta".into()],
             gateways: Vec::new(),
+            own: OwnSockets::default(),
         }
     }
 }
@@ -131,8 +136,21 @@ pub fn compile(
         &services,
         on_invalid == OnInvalid::RejectAll,
     )?;
-    let world = World::new(manifests, policies);
-    let mut warnings = Vec::new();
+    let rules = EndpointRules {
+        own: &selection.own,
+        listener_ports: manifests
+            .gateways
+            .iter()
+            .filter(|g| selection.serves(&g.object))
+            .flat_map(|g| &g.object.spec.listeners)
+            .filter_map(|l| u16::try_from(l.port).ok())
+            .collect(),
+        // A directory of files is a developer's or a test's: loopback
+        // backends are theirs to use.
+        allow_loopback: on_invalid == OnInvalid::RejectAll,
+    };
+    let mut warnings = refused_endpoints(manifests, &rules);
+    let world = World::new(manifests, policies, rules);
 
     // Validate every route's rules, attached or not: a typo in a route that
     // attaches nowhere yet is still a typo.
@@ -550,10 +568,11 @@ struct World<'m> {
     manifests: &'m Manifests,
     /// BackendTrafficPolicies, by the Service they hold.
     policies: Attached,
+    endpoints: EndpointRules<'m>,
 }
 
 impl<'m> World<'m> {
-    fn new(manifests: &'m Manifests, policies: Attached) -> Self {
+    fn new(manifests: &'m Manifests, policies: Attached, endpoints: EndpointRules<'m>) -> Self {
         let mut namespace_labels = HashMap::new();
         for ns in &manifests.namespaces {
             if let (Some(name), Some(labels)) = (
@@ -591,6 +610,7 @@ impl<'m> World<'m> {
             slices,
             manifests,
             policies,
+            endpoints,
         }
     }
 
@@ -749,7 +769,8 @@ impl<'m> World<'m> {
                         .addresses
                         .iter()
                         .filter_map(|a| a.parse::<IpAddr>().ok())
-                        .map(|ip| SocketAddr::new(ip, target)),
+                        .map(|ip| SocketAddr::new(ip, target))
+                        .filter(|&at| self.endpoints.refuses(at).is_none()),
                 );
             }
         }
@@ -758,6 +779,35 @@ impl<'m> World<'m> {
         }
         Ok((endpoints, protocol))
     }
+}
+
+/// A warning for each endpoint address the rules leave out, naming its
+/// EndpointSlice.
+fn refused_endpoints(manifests: &Manifests, rules: &EndpointRules) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for slice in &manifests.endpoint_slices {
+        let ports: Vec<u16> = slice
+            .object
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| p.port.and_then(|p| u16::try_from(p).ok()))
+            .collect();
+        let addresses = slice.object.endpoints.iter().flat_map(|e| &e.addresses);
+        for ip in addresses.filter_map(|a| a.parse::<IpAddr>().ok()) {
+            for &port in &ports {
+                let at = SocketAddr::new(ip, port);
+                if let Some(why) = rules.refuses(at) {
+                    warnings.push(format!(
+                        "{}: EndpointSlice {}: endpoint {at} is {why}; it is not used",
+                        slice.origin,
+                        object_id(&slice.object.metadata)
+                    ));
+                }
+            }
+        }
+    }
+    warnings
 }
 
 /// Why a backendRef does not resolve: the ResolvedRefs reason and a message.
@@ -919,27 +969,65 @@ fn compile_matches(
     Ok(out)
 }
 
-/// Name/value pairs of a header modifier's `set` or `add`, as the schema
-/// spells them per filter type.
+/// A header modifier's `set`, `add` and `remove` as the schema spells
+/// them per filter type, checked (see [`header_modifier`]).
 macro_rules! modifier {
-    ($m:expr) => {{
+    ($route:expr, $at:expr, $m:expr) => {{
         let m = $m;
-        HeaderModifier {
-            set: m
-                .set
-                .iter()
-                .flatten()
-                .map(|h| (h.name.clone(), h.value.clone()))
-                .collect(),
-            add: m
-                .add
-                .iter()
-                .flatten()
-                .map(|h| (h.name.clone(), h.value.clone()))
-                .collect(),
-            remove: m.remove.iter().flatten().cloned().collect(),
-        }
+        let set = m.set.iter().flatten();
+        let add = m.add.iter().flatten();
+        header_modifier(
+            $route,
+            $at,
+            set.map(|h| (h.name.clone(), h.value.clone())).collect(),
+            add.map(|h| (h.name.clone(), h.value.clone())).collect(),
+            m.remove.iter().flatten().cloned().collect(),
+        )?
     }};
+}
+
+/// Header changes with every name a field name (RFC 9110 §5.1) and every
+/// value a field value (§5.5: no CR, LF or NUL): a value like
+/// `"a\r\nX-Smuggled: yes"` would otherwise become a field of its own.
+fn header_modifier(
+    route: &Sourced<HttpRoute>,
+    at: &str,
+    set: Vec<(String, String)>,
+    add: Vec<(String, String)>,
+    remove: Vec<String>,
+) -> Result<HeaderModifier, CompileError> {
+    let name = |field: String, name: &str| {
+        HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| field_error(route, field, format!("{name:?} is not a header field name")))
+    };
+    let pairs = |list: &str, pairs: Vec<(String, String)>| {
+        pairs
+            .into_iter()
+            .enumerate()
+            .map(|(i, (n, v))| {
+                let n = name(format!("{at}.{list}[{i}].name"), &n)?;
+                let v = HeaderValue::from_str(&v).map_err(|_| {
+                    field_error(
+                        route,
+                        format!("{at}.{list}[{i}].value"),
+                        format!(
+                            "{v:?} is not a header field value (no CR, LF or control characters)"
+                        ),
+                    )
+                })?;
+                Ok((n, v))
+            })
+            .collect::<Result<Vec<_>, CompileError>>()
+    };
+    Ok(HeaderModifier {
+        set: pairs("set", set)?,
+        add: pairs("add", add)?,
+        remove: remove
+            .iter()
+            .enumerate()
+            .map(|(i, n)| name(format!("{at}.remove[{i}]"), n))
+            .collect::<Result<_, _>>()?,
+    })
 }
 
 fn path_modifier(
@@ -951,6 +1039,58 @@ fn path_modifier(
         full.map(|p| PathModifier::ReplaceFullPath(p.clone()))
     } else {
         prefix.map(|p| PathModifier::ReplacePrefixMatch(p.clone()))
+    }
+}
+
+/// A hostname a filter writes (RFC 1123, as Gateway API's
+/// PreciseHostname: lowercase labels of letters, digits and hyphens, no
+/// wildcard, no port).
+fn precise_hostname(
+    route: &Sourced<HttpRoute>,
+    field: String,
+    hostname: &str,
+) -> Result<String, CompileError> {
+    let label = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if hostname.len() <= 253 && hostname.split('.').all(label) {
+        Ok(hostname.to_owned())
+    } else {
+        Err(field_error(
+            route,
+            field,
+            format!("{hostname:?} is not a hostname (lowercase RFC 1123 labels, no port)"),
+        ))
+    }
+}
+
+/// A path a filter writes: absolute (`/`…), and only characters a request
+/// target's path may hold (RFC 3986 §3.3: no space, CR, LF, `?` or `#`).
+fn checked_path(
+    route: &Sourced<HttpRoute>,
+    at: &str,
+    path: Option<&PathModifier>,
+) -> Result<(), CompileError> {
+    let Some(modifier) = path else {
+        return Ok(());
+    };
+    let (field, value) = match modifier {
+        PathModifier::ReplaceFullPath(p) => ("replaceFullPath", p),
+        PathModifier::ReplacePrefixMatch(p) => ("replacePrefixMatch", p),
+    };
+    let is_path_char = |b: u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/%".contains(&b);
+    if value.starts_with('/') && value.bytes().all(is_path_char) {
+        Ok(())
+    } else {
+        Err(field_error(
+            route,
+            format!("{at}.{field}"),
+            format!("{value:?} is not an absolute path (RFC 3986 path characters only)"),
+        ))
     }
 }
 
@@ -988,16 +1128,24 @@ fn compile_filters(
         let missing = || field_error(route, at.clone(), "filter type without its settings".into());
         match filter.r#type {
             FilterType::RequestHeaderModifier => {
-                action.request_headers = modifier!(filter
-                    .request_header_modifier
-                    .as_ref()
-                    .ok_or_else(missing)?)
+                action.request_headers = modifier!(
+                    route,
+                    &format!("{at}.requestHeaderModifier"),
+                    filter
+                        .request_header_modifier
+                        .as_ref()
+                        .ok_or_else(missing)?
+                )
             }
             FilterType::ResponseHeaderModifier => {
-                action.response_headers = modifier!(filter
-                    .response_header_modifier
-                    .as_ref()
-                    .ok_or_else(missing)?)
+                action.response_headers = modifier!(
+                    route,
+                    &format!("{at}.responseHeaderModifier"),
+                    filter
+                        .response_header_modifier
+                        .as_ref()
+                        .ok_or_else(missing)?
+                )
             }
             FilterType::RequestRedirect => {
                 let r = filter.request_redirect.as_ref().ok_or_else(missing)?;
@@ -1024,34 +1172,47 @@ fn compile_filters(
                         })?)
                     }
                 };
+                let hostname = r
+                    .hostname
+                    .as_deref()
+                    .map(|h| precise_hostname(route, format!("{at}.requestRedirect.hostname"), h));
+                let hostname = hostname.transpose()?;
+                let path = r.path.as_ref().and_then(|p| {
+                    path_modifier(
+                        p.replace_full_path.as_ref(),
+                        p.replace_prefix_match.as_ref(),
+                        p.r#type == gateway_api::experimental::httproutes::HttpRouteRulesFiltersRequestRedirectPathType::ReplaceFullPath,
+                    )
+                });
+                checked_path(route, &format!("{at}.requestRedirect.path"), path.as_ref())?;
                 action.redirect = Some(Redirect {
                     scheme: r.scheme.as_ref().map(|s| match s {
                         Scheme::Http => "http".to_owned(),
                         Scheme::Https => "https".to_owned(),
                     }),
-                    hostname: r.hostname.clone(),
-                    path: r.path.as_ref().and_then(|p| {
-                        path_modifier(
-                            p.replace_full_path.as_ref(),
-                            p.replace_prefix_match.as_ref(),
-                            p.r#type == gateway_api::experimental::httproutes::HttpRouteRulesFiltersRequestRedirectPathType::ReplaceFullPath,
-                        )
-                    }),
+                    hostname,
+                    path,
                     port,
                     status,
                 });
             }
             FilterType::UrlRewrite => {
                 let r = filter.url_rewrite.as_ref().ok_or_else(missing)?;
+                let hostname = r
+                    .hostname
+                    .as_deref()
+                    .map(|h| precise_hostname(route, format!("{at}.urlRewrite.hostname"), h));
+                let path = r.path.as_ref().and_then(|p| {
+                    path_modifier(
+                        p.replace_full_path.as_ref(),
+                        p.replace_prefix_match.as_ref(),
+                        p.r#type == gateway_api::experimental::httproutes::HttpRouteRulesFiltersUrlRewritePathType::ReplaceFullPath,
+                    )
+                });
+                checked_path(route, &format!("{at}.urlRewrite.path"), path.as_ref())?;
                 action.rewrite = Some(UrlRewrite {
-                    hostname: r.hostname.clone(),
-                    path: r.path.as_ref().and_then(|p| {
-                        path_modifier(
-                            p.replace_full_path.as_ref(),
-                            p.replace_prefix_match.as_ref(),
-                            p.r#type == gateway_api::experimental::httproutes::HttpRouteRulesFiltersUrlRewritePathType::ReplaceFullPath,
-                        )
-                    }),
+                    hostname: hostname.transpose()?,
+                    path,
                 });
             }
             FilterType::RequestMirror => {
@@ -1697,6 +1858,61 @@ spec:
             err.contains("`spec.rules[0].matches[0].path.value`: \"relative\" must start with '/'"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn values_a_filter_writes_are_checked_so_no_line_break_reaches_a_head() {
+        let filter = |filter: &str| {
+            let route = format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: infra}}\nspec:\n  rules:\n  - filters:\n    - {filter}\n"
+            );
+            compiled(&route).err()
+        };
+        let cases = [
+            (
+                r#"{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: X-Ok, value: "a\r\nX-Smuggled: yes"}]}}"#,
+                "`spec.rules[0].filters[0].requestHeaderModifier.set[0].value`: \"a\\r\\nX-Smuggled: yes\" is not a header field value",
+            ),
+            (
+                r#"{type: ResponseHeaderModifier, responseHeaderModifier: {add: [{name: "X Bad", value: v}]}}"#,
+                "`spec.rules[0].filters[0].responseHeaderModifier.add[0].name`: \"X Bad\" is not a header field name",
+            ),
+            (
+                r#"{type: RequestHeaderModifier, requestHeaderModifier: {remove: ["x-ok", "bad\nname"]}}"#,
+                "`spec.rules[0].filters[0].requestHeaderModifier.remove[1]`",
+            ),
+            (
+                r#"{type: RequestRedirect, requestRedirect: {hostname: "evil.example\r\nSet-Cookie: a=b"}}"#,
+                "`spec.rules[0].filters[0].requestRedirect.hostname`",
+            ),
+            (
+                r#"{type: URLRewrite, urlRewrite: {hostname: "Host.Example:80"}}"#,
+                "`spec.rules[0].filters[0].urlRewrite.hostname`: \"Host.Example:80\" is not a hostname",
+            ),
+            (
+                r#"{type: URLRewrite, urlRewrite: {path: {type: ReplaceFullPath, replaceFullPath: "/a\r\nX: y"}}}"#,
+                "`spec.rules[0].filters[0].urlRewrite.path.replaceFullPath`",
+            ),
+            (
+                r#"{type: RequestRedirect, requestRedirect: {path: {type: ReplacePrefixMatch, replacePrefixMatch: "relative"}}}"#,
+                "`spec.rules[0].filters[0].requestRedirect.path.replacePrefixMatch`: \"relative\" is not an absolute path",
+            ),
+            (
+                r#"{type: URLRewrite, urlRewrite: {path: {type: ReplaceFullPath, replaceFullPath: "/a?b=c"}}}"#,
+                "`spec.rules[0].filters[0].urlRewrite.path.replaceFullPath`",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = filter(text).unwrap_or_else(|| panic!("{text} was accepted"));
+            assert!(err.contains("HTTPRoute infra/r: field "), "{err}");
+            assert!(err.contains(expected), "{text}: {err}");
+        }
+        for fine in [
+            r#"{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: X-Ok, value: "tab\tand text"}]}}"#,
+            r#"{type: URLRewrite, urlRewrite: {hostname: api.example.com, path: {type: ReplacePrefixMatch, replacePrefixMatch: "/v2/%7Euser"}}}"#,
+        ] {
+            assert_eq!(filter(fine), None, "{fine}");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //!   atomically, keep the last good configuration on errors.
 
 pub mod compile;
+pub mod endpoints;
 pub mod kubernetes;
 pub mod manifests;
 pub mod policy;
@@ -18,4 +19,5 @@ pub mod source;
 pub mod verdict;
 
 pub use compile::{compile, CompileError, Compiled, OnInvalid, Selection};
+pub use endpoints::OwnSockets;
 pub use manifests::{ManifestError, Manifests};

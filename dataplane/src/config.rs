@@ -276,12 +276,13 @@ pub struct RouteTimeouts {
 }
 
 /// Header changes: set replaces, add appends, remove deletes (names
-/// case-insensitive).
+/// case-insensitive). Names and values are checked where the
+/// configuration is compiled: a value holding CR or LF cannot be built.
 #[derive(Clone, Debug, Default)]
 pub struct HeaderModifier {
-    pub set: Vec<(String, String)>,
-    pub add: Vec<(String, String)>,
-    pub remove: Vec<String>,
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub add: Vec<(HeaderName, HeaderValue)>,
+    pub remove: Vec<HeaderName>,
 }
 
 impl HeaderModifier {
@@ -289,44 +290,29 @@ impl HeaderModifier {
         self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
     }
 
-    /// Apply to `headers` in place. A name or value the `http` crate
-    /// cannot hold was refused when the configuration was compiled; one
-    /// that slips through is skipped.
+    /// Apply to `headers` in place.
     pub fn apply(&self, headers: &mut HeaderMap) {
         for name in &self.remove {
-            if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
-                headers.remove(name);
-            }
+            headers.remove(name);
         }
         for (name, value) in &self.set {
-            if let (Ok(name), Ok(value)) = (
-                HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_str(value),
-            ) {
-                headers.insert(name, value);
-            }
+            headers.insert(name.clone(), value.clone());
         }
         for (name, value) in &self.add {
-            let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
-                continue;
-            };
             // Appending to the existing field keeps one field per name,
             // which is what backends comparing "a,b" expect.
-            let joined = match headers.get(&name) {
+            match headers.get_mut(name) {
                 Some(existing) => {
                     let mut joined = existing.as_bytes().to_vec();
                     joined.push(b',');
                     joined.extend_from_slice(value.as_bytes());
-                    HeaderValue::from_bytes(&joined)
-                }
-                None => HeaderValue::from_str(value),
-            };
-            if let Ok(joined) = joined {
-                match headers.get_mut(&name) {
-                    Some(existing) => *existing = joined,
-                    None => {
-                        headers.insert(name, joined);
+                    // Two valid values joined by a comma are valid.
+                    if let Ok(joined) = HeaderValue::from_bytes(&joined) {
+                        *existing = joined;
                     }
+                }
+                None => {
+                    headers.insert(name.clone(), value.clone());
                 }
             }
         }
@@ -647,9 +633,15 @@ mod tests {
     #[test]
     fn header_modifier_sets_adds_and_removes() {
         let m = HeaderModifier {
-            set: vec![("X-Set".into(), "new".into())],
-            add: vec![("X-Add".into(), "two".into())],
-            remove: vec!["x-gone".into()],
+            set: vec![(
+                HeaderName::from_static("x-set"),
+                HeaderValue::from_static("new"),
+            )],
+            add: vec![(
+                HeaderName::from_static("x-add"),
+                HeaderValue::from_static("two"),
+            )],
+            remove: vec![HeaderName::from_static("x-gone")],
         };
         let mut h = HeaderMap::new();
         h.insert("x-set", HeaderValue::from_static("old"));

@@ -17,6 +17,7 @@ pub mod legs;
 pub mod listeners;
 pub mod message;
 pub mod metrics;
+pub mod path;
 pub mod probe;
 pub mod proxy;
 pub mod routes;

@@ -50,6 +50,7 @@ impl Replica {
             controller_name: CONTROLLER.into(),
             gateways: Vec::new(),
             addresses: vec![[198, 18, 0, 1].into()],
+            own: Default::default(),
             lease: LeaseSettings {
                 duration: lease_duration,
                 renew_every: Duration::from_millis(200),

@@ -7,6 +7,7 @@ mod conformance;
 mod dual_stack;
 mod gateway;
 mod grpc;
+mod hardening;
 mod http2;
 mod kubernetes;
 mod probe;

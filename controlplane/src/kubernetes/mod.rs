@@ -47,6 +47,8 @@ pub struct KubeOptions {
     /// Where served Gateways are reachable (the gateway's own address),
     /// written to their `status.addresses`.
     pub addresses: Vec<std::net::IpAddr>,
+    /// The gateway's own sockets, which no endpoint may be.
+    pub own: crate::OwnSockets,
     pub lease: LeaseSettings,
 }
 
@@ -330,6 +332,7 @@ impl Controller {
         let selection = Selection {
             gateway_classes,
             gateways: self.options.gateways.clone(),
+            own: self.options.own.clone(),
         };
         (manifests, selection)
     }

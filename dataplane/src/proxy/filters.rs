@@ -2,11 +2,12 @@
 //! forwarding fields, and the rule's and backend's header modifiers.
 //! Framing and connection fields are the codecs' (see [`super::h1`]).
 
+use super::admit::ForwardedPolicy;
 use super::route::{Matched, Target};
 use crate::config::Backend;
 use crate::message::Request;
 use bytes::Bytes;
-use http::header::{HeaderValue, HOST};
+use http::header::{HeaderValue, FORWARDED, HOST};
 use http::uri::PathAndQuery;
 use http::{HeaderName, Uri};
 use std::net::{IpAddr, SocketAddr};
@@ -23,6 +24,7 @@ pub(super) fn request_to_backend(
     peer: SocketAddr,
     matched: &Matched,
     backend: &Backend,
+    forwarded: ForwardedPolicy,
 ) {
     let action = matched.action;
     let head = &mut request.head;
@@ -47,21 +49,50 @@ pub(super) fn request_to_backend(
             head.headers.insert(HOST, value);
         }
     }
-    // Every hop so far, as one list, then the client.
+    // Every hop so far (a trusted proxy's fields; admission removed any
+    // other peer's), as one list, then the client.
     let mut joined = Vec::with_capacity(64);
     for value in head.headers.get_all(&X_FORWARDED_FOR) {
         joined.extend_from_slice(value.as_bytes());
         joined.extend_from_slice(b", ");
     }
     push_ip(&mut joined, peer.ip());
-    let forwarded = HeaderValue::from_maybe_shared(Bytes::from(joined)).ok();
-    if let Some(forwarded) = forwarded {
-        head.headers.insert(X_FORWARDED_FOR.clone(), forwarded);
+    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(joined)) {
+        head.headers.insert(X_FORWARDED_FOR.clone(), value);
     }
-    head.headers
-        .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    if !head.headers.contains_key(&X_FORWARDED_PROTO) {
+        head.headers
+            .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+    if forwarded == ForwardedPolicy::Append {
+        append_forwarded(&mut head.headers, peer.ip());
+    }
     action.request_headers.apply(&mut head.headers);
     backend.request_headers.apply(&mut head.headers);
+}
+
+/// `Forwarded` (RFC 7239 §4) with this hop's element after the others,
+/// as one field: `for=` the client (an IPv6 address quoted and bracketed,
+/// §6), `proto=http`.
+fn append_forwarded(headers: &mut http::HeaderMap, client: IpAddr) {
+    let mut joined = Vec::with_capacity(48);
+    for value in headers.get_all(FORWARDED) {
+        joined.extend_from_slice(value.as_bytes());
+        joined.extend_from_slice(b", ");
+    }
+    joined.extend_from_slice(b"for=");
+    match client {
+        IpAddr::V4(_) => push_ip(&mut joined, client),
+        IpAddr::V6(_) => {
+            joined.extend_from_slice(b"\"[");
+            push_ip(&mut joined, client);
+            joined.extend_from_slice(b"]\"");
+        }
+    }
+    joined.extend_from_slice(b";proto=http");
+    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(joined)) {
+        headers.insert(FORWARDED, value);
+    }
 }
 
 /// The client's address as text; IPv4 without the formatting machinery

@@ -63,8 +63,22 @@ fn field_map(fields: Vec<(String, Vec<u8>)>, skip: &[HeaderName]) -> Result<Head
 pub(super) fn decode_request(head: RequestHead) -> Result<Request, HttpError> {
     let method =
         Method::from_bytes(head.method.as_bytes()).map_err(|_| HttpError::Malformed("method"))?;
-    let uri = Uri::try_from(head.target).map_err(|_| HttpError::Malformed("request target"))?;
-    let headers = field_map(head.headers, &[header::CONTENT_LENGTH, header::EXPECT])?;
+    let mut uri = Uri::try_from(head.target).map_err(|_| HttpError::Malformed("request target"))?;
+    let mut headers = field_map(head.headers, &[header::CONTENT_LENGTH, header::EXPECT])?;
+    if let Some(authority) = uri.authority() {
+        // Absolute form: the target's authority is the request's, whatever
+        // Host says (RFC 9112 §3.2.2); routing and the backend see it as
+        // Host, and the target as origin form.
+        let host = Some(authority.as_str())
+            .filter(|a| !a.contains('@'))
+            .and_then(|a| HeaderValue::from_str(a).ok())
+            .ok_or(HttpError::Malformed("request target"))?;
+        headers.insert(header::HOST, host);
+        uri = uri
+            .path_and_query()
+            .cloned()
+            .map_or_else(|| Uri::from_static("/"), Uri::from);
+    }
     let mut request = http::Request::new(());
     *request.method_mut() = method;
     *request.uri_mut() = uri;
@@ -273,6 +287,22 @@ mod tests {
         let again = parse_request(&out, &Limits::default()).unwrap().unwrap();
         assert_eq!(again.framing, BodyFraming::Length(5));
         assert_eq!(again.headers[0].0, "host", "host first");
+    }
+
+    #[test]
+    fn an_absolute_form_target_is_served_with_its_own_authority() {
+        let raw = b"GET http://api.example:8080/a?b=1 HTTP/1.1\r\nHost: other.example\r\n\r\n";
+        let head = parse_request(raw, &Limits::default()).unwrap().unwrap();
+        let request = decode_request(head).unwrap();
+        assert_eq!(request.head.uri, "/a?b=1");
+        assert_eq!(request.head.headers["host"], "api.example:8080");
+        assert_eq!(request.head.headers.get_all("host").iter().count(), 1);
+        let raw = b"GET http://user@api.example/ HTTP/1.1\r\nHost: api.example\r\n\r\n";
+        let head = parse_request(raw, &Limits::default()).unwrap().unwrap();
+        assert!(
+            decode_request(head).is_err(),
+            "userinfo is not an authority to serve"
+        );
     }
 
     #[test]

@@ -17,7 +17,8 @@
 //! and HTTP/2 streams arrive as messages on pipes ([`crate::http2::pipe`]).
 //!
 //! The phases, a module each, in the order a request meets them:
-//! [`decode`] (the next head, or the hand-over to HTTP/2) → [`route`]
+//! [`decode`] (the next head, or the hand-over to HTTP/2) → [`admit`]
+//! (the head in canonical form: path, field names, forwarding) → [`route`]
 //! (listener and rule; redirects and refusals answered here) → request
 //! filters ([`filters`]) → upstream selection and connect or pool checkout
 //! ([`upstream`]) → [`forward`] (bodies both ways) → response filters
@@ -26,6 +27,7 @@
 //! deadline ([`deadline`]). This module holds the state and the driver:
 //! the socket steps and the loop that runs them.
 
+mod admit;
 mod affinity;
 mod answer;
 mod attempt;
@@ -45,6 +47,8 @@ mod route;
 mod session;
 mod upstream;
 
+use admit::Admitted;
+pub use admit::{AdmitSettings, ForwardedPolicy, UnderscoreHeaders};
 use attempt::{Attempt, KeptMessage, Resend, Upstream};
 use balance::Load;
 pub use balance::LoadBalancing;
@@ -148,6 +152,8 @@ pub struct ProxySettings {
     /// Circuit breaker: requests a worker has in flight to one endpoint
     /// at most; a request finding every endpoint at it gets 503 at once.
     pub max_requests_per_endpoint: u32,
+    /// What a request head must be, or is made, before route match.
+    pub admit: AdmitSettings,
 }
 
 impl Default for ProxySettings {
@@ -163,6 +169,7 @@ impl Default for ProxySettings {
             retry_budget: RetryBudgetSettings::default(),
             load_balancing: LoadBalancing::default(),
             max_requests_per_endpoint: 1024,
+            admit: AdmitSettings::default(),
         }
     }
 }
@@ -616,6 +623,20 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         let exchange = &mut self.exchanges[id];
         exchange.head_started = None;
         exchange.closing |= !in_flight.framing.keep_alive;
+        match admit::admit(&mut request.head, exchange.peer.ip(), &self.settings.admit) {
+            Admitted::Route => {}
+            Admitted::Redirect(location) => {
+                exchange.request = Some(in_flight);
+                self.local_response(id, 307, "", &[("location", location)]);
+                return;
+            }
+            Admitted::Refuse(what) => {
+                tracing::debug!(what, "request refused before routing");
+                exchange.request = Some(in_flight);
+                self.refuse(id, Cause::BadRequest { status: 400 });
+                return;
+            }
+        }
         let config = self.config.load();
         let host = request
             .head
@@ -704,7 +725,15 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
             return;
         }
         let exchange = &mut self.exchanges[id];
-        filters::request_to_backend(&mut request, &host, exchange.peer, &matched, backend);
+        let forwarded = self.settings.admit.forwarded;
+        filters::request_to_backend(
+            &mut request,
+            &host,
+            exchange.peer,
+            &matched,
+            backend,
+            forwarded,
+        );
         let in_flight = exchange.request.as_mut().expect("just set");
         if let Some(upstream) = &mut in_flight.upstream {
             upstream.backend = Some(index);

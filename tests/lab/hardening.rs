@@ -1,0 +1,253 @@
+//! Edge hardening on both transports: what a hostile client or a careless
+//! route author tries, answered as an edge proxy must — path spellings
+//! that would bypass a rule, forged forwarding fields, header names with
+//! underscores, line breaks from configuration, endpoints that are the
+//! gateway itself, absolute-form targets and cookie crumbs.
+
+use crate::common::{serial, RAUTA};
+use crate::gateway::{GatewayLab, Io, RunWith};
+
+/// Routes under test beside the examples: a guarded `/admin` (redirected
+/// to a login page), a virtual host, and two Services whose endpoints are
+/// the gateway's admin server and its own listener.
+fn manifests(io_target: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: guard, namespace: default}}
+spec:
+  parentRefs: [{{name: lab}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /admin}}}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {{path: {{type: ReplaceFullPath, replaceFullPath: /login}}, statusCode: 302}}
+  - matches: [{{path: {{type: PathPrefix, value: /leak-admin}}}}]
+    backendRefs: [{{name: leak-admin, port: 80}}]
+  - matches: [{{path: {{type: PathPrefix, value: /leak-self}}}}]
+    backendRefs: [{{name: leak-self, port: 80}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: vhost, namespace: default}}
+spec:
+  parentRefs: [{{name: lab}}]
+  hostnames: [vhost.example]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /abs}}}}]
+    backendRefs: [{{name: echo-v2, port: 80}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: leak-admin, namespace: default}}
+spec:
+  ports: [{{name: http, port: 80, targetPort: 9901}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: leak-admin-x
+  namespace: default
+  labels: {{kubernetes.io/service-name: leak-admin}}
+addressType: IPv4
+ports: [{{name: http, port: 9901}}]
+endpoints: [{{addresses: [127.0.0.1]}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: leak-self, namespace: default}}
+spec:
+  ports: [{{name: http, port: 80, targetPort: 80}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: leak-self-x
+  namespace: default
+  labels: {{kubernetes.io/service-name: leak-self}}
+addressType: IPv4
+ports: [{{name: http, port: 80}}]
+endpoints: [{{addresses: [{io_target}]}}]
+"
+    )
+}
+
+/// A route whose header modifier carries a line break: it must never load.
+const SMUGGLING_ROUTE: &str = "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: smuggler, namespace: default}
+spec:
+  parentRefs: [{name: lab}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /smuggle}}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {set: [{name: X-Innocent, value: \"a\\r\\nX-Smuggled: yes\"}]}
+    backendRefs: [{name: echo-v2, port: 80}]
+";
+
+fn status(response: &str) -> &str {
+    response.get(9..12).unwrap_or(response)
+}
+
+fn hardening(io: Io, prefix: &str) {
+    let _serial = serial();
+    let target = match io {
+        Io::Xdp => crate::common::GATEWAY,
+        Io::Kernel => crate::common::GATEWAY_NODE,
+    };
+    let extra = manifests(target);
+    let run = RunWith {
+        // The IPv6 client is a trusted proxy; the IPv4 one is not.
+        flags: ["--trusted-proxies", "2001:2::/64", "--forwarded", "append"]
+            .map(str::to_owned)
+            .to_vec(),
+        ipv6: true,
+        ..RunWith::default()
+    };
+    let gw = GatewayLab::start_with_run(prefix, io, &[("hardening.yaml", &extra)], run);
+
+    // 3. Every spelling of /admin meets the rule on /admin, over HTTP/1.1
+    // and HTTP/2; what is forwarded is the normalised path.
+    for spelling in [
+        "/admin",
+        "//admin",
+        "/x/../admin",
+        "/%61dmin",
+        "/./admin",
+        "/%2e%2e/admin/x",
+    ] {
+        for h2 in [false, true] {
+            let url = gw.url(spelling);
+            let mut args = vec!["--path-as-is", url.as_str()];
+            if h2 {
+                args.insert(0, "--http2-prior-knowledge");
+            }
+            let r = gw.curl(&args);
+            assert!(
+                r.starts_with("HTTP/1.1 302") || r.starts_with("HTTP/2 302"),
+                "{spelling} (h2 {h2}) got past the rule on /admin: {r}"
+            );
+            assert!(r.contains("location: http"), "{r}");
+            assert!(r.contains("/login"), "{r}");
+        }
+    }
+    let r = gw.curl(&["--path-as-is", &gw.url("/a//b/./c/../%7Ed?q=/../x")]);
+    assert!(r.contains("\"path\":\"/a/b/~d?q=/../x\""), "{r}");
+    // An encoded slash: the client is sent to the decoded path.
+    let r = gw.curl(&[&gw.url("/files/a%2Fb?x=1")]);
+    assert!(r.starts_with("HTTP/1.1 307"), "{r}");
+    assert!(r.contains("location: /files/a/b?x=1"), "{r}");
+    let r = gw.curl(&[&gw.url("/files/a%zz")]);
+    assert!(r.starts_with("HTTP/1.1 400"), "a broken escape: {r}");
+
+    // 4. Header names with underscores are refused (both protocols);
+    // forwarding fields from an untrusted client are replaced, a trusted
+    // proxy's are merged and extended.
+    for h2 in [false, true] {
+        let url = gw.url("/u");
+        let mut args = vec!["-H", "X_Auth: admin", url.as_str()];
+        if h2 {
+            args.insert(0, "--http2-prior-knowledge");
+        }
+        let r = gw.curl(&args);
+        assert!(
+            r.starts_with("HTTP/1.1 400") || r.starts_with("HTTP/2 400"),
+            "h2 {h2}: {r}"
+        );
+    }
+    let forged = "GET /fwd HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\nX-Forwarded-Host: evil\r\nConnection: close\r\n\r\n";
+    let r = gw.raw(forged.as_bytes());
+    assert_eq!(status(&r), "200", "{r}");
+    assert!(r.contains("\"X-Forwarded-For\":[\"198.18.0.10\"]"), "{r}");
+    assert!(
+        r.contains("\"Forwarded\":[\"for=198.18.0.10;proto=http\"]"),
+        "{r}"
+    );
+    assert!(!r.contains("evil") && !r.contains("6.6.6.6"), "{r}");
+    let r = gw.curl(&[
+        "-g",
+        "-H",
+        "X-Forwarded-For: 1.1.1.1",
+        "-H",
+        "X-Forwarded-For: 6.6.6.6",
+        "-H",
+        "X-Forwarded-Proto: https",
+        &gw.url6("/fwd"),
+    ]);
+    assert!(
+        r.contains("\"X-Forwarded-For\":[\"1.1.1.1, 6.6.6.6, 2001:2::10\"]"),
+        "a trusted proxy's hops, merged, then it: {r}"
+    );
+    assert!(r.contains("\"X-Forwarded-Proto\":[\"https\"]"), "{r}");
+    assert!(r.contains("for=\\\"[2001:2::10]\\\";proto=http"), "{r}");
+
+    // 9. An absolute-form target is served for its own authority; cookie
+    // crumbs reach the backend as one field.
+    let absolute = "GET http://vhost.example/abs HTTP/1.1\r\nHost: elsewhere.example\r\nConnection: close\r\n\r\n";
+    let r = gw.raw(absolute.as_bytes());
+    assert_eq!(status(&r), "200", "{r}");
+    assert!(
+        r.contains("\"pod\":\"echo-v2-lab-0\""),
+        "routed by the target's authority: {r}"
+    );
+    assert!(r.contains("\"host\":\"vhost.example\""), "{r}");
+    for h2 in [false, true] {
+        let url = gw.url("/c");
+        let mut args = vec!["-H", "Cookie: a=1", "-H", "Cookie: b=2", url.as_str()];
+        if h2 {
+            args.insert(0, "--http2-prior-knowledge");
+        }
+        let r = gw.curl(&args);
+        assert!(r.contains("\"Cookie\":[\"a=1; b=2\"]"), "h2 {h2}: {r}");
+    }
+
+    // 6. Endpoints that are the gateway's admin server or its own listener
+    // are left out: no ready endpoint, never the admin's metrics.
+    for path in ["/leak-admin/metrics", "/leak-self/x"] {
+        let r = gw.curl(&[&gw.url(path)]);
+        assert!(r.starts_with("HTTP/1.1 503"), "{path}: {r}");
+        assert!(!r.contains("rauta_"), "{path}: {r}");
+    }
+
+    // 5. A line break in a header value from configuration: check-config
+    // names file, object and field; the running gateway keeps its routes.
+    std::fs::write(gw.config.join("smuggler.yaml"), SMUGGLING_ROUTE).unwrap();
+    let out = std::process::Command::new(RAUTA)
+        .arg("check-config")
+        .arg(&gw.config)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "check-config accepted it: {said}");
+    assert!(
+        said.contains("smuggler.yaml")
+            && said.contains("HTTPRoute default/smuggler")
+            && said.contains("spec.rules[0].filters[0].requestHeaderModifier.set[0].value"),
+        "{said}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let r = gw.curl(&[&gw.url("/smuggle")]);
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(!r.contains("Smuggled") && !r.contains("Innocent"), "{r}");
+    let config: serde_json::Value = serde_json::from_str(&gw.admin("/config")).unwrap();
+    assert!(
+        !config["active"].to_string().contains("smuggler"),
+        "the bad set was loaded: {config}"
+    );
+    let why = config["last_error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("requestHeaderModifier.set[0].value"),
+        "{config}"
+    );
+}
+
+#[test]
+fn edge_hardening_on_xdp() {
+    hardening(Io::Xdp, "rth-a");
+}
+
+#[test]
+fn edge_hardening_on_kernel() {
+    hardening(Io::Kernel, "rth-b");
+}
