@@ -307,6 +307,14 @@ pub fn bring_up(options: XdpOptions) -> Result<XdpRuntime> {
     }
     let mac = link::mac_address(&iface)?;
     let mtu = link::mtu(&iface)?;
+    let usable = rauta_netstack::frame_mtu(xsk.frame_size, mtu);
+    if usable < mtu {
+        tracing::warn!(
+            "{iface}'s MTU {mtu} is more than a {}-byte UMEM frame receives: the userspace stack \
+             sends, and through its MSS asks peers for, IP packets of at most {usable} bytes",
+            xsk.frame_size
+        );
+    }
     let available = link::rx_queues(&iface)?;
     if queues == 0 || queues > available {
         bail!("--queues {queues}: {iface} has {available} RX queue(s)");

@@ -83,8 +83,27 @@ enum Next {
     Ring(usize),
 }
 
+/// Bytes of Ethernet header before the IP packet.
+const ETHERNET_HEADER: usize = 14;
+
+/// What the kernel keeps free before a received frame's data in each UMEM
+/// frame (`XDP_PACKET_HEADROOM`): a frame of 4096 bytes receives at most
+/// 3840.
+const RX_HEADROOM: usize = 256;
+
+/// The largest IP packet the device sends and asks peers for (through the
+/// MSS it derives) on a link of `link_mtu`: no more than one UMEM frame of
+/// `frame_size` bytes receives. A 9001-byte MTU (AWS) on 4096-byte frames
+/// gives 3826: a larger packet could neither be received (AF_XDP drops
+/// what does not fit a frame) nor built.
+pub fn frame_mtu(frame_size: u32, link_mtu: usize) -> usize {
+    let frame = (frame_size as usize).saturating_sub(RX_HEADROOM + ETHERNET_HEADER);
+    link_mtu.min(frame)
+}
+
 impl XdpDevice {
-    /// A device over `xsks`, for frames of up to `mtu` bytes of IP payload.
+    /// A device over `xsks`, for IP packets of up to `mtu` bytes, clamped
+    /// to what one UMEM frame holds ([`frame_mtu`]).
     pub fn new(xsks: XskGroup, mtu: usize) -> Self {
         let queues = xsks.queues().len();
         let region = xsks.area().region();
@@ -93,7 +112,7 @@ impl XdpDevice {
             xsks,
             region,
             frame_size,
-            mtu,
+            mtu: frame_mtu(frame_size, mtu),
             rx_batches: vec![VecDeque::new(); queues],
             injected: VecDeque::new(),
             lent: Lent::Nothing,
@@ -234,10 +253,21 @@ impl phy::TxToken for XdpTxToken<'_> {
         // The device only hands out a token when a frame is free, and the
         // token's exclusive borrow keeps anyone else from taking it; should
         // that ever fail, the packet is built and dropped, never a panic.
+        // A frame larger than a UMEM frame cannot be sent: the MTU the
+        // device states keeps smoltcp below it, and should anything ask
+        // for more, it is built aside and dropped, never truncated under
+        // the writer (which would panic).
+        if len > self.frame_size as usize {
+            tracing::warn!(
+                len,
+                frame = self.frame_size,
+                "frame larger than a UMEM frame dropped"
+            );
+            return f(&mut vec![0; len]);
+        }
         let Some(addr) = self.queue.take_tx_frame() else {
             return f(&mut vec![0; len]);
         };
-        let len = len.min(self.frame_size as usize);
         // SAFETY: `addr` was just taken from the pool, so no ring and no other
         // reference holds this frame until `queue_tx` hands it to the kernel.
         let buffer = unsafe { self.region.slice_mut(addr, len) };
@@ -313,5 +343,18 @@ impl Device for XdpDevice {
         caps.max_transmission_unit = self.mtu + 14;
         caps.max_burst_size = None;
         caps
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::frame_mtu;
+
+    #[test]
+    fn the_mtu_stated_fits_one_received_frame() {
+        assert_eq!(frame_mtu(4096, 1500), 1500);
+        assert_eq!(frame_mtu(4096, 9001), 3826, "4096 - 256 headroom - 14");
+        assert_eq!(frame_mtu(2048, 9000), 1778);
+        assert_eq!(frame_mtu(256, 1500), 0, "no wraparound");
     }
 }

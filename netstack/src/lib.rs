@@ -33,7 +33,7 @@ pub mod timer;
 pub mod umem;
 pub mod xsk;
 
-pub use device::{BatchDevice, Origin, QueueTraffic, XdpDevice};
+pub use device::{frame_mtu, BatchDevice, Origin, QueueTraffic, XdpDevice};
 pub use idle::{IdlePolicy, IdleWaiter};
 pub use memory::MemoryDevice;
 pub use neighbor::{NeighbourSource, NeighbourTable};

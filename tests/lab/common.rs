@@ -68,6 +68,27 @@ impl Lab {
         lab
     }
 
+    /// Set the MTU of the segment's client, backend and gateway links
+    /// (both ends: the host's interface and its bridge port).
+    pub fn segment_mtu(&self, mtu: u32) {
+        let mtu = mtu.to_string();
+        for (role, iface) in [("gw", "gw"), ("client", "cl"), ("backend", "be")] {
+            let iface = format!("{}-{iface}", self.prefix);
+            let port = format!("{iface}-p");
+            for (ns, link) in [(self.ns(role), &iface), (self.ns("br"), &port)] {
+                let out = Command::new("ip")
+                    .args(["-n", &ns, "link", "set", link, "mtu", &mtu])
+                    .output()
+                    .expect("running ip");
+                assert!(
+                    out.status.success(),
+                    "MTU {mtu} on {link}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+
     pub fn ns(&self, role: &str) -> String {
         format!("{}-{role}", self.prefix)
     }

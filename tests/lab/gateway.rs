@@ -38,6 +38,9 @@ pub(crate) struct RunWith {
     pub(crate) node_address: bool,
     /// Dual stack: serve on an IPv6 address as well (`--address6`).
     pub(crate) ipv6: bool,
+    /// The MTU of the segment's client, backend and gateway links, set
+    /// before the gateway starts (default: the veths' 1500).
+    pub(crate) mtu: Option<u32>,
 }
 
 impl GatewayLab {
@@ -84,6 +87,9 @@ impl GatewayLab {
             gateway: None,
             backends: vec![None, None],
         };
+        if let Some(mtu) = this.run.mtu {
+            this.lab.segment_mtu(mtu);
+        }
         this.start_backend(0);
         this.start_backend(1);
         this.start_gateway();

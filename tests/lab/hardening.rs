@@ -251,3 +251,57 @@ fn edge_hardening_on_xdp() {
 fn edge_hardening_on_kernel() {
     hardening(Io::Kernel, "rth-b");
 }
+
+/// Item 2: a link MTU above the UMEM frame (9000 on 4096-byte frames, as
+/// on 9001-MTU cloud nodes). The stack states the MTU a frame receives,
+/// so its MSS keeps peers' segments within a frame and it never builds a
+/// larger one. A 4 MiB body goes both ways, byte-exact, and the gateway
+/// says why it clamped.
+#[test]
+fn a_link_mtu_above_the_umem_frame_is_clamped_on_xdp() {
+    let _serial = serial();
+    let run = RunWith {
+        mtu: Some(9000),
+        ..RunWith::default()
+    };
+    let gw = GatewayLab::start_with_run("rth-m", Io::Xdp, &[], run);
+    let dir = std::env::temp_dir().join(format!("rth-m-bodies-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sent = dir.join("sent.bin");
+    let body: Vec<u8> = (0..4u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    std::fs::write(&sent, &body).unwrap();
+    let got = dir.join("got.bin");
+    let code = gw.lab.exec_ok(
+        "client",
+        &[
+            "curl",
+            "-s",
+            "-m",
+            "30",
+            "-o",
+            &got.to_string_lossy(),
+            "-w",
+            "%{http_code}",
+            "--data-binary",
+            &format!("@{}", sent.display()),
+            &gw.url("/echo-body"),
+        ],
+    );
+    let received = std::fs::read(&got).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(code, "200");
+    assert!(
+        received == body,
+        "{} bytes back, not the {} sent",
+        received.len(),
+        body.len()
+    );
+    let log = gw.gateway.as_ref().unwrap().output().join("\n");
+    assert!(
+        log.contains("MTU 9000 is more than a 4096-byte UMEM frame receives")
+            && log.contains("at most 3826 bytes"),
+        "{log}"
+    );
+}
