@@ -487,20 +487,32 @@ fn xsk_samples(reports: &[SharedReport]) -> Vec<ExtraSample> {
             value,
         });
     }
-    let neighbours = |value: fn(&StackCounters) -> u64| -> u64 {
+    let stacks = |value: fn(&StackCounters) -> u64| -> u64 {
         snapshots.iter().map(|w| value(&w.stack)).sum()
     };
     samples.push(ExtraSample {
         name: "rauta_neighbours_learned",
         help: "Neighbours handed to the userspace stack from the kernel's table or a client's SYN (node address)",
         labels: Vec::new(),
-        value: neighbours(|s| s.neighbours_learned),
+        value: stacks(|s| s.neighbours_learned),
+    });
+    samples.push(ExtraSample {
+        name: "rauta_syn_half_open_evicted",
+        help: "Half-open connections the userspace stack dropped: the oldest for a new SYN past the half-open limit, or any past the half-open timeout (SYN flood defence)",
+        labels: Vec::new(),
+        value: stacks(|s| s.half_open_evicted),
+    });
+    samples.push(ExtraSample {
+        name: "rauta_syn_dropped",
+        help: "SYNs the userspace stack dropped at its connection limit",
+        labels: Vec::new(),
+        value: stacks(|s| s.syn_dropped),
     });
     samples.push(ExtraSample {
         name: "rauta_neighbours_asked",
         help: "Neighbours the kernel was asked to resolve for the userspace stack (node address)",
         labels: Vec::new(),
-        value: neighbours(|s| s.neighbours_asked),
+        value: stacks(|s| s.neighbours_asked),
     });
     samples
 }

@@ -279,11 +279,12 @@ impl GatewayWorker {
     }
 }
 
-/// A connection the stack accepted on one of the listener ports: its peer
-/// and port. Connections the proxy already closed are past these states.
+/// A connection the stack accepted on one of the listener ports, once its
+/// handshake is complete: its peer and port. A half-open connection (a
+/// spoofed SYN, perhaps) never reaches the proxy; the stack ages it out.
+/// Connections the proxy already closed are past Established.
 fn new_client(stack: &Stack, id: ConnId, ports: &[u16]) -> Option<(SocketAddr, u16)> {
-    let state = stack.tcp(id)?.state();
-    if !matches!(state, State::SynReceived | State::Established) {
+    if stack.tcp(id)?.state() != State::Established {
         return None;
     }
     let port = stack.local_port(id)?;

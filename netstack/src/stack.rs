@@ -29,7 +29,7 @@ use smoltcp::wire::{
     EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint, IpListenEndpoint, Ipv4Address,
     Ipv4Cidr, Ipv6Address, Ipv6Cidr,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 
@@ -90,9 +90,16 @@ pub struct StackConfig {
     pub tcp: TcpConfig,
     /// Connections at most (established, half-open and closing).
     pub max_connections: usize,
-    /// Half-open (SYN received) connections at most; SYNs beyond are dropped
-    /// so a SYN flood cannot starve established connections.
+    /// Half-open (SYN received) connections at most. A SYN beyond takes the
+    /// place of the oldest (dropped silently): under a flood of spoofed
+    /// SYNs a real client's handshake needs only to finish before
+    /// `max_half_open` newer SYNs arrive, rather than find the table full
+    /// until the flood's entries time out.
     pub max_half_open: usize,
+    /// A connection still half-open this long after its SYN is dropped
+    /// silently (no RST toward what may be a spoofed address). A real
+    /// client's next SYN starts over.
+    pub half_open_timeout: Duration,
     /// Local ports for outbound connections.
     pub ephemeral_ports: RangeInclusive<u16>,
     /// Closed sockets kept, buffers and all, for the next connections.
@@ -114,6 +121,7 @@ impl StackConfig {
             tcp: TcpConfig::default(),
             max_connections: 65_536,
             max_half_open: 4_096,
+            half_open_timeout: Duration::from_secs(5),
             ephemeral_ports: 32_768..=60_999,
             spare_sockets: 64,
             worker: 0,
@@ -150,8 +158,11 @@ pub struct StackCounters {
     pub accepted: u64,
     pub connected: u64,
     pub closed: u64,
-    /// SYNs dropped at the half-open or connection limit.
+    /// SYNs dropped at the connection limit.
     pub syn_dropped: u64,
+    /// Half-open connections dropped: the oldest, for a new SYN past
+    /// `max_half_open`, or any past `half_open_timeout`.
+    pub half_open_evicted: u64,
     /// Frames handed to the worker that owns their flow.
     pub handed_off: u64,
     /// Connections polled for egress (touched by a packet, a timer or the
@@ -254,6 +265,10 @@ pub struct Stack {
     free: Vec<u32>,
     live: usize,
     half_open: usize,
+    /// Half-open connections by age, oldest first: (slot, generation, when
+    /// its SYN came). Entries of connections that completed or closed are
+    /// skipped when they reach the front.
+    half_open_ages: VecDeque<(u32, u32, Instant)>,
     index: FastMap<FlowKey, u32>,
     listeners: FastMap<u16, Listener>,
     udp: SocketSet<'static>,
@@ -320,6 +335,7 @@ impl Stack {
             free: Vec::new(),
             live: 0,
             half_open: 0,
+            half_open_ages: VecDeque::new(),
             index: FastMap::default(),
             listeners: FastMap::default(),
             udp: SocketSet::new(Vec::new()),
@@ -906,8 +922,11 @@ impl Stack {
             }
         }
         if syn_only && self.listeners.contains_key(&flow.local_port) {
-            if self.half_open >= self.config.max_half_open
-                || self.live >= self.config.max_connections
+            if self.half_open >= self.config.max_half_open {
+                self.evict_half_open(|_| true);
+            }
+            if self.live >= self.config.max_connections
+                || self.half_open >= self.config.max_half_open
             {
                 // Silently: the peer retries, established connections are
                 // untouched, and a flood gets no reflected RSTs.
@@ -947,6 +966,8 @@ impl Stack {
                         conn.half_open = true;
                     }
                     self.half_open += 1;
+                    self.half_open_ages
+                        .push_back((id.index, id.generation, now));
                     self.counters.accepted += 1;
                 }
             }
@@ -958,6 +979,29 @@ impl Stack {
             self.iface
                 .poll_ingress_single(now, device, &mut self.control),
         )
+    }
+
+    /// Drop the oldest half-open connection for which `old(born)` holds,
+    /// silently; entries of connections no longer half-open are passed
+    /// over. Returns whether one was dropped.
+    fn evict_half_open(&mut self, old: impl Fn(Instant) -> bool) -> bool {
+        while let Some(&(index, generation, born)) = self.half_open_ages.front() {
+            let slot = &self.slots[index as usize];
+            let still =
+                slot.generation == generation && slot.conn.as_ref().is_some_and(|c| c.half_open);
+            if !still {
+                self.half_open_ages.pop_front();
+                continue;
+            }
+            if !old(born) {
+                return false;
+            }
+            self.half_open_ages.pop_front();
+            self.remove(index);
+            self.counters.half_open_evicted += 1;
+            return true;
+        }
+        false
     }
 
     /// After ARP, connections waiting for a neighbour may go at once rather
@@ -994,6 +1038,8 @@ impl Stack {
                 NeighbourSource::Kernel => self.look_up_neighbours(),
             }
         }
+        let expired = now - self.config.half_open_timeout;
+        while self.evict_half_open(|born| born <= expired) {}
         let mut due = std::mem::take(&mut self.due);
         self.timers.expire(now, &mut due);
         for &(at, (index, generation)) in &due {
