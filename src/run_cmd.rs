@@ -497,6 +497,12 @@ fn xsk_samples(reports: &[SharedReport]) -> Vec<ExtraSample> {
         value: stacks(|s| s.neighbours_learned),
     });
     samples.push(ExtraSample {
+        name: "rauta_handoff_dropped",
+        help: "Frames for another worker dropped: its inbox, and what this worker keeps for it, were full",
+        labels: Vec::new(),
+        value: snapshots.iter().map(|w| w.handoff_dropped).sum(),
+    });
+    samples.push(ExtraSample {
         name: "rauta_syn_half_open_evicted",
         help: "Half-open connections the userspace stack dropped: the oldest for a new SYN past the half-open limit, or any past the half-open timeout (SYN flood defence)",
         labels: Vec::new(),

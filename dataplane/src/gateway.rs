@@ -234,7 +234,7 @@ impl GatewayWorker {
                     device,
                     &legs,
                     waiter.sleeps(),
-                    handed_in_total,
+                    (handed_in_total, mailbox.dropped()),
                 );
                 next_publish = wall + PUBLISH_EVERY;
             }
@@ -273,7 +273,7 @@ impl GatewayWorker {
             device,
             &legs,
             waiter.sleeps(),
-            handed_in_total,
+            (handed_in_total, mailbox.dropped()),
         );
         Ok(())
     }
@@ -300,7 +300,7 @@ fn publish(
     device: &XdpDevice,
     legs: &Legs<'_>,
     sleeps: u64,
-    handed_in: u64,
+    (handed_in, handoff_dropped): (u64, u64),
 ) {
     let next = WorkerReport {
         queues: queue_reports(device),
@@ -310,6 +310,7 @@ fn publish(
         udp_datagrams: 0,
         sleeps,
         handed_in,
+        handoff_dropped,
         backend_connects: legs.connects(),
     };
     if let Ok(mut shared) = report.lock() {

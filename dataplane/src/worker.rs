@@ -35,6 +35,9 @@ pub struct WorkerReport {
     pub sleeps: u64,
     /// Frames received from other workers.
     pub handed_in: u64,
+    /// Frames for other workers dropped: their inbox and this worker's
+    /// overflow for them were full.
+    pub handoff_dropped: u64,
     /// Backend connections opened, by leg (gateway workers).
     pub backend_connects: LegCounts,
 }
@@ -62,7 +65,13 @@ pub(crate) fn queue_reports(device: &XdpDevice) -> Vec<QueueReport> {
         .collect()
 }
 
-fn publish(report: &SharedReport, device: &XdpDevice, probe: &Probe, sleeps: u64, handed_in: u64) {
+fn publish(
+    report: &SharedReport,
+    device: &XdpDevice,
+    probe: &Probe,
+    sleeps: u64,
+    (handed_in, handoff_dropped): (u64, u64),
+) {
     let queues = queue_reports(device);
     let counters = probe.counters();
     let next = WorkerReport {
@@ -73,6 +82,7 @@ fn publish(report: &SharedReport, device: &XdpDevice, probe: &Probe, sleeps: u64
         udp_datagrams: counters.udp_datagrams,
         sleeps,
         handed_in,
+        handoff_dropped,
         ..WorkerReport::default()
     };
     if let Ok(mut shared) = report.lock() {
@@ -105,7 +115,13 @@ pub fn run_probe(
 
         let wall = std::time::Instant::now();
         if wall >= next_publish {
-            publish(report, device, probe, waiter.sleeps(), handed_in_total);
+            publish(
+                report,
+                device,
+                probe,
+                waiter.sleeps(),
+                (handed_in_total, mailbox.dropped()),
+            );
             next_publish = wall + PUBLISH_EVERY;
         }
         if waiter.idle_pass(did_work) {
@@ -122,5 +138,11 @@ pub fn run_probe(
             }
         }
     }
-    publish(report, device, probe, waiter.sleeps(), handed_in_total);
+    publish(
+        report,
+        device,
+        probe,
+        waiter.sleeps(),
+        (handed_in_total, mailbox.dropped()),
+    );
 }

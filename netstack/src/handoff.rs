@@ -2,8 +2,11 @@
 //! (crossbeam `ArrayQueue`), and an eventfd to wake a worker that sleeps in
 //! `poll(2)`.
 //!
-//! A frame is never dropped on the way: when the owner's inbox is full the
-//! sender keeps it and retries on its next pass.
+//! When the owner's inbox is full the sender keeps the frame and retries on
+//! its next pass, in order. What it keeps is bounded (as many frames again
+//! as an inbox holds): past that, frames are dropped and counted, as a
+//! full NIC ring would drop them, and TCP sends them again. A flood aimed
+//! at one worker's flows cannot grow the others' memory without end.
 
 use crossbeam_queue::ArrayQueue;
 use std::collections::VecDeque;
@@ -24,6 +27,9 @@ pub struct Mailbox {
     me: usize,
     inboxes: Vec<Arc<Inbox>>,
     overflow: Vec<VecDeque<Vec<u8>>>,
+    /// Frames kept per destination at most.
+    overflow_limit: usize,
+    dropped: u64,
 }
 
 /// Mailboxes for `workers` workers, each inbox holding `capacity` frames.
@@ -42,6 +48,8 @@ pub fn mailboxes(workers: usize, capacity: usize) -> std::io::Result<Vec<Mailbox
             me,
             inboxes: inboxes.clone(),
             overflow: vec![VecDeque::new(); workers],
+            overflow_limit: capacity.max(1),
+            dropped: 0,
         })
         .collect())
 }
@@ -62,8 +70,13 @@ impl Mailbox {
         self.me
     }
 
-    /// Hand a copy of `frame` to worker `to`.
+    /// Hand a copy of `frame` to worker `to` (or drop it, counted, when
+    /// `to` is that far behind).
     pub fn send(&mut self, to: usize, frame: &[u8]) {
+        if self.overflow[to].len() >= self.overflow_limit {
+            self.dropped += 1;
+            return;
+        }
         let frame = frame.to_vec();
         if !self.overflow[to].is_empty() {
             self.overflow[to].push_back(frame);
@@ -73,6 +86,12 @@ impl Mailbox {
             self.overflow[to].push_back(frame);
         }
         self.wake(to);
+    }
+
+    /// Frames dropped because their worker's inbox and this sender's
+    /// overflow for it were full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
     }
 
     /// Retry frames an inbox had no room for. Returns whether any remain.
@@ -170,13 +189,13 @@ mod tests {
     fn frames_reach_their_worker_in_order_even_past_a_full_inbox() {
         let mut boxes = mailboxes(2, 2).unwrap();
         let (mut device, _peer) = link(1500);
-        for i in 0..5u8 {
+        for i in 0..4u8 {
             boxes[0].send(1, &[i]);
         }
-        // Two fit; three wait with the sender.
+        // Two fit; two wait with the sender.
         assert!(boxes[0].flush());
         let mut seen = Vec::new();
-        while seen.len() < 5 {
+        for _ in 0..4 {
             boxes[1].receive_into(&mut device, 64);
             while let Some((frame, origin)) = device.peek() {
                 assert_eq!(origin, crate::device::Origin::HandedOver);
@@ -185,7 +204,33 @@ mod tests {
             }
             boxes[0].flush();
         }
-        assert_eq!(seen, vec![0, 1, 2, 3, 4]);
+        assert_eq!(seen, vec![0, 1, 2, 3]);
+        assert_eq!(boxes[0].dropped(), 0);
+    }
+
+    #[test]
+    fn what_waits_for_a_full_inbox_is_bounded_and_drops_are_counted() {
+        let mut boxes = mailboxes(2, 4).unwrap();
+        for i in 0..100u8 {
+            boxes[0].send(1, &[i]);
+        }
+        // 4 in the inbox, 4 kept by the sender, 92 dropped.
+        assert_eq!(boxes[0].dropped(), 92);
+        let (mut device, _peer) = link(1500);
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            boxes[0].flush();
+            boxes[1].receive_into(&mut device, 64);
+            while let Some((frame, _)) = device.peek() {
+                seen.push(frame[0]);
+                device.discard();
+            }
+        }
+        assert_eq!(
+            seen,
+            (0..8).collect::<Vec<u8>>(),
+            "in order, none lost below the bound"
+        );
     }
 
     #[test]

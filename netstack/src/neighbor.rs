@@ -73,15 +73,20 @@ impl Resolver {
     }
 
     /// An ARP or neighbour discovery frame from `address`, aimed at us,
-    /// arrived.
-    pub fn heard(&mut self, address: IpAddress, now: Instant) {
-        self.records
-            .entry(address)
-            .and_modify(|r| r.heard = Some(now))
-            .or_insert(Record {
-                heard: Some(now),
-                asked: None,
-            });
+    /// arrived. Returns whether it answers a request of ours not answered
+    /// since: only then may connections be waiting for it, so only then
+    /// are they looked for (unsolicited ARP, a flood of it included, costs
+    /// no scan).
+    pub fn heard(&mut self, address: IpAddress, now: Instant) -> bool {
+        let record = self.records.entry(address).or_insert(Record {
+            heard: None,
+            asked: None,
+        });
+        let answers = record
+            .asked
+            .is_some_and(|asked| record.heard.is_none_or(|heard| heard < asked));
+        record.heard = Some(now);
+        answers
     }
 
     pub fn has_pending(&self) -> bool {
@@ -407,7 +412,10 @@ mod tests {
         r.want(peer, t0 + RETRY_AFTER);
         assert_eq!(r.next_pending(), Some(peer), "unanswered: asked again");
         let heard = t0 + Duration::from_secs(1);
-        r.heard(peer, heard);
+        assert!(r.heard(peer, heard), "the answer to our request");
+        assert!(!r.heard(peer, heard), "heard again, unasked: nothing waits");
+        let stranger = IpAddress::Ipv4(Ipv4Address::new(198, 18, 0, 99));
+        assert!(!r.heard(stranger, heard), "unsolicited ARP costs no scan");
         r.want(peer, heard + Duration::from_secs(1));
         assert!(!r.has_pending(), "heard lately");
         r.want(peer, heard + HEARD_FOR);

@@ -491,10 +491,7 @@ impl Stack {
                 continue;
             }
             match self.kernel_neighbours.get(address) {
-                Some(mac) => {
-                    self.learn_neighbour(address, mac);
-                    learned = true;
-                }
+                Some(mac) => learned |= self.learn_neighbour(address, mac),
                 // Asked of the kernel at the next egress, unless it was a
                 // moment ago.
                 None => self.neighbors.want(address, now),
@@ -506,9 +503,9 @@ impl Stack {
     }
 
     /// Give smoltcp `address` at `mac` as the ARP reply or neighbour
-    /// advertisement it would have heard (callers wake the connections
-    /// waiting for it).
-    fn learn_neighbour(&mut self, address: IpAddress, mac: EthernetAddress) {
+    /// advertisement it would have heard. Returns whether it answers a
+    /// request of ours (callers then wake the connections waiting for it).
+    fn learn_neighbour(&mut self, address: IpAddress, mac: EthernetAddress) -> bool {
         let our_mac = self.config.mac;
         let (reply, advertisement);
         let frame: &[u8] = match (address, self.address6) {
@@ -520,12 +517,12 @@ impl Stack {
                 advertisement = neighbor::advertisement_frame(v6, mac, us, our_mac);
                 &advertisement
             }
-            (IpAddress::Ipv6(_), None) => return,
+            (IpAddress::Ipv6(_), None) => return false,
         };
         self.iface
             .poll_ingress_single(self.now, &mut OneFrame(Some(frame)), &mut self.control);
-        self.neighbors.heard(address, self.now);
         self.counters.neighbours_learned += 1;
+        self.neighbors.heard(address, self.now)
     }
 
     /// Node-address mode: a TCP frame from `remote` in `frame`. A client
@@ -536,8 +533,7 @@ impl Stack {
         if self.on_link(remote) {
             if !self.neighbors.fresh(remote, self.now) {
                 let mac = EthernetAddress::from_bytes(&frame[6..12]);
-                if mac.is_unicast() {
-                    self.learn_neighbour(remote, mac);
+                if mac.is_unicast() && self.learn_neighbour(remote, mac) {
                     self.wake_neighbor_waiters();
                 }
             }
@@ -877,7 +873,6 @@ impl Stack {
                 }
                 kind => {
                     if kind == FrameKind::Neighbour {
-                        arp_seen = true;
                         let sender = neighbor::arp_sender(frame, self.address)
                             .map(IpAddress::Ipv4)
                             .or_else(|| {
@@ -885,7 +880,7 @@ impl Stack {
                                 neighbor::ndisc_sender(frame, us).map(IpAddress::Ipv6)
                             });
                         if let Some(sender) = sender {
-                            self.neighbors.heard(sender, now);
+                            arp_seen |= self.neighbors.heard(sender, now);
                         }
                     }
                     consumed(
@@ -901,6 +896,7 @@ impl Stack {
             }
         }
         if arp_seen {
+            // An answer to a request of ours: connections may wait for it.
             self.wake_neighbor_waiters();
         }
         work
@@ -1004,8 +1000,11 @@ impl Stack {
         false
     }
 
-    /// After ARP, connections waiting for a neighbour may go at once rather
-    /// than at smoltcp's next retry. ARP is rare, so a scan is fine.
+    /// After an answer to our own ARP request or neighbour solicitation,
+    /// connections waiting for a neighbour may go at once rather than at
+    /// smoltcp's next retry. Answers come at most as often as we ask (once
+    /// a second per address), so a scan is fine; unsolicited ARP never
+    /// gets here.
     fn wake_neighbor_waiters(&mut self) {
         let waiting: Vec<u32> = self
             .slots
