@@ -455,8 +455,15 @@ pub fn start(address: SocketAddr, state: AdminState) -> Result<()> {
                     return;
                 };
                 loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        continue;
+                    let stream = match listener.accept().await {
+                        Ok((stream, _)) => stream,
+                        Err(error) => {
+                            // Out of descriptors, most likely: wait rather
+                            // than spin on the error.
+                            tracing::warn!(%error, "admin accept failed");
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                            continue;
+                        }
                     };
                     let state = state.clone();
                     tokio::spawn(serve(stream, state));

@@ -197,6 +197,10 @@ impl KernelWorker {
         let mut events = Events::with_capacity(1024);
         let mut last_tick = Instant::now();
         let mut drain_deadline: Option<Instant> = None;
+        // Listeners whose last accept ran out of descriptors or memory:
+        // edge-triggered, they announce nothing more for the connections
+        // already queued, so they are tried again each tick.
+        let mut starved: Vec<(usize, u16)> = Vec::new();
         loop {
             let wake = if proxy.has_work() {
                 Duration::ZERO
@@ -221,7 +225,11 @@ impl KernelWorker {
                     let Some(listener) = listeners.get(&(slot, port)) else {
                         continue;
                     };
-                    accept_all(&mut io, &mut proxy, listener, port, now);
+                    if !accept_all(&mut io, &mut proxy, listener, port, now)
+                        && !starved.contains(&(slot, port))
+                    {
+                        starved.push((slot, port));
+                    }
                 } else {
                     proxy.on_io(&mut io, token, now);
                 }
@@ -231,6 +239,11 @@ impl KernelWorker {
             if now.duration_since(last_tick) >= TICK_INTERVAL {
                 proxy.tick(&mut io, now);
                 last_tick = now;
+                starved.retain(|key| {
+                    listeners
+                        .get(key)
+                        .is_some_and(|l| !accept_all(&mut io, &mut proxy, l, key.1, now))
+                });
                 if drain_deadline.is_none() {
                     if let Some(changes) = ports.changes() {
                         follow(&self.addresses, &io, &mut listeners, changes);
@@ -303,13 +316,17 @@ fn listener_slot_and_port(token: usize) -> (usize, u16) {
     (offset >> 16, (offset & 0xffff) as u16)
 }
 
+/// Accept every connection `listener` has queued. Returns false when an
+/// accept failed with connections perhaps still queued (out of
+/// descriptors or memory): the caller tries again at the next tick rather
+/// than spin, or strand them.
 fn accept_all(
     io: &mut KernelIo,
     proxy: &mut HttpService<KernelIo>,
     listener: &TcpListener,
     port: u16,
     now: Instant,
-) {
+) -> bool {
     loop {
         match listener.accept() {
             Ok((stream, peer)) => {
@@ -317,13 +334,12 @@ fn accept_all(
                     proxy.accept(io, key, peer, port, now);
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
             Err(error) => {
-                // Out of descriptors, most likely: try again on the next
-                // event rather than spin.
-                tracing::warn!(%error, "accept failed");
-                return;
+                tracing::warn!(%error, port, "accept failed; trying again in 100 ms");
+                return false;
             }
         }
     }
