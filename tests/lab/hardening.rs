@@ -202,6 +202,13 @@ fn hardening(io: Io, prefix: &str) {
         assert!(r.contains("\"Cookie\":[\"a=1; b=2\"]"), "h2 {h2}: {r}");
     }
 
+    // A broken HTTP/2 preface on the port that serves both: an HTTP/2
+    // connection error (SETTINGS, then GOAWAY PROTOCOL_ERROR), never an
+    // HTTP/1.1 answer.
+    let r = gw.raw(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n");
+    let goaway = "\0\0\0\x04\0\0\0\0\0\0\0\x08\x07\0\0\0\0\0\0\0\0\0\0\0\0\x01";
+    assert_eq!(r, goaway, "{r:?}");
+
     // 6. Endpoints that are the gateway's admin server or its own listener
     // are left out: no ready endpoint, never the admin's metrics.
     for path in ["/leak-admin/metrics", "/leak-self/x"] {

@@ -20,6 +20,19 @@ use std::fmt::Debug;
 use std::hash::Hash;
 use std::time::Instant;
 
+/// What only an HTTP/2 client sends first: the preface's request line.
+const HTTP2_REQUEST_LINE: &[u8] = b"PRI * HTTP/2.0\r\n";
+
+/// The answer to an invalid HTTP/2 preface: the server's preface (an empty
+/// SETTINGS frame, RFC 9113 §3.4) and GOAWAY with last stream 0 and
+/// PROTOCOL_ERROR (§6.8, §7).
+const INVALID_PREFACE_ANSWER: [u8; 26] = [
+    0, 0, 0, 0x4, 0, 0, 0, 0, 0, // SETTINGS, empty, stream 0
+    0, 0, 8, 0x7, 0, 0, 0, 0, 0, // GOAWAY, 8 bytes, stream 0
+    0, 0, 0, 0, // last stream ID 0
+    0, 0, 0, 0x1, // PROTOCOL_ERROR
+];
+
 impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
     /// Decode the next request and start it, or move request body events
     /// toward the backend.
@@ -81,6 +94,17 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
                 if !exchange.eof {
                     return false;
                 }
+            } else if exchange.rx.starts_with(HTTP2_REQUEST_LINE) {
+                // An HTTP/2 preface gone wrong after its request line: a
+                // connection error (RFC 9113 §3.4), answered in HTTP/2 and
+                // closed, not read as an HTTP/1.1 request.
+                tracing::debug!("invalid HTTP/2 connection preface");
+                exchange.rx.clear();
+                exchange.eof = true;
+                exchange.closing = true;
+                exchange.tx.extend_from_slice(&INVALID_PREFACE_ANSWER);
+                self.metrics.failure(Cause::BadRequest { status: 400 });
+                return true;
             }
         }
         let head = match http1::parse_request(&exchange.rx, &self.settings.limits) {
