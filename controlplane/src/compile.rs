@@ -1030,15 +1030,38 @@ fn header_modifier(
     })
 }
 
+/// The path a URLRewrite or RequestRedirect writes (at field `at`), of
+/// the type the filter names, checked: absolute (`/`…), and only
+/// characters a request target's path may hold (RFC 3986 §3.3: no space,
+/// CR, LF, `?` or `#`).
 fn path_modifier(
+    route: &Sourced<HttpRoute>,
+    at: &str,
     full: Option<&String>,
     prefix: Option<&String>,
     is_full: bool,
-) -> Option<PathModifier> {
-    if is_full {
-        full.map(|p| PathModifier::ReplaceFullPath(p.clone()))
+) -> Result<Option<PathModifier>, CompileError> {
+    let (field, value, modifier): (_, _, fn(String) -> PathModifier) = if is_full {
+        ("replaceFullPath", full, PathModifier::ReplaceFullPath)
     } else {
-        prefix.map(|p| PathModifier::ReplacePrefixMatch(p.clone()))
+        (
+            "replacePrefixMatch",
+            prefix,
+            PathModifier::ReplacePrefixMatch,
+        )
+    };
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let is_path_char = |b: u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/%".contains(&b);
+    if value.starts_with('/') && value.bytes().all(is_path_char) {
+        Ok(Some(modifier(value.clone())))
+    } else {
+        Err(field_error(
+            route,
+            format!("{at}.{field}"),
+            format!("{value:?} is not an absolute path (RFC 3986 path characters only)"),
+        ))
     }
 }
 
@@ -1064,32 +1087,6 @@ fn precise_hostname(
             route,
             field,
             format!("{hostname:?} is not a hostname (lowercase RFC 1123 labels, no port)"),
-        ))
-    }
-}
-
-/// A path a filter writes: absolute (`/`…), and only characters a request
-/// target's path may hold (RFC 3986 §3.3: no space, CR, LF, `?` or `#`).
-fn checked_path(
-    route: &Sourced<HttpRoute>,
-    at: &str,
-    path: Option<&PathModifier>,
-) -> Result<(), CompileError> {
-    let Some(modifier) = path else {
-        return Ok(());
-    };
-    let (field, value) = match modifier {
-        PathModifier::ReplaceFullPath(p) => ("replaceFullPath", p),
-        PathModifier::ReplacePrefixMatch(p) => ("replacePrefixMatch", p),
-    };
-    let is_path_char = |b: u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/%".contains(&b);
-    if value.starts_with('/') && value.bytes().all(is_path_char) {
-        Ok(())
-    } else {
-        Err(field_error(
-            route,
-            format!("{at}.{field}"),
-            format!("{value:?} is not an absolute path (RFC 3986 path characters only)"),
         ))
     }
 }
@@ -1177,14 +1174,16 @@ fn compile_filters(
                     .as_deref()
                     .map(|h| precise_hostname(route, format!("{at}.requestRedirect.hostname"), h));
                 let hostname = hostname.transpose()?;
-                let path = r.path.as_ref().and_then(|p| {
+                let path = r.path.as_ref().map(|p| {
                     path_modifier(
+                        route,
+                        &format!("{at}.requestRedirect.path"),
                         p.replace_full_path.as_ref(),
                         p.replace_prefix_match.as_ref(),
                         p.r#type == gateway_api::experimental::httproutes::HttpRouteRulesFiltersRequestRedirectPathType::ReplaceFullPath,
                     )
                 });
-                checked_path(route, &format!("{at}.requestRedirect.path"), path.as_ref())?;
+                let path = path.transpose()?.flatten();
                 action.redirect = Some(Redirect {
                     scheme: r.scheme.as_ref().map(|s| match s {
                         Scheme::Http => "http".to_owned(),
@@ -1202,14 +1201,16 @@ fn compile_filters(
                     .hostname
                     .as_deref()
                     .map(|h| precise_hostname(route, format!("{at}.urlRewrite.hostname"), h));
-                let path = r.path.as_ref().and_then(|p| {
+                let path = r.path.as_ref().map(|p| {
                     path_modifier(
+                        route,
+                        &format!("{at}.urlRewrite.path"),
                         p.replace_full_path.as_ref(),
                         p.replace_prefix_match.as_ref(),
                         p.r#type == gateway_api::experimental::httproutes::HttpRouteRulesFiltersUrlRewritePathType::ReplaceFullPath,
                     )
                 });
-                checked_path(route, &format!("{at}.urlRewrite.path"), path.as_ref())?;
+                let path = path.transpose()?.flatten();
                 action.rewrite = Some(UrlRewrite {
                     hostname: hostname.transpose()?,
                     path,

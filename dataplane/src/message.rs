@@ -11,8 +11,8 @@
 //! `content-length` is metadata and passes as it came.
 
 use bytes::Bytes;
-use http::header::{self, HeaderName};
-use http::HeaderMap;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Uri};
 
 /// What a head says of the body after it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,6 +82,59 @@ const CONNECTION_SPECIFIC: [HeaderName; 9] = [
     HeaderName::from_static("http2-settings"),
     header::TE,
 ];
+
+/// Every `name` field of `headers` as one, the values in order joined by
+/// `separator` (how HTTP/2 cookie crumbs become one field, with `; `).
+pub(crate) fn merge_fields(headers: &mut HeaderMap, name: HeaderName, separator: &[u8]) {
+    let (joined, _) = joined_values(headers, &name, separator);
+    insert_bytes(headers, name, joined);
+}
+
+/// A list of hops (`X-Forwarded-For`, `Forwarded`) extended: every `name`
+/// field as one, comma-separated, with `hop`'s element last.
+pub(crate) fn append_hop(
+    headers: &mut HeaderMap,
+    name: HeaderName,
+    hop: impl FnOnce(&mut Vec<u8>),
+) {
+    let (mut joined, fields) = joined_values(headers, &name, b", ");
+    if fields > 0 {
+        joined.extend_from_slice(b", ");
+    }
+    hop(&mut joined);
+    insert_bytes(headers, name, joined);
+}
+
+/// The values of every `name` field, in order, joined by `separator`; and
+/// how many there were.
+fn joined_values(headers: &HeaderMap, name: &HeaderName, separator: &[u8]) -> (Vec<u8>, usize) {
+    let mut joined = Vec::with_capacity(64);
+    let mut fields = 0;
+    for value in headers.get_all(name) {
+        if fields > 0 {
+            joined.extend_from_slice(separator);
+        }
+        joined.extend_from_slice(value.as_bytes());
+        fields += 1;
+    }
+    (joined, fields)
+}
+
+/// `bytes` as the one `name` field (valid values joined by a separator of
+/// visible characters are valid).
+fn insert_bytes(headers: &mut HeaderMap, name: HeaderName, bytes: Vec<u8>) {
+    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(bytes)) {
+        headers.insert(name, value);
+    }
+}
+
+/// `uri` in origin form: its path and query, `/` when it has none (an
+/// absolute-form or HTTP/2 target, once its authority is the `host`).
+pub(crate) fn origin_form(uri: &Uri) -> Uri {
+    uri.path_and_query()
+        .cloned()
+        .map_or_else(|| Uri::from_static("/"), Uri::from)
+}
 
 /// Whether `name` describes the connection (or is `te`, which only
 /// `trailers` crosses as).

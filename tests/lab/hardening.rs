@@ -86,6 +86,21 @@ spec:
     backendRefs: [{name: echo-v2, port: 80}]
 ";
 
+/// curl `args` then `path` over HTTP/1.1 and over h2c (prior knowledge):
+/// (whether HTTP/2, what curl printed) for each.
+fn over_both(gw: &GatewayLab, args: &[&str], path: &str) -> [(bool, String); 2] {
+    let url = gw.url(path);
+    [false, true].map(|h2| {
+        let mut all = Vec::new();
+        if h2 {
+            all.push("--http2-prior-knowledge");
+        }
+        all.extend_from_slice(args);
+        all.push(&url);
+        (h2, gw.curl(&all))
+    })
+}
+
 fn status(response: &str) -> &str {
     response.get(9..12).unwrap_or(response)
 }
@@ -117,13 +132,7 @@ fn hardening(io: Io, prefix: &str) {
         "/./admin",
         "/%2e%2e/admin/x",
     ] {
-        for h2 in [false, true] {
-            let url = gw.url(spelling);
-            let mut args = vec!["--path-as-is", url.as_str()];
-            if h2 {
-                args.insert(0, "--http2-prior-knowledge");
-            }
-            let r = gw.curl(&args);
+        for (h2, r) in over_both(&gw, &["--path-as-is"], spelling) {
             assert!(
                 r.starts_with("HTTP/1.1 302") || r.starts_with("HTTP/2 302"),
                 "{spelling} (h2 {h2}) got past the rule on /admin: {r}"
@@ -144,13 +153,7 @@ fn hardening(io: Io, prefix: &str) {
     // 4. Header names with underscores are refused (both protocols);
     // forwarding fields from an untrusted client are replaced, a trusted
     // proxy's are merged and extended.
-    for h2 in [false, true] {
-        let url = gw.url("/u");
-        let mut args = vec!["-H", "X_Auth: admin", url.as_str()];
-        if h2 {
-            args.insert(0, "--http2-prior-knowledge");
-        }
-        let r = gw.curl(&args);
+    for (h2, r) in over_both(&gw, &["-H", "X_Auth: admin"], "/u") {
         assert!(
             r.starts_with("HTTP/1.1 400") || r.starts_with("HTTP/2 400"),
             "h2 {h2}: {r}"
@@ -192,13 +195,7 @@ fn hardening(io: Io, prefix: &str) {
         "routed by the target's authority: {r}"
     );
     assert!(r.contains("\"host\":\"vhost.example\""), "{r}");
-    for h2 in [false, true] {
-        let url = gw.url("/c");
-        let mut args = vec!["-H", "Cookie: a=1", "-H", "Cookie: b=2", url.as_str()];
-        if h2 {
-            args.insert(0, "--http2-prior-knowledge");
-        }
-        let r = gw.curl(&args);
+    for (h2, r) in over_both(&gw, &["-H", "Cookie: a=1", "-H", "Cookie: b=2"], "/c") {
         assert!(r.contains("\"Cookie\":[\"a=1; b=2\"]"), "h2 {h2}: {r}");
     }
 

@@ -11,7 +11,8 @@
 use super::pipe::{Message, Queue};
 use crate::http1::RequestHead;
 use crate::message::{
-    is_connection_specific, strip_connection_fields, BodyEvent, BodyLength, Request, Response,
+    is_connection_specific, origin_form, strip_connection_fields, BodyEvent, BodyLength, Request,
+    Response,
 };
 use bytes::Bytes;
 use h2::{RecvStream, SendStream};
@@ -46,8 +47,7 @@ pub fn request_from_h2(mut parts: http::request::Parts, end_stream: bool) -> Req
     }
     let body = body_length(end_stream, &mut parts.headers, false);
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
-        let target = parts.uri.path_and_query().cloned();
-        parts.uri = target.map_or_else(|| Uri::from_static("/"), Uri::from);
+        parts.uri = origin_form(&parts.uri);
     }
     parts.version = http::Version::HTTP_11;
     Request { head: parts, body }

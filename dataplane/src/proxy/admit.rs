@@ -5,9 +5,9 @@
 //! crumbs joined. The edge guidance of Envoy (`normalize_path`,
 //! `headers_with_underscores_action`, `use_remote_address`) is the model.
 
+use crate::message::merge_fields;
 use crate::path::{self, PathPolicy, PathVerdict};
-use bytes::{BufMut, BytesMut};
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderName};
 use http::uri::PathAndQuery;
 use http::Uri;
 use ipnet::IpNet;
@@ -50,18 +50,11 @@ pub struct AdmitSettings {
 }
 
 impl AdmitSettings {
+    /// Whether `peer` is a trusted proxy (an IPv4 client reached over an
+    /// IPv4-mapped IPv6 socket is the IPv4 client).
     pub fn trusts(&self, peer: IpAddr) -> bool {
-        let peer = canonical(peer);
+        let peer = peer.to_canonical();
         self.trusted_proxies.iter().any(|net| net.contains(&peer))
-    }
-}
-
-/// An IPv4 client reached over an IPv4-mapped IPv6 socket is the IPv4
-/// client.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
     }
 }
 
@@ -151,19 +144,8 @@ fn with_query(mut path: String, query: Option<&str>) -> String {
 /// HTTP/2 clients may split the cookie into crumbs; an HTTP/1.1 backend
 /// expects one field, RFC 6265 §5.4).
 fn join_cookie_crumbs(headers: &mut http::HeaderMap) {
-    let mut crumbs = headers.get_all(header::COOKIE).iter();
-    let (Some(first), Some(_)) = (crumbs.next(), crumbs.next()) else {
-        return;
-    };
-    let mut joined = BytesMut::with_capacity(first.len() * 2);
-    for (i, crumb) in headers.get_all(header::COOKIE).iter().enumerate() {
-        if i > 0 {
-            joined.put_slice(b"; ");
-        }
-        joined.put_slice(crumb.as_bytes());
-    }
-    if let Ok(value) = HeaderValue::from_maybe_shared(joined.freeze()) {
-        headers.insert(header::COOKIE, value);
+    if headers.get_all(header::COOKIE).iter().nth(1).is_some() {
+        merge_fields(headers, header::COOKIE, b"; ");
     }
 }
 

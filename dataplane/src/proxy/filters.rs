@@ -5,8 +5,7 @@
 use super::admit::ForwardedPolicy;
 use super::route::{Matched, Target};
 use crate::config::Backend;
-use crate::message::Request;
-use bytes::Bytes;
+use crate::message::{append_hop, Request};
 use http::header::{HeaderValue, FORWARDED, HOST};
 use http::uri::PathAndQuery;
 use http::{HeaderName, Uri};
@@ -51,15 +50,9 @@ pub(super) fn request_to_backend(
     }
     // Every hop so far (a trusted proxy's fields; admission removed any
     // other peer's), as one list, then the client.
-    let mut joined = Vec::with_capacity(64);
-    for value in head.headers.get_all(&X_FORWARDED_FOR) {
-        joined.extend_from_slice(value.as_bytes());
-        joined.extend_from_slice(b", ");
-    }
-    push_ip(&mut joined, peer.ip());
-    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(joined)) {
-        head.headers.insert(X_FORWARDED_FOR.clone(), value);
-    }
+    append_hop(&mut head.headers, X_FORWARDED_FOR.clone(), |out| {
+        push_ip(out, peer.ip());
+    });
     if !head.headers.contains_key(&X_FORWARDED_PROTO) {
         head.headers
             .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
@@ -75,24 +68,18 @@ pub(super) fn request_to_backend(
 /// as one field: `for=` the client (an IPv6 address quoted and bracketed,
 /// §6), `proto=http`.
 fn append_forwarded(headers: &mut http::HeaderMap, client: IpAddr) {
-    let mut joined = Vec::with_capacity(48);
-    for value in headers.get_all(FORWARDED) {
-        joined.extend_from_slice(value.as_bytes());
-        joined.extend_from_slice(b", ");
-    }
-    joined.extend_from_slice(b"for=");
-    match client {
-        IpAddr::V4(_) => push_ip(&mut joined, client),
-        IpAddr::V6(_) => {
-            joined.extend_from_slice(b"\"[");
-            push_ip(&mut joined, client);
-            joined.extend_from_slice(b"]\"");
+    append_hop(headers, FORWARDED, |out| {
+        out.extend_from_slice(b"for=");
+        match client {
+            IpAddr::V4(_) => push_ip(out, client),
+            IpAddr::V6(_) => {
+                out.extend_from_slice(b"\"[");
+                push_ip(out, client);
+                out.extend_from_slice(b"]\"");
+            }
         }
-    }
-    joined.extend_from_slice(b";proto=http");
-    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(joined)) {
-        headers.insert(FORWARDED, value);
-    }
+        out.extend_from_slice(b";proto=http");
+    });
 }
 
 /// The client's address as text; IPv4 without the formatting machinery

@@ -7,7 +7,7 @@ use crate::http1::{
     reason_phrase, BodyFraming, HttpError, RequestHead, ResponseFraming, ResponseHead, Version,
 };
 use crate::message::{
-    is_connection_specific, strip_connection_fields, BodyLength, Request, Response,
+    is_connection_specific, origin_form, strip_connection_fields, BodyLength, Request, Response,
 };
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
@@ -74,10 +74,7 @@ pub(super) fn decode_request(head: RequestHead) -> Result<Request, HttpError> {
             .and_then(|a| HeaderValue::from_str(a).ok())
             .ok_or(HttpError::Malformed("request target"))?;
         headers.insert(header::HOST, host);
-        uri = uri
-            .path_and_query()
-            .cloned()
-            .map_or_else(|| Uri::from_static("/"), Uri::from);
+        uri = origin_form(&uri);
     }
     let mut request = http::Request::new(());
     *request.method_mut() = method;
