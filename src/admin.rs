@@ -12,6 +12,7 @@ use prometheus_client::registry::Registry;
 use rauta_controlplane::kubernetes::metrics::ControllerMetrics;
 use rauta_controlplane::source::Published;
 use rauta_dataplane::error::{Cause, Phase, Side};
+use rauta_dataplane::gate::{ConnectionGate, Refusal};
 use rauta_dataplane::metrics::{
     EjectionCause, MetricsSnapshot, OutOfRotation, ProxyMetrics, StatusClass, LATENCY_BUCKETS,
 };
@@ -44,6 +45,8 @@ pub struct AdminState {
     pub extra: Option<ExtraMetrics>,
     /// The Kubernetes controller's metrics, when routes come from a cluster.
     pub controller: Option<ControllerMetrics>,
+    /// Connection limits and the memory budget.
+    pub gate: Arc<ConnectionGate>,
 }
 
 impl AdminState {
@@ -61,6 +64,7 @@ struct ProxyCollector {
     snapshot: MetricsSnapshot,
     generation: u64,
     extra: Vec<ExtraSample>,
+    gate: Arc<ConnectionGate>,
     endpoints: Vec<EndpointHealth>,
 }
 
@@ -240,6 +244,18 @@ impl Collector for ProxyCollector {
         }
         {
             let mut family = encoder.encode_descriptor(
+                "rauta_connections_refused",
+                "Client connections refused as they were accepted, by reason: the gateway's connection limit, the listener's, or resident memory past the budget",
+                None,
+                MetricType::Counter,
+            )?;
+            for reason in Refusal::ALL {
+                ConstCounter::new(s.connections_refused[reason.index()])
+                    .encode(family.encode_family(&[("reason", reason.label())])?)?;
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
                 "rauta_upstream_ejections",
                 "Endpoints taken out of a worker's rotation, by cause: a connect refused or timed out, 5xx or resets in a row, or latency far above the backend's median",
                 None,
@@ -261,7 +277,18 @@ impl Collector for ProxyCollector {
                 ConstCounter::new(count).encode(family.encode_family(&[("phase", *phase)])?)?;
             }
         }
-        let gauges: [(&str, &str, i64); 6] = [
+        let budget = self.gate.limits().memory_budget;
+        let gauges: [(&str, &str, i64); 8] = [
+            (
+                "rauta_memory_resident_bytes",
+                "The gateway's resident memory, as the overload guard last measured it",
+                self.gate.resident() as i64,
+            ),
+            (
+                "rauta_memory_budget_bytes",
+                "Resident memory past which new connections are refused (0: no budget)",
+                budget.map_or(0, |b| b as i64),
+            ),
             (
                 "rauta_connections_open",
                 "Client connections open",
@@ -386,6 +413,7 @@ fn metrics_text(state: &AdminState) -> String {
         generation,
         extra,
         endpoints: endpoint_health(state),
+        gate: state.gate.clone(),
     }));
     if let Some(controller) = &state.controller {
         controller.register(&mut registry);
@@ -525,6 +553,7 @@ mod tests {
             generation: 1,
             extra: Vec::new(),
             endpoints: Vec::new(),
+            gate: Arc::default(),
         }));
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();

@@ -13,9 +13,11 @@ mod xdp_setup;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
+use rauta_dataplane::gate::{ConnectionGate, ConnectionLimits};
 use rauta_dataplane::legs::LegChoice;
 use rauta_netstack::{BindMode, IdlePolicy, XskConfig};
 use rauta_xdp::{AttachMethod, AttachMode};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[global_allocator]
@@ -365,6 +367,20 @@ struct RunArgs {
     /// Largest request head, bytes.
     #[arg(long, default_value_t = 16 * 1024)]
     max_header_bytes: usize,
+    /// Client connections the gateway holds at most, over all workers and
+    /// listeners; past it a new connection is reset and counted
+    /// (`rauta_connections_refused_total{reason="connections"}`).
+    #[arg(long, default_value_t = 50_000)]
+    max_client_connections: usize,
+    /// Client connections one listener port holds at most (default: only
+    /// the gateway-wide limit).
+    #[arg(long)]
+    max_connections_per_listener: Option<usize>,
+    /// Resident memory past which new client connections are refused:
+    /// bytes, with an optional Ki/Mi/Gi suffix, or `none`. Default: 90% of
+    /// the container's memory limit (cgroup `memory.max`), none without one.
+    #[arg(long, value_parser = parse_memory_budget)]
+    memory_budget: Option<MemoryBudget>,
     /// xdp: where the XDP program runs.
     #[arg(long, value_enum, default_value = "auto")]
     xdp_mode: XdpModeArg,
@@ -461,6 +477,41 @@ enum UnderscoresArg {
 enum ForwardedArg {
     XForwardedOnly,
     Append,
+}
+
+/// `--memory-budget`.
+#[derive(Clone, Copy, Debug)]
+enum MemoryBudget {
+    Bytes(u64),
+    Unlimited,
+}
+
+fn parse_memory_budget(text: &str) -> Result<MemoryBudget, String> {
+    if text == "none" {
+        return Ok(MemoryBudget::Unlimited);
+    }
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, ""),
+    };
+    let shift = match unit {
+        "" => 0,
+        "Ki" => 10,
+        "Mi" => 20,
+        "Gi" => 30,
+        _ => {
+            return Err(format!(
+                "{text:?}: expected bytes with Ki, Mi or Gi, or none"
+            ))
+        }
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .filter(|&n| n > 0)
+        .map(MemoryBudget::Bytes)
+        .ok_or_else(|| format!("{text:?}: expected a positive number of bytes"))
 }
 
 /// This machine's name, for the leader election's identity.
@@ -691,6 +742,16 @@ fn run(cli: Cli) -> Result<()> {
                         min_per_second: args.retry_budget_min_per_second,
                     },
                     admit: args.edge.settings(),
+                    gate: Arc::new(ConnectionGate::new(ConnectionLimits {
+                        max_connections: Some(args.max_client_connections.max(1)),
+                        max_per_listener: args.max_connections_per_listener.map(|n| n.max(1)),
+                        memory_budget: match args.memory_budget {
+                            Some(MemoryBudget::Bytes(bytes)) => Some(bytes),
+                            Some(MemoryBudget::Unlimited) => None,
+                            None => rauta_dataplane::gate::cgroup_memory_limit()
+                                .map(|limit| limit / 10 * 9),
+                        },
+                    })),
                     ..Default::default()
                 },
                 drain_timeout: seconds(args.drain_timeout),

@@ -11,6 +11,7 @@ use rauta_controlplane::kubernetes::metrics::ControllerMetrics;
 use rauta_controlplane::kubernetes::{self, Controller, KubeOptions};
 use rauta_controlplane::source::{self, Published};
 use rauta_controlplane::{OwnSockets, Selection};
+use rauta_dataplane::gate::{self, ConnectionGate};
 use rauta_dataplane::gateway::{GatewayWorker, NeighbourFeed};
 use rauta_dataplane::http2::Http2Settings;
 use rauta_dataplane::kernel::KernelWorker;
@@ -190,6 +191,25 @@ pub fn start_source(options: &RunOptions, addresses: Vec<IpAddr>) -> Result<Sour
 /// How long `rauta run --kubernetes` waits for the first complete list.
 const KUBERNETES_SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How often resident memory is measured for the overload guard.
+const MEMORY_WATCH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Measure the process's resident memory for the gate (the overload guard
+/// and the `rauta_memory_resident_bytes` gauge) until the process ends.
+fn watch_memory(gate: Arc<ConnectionGate>) -> Result<()> {
+    gate.set_resident(gate::resident_bytes().unwrap_or(0));
+    std::thread::Builder::new()
+        .name("rauta-memory".into())
+        .spawn(move || loop {
+            std::thread::sleep(MEMORY_WATCH_INTERVAL);
+            if let Some(bytes) = gate::resident_bytes() {
+                gate.set_resident(bytes);
+            }
+        })
+        .context("starting the memory watch")?;
+    Ok(())
+}
+
 /// `rauta run --io kernel`.
 pub fn run_kernel(options: RunOptions, addresses: Vec<IpAddr>) -> Result<()> {
     let mut source = start_source(&options, addresses.clone())?;
@@ -206,6 +226,7 @@ pub fn run_kernel(options: RunOptions, addresses: Vec<IpAddr>) -> Result<()> {
         }
     }
     let stop = xdp_setup::stop_flag()?;
+    watch_memory(options.settings.gate.clone())?;
     let ready = Arc::new(AtomicBool::new(false));
     let mut metrics = Vec::new();
     let mut handles = Vec::new();
@@ -238,6 +259,7 @@ pub fn run_kernel(options: RunOptions, addresses: Vec<IpAddr>) -> Result<()> {
                 io: "kernel",
                 extra: None,
                 controller: source.controller.clone(),
+                gate: options.settings.gate.clone(),
             },
         )?;
     }
@@ -301,6 +323,7 @@ pub fn run_xdp(
         runtime.program.set_listener_ports(&ports)?;
     }
     let stop = xdp_setup::stop_flag()?;
+    watch_memory(options.settings.gate.clone())?;
     let ready = Arc::new(AtomicBool::new(false));
     let mut metrics = Vec::new();
     let mut reports = Vec::new();
@@ -373,6 +396,7 @@ pub fn run_xdp(
                 io: "xdp",
                 extra: Some(Arc::new(move || xsk_samples(&extra_reports))),
                 controller: source.controller.clone(),
+                gate: options.settings.gate.clone(),
             },
         )?;
     }

@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod error;
+pub mod gate;
 pub mod gateway;
 pub mod http1;
 pub mod http2;

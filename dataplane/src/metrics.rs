@@ -5,6 +5,7 @@
 //! when scraped.
 
 use crate::error::{Cause, Phase};
+use crate::gate::Refusal;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -115,6 +116,8 @@ pub struct ProxyMetrics {
     responses: [AtomicU64; 5],
     connections_open: AtomicI64,
     connections_total: AtomicU64,
+    /// Client connections refused, per [`Refusal`].
+    connections_refused: [AtomicU64; 3],
     backend_requests: AtomicU64,
     backend_errors: AtomicU64,
     /// Attempts begun after a failed one.
@@ -173,6 +176,8 @@ pub struct MetricsSnapshot {
     pub responses: [u64; 5],
     pub connections_open: i64,
     pub connections_total: u64,
+    /// Per [`Refusal`], in its order.
+    pub connections_refused: [u64; 3],
     pub backend_requests: u64,
     pub backend_errors: u64,
     pub retries: u64,
@@ -216,6 +221,10 @@ impl ProxyMetrics {
     pub fn connection_opened(&self) {
         self.connections_open.fetch_add(1, Relaxed);
         self.connections_total.fetch_add(1, Relaxed);
+    }
+
+    pub fn connection_refused(&self, why: Refusal) {
+        self.connections_refused[why.index()].fetch_add(1, Relaxed);
     }
 
     pub fn connection_closed(&self) {
@@ -352,6 +361,13 @@ impl ProxyMetrics {
         }
         into.connections_open += self.connections_open.load(Relaxed);
         into.connections_total += self.connections_total.load(Relaxed);
+        for (sum, value) in into
+            .connections_refused
+            .iter_mut()
+            .zip(&self.connections_refused)
+        {
+            *sum += value.load(Relaxed);
+        }
         into.backend_requests += self.backend_requests.load(Relaxed);
         into.backend_errors += self.backend_errors.load(Relaxed);
         into.retries += self.retries.load(Relaxed);

@@ -49,7 +49,7 @@ impl<T: Transport> HttpService<T> {
         metrics: Arc<ProxyMetrics>,
     ) -> Self {
         Self {
-            http2: Http2::new(http2, settings.deadlines.clone()),
+            http2: Http2::new(http2, settings.deadlines.clone(), settings.gate.clone()),
             core: Proxy::new(settings, config.clone(), metrics.clone()),
             config,
             metrics,

@@ -5,7 +5,7 @@
 //! gateway itself, absolute-form targets and cookie crumbs.
 
 use crate::common::{serial, RAUTA};
-use crate::gateway::{GatewayLab, Io, RunWith};
+use crate::gateway::{metric, GatewayLab, Io, RunWith};
 
 /// Routes under test beside the examples: a guarded `/admin` (redirected
 /// to a login page), a virtual host, and two Services whose endpoints are
@@ -85,6 +85,72 @@ spec:
       requestHeaderModifier: {set: [{name: X-Innocent, value: \"a\\r\\nX-Smuggled: yes\"}]}
     backendRefs: [{name: echo-v2, port: 80}]
 ";
+
+/// An HTTP/2 connection to argv[1]:80 that sends, around one GET, what a
+/// server must ignore: an unknown setting, unknown frame types on the
+/// connection and on the stream, and PRIORITY_UPDATE (RFC 9218). Prints
+/// the response status, the GOAWAY code if any, and the PINGs received.
+const EXTENSION_FRAMES: &str = r#"
+import socket, struct, sys, time
+host = sys.argv[1]
+def frame(kind, flags, stream, payload):
+    return struct.pack('>I', len(payload))[1:] + bytes([kind, flags]) + struct.pack('>I', stream) + payload
+def literal(name, value):
+    return b'\x00' + bytes([len(name)]) + name + bytes([len(value)]) + value
+block = literal(b':method', b'GET') + literal(b':scheme', b'http') + literal(b':path', b'/ext') + literal(b':authority', host.encode())
+s = socket.create_connection((host, 80), timeout=5)
+s.sendall(b'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'
+    + frame(4, 0, 0, struct.pack('>HI', 0x0f0f, 7))
+    + frame(0xfa, 0x3, 0, b'whatever')
+    + frame(0x10, 0, 0, struct.pack('>I', 1) + b'u=3')
+    + frame(1, 0x5, 1, block)
+    + frame(0xfb, 0, 1, b'late'))
+buf, status, goaway, pings = b'', None, 'none', 0
+end = time.time() + 5
+s.settimeout(0.2)
+while time.time() < end and status is None:
+    try:
+        data = s.recv(65536)
+    except socket.timeout:
+        continue
+    if not data:
+        break
+    buf += data
+    while len(buf) >= 9:
+        length = int.from_bytes(buf[:3], 'big')
+        if len(buf) < 9 + length:
+            break
+        kind, flags, payload = buf[3], buf[4], buf[9:9 + length]
+        buf = buf[9 + length:]
+        if kind == 4 and not flags & 1:
+            s.sendall(frame(4, 1, 0, b''))
+        elif kind == 6 and not flags & 1:
+            pings += 1
+        elif kind == 7:
+            goaway = str(struct.unpack('>I', payload[4:8])[0])
+        elif kind == 1:
+            # The response's :status, HPACK-indexed (static table 8-14).
+            status = {0x88: 200, 0x89: 204, 0x8c: 400, 0x8d: 404, 0x8e: 500}.get(payload[0], payload[0])
+time.sleep(0.3)
+s.settimeout(0.3)
+try:
+    while True:
+        data = s.recv(65536)
+        if not data:
+            break
+        buf += data
+except socket.timeout:
+    pass
+while len(buf) >= 9:
+    length = int.from_bytes(buf[:3], 'big')
+    kind, flags, payload = buf[3], buf[4], buf[9:9 + length]
+    buf = buf[9 + length:]
+    if kind == 6 and not flags & 1:
+        pings += 1
+    elif kind == 7:
+        goaway = str(struct.unpack('>I', payload[4:8])[0])
+print(f"status={status} goaway={goaway} pings={pings}")
+"#;
 
 /// curl `args` then `path` over HTTP/1.1 and over h2c (prior knowledge):
 /// (whether HTTP/2, what curl printed) for each.
@@ -205,6 +271,15 @@ fn hardening(io: Io, prefix: &str) {
     let r = gw.raw(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n");
     let goaway = "\0\0\0\x04\0\0\0\0\0\0\0\x08\x07\0\0\0\0\0\0\0\0\0\0\0\0\x01";
     assert_eq!(r, goaway, "{r:?}");
+
+    // Unknown frame types, an unknown setting and an extension frame
+    // (PRIORITY_UPDATE) are ignored (RFC 9113 §4.1, §5.5, §6.5.2): the
+    // request is answered and the connection stays up. A connection that
+    // carries no DATA gets no window-sizing PING from the gateway.
+    let out = gw
+        .lab
+        .exec_ok("client", &["python3", "-c", EXTENSION_FRAMES, gw.target()]);
+    assert_eq!(out.trim(), "status=200 goaway=none pings=0", "{out}");
 
     // 6. Endpoints that are the gateway's admin server or its own listener
     // are left out: no ready endpoint, never the admin's metrics.
@@ -384,4 +459,185 @@ fn connections_queued_past_the_descriptor_limit_are_served_on_kernel() {
         log.contains("accept failed"),
         "the limit was never reached: {log}"
     );
+}
+
+/// A second Gateway with a listener on port 8081 routed to the examples'
+/// echo, so that one listener can fill while another stays open.
+const SECOND_LISTENER: &str = "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: second, namespace: default}
+spec:
+  gatewayClassName: rauta
+  listeners:
+  - {name: http, port: 8081, protocol: HTTP}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: second, namespace: default}
+spec:
+  parentRefs: [{name: second}]
+  rules:
+  - backendRefs: [{name: echo-v1, port: 80}]
+";
+
+/// Opens connections one by one (`port:count` pairs, in order), then
+/// prints each one's fate in order: `open` (still held after a moment) or
+/// `refused` (reset or closed by the gateway before any request). Then
+/// closes the first two held on the first port, waits, and sends a request
+/// on a new connection to the last port: its status line ends the output.
+const HOLD_CONNECTIONS: &str = r#"
+import socket, sys, time
+host = sys.argv[1]
+plan = [(int(p), int(n)) for p, n in (a.split(":") for a in sys.argv[2:])]
+held = []
+for port, count in plan:
+    for _ in range(count):
+        try:
+            s = socket.create_connection((host, port), timeout=5)
+        except ConnectionResetError:
+            # Reset before connect() returned: refused just as surely.
+            s = None
+        held.append((port, s))
+        time.sleep(0.02)
+time.sleep(0.5)
+fates = []
+for port, s in held:
+    if s is None:
+        fates.append("refused")
+        continue
+    s.settimeout(0.05)
+    try:
+        data = s.recv(1)
+        fates.append("refused" if data == b"" else "data")
+    except socket.timeout:
+        fates.append("open")
+    except OSError:
+        fates.append("refused")
+print(" ".join(f"{p}:{f}" for (p, _), f in zip(held, fates)))
+first = plan[0][0]
+freed = 0
+for (port, s), fate in zip(held, fates):
+    if port == first and fate == "open" and freed < 2:
+        s.close()
+        freed += 1
+time.sleep(0.5)
+s = socket.create_connection((host, plan[-1][0]), timeout=5)
+s.sendall(b"GET /after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+s.settimeout(5)
+print(s.recv(4096).split(b"\r\n")[0].decode())
+"#;
+
+/// The gateway-wide and per-listener connection limits, and the memory
+/// budget: a connection past one is reset as it is accepted and counted
+/// by reason; the connections already held are untouched, and a place
+/// freed is taken again.
+fn connection_limits(io: Io, prefix: &str) {
+    let _serial = serial();
+    let run = RunWith {
+        flags: [
+            "--max-client-connections",
+            "8",
+            "--max-connections-per-listener",
+            "5",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..Default::default()
+    };
+    let gw = GatewayLab::start_with_run(prefix, io, &[("second.yaml", SECOND_LISTENER)], run);
+    // Both listeners up (workers may bind after the start line), and the
+    // probes' places given back.
+    let start = std::time::Instant::now();
+    gw.until_status("/", "200", 2, start, std::time::Duration::from_secs(10));
+    let second = format!("http://{}:8081/", gw.target());
+    while gw.status_from("client", &second, 2) != "200" {
+        assert!(start.elapsed().as_secs() < 10, "port 8081 never answered");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let out = gw.lab.exec_ok(
+        "client",
+        &[
+            "python3",
+            "-c",
+            HOLD_CONNECTIONS,
+            gw.target(),
+            "80:7",
+            "8081:5",
+        ],
+    );
+    let mut lines = out.lines();
+    let fates = lines.next().unwrap_or_default();
+    // Port 80 fills at its 5; port 8081 takes the 3 left of the 8.
+    let expected = [
+        ["80:open"; 5].join(" "),
+        ["80:refused"; 2].join(" "),
+        ["8081:open"; 3].join(" "),
+        ["8081:refused"; 2].join(" "),
+    ]
+    .join(" ");
+    assert_eq!(fates, expected, "{out}");
+    assert_eq!(
+        lines.next(),
+        Some("HTTP/1.1 200 OK"),
+        "a freed place: {out}"
+    );
+    let metrics = gw.admin("/metrics");
+    let refused = |reason: &str| {
+        metric(
+            &metrics,
+            &format!("rauta_connections_refused_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!(refused("listener"), 2.0, "{metrics}");
+    assert_eq!(refused("connections"), 2.0, "{metrics}");
+    assert_eq!(refused("memory"), 0.0, "{metrics}");
+    assert!(
+        metric(&metrics, "rauta_memory_resident_bytes") > 1e6,
+        "{metrics}"
+    );
+    drop(gw);
+
+    // A budget below what the gateway already holds: every new client
+    // connection is refused and counted; the admin server still answers.
+    let run = RunWith {
+        flags: ["--memory-budget", "1Mi"].map(String::from).to_vec(),
+        ..Default::default()
+    };
+    let gw = GatewayLab::start_with_run(prefix, io, &[], run);
+    // Until the listener is up (a refused connect), then a reset.
+    for attempt in 0.. {
+        let out = gw
+            .lab
+            .exec("client", &["curl", "-sS", "-i", "-m", "5", &gw.url("/")]);
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "served past the budget: {out:?}");
+        if said.contains("reset") {
+            break;
+        }
+        assert!(
+            attempt < 100 && said.contains("Couldn't connect"),
+            "neither reset nor not yet listening: {out:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let metrics = gw.admin("/metrics");
+    assert!(
+        metric(
+            &metrics,
+            "rauta_connections_refused_total{reason=\"memory\"}"
+        ) >= 1.0,
+        "{metrics}"
+    );
+    assert_eq!(metric(&metrics, "rauta_memory_budget_bytes"), 1048576.0);
+}
+
+#[test]
+fn connection_limits_and_the_memory_budget_refuse_new_connections_on_xdp() {
+    connection_limits(Io::Xdp, "rth-l");
+}
+
+#[test]
+fn connection_limits_and_the_memory_budget_refuse_new_connections_on_kernel() {
+    connection_limits(Io::Kernel, "rth-n");
 }

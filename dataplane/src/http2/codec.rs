@@ -8,6 +8,7 @@
 //! length is `content-length` or the end of the stream. Data frames pass
 //! through as the `Bytes` `h2` gave, never copied.
 
+use super::io::H2Io;
 use super::pipe::{Message, Queue};
 use crate::http1::RequestHead;
 use crate::message::{
@@ -186,12 +187,14 @@ pub enum Received {
 }
 
 /// Move an HTTP/2 stream's body into `queue` as events, up to `limit`
-/// queued bytes. Flow-control capacity is released as data moves, so the
-/// peer's window tracks what the other side has room for.
+/// queued bytes, adding the DATA bytes moved to `io`'s count (what starts
+/// a window measurement). Flow-control capacity is released as data
+/// moves, so the peer's window tracks what the other side has room for.
 pub fn recv_events(
     recv: &mut RecvStream,
     queue: &mut Queue,
     limit: usize,
+    io: Option<&H2Io>,
     cx: &mut Context<'_>,
 ) -> Received {
     let mut moved = false;
@@ -199,6 +202,9 @@ pub fn recv_events(
         match recv.poll_data(cx) {
             Poll::Ready(Some(Ok(data))) => {
                 let _ = recv.flow_control().release_capacity(data.len());
+                if let Some(io) = io {
+                    io.buffers().data += data.len();
+                }
                 // Copied: `data` is a slice of the connection's read
                 // buffer, which could not be reused (and would grow anew)
                 // while the slice waits on the pipe.

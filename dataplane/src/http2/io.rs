@@ -27,6 +27,9 @@ pub struct Buffers {
     /// Bytes read from the socket since the driver last looked (for the
     /// window estimate).
     pub received: usize,
+    /// DATA payload bytes `h2` handed to the driver since it last looked:
+    /// only DATA starts a window measurement.
+    pub data: usize,
     /// Bytes `h2` wrote, not yet written to the socket.
     pub tx: Vec<u8>,
     /// `tx` beyond this makes `h2` wait (the socket is slower than us).

@@ -17,6 +17,7 @@ pub mod outbound;
 pub mod pipe;
 pub mod window;
 
+use crate::gate::ConnectionGate;
 use crate::metrics::ProxyMetrics;
 use crate::proxy::{Deadlines, Handoff, ReadOutcome, Transport};
 use inbound::Inbound;
@@ -26,6 +27,7 @@ use pipe::{PipeKind, Pipes};
 use std::collections::BTreeSet;
 use std::hash::Hash;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -94,9 +96,12 @@ impl Windows {
     /// After a read and a poll of the connection: start a measurement, or
     /// finish one. Returns a new window size to apply.
     fn update(&mut self, io: &H2Io, cx: &mut Context<'_>, now: Instant) -> Option<u32> {
-        let received = std::mem::take(&mut io.buffers().received);
+        let (received, data) = {
+            let mut b = io.buffers();
+            (std::mem::take(&mut b.received), std::mem::take(&mut b.data))
+        };
         let ping = self.ping.as_mut()?;
-        if self.bdp.on_bytes(received, now) && ping.send_ping(h2::Ping::opaque()).is_err() {
+        if self.bdp.on_bytes(received, data, now) && ping.send_ping(h2::Ping::opaque()).is_err() {
             return None;
         }
         if self.bdp.measuring() {
@@ -214,9 +219,9 @@ pub struct Http2<C> {
 }
 
 impl<C: Copy + Eq + Hash> Http2<C> {
-    pub fn new(settings: Http2Settings, deadlines: Deadlines) -> Self {
+    pub fn new(settings: Http2Settings, deadlines: Deadlines, gate: Arc<ConnectionGate>) -> Self {
         Self {
-            inbound: Inbound::new(settings.clone(), deadlines),
+            inbound: Inbound::new(settings.clone(), deadlines, gate),
             outbound: Outbound::new(settings),
             wakes: WakeList::default(),
             tasks: Vec::new(),

@@ -448,7 +448,13 @@ impl<C: Copy + Eq + Hash> Outbound<C> {
                         Poll::Pending => {}
                     },
                     Response::Body(body) => {
-                        match recv_events(body, &mut p.to_core, capacity, &mut cx) {
+                        let (key, generation) = stream.conn;
+                        let io = self
+                            .conns
+                            .get(key)
+                            .filter(|c| c.generation == generation)
+                            .map(|c| &c.link.io);
+                        match recv_events(body, &mut p.to_core, capacity, io, &mut cx) {
                             Received::Some(moved) => for_core |= moved,
                             Received::Ended => {
                                 for_core = true;

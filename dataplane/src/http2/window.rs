@@ -47,8 +47,10 @@ impl Bdp {
         self.ping_sent.is_some()
     }
 
-    /// `n` bytes arrived. Returns whether to send a PING now.
-    pub fn on_bytes(&mut self, n: usize, now: Instant) -> bool {
+    /// `n` bytes arrived, `data` of them DATA payload. Returns whether to
+    /// send a PING now: only while DATA flows, so a connection of small
+    /// requests and responses never sees one.
+    pub fn on_bytes(&mut self, n: usize, data: usize, now: Instant) -> bool {
         if self.window >= self.max {
             return false;
         }
@@ -56,7 +58,7 @@ impl Bdp {
             self.bytes += n;
             return false;
         }
-        if n == 0 || self.next.is_some_and(|t| now < t) {
+        if data == 0 || self.next.is_some_and(|t| now < t) {
             return false;
         }
         self.ping_sent = Some(now);
@@ -88,9 +90,9 @@ mod tests {
         let mut now = Instant::now();
         let mut windows = Vec::new();
         while bdp.window() < 1 << 20 {
-            assert!(bdp.on_bytes(1000, now));
+            assert!(bdp.on_bytes(1000, 1000, now));
             // A full window per round trip.
-            bdp.on_bytes(bdp.window() as usize, now);
+            bdp.on_bytes(bdp.window() as usize, 0, now);
             if let Some(w) = bdp.on_pong(now) {
                 windows.push(w);
             }
@@ -103,17 +105,30 @@ mod tests {
             "doubling from 64 KiB to 1 MiB: {windows:?}"
         );
         assert_eq!(*windows.last().unwrap(), 1 << 20);
-        assert!(!bdp.on_bytes(1000, now), "at the ceiling: no more pings");
+        assert!(
+            !bdp.on_bytes(1000, 1000, now),
+            "at the ceiling: no more pings"
+        );
     }
 
     #[test]
     fn a_trickle_does_not_grow_it_and_pings_are_spaced() {
         let mut bdp = Bdp::new(1 << 20);
         let now = Instant::now();
-        assert!(bdp.on_bytes(100, now));
-        assert!(!bdp.on_bytes(100, now), "one ping in flight");
+        assert!(bdp.on_bytes(100, 100, now));
+        assert!(!bdp.on_bytes(100, 100, now), "one ping in flight");
         assert_eq!(bdp.on_pong(now), None);
-        assert!(!bdp.on_bytes(100, now + Duration::from_millis(10)));
-        assert!(bdp.on_bytes(100, now + Duration::from_millis(150)));
+        assert!(!bdp.on_bytes(100, 100, now + Duration::from_millis(10)));
+        assert!(bdp.on_bytes(100, 100, now + Duration::from_millis(150)));
+    }
+
+    #[test]
+    fn no_ping_until_data_flows() {
+        let mut bdp = Bdp::new(1 << 20);
+        let now = Instant::now();
+        // HEADERS, SETTINGS, WINDOW_UPDATE: bytes, but no DATA.
+        assert!(!bdp.on_bytes(4000, 0, now));
+        assert!(!bdp.measuring());
+        assert!(bdp.on_bytes(20_000, 16_384, now));
     }
 }

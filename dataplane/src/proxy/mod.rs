@@ -65,6 +65,7 @@ use upstream::{Cursors, PoolKey, Selected};
 
 use crate::config::{Backend, BackendProtocol, GatewayConfig};
 use crate::error::{Cause, Phase};
+use crate::gate::ConnectionGate;
 use crate::http1::{Limits, RequestHead};
 use crate::http2::pipe::{CoreEnd, Message, Pipes, StreamGone};
 use crate::message::{BodyEvent, BodyLength, Request, Response};
@@ -154,6 +155,9 @@ pub struct ProxySettings {
     pub max_requests_per_endpoint: u32,
     /// What a request head must be, or is made, before route match.
     pub admit: AdmitSettings,
+    /// Client connection limits and the memory budget, shared by every
+    /// worker.
+    pub gate: Arc<ConnectionGate>,
 }
 
 impl Default for ProxySettings {
@@ -170,6 +174,7 @@ impl Default for ProxySettings {
             load_balancing: LoadBalancing::default(),
             max_requests_per_endpoint: 1024,
             admit: AdmitSettings::default(),
+            gate: Arc::default(),
         }
     }
 }
@@ -564,6 +569,13 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         local_port: u16,
         now: Instant,
     ) {
+        if let Err(refusal) = self.settings.gate.admit(local_port) {
+            // Reset, not closed: no TIME_WAIT is left for a connection
+            // that never began.
+            io.abort(conn);
+            self.metrics.connection_refused(refusal);
+            return;
+        }
         self.metrics.connection_opened();
         self.open_exchange(io, Wire::Socket(conn), peer, local_port, now);
     }
@@ -1185,6 +1197,7 @@ impl<C: Copy + Eq + Hash + Debug> Proxy<C> {
         }
         if !is_stream {
             self.metrics.connection_closed();
+            self.settings.gate.release(exchange.local_port);
         }
     }
 
